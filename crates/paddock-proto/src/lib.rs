@@ -61,11 +61,20 @@
 //!    |  ...any number of requests, interleaved by request id...
 //! ```
 //!
-//! Before `HELLO` the agent answers every other frame with `ERROR
-//! not_negotiated`. A second `HELLO` on the same stream starts a new session:
-//! the agent ends every execution and transfer of the old one first. This is
-//! what a host does after reconnecting to a virtio-serial port, where the byte
-//! stream itself never closes.
+//! Before `HELLO` the agent answers every frame but `PING` with `ERROR
+//! not_negotiated`. A second `HELLO` on the same stream starts a new session.
+//! This is what a host does after reconnecting to a virtio-serial port, where
+//! the byte stream itself never closes.
+//!
+//! Executions and transfers belong to their session. When the session ends
+//! (the connection closes, or a new `HELLO` arrives on the same stream) the
+//! agent ends every execution of it (SIGTERM to the process group, SIGKILL
+//! after the grace period) and discards every unfinished put. Nothing a
+//! session started outlives it.
+//!
+//! `STOP {scope: agent}` is acknowledged by a `STOP {scope: agent}` frame with
+//! the same request id; the agent then ends every execution of every session,
+//! closes its connections and exits.
 //!
 //! Request ids are chosen by the host, must be non-zero and unique among the
 //! requests open on the connection; the agent answers `ERROR duplicate_request`
@@ -90,6 +99,9 @@
 //! `RESULT` says so (`stdout_truncated`, `stderr_truncated`, with the byte
 //! counts the process really wrote). On a timeout or `STOP` the agent sends
 //! SIGTERM to the whole process group, then SIGKILL after a grace period.
+//! An execution ends when its leader exits: whatever it left running in its
+//! process group is killed, so no process of a request outlives its `RESULT`.
+//! `SIGNAL` is not acknowledged; its effect shows in `RESULT`.
 //!
 //! # A file transfer
 //!
