@@ -1,0 +1,396 @@
+//! [`AgentClient`]: connect with a deadline and capped backoff, keep one
+//! session, reconnect when it is lost, and offer the agent's operations.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use paddock_proto::{
+    DEFAULT_MAX_PAYLOAD, DEFAULT_WINDOW, Execute, FileDone, HelloAck, Message, StatusReport, Stop,
+    StopScope,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Mutex;
+
+use crate::connection::{Connection, SessionParams};
+use crate::error::ClientError;
+use crate::exec::{ExecOutput, Execution};
+use crate::files::{self, Download};
+use crate::transport::{AttemptError, Transport};
+
+/// How the client connects and how long it waits.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Total time to keep trying to connect (and complete HELLO).
+    pub connect_timeout: Duration,
+    /// First pause between connection attempts; doubled after each failure.
+    pub backoff_initial: Duration,
+    /// Longest pause between connection attempts.
+    pub backoff_max: Duration,
+    /// Limit for one control request (ping, status, stop) and for HELLO.
+    pub request_timeout: Duration,
+    /// Longest pause without progress in a stream (stdin credit, file data).
+    pub io_timeout: Duration,
+    /// Timeout sent with executions that set none: every execution has one.
+    pub default_exec_timeout: Duration,
+    /// Extra time the client waits for a result beyond the execution's own
+    /// timeout and kill grace period, before it gives up on the agent.
+    pub exec_timeout_margin: Duration,
+    /// Largest payload accepted from the agent.
+    pub max_payload: u32,
+    /// Flow-control window granted to the agent per request.
+    pub window: u32,
+    /// Name sent in HELLO, for the agent's logs.
+    pub client_name: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(30),
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
+            default_exec_timeout: Duration::from_secs(600),
+            exec_timeout_margin: Duration::from_secs(10),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            window: DEFAULT_WINDOW,
+            client_name: concat!("paddock-agent-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+/// A client for one guest agent. Cheap to clone; clones share the session.
+///
+/// Every call runs on the current session. When the session was lost (the
+/// VM was restored, the agent restarted), the next call reconnects first,
+/// within [`ClientConfig::connect_timeout`]; [`AgentClient::session`] then
+/// shows the new agent identity, so a caller can tell that the guest was
+/// restored or rebooted.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    transport: Transport,
+    config: ClientConfig,
+    connection: Mutex<Option<Arc<Connection>>>,
+    /// Bytes received from the agent and not yet read by a consumer.
+    buffered: Arc<AtomicU64>,
+}
+
+impl AgentClient {
+    /// Connects to the agent and completes the HELLO handshake.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] if no connection succeeded before the
+    /// deadline, [`ClientError::UnsupportedVersion`], or a handshake error.
+    pub async fn connect(transport: Transport, config: ClientConfig) -> Result<Self, ClientError> {
+        let client = Self {
+            inner: Arc::new(Inner {
+                transport,
+                config,
+                connection: Mutex::new(None),
+                buffered: Arc::new(AtomicU64::new(0)),
+            }),
+        };
+        client.connection().await?;
+        Ok(client)
+    }
+
+    /// The transport this client uses.
+    #[must_use]
+    pub fn transport(&self) -> &Transport {
+        &self.inner.transport
+    }
+
+    /// The configuration this client uses.
+    #[must_use]
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The agent's identity from the current session's HELLO_ACK.
+    pub async fn session(&self) -> Option<HelloAck> {
+        self.inner
+            .connection
+            .lock()
+            .await
+            .as_ref()
+            .map(|c| c.session.clone())
+    }
+
+    /// Bytes of agent output received but not yet read by any consumer
+    /// (bounded by one flow-control window per open request).
+    #[must_use]
+    pub fn buffered_bytes(&self) -> u64 {
+        self.inner.buffered.load(Ordering::Relaxed)
+    }
+
+    /// Drops the current session (ending its executions in the guest) and
+    /// opens a new one.
+    ///
+    /// # Errors
+    /// As [`AgentClient::connect`].
+    pub async fn reconnect(&self) -> Result<HelloAck, ClientError> {
+        let mut slot = self.inner.connection.lock().await;
+        *slot = None;
+        let conn = self.establish().await?;
+        let session = conn.session.clone();
+        *slot = Some(conn);
+        Ok(session)
+    }
+
+    /// The live session, reconnecting if it was lost.
+    async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+        let mut slot = self.inner.connection.lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(conn));
+        }
+        *slot = None;
+        let conn = self.establish().await?;
+        *slot = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// Connects with capped exponential backoff until the connect deadline.
+    async fn establish(&self) -> Result<Arc<Connection>, ClientError> {
+        let config = &self.inner.config;
+        let deadline = Instant::now() + config.connect_timeout;
+        let params = SessionParams {
+            client_name: config.client_name.clone(),
+            max_payload: config.max_payload,
+            window: config.window,
+            handshake_timeout: config.request_timeout,
+        };
+        let mut pause = config.backoff_initial;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt =
+                tokio::time::timeout(remaining, self.inner.transport.connect_once()).await;
+            let last_error = match attempt {
+                Ok(Ok(stream)) => {
+                    match Connection::establish(stream, &params, Arc::clone(&self.inner.buffered))
+                        .await
+                    {
+                        Ok(conn) => {
+                            tracing::debug!(
+                                transport = %self.inner.transport,
+                                attempts,
+                                boot_id = %conn.session.boot_id,
+                                session_seq = conn.session.session_seq,
+                                "agent session established"
+                            );
+                            return Ok(conn);
+                        }
+                        // The agent is there but the stream broke: retry.
+                        Err(ClientError::ConnectionLost { source }) => {
+                            source.unwrap_or_else(|| {
+                                std::io::Error::new(
+                                    std::io::ErrorKind::ConnectionReset,
+                                    "connection closed during HELLO",
+                                )
+                            })
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+                Ok(Err(AttemptError::Refused(reply))) => {
+                    return Err(ClientError::VsockHandshake { reply });
+                }
+                Ok(Err(AttemptError::Io(err))) => err,
+                Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+            };
+            let now = Instant::now();
+            if now + pause >= deadline {
+                return Err(ClientError::Connect {
+                    endpoint: self.inner.transport.to_string(),
+                    attempts,
+                    source: last_error,
+                });
+            }
+            tracing::trace!(attempts, error = %last_error, "agent not reachable yet");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(config.backoff_max);
+        }
+    }
+
+    /// Sends a control request and waits for its single answer.
+    async fn call(&self, message: Message, what: &'static str) -> Result<Message, ClientError> {
+        let conn = self.connection().await?;
+        let mut request = conn.open(false)?;
+        conn.send(request.id, &message)?;
+        let timeout = self.inner.config.request_timeout;
+        match tokio::time::timeout(timeout, request.events.recv()).await {
+            Err(_) => Err(ClientError::Timeout {
+                what,
+                after: timeout,
+            }),
+            Ok(None) => Err(ClientError::lost(None)),
+            Ok(Some(Err(err))) => Err(err),
+            Ok(Some(Ok(Message::Error(report)))) => Err(ClientError::Agent {
+                code: report.code,
+                message: report.message,
+            }),
+            Ok(Some(Ok(answer))) => Ok(answer),
+        }
+    }
+
+    /// Measures one PING/PONG round trip.
+    ///
+    /// # Errors
+    /// A connection error or [`ClientError::Timeout`].
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let started = Instant::now();
+        match self.call(Message::Ping, "PONG").await? {
+            Message::Pong => Ok(started.elapsed()),
+            other => Err(ClientError::Unexpected { kind: other.kind() }),
+        }
+    }
+
+    /// Asks the agent for its guest's status.
+    ///
+    /// # Errors
+    /// A connection error or [`ClientError::Timeout`].
+    pub async fn status(&self) -> Result<StatusReport, ClientError> {
+        match self.call(Message::StatusRequest, "STATUS_REPORT").await? {
+            Message::StatusReport(report) => Ok(report),
+            other => Err(ClientError::Unexpected { kind: other.kind() }),
+        }
+    }
+
+    /// Stops the agent: every execution ends and the agent exits.
+    ///
+    /// # Errors
+    /// A connection error or [`ClientError::Timeout`].
+    pub async fn stop_agent(&self) -> Result<(), ClientError> {
+        match self
+            .call(
+                Message::Stop(Stop {
+                    scope: StopScope::Agent,
+                }),
+                "STOP ack",
+            )
+            .await?
+        {
+            Message::Stop(_) => Ok(()),
+            other => Err(ClientError::Unexpected { kind: other.kind() }),
+        }
+    }
+
+    /// Starts an execution. Output, stdin and the result are on the handle.
+    ///
+    /// An execution without `timeout_ms` gets
+    /// [`ClientConfig::default_exec_timeout`]: nothing runs unbounded.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidRequest`] for an empty command, or a connection
+    /// error. Spawn failures arrive from [`Execution::wait`].
+    pub async fn exec(&self, mut request: Execute) -> Result<Execution, ClientError> {
+        let config = &self.inner.config;
+        match &request.command {
+            paddock_proto::Command::Argv(argv) if argv.is_empty() => {
+                return Err(ClientError::InvalidRequest("argv is empty".into()));
+            }
+            _ => {}
+        }
+        let timeout_ms = *request.timeout_ms.get_or_insert(
+            u64::try_from(config.default_exec_timeout.as_millis()).unwrap_or(u64::MAX),
+        );
+        let grace = Duration::from_millis(request.kill_grace_ms.unwrap_or(5_000));
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(timeout_ms)
+                .saturating_add(grace)
+                .saturating_add(config.exec_timeout_margin);
+        let stdin = request.stdin;
+        let conn = self.connection().await?;
+        let pending = conn.open(true)?;
+        conn.send(pending.id, &Message::Execute(request))?;
+        Ok(Execution::new(pending, stdin, deadline, config.io_timeout))
+    }
+
+    /// Runs an execution to its end and returns all of its output.
+    ///
+    /// # Errors
+    /// As [`AgentClient::exec`] and [`Execution::wait`].
+    pub async fn exec_collect(&self, request: Execute) -> Result<ExecOutput, ClientError> {
+        self.exec(request).await?.collect().await
+    }
+
+    /// Uploads what `reader` yields to the absolute guest path `remote`.
+    ///
+    /// # Errors
+    /// [`ClientError::Agent`] if the agent cannot write the file,
+    /// [`ClientError::ChecksumMismatch`], or a connection error.
+    pub async fn put_reader<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        remote: &str,
+        mode: u32,
+    ) -> Result<FileDone, ClientError> {
+        let conn = self.connection().await?;
+        files::put(&conn, reader, remote, mode, self.inner.config.io_timeout).await
+    }
+
+    /// Uploads the local file `local` to the absolute guest path `remote`,
+    /// keeping its permission bits.
+    ///
+    /// # Errors
+    /// As [`AgentClient::put_reader`], or [`ClientError::LocalIo`].
+    pub async fn put_file(
+        &self,
+        local: impl AsRef<Path>,
+        remote: &str,
+    ) -> Result<FileDone, ClientError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let local = local.as_ref();
+        let local_err = |source| ClientError::LocalIo {
+            path: local.to_owned(),
+            source,
+        };
+        let file = tokio::fs::File::open(local).await.map_err(local_err)?;
+        let mode = file
+            .metadata()
+            .await
+            .map_err(local_err)?
+            .permissions()
+            .mode()
+            & 0o7777;
+        let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
+        self.put_reader(&mut reader, remote, mode).await
+    }
+
+    /// Downloads the guest file `remote` into `writer`.
+    ///
+    /// # Errors
+    /// [`ClientError::Agent`] (e.g. `NotFound`), [`ClientError::ChecksumMismatch`],
+    /// or a connection error.
+    pub async fn get_writer<W: AsyncWrite + Unpin>(
+        &self,
+        remote: &str,
+        writer: &mut W,
+    ) -> Result<Download, ClientError> {
+        let conn = self.connection().await?;
+        files::get(&conn, remote, writer, self.inner.config.io_timeout).await
+    }
+
+    /// Downloads the guest file `remote` to the local path `local`, with the
+    /// guest file's permission bits. Nothing is left under `local` on failure.
+    ///
+    /// # Errors
+    /// As [`AgentClient::get_writer`], or [`ClientError::LocalIo`].
+    pub async fn get_file(
+        &self,
+        remote: &str,
+        local: impl AsRef<Path>,
+    ) -> Result<Download, ClientError> {
+        let conn = self.connection().await?;
+        files::get_to_path(&conn, remote, local.as_ref(), self.inner.config.io_timeout).await
+    }
+}

@@ -1,0 +1,239 @@
+//! File transfers: FILE_PUT and FILE_GET, streamed in flow-controlled chunks
+//! and verified end to end with CRC-32.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use paddock_proto::{FileDone, FileEnd, FileGet, FilePut, Message};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::connection::{Connection, Event, Request};
+use crate::error::ClientError;
+
+/// What a finished download received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Download {
+    /// Bytes received.
+    pub size: u64,
+    /// CRC-32/IEEE of the bytes received (verified against the agent's).
+    pub crc32: u32,
+    /// Permission bits of the file in the guest.
+    pub mode: u32,
+}
+
+/// Sends everything `reader` yields as the file `remote` in the guest.
+pub(crate) async fn put<R: AsyncRead + Unpin>(
+    conn: &std::sync::Arc<Connection>,
+    reader: &mut R,
+    remote: &str,
+    mode: u32,
+    io_timeout: Duration,
+) -> Result<FileDone, ClientError> {
+    check_remote_path(remote)?;
+    let mut request = conn.open(false)?;
+    let put = FilePut {
+        path: remote.to_owned(),
+        mode,
+        create_parents: true,
+    };
+    conn.send(request.id, &Message::FilePut(put))?;
+    let mut buf = vec![0u8; conn.chunk];
+    let mut crc = crc32fast::Hasher::new();
+    let mut size = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .await
+            .map_err(|source| ClientError::LocalIo {
+                path: PathBuf::from("<upload source>"),
+                source,
+            })?;
+        if n == 0 {
+            break;
+        }
+        crc.update(&buf[..n]);
+        size += n as u64;
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            let granted = match request.send.acquire(data.len(), io_timeout).await {
+                Ok(granted) => granted,
+                // The agent ended the request early: report its reason.
+                Err(ClientError::ConnectionLost { .. }) if !conn.is_closed() => {
+                    return Err(final_error(&mut request, io_timeout).await);
+                }
+                Err(err) => return Err(err),
+            };
+            let (now, rest) = data.split_at(granted);
+            conn.send(request.id, &Message::FileData(now.to_vec()))?;
+            data = rest;
+        }
+    }
+    let crc32 = crc.finalize();
+    conn.send(request.id, &Message::FileEnd(FileEnd { size, crc32 }))?;
+    match next_event(&mut request, io_timeout, "FILE_DONE").await? {
+        Message::FileDone(done) if done.size == size && done.crc32 == crc32 => Ok(done),
+        Message::FileDone(done) => Err(ClientError::ChecksumMismatch {
+            expected_size: size,
+            expected_crc: crc32,
+            size: done.size,
+            crc: done.crc32,
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Receives the guest file `remote` into `writer`.
+pub(crate) async fn get<W: AsyncWrite + Unpin>(
+    conn: &std::sync::Arc<Connection>,
+    remote: &str,
+    writer: &mut W,
+    io_timeout: Duration,
+) -> Result<Download, ClientError> {
+    check_remote_path(remote)?;
+    let mut request = conn.open(false)?;
+    conn.send(
+        request.id,
+        &Message::FileGet(FileGet {
+            path: remote.to_owned(),
+        }),
+    )?;
+    let info = match next_event(&mut request, io_timeout, "FILE_INFO").await? {
+        Message::FileInfo(info) => info,
+        other => return Err(unexpected(other)),
+    };
+    let mut crc = crc32fast::Hasher::new();
+    let mut size = 0u64;
+    loop {
+        match next_event(&mut request, io_timeout, "file data").await? {
+            Message::FileData(data) => {
+                let written = writer.write_all(&data).await;
+                request.recv.consumed(data.len());
+                written.map_err(|source| ClientError::LocalIo {
+                    path: PathBuf::from("<download sink>"),
+                    source,
+                })?;
+                crc.update(&data);
+                size += data.len() as u64;
+            }
+            Message::FileEnd(end) => {
+                let crc32 = crc.finalize();
+                if end.size != size || end.crc32 != crc32 {
+                    return Err(ClientError::ChecksumMismatch {
+                        expected_size: end.size,
+                        expected_crc: end.crc32,
+                        size,
+                        crc: crc32,
+                    });
+                }
+                writer
+                    .flush()
+                    .await
+                    .map_err(|source| ClientError::LocalIo {
+                        path: PathBuf::from("<download sink>"),
+                        source,
+                    })?;
+                return Ok(Download {
+                    size,
+                    crc32,
+                    mode: info.mode,
+                });
+            }
+            other => return Err(unexpected(other)),
+        }
+    }
+}
+
+/// Downloads `remote` to the local `path`: written to a temporary file beside
+/// it and renamed into place only once the checksum matched, so a failed
+/// download never leaves a partial file under the final name.
+pub(crate) async fn get_to_path(
+    conn: &std::sync::Arc<Connection>,
+    remote: &str,
+    path: &Path,
+    io_timeout: Duration,
+) -> Result<Download, ClientError> {
+    let local_err = |source| ClientError::LocalIo {
+        path: path.to_owned(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| ClientError::InvalidRequest(format!("{} names no file", path.display())))?;
+    let mut partial_name = std::ffi::OsString::from(".");
+    partial_name.push(name);
+    partial_name.push(format!(".partial-{}", std::process::id()));
+    let partial = path.with_file_name(partial_name);
+    let file = tokio::fs::File::create(&partial).await.map_err(local_err)?;
+    let mut sink = tokio::io::BufWriter::with_capacity(256 * 1024, file);
+    let outcome = get(conn, remote, &mut sink, io_timeout).await;
+    let finish = async {
+        let download = outcome?;
+        sink.flush().await.map_err(local_err)?;
+        drop(sink);
+        let permissions = std::fs::Permissions::from_mode(download.mode & 0o7777);
+        tokio::fs::set_permissions(&partial, permissions)
+            .await
+            .map_err(local_err)?;
+        tokio::fs::rename(&partial, path).await.map_err(local_err)?;
+        Ok(download)
+    };
+    let result = finish.await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&partial).await;
+    }
+    result
+}
+
+use std::os::unix::fs::PermissionsExt as _;
+
+fn check_remote_path(remote: &str) -> Result<(), ClientError> {
+    if remote.starts_with('/') {
+        Ok(())
+    } else {
+        Err(ClientError::InvalidRequest(format!(
+            "guest path {remote:?} is not absolute"
+        )))
+    }
+}
+
+async fn next_event(
+    request: &mut Request,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<Message, ClientError> {
+    match tokio::time::timeout(timeout, request.events.recv()).await {
+        Err(_) => Err(ClientError::Timeout {
+            what,
+            after: timeout,
+        }),
+        Ok(None) => Err(ClientError::lost(None)),
+        Ok(Some(event)) => into_message(event),
+    }
+}
+
+fn into_message(event: Event) -> Result<Message, ClientError> {
+    match event? {
+        Message::Error(report) => Err(ClientError::Agent {
+            code: report.code,
+            message: report.message,
+        }),
+        message => Ok(message),
+    }
+}
+
+/// The error that ended a request early (the agent's ERROR frame).
+async fn final_error(request: &mut Request, timeout: Duration) -> ClientError {
+    loop {
+        match next_event(request, timeout, "the agent's error").await {
+            Err(err) => return err,
+            Ok(Message::FileDone(_)) | Ok(Message::FileInfo(_)) | Ok(Message::FileData(_)) => {}
+            Ok(other) => return unexpected(other),
+        }
+    }
+}
+
+fn unexpected(message: Message) -> ClientError {
+    ClientError::Unexpected {
+        kind: message.kind(),
+    }
+}

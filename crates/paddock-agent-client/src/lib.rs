@@ -1,0 +1,47 @@
+//! The host side of Paddock's guest-agent protocol.
+//!
+//! [`AgentClient`] connects to a `paddock-agent` over one of the
+//! [`Transport`]s, negotiates a session (see `paddock-proto` for the wire
+//! contract), and runs many executions and file transfers at once on it,
+//! matched by request id.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), paddock_agent_client::ClientError> {
+//! use paddock_agent_client::{AgentClient, ClientConfig, Execute, Transport};
+//!
+//! let transport = Transport::Unix { path: "/run/paddock/agent.sock".into() };
+//! let client = AgentClient::connect(transport, ClientConfig::default()).await?;
+//! let mut request = Execute::shell("echo hello; exit 3");
+//! request.timeout_ms = Some(5_000);
+//! let output = client.exec_collect(request).await?;
+//! assert_eq!(output.stdout, b"hello\n");
+//! assert_eq!(output.result.exit_code, Some(3));
+//! # Ok(()) }
+//! ```
+//!
+//! Guarantees:
+//! - Every call has a timeout ([`ClientConfig`]); every execution carries one
+//!   to the agent too.
+//! - Memory is bounded: output is flow-controlled per request, so a process
+//!   that prints without end is slowed down, not buffered.
+//! - Errors are typed and classified: [`ClientError::should_reconnect`] and
+//!   [`ClientError::is_retryable`]. A lost session is re-established on the
+//!   next call; [`AgentClient::session`] tells whether the guest behind it is
+//!   the same boot, a restored snapshot, or a new boot.
+//! - Dropping an [`Execution`] before its result stops it in the guest.
+
+mod client;
+mod connection;
+mod error;
+mod exec;
+mod files;
+mod transport;
+
+pub use client::{AgentClient, ClientConfig};
+pub use error::ClientError;
+pub use exec::{ExecOutput, Execution, OutputStream, StdinWriter};
+pub use files::Download;
+pub use paddock_proto::{
+    Command, ErrorCode, ExecResult, Execute, FileDone, HelloAck, StatusReport,
+};
+pub use transport::Transport;
