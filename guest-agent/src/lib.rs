@@ -1,1 +1,169 @@
-//! Placeholder until the agent lands.
+//! Paddock's guest agent: serves the host's requests inside a VM.
+//!
+//! The wire protocol is [`paddock_proto`]; its crate documentation is the
+//! specification this agent implements. This crate adds the I/O: listeners,
+//! connections, processes and files.
+//!
+//! # Tasks
+//!
+//! Everything runs on one tokio runtime.
+//!
+//! - Each listener ([`Listener`]) runs an accept loop: Unix socket, AF_VSOCK,
+//!   or a serial port (virtio-serial or a tty), which is one long-lived stream
+//!   that carries one host connection after another.
+//! - Each connection ([`serve_connection`]) has a reader, the connection task
+//!   itself, which decodes frames, answers the connection-level ones (HELLO,
+//!   PING, malformed frames) and routes the others to their request; and one
+//!   writer task, the only one writing to the stream, fed encoded frames
+//!   through a bounded channel.
+//! - Each request (EXECUTE, FILE_PUT, FILE_GET, STATUS_REQUEST) runs in its own
+//!   task. An execution polls its process, its output pipes and its stdin
+//!   within that task; it stops reading a pipe while the host's window is
+//!   closed, so a process that prints without end blocks in `write`.
+//! - Blocking work (reading `/proc`, file I/O through `tokio::fs`) runs on
+//!   tokio's blocking pool.
+//!
+//! # Sessions
+//!
+//! A HELLO starts a session on its connection; a second HELLO ends the first
+//! session and starts a new one. A session ends when its connection ends (end
+//! of stream or a read error), on a new HELLO, or when the agent stops. Then
+//! every execution of it is ended (SIGTERM to its process group, SIGKILL
+//! after the grace period), every unfinished put is discarded, and no frame of
+//! it is written any more. On a serial port the device stays open: after the
+//! end of stream the agent waits briefly and reads on, and the next host
+//! connection begins with HELLO (bytes before it are skipped by the decoder).
+//!
+//! An ERROR always ends the request it names. When the agent rejects a frame
+//! whose request id is open (a flow-control overrun, a malformed payload, a
+//! frame kind the request does not take), that request ends with the ERROR:
+//! an execution is ended, a put discarded. A frame for a request that is not
+//! open gets ERROR `unknown_request`, except WINDOW_UPDATE, which is ignored:
+//! the host returns credit as it consumes output, so credit for a request
+//! that just ended is normal. PONG and ERROR from the host are not answered.
+//!
+//! `STOP {scope: agent}` is acknowledged, then every session ends, the
+//! connections close and [`run`] returns.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+mod exec;
+mod files;
+mod listen;
+mod session;
+mod status;
+#[cfg(test)]
+mod test_host;
+
+pub use listen::{Endpoint, ListenError, Listener, resolve_serial_port, run};
+pub use session::serve_connection;
+
+/// The agent's own version, as announced in HELLO_ACK and STATUS_REPORT.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Settings that apply to every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Largest frame payload the agent accepts (announced in HELLO_ACK).
+    pub max_payload: u32,
+    /// Initial flow-control window for data the host sends, per request.
+    pub window: u32,
+    /// Most requests open at once on one session.
+    pub max_requests: usize,
+    /// Time between SIGTERM and SIGKILL when an execution does not say.
+    pub kill_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_payload: paddock_proto::DEFAULT_MAX_PAYLOAD,
+            window: paddock_proto::DEFAULT_WINDOW,
+            max_requests: 256,
+            kill_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+/// State shared by every connection of one agent process.
+#[derive(Debug)]
+pub struct Agent {
+    config: Config,
+    boot_id: String,
+    started: Instant,
+    /// Sessions accepted so far; the current value is the last session's
+    /// `session_seq`.
+    sessions: AtomicU64,
+    running_executions: AtomicU32,
+    active_transfers: AtomicU32,
+    shutdown: CancellationToken,
+    /// Connection tasks, so [`run`] can wait for them to wind down.
+    connections: TaskTracker,
+}
+
+impl Agent {
+    /// An agent with `config` and a new random boot id read from
+    /// `/dev/urandom`. Call it once, at process start.
+    ///
+    /// # Errors
+    /// The error of reading `/dev/urandom`.
+    pub fn new(config: Config) -> io::Result<Arc<Self>> {
+        let mut id = [0u8; 16];
+        File::open("/dev/urandom")?.read_exact(&mut id)?;
+        Ok(Arc::new(Self {
+            config,
+            boot_id: id.iter().map(|byte| format!("{byte:02x}")).collect(),
+            started: Instant::now(),
+            sessions: AtomicU64::new(0),
+            running_executions: AtomicU32::new(0),
+            active_transfers: AtomicU32::new(0),
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+        }))
+    }
+
+    /// The random id chosen when the agent started (32 hex digits).
+    #[must_use]
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+
+    /// Stops the agent, as `STOP {scope: agent}` does: every session ends and
+    /// the listeners stop accepting.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Completes once the agent is stopping.
+    pub async fn stopping(&self) {
+        self.shutdown.cancelled().await;
+    }
+
+    fn uptime_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Counts one running execution or transfer for as long as it lives.
+#[derive(Debug)]
+struct Gauge<'a>(&'a AtomicU32);
+
+impl<'a> Gauge<'a> {
+    fn new(counter: &'a AtomicU32) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -138,11 +138,22 @@ impl AgentClient {
     /// As [`AgentClient::connect`].
     pub async fn reconnect(&self) -> Result<HelloAck, ClientError> {
         let mut slot = self.inner.connection.lock().await;
-        *slot = None;
+        if let Some(old) = slot.take() {
+            old.close();
+        }
         let conn = self.establish().await?;
         let session = conn.session.clone();
         *slot = Some(conn);
         Ok(session)
+    }
+
+    /// Ends the current session: the agent ends its executions and discards
+    /// its unfinished uploads; open requests fail with
+    /// [`ClientError::ConnectionLost`]. The next call opens a new session.
+    pub async fn close(&self) {
+        if let Some(old) = self.inner.connection.lock().await.take() {
+            old.close();
+        }
     }
 
     /// The live session, reconnecting if it was lost.

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use paddock_proto::{
     DEFAULT_CHUNK, FRAME_READ_CHUNK, Frame, FrameDecoder, FrameError, Hello, HelloAck,
-    MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, RecvWindow, SendWindow, decode_message,
-    encode_message, is_supported_version,
+    MIN_PROTOCOL_VERSION, Message, MessageKind, PROTOCOL_VERSION, RecvWindow, SendWindow,
+    decode_message, encode_frame, encode_message, is_supported_version,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, mpsc};
@@ -190,10 +190,7 @@ pub(crate) struct Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-        self.shared.fail_all(&ClientError::lost(None));
+        self.close();
     }
 }
 
@@ -284,6 +281,15 @@ impl Connection {
         }))
     }
 
+    /// Ends the session now: the socket closes (so the agent ends the
+    /// session's executions) and every open request fails.
+    pub(crate) fn close(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.shared.fail_all(&ClientError::lost(None));
+    }
+
     /// Whether the session has failed or closed.
     pub(crate) fn is_closed(&self) -> bool {
         lock(&self.shared.state).failure.is_some() || self.shared.writer.is_closed()
@@ -337,6 +343,24 @@ impl Connection {
     pub(crate) fn send(&self, request_id: u64, message: &Message) -> Result<(), ClientError> {
         send_frame(&self.shared.writer, request_id, message)
     }
+
+    /// Queues one data frame (`STDIN`, `FILE_DATA`) encoded straight from
+    /// `data`, without building a [`Message`] (one copy fewer on the hot path).
+    pub(crate) fn send_data(
+        &self,
+        request_id: u64,
+        kind: MessageKind,
+        data: &[u8],
+    ) -> Result<(), ClientError> {
+        debug_assert!(kind.is_flow_controlled());
+        let mut bytes = Vec::new();
+        encode_frame(&mut bytes, kind, request_id, data)
+            .map_err(|e| ClientError::InvalidRequest(format!("data could not be framed: {e}")))?;
+        self.shared
+            .writer
+            .send(bytes)
+            .map_err(|_| ClientError::lost(None))
+    }
 }
 
 fn send_frame(
@@ -357,7 +381,6 @@ async fn await_hello_ack(
     decoder: &mut FrameDecoder,
     hello_id: u64,
 ) -> Result<HelloAck, ClientError> {
-    let mut buf = vec![0u8; FRAME_READ_CHUNK];
     loop {
         loop {
             match decoder.next_frame() {
@@ -388,16 +411,15 @@ async fn await_hello_ack(
                 Err(err) => tracing::debug!(%err, "skipping garbage before HELLO_ACK"),
             }
         }
-        match reader.read(&mut buf).await {
+        match reader.read(decoder.spare(FRAME_READ_CHUNK)).await {
             Ok(0) => return Err(ClientError::lost(None)),
-            Ok(n) => decoder.feed(&buf[..n]),
+            Ok(n) => decoder.commit(n),
             Err(err) => return Err(ClientError::lost(Some(err))),
         }
     }
 }
 
 async fn read_loop(shared: Arc<Shared>, mut reader: ReadHalf<Stream>, mut decoder: FrameDecoder) {
-    let mut buf = vec![0u8; FRAME_READ_CHUNK];
     let failure = 'session: loop {
         loop {
             match decoder.next_frame() {
@@ -414,9 +436,9 @@ async fn read_loop(shared: Arc<Shared>, mut reader: ReadHalf<Stream>, mut decode
                 Err(err) => break 'session ClientError::Frame(err),
             }
         }
-        match reader.read(&mut buf).await {
+        match reader.read(decoder.spare(FRAME_READ_CHUNK)).await {
             Ok(0) => break ClientError::lost(None),
-            Ok(n) => decoder.feed(&buf[..n]),
+            Ok(n) => decoder.commit(n),
             Err(err) => break ClientError::lost(Some(err)),
         }
     };

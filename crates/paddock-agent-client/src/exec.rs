@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use paddock_proto::{ExecResult, Message, SignalRequest, Stop, StopScope};
+use paddock_proto::{ExecResult, Message, MessageKind, SignalRequest, Stop, StopScope};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -333,7 +333,7 @@ impl StdinWriter {
             let n = self.credit.acquire(want, self.io_timeout).await?;
             let (now, rest) = data.split_at(n);
             self.conn
-                .send(self.request_id, &Message::Stdin(now.to_vec()))?;
+                .send_data(self.request_id, MessageKind::Stdin, now)?;
             data = rest;
         }
         Ok(())

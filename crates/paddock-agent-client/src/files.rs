@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use paddock_proto::{FileDone, FileEnd, FileGet, FilePut, Message};
+use paddock_proto::{FileDone, FileEnd, FileGet, FilePut, Message, MessageKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::connection::{Connection, Event, Request};
@@ -64,7 +64,7 @@ pub(crate) async fn put<R: AsyncRead + Unpin>(
                 Err(err) => return Err(err),
             };
             let (now, rest) = data.split_at(granted);
-            conn.send(request.id, &Message::FileData(now.to_vec()))?;
+            conn.send_data(request.id, MessageKind::FileData, now)?;
             data = rest;
         }
     }

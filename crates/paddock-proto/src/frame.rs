@@ -15,8 +15,8 @@ pub const HEADER_LEN: usize = 28;
 /// Default largest payload a decoder accepts (1 MiB).
 pub const DEFAULT_MAX_PAYLOAD: u32 = 1024 * 1024;
 
-/// Bytes a reader asks its stream for at a time.
-pub const FRAME_READ_CHUNK: usize = 64 * 1024;
+/// Bytes a reader asks its stream for at a time (several data frames).
+pub const FRAME_READ_CHUNK: usize = 256 * 1024;
 
 /// Offset of the CRC field; the CRC covers the header bytes before it.
 const CRC_OFFSET: usize = 24;
@@ -215,8 +215,10 @@ pub fn encode_frame(
 /// of an ongoing run of garbage are skipped silently until a frame starts.
 #[derive(Debug)]
 pub struct FrameDecoder {
+    /// Initialised storage; bytes `start..end` are fed and not yet decoded.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     max_payload: u32,
     /// Set after an error: garbage up to the next magic is not reported again.
     discarding: bool,
@@ -235,6 +237,7 @@ impl FrameDecoder {
         Self {
             buf: Vec::new(),
             start: 0,
+            end: 0,
             max_payload,
             discarding: false,
         }
@@ -249,16 +252,34 @@ impl FrameDecoder {
     /// Bytes fed but not yet returned as frames.
     #[must_use]
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// Appends bytes received from the stream.
     pub fn feed(&mut self, bytes: &[u8]) {
-        if self.start > 0 && (self.start >= COMPACT_THRESHOLD || self.start == self.buf.len()) {
-            self.buf.drain(..self.start);
+        self.spare(bytes.len())[..bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// Room for at least `min` more bytes at the end of the buffer, so a
+    /// reader can read straight into it (saving the copy [`Self::feed`]
+    /// makes); report what was written with [`Self::commit`].
+    pub fn spare(&mut self, min: usize) -> &mut [u8] {
+        let consumed_enough = self.start >= COMPACT_THRESHOLD || self.start == self.end;
+        if self.start > 0 && (consumed_enough || self.end + min > self.buf.len()) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        self.buf.extend_from_slice(bytes);
+        if self.end + min > self.buf.len() {
+            self.buf.resize(self.end + min, 0);
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Marks `len` bytes written into [`Self::spare`] as received.
+    pub fn commit(&mut self, len: usize) {
+        self.end = (self.end + len).min(self.buf.len());
     }
 
     /// Returns the next complete frame, `Ok(None)` when more bytes are needed,
@@ -269,7 +290,7 @@ impl FrameDecoder {
     /// Any [`FrameError`] except [`FrameError::Truncated`].
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
-            let avail = &self.buf[self.start..];
+            let avail = &self.buf[self.start..self.end];
             if avail.len() < MAGIC.len() {
                 return Ok(None);
             }
@@ -336,7 +357,7 @@ impl FrameDecoder {
     /// `start + from`, keeping a possible partial magic at the buffer end.
     /// Returns how many bytes were skipped.
     fn skip_to_magic(&mut self, from: usize) -> usize {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         let from = from.min(avail.len());
         let skip = match find_magic(&avail[from..]) {
             Some(pos) => from + pos,
@@ -469,6 +490,25 @@ mod tests {
         dec.feed(&frame_bytes(MessageKind::Pong, 3, b""));
         let frame = dec.next_frame().expect("frame").expect("some");
         assert_eq!(frame.kind, MessageKind::Pong);
+    }
+
+    #[test]
+    fn reading_in_place_matches_feeding() {
+        let mut stream = frame_bytes(MessageKind::Stdout, 1, &[5; 70_000]);
+        stream.extend(frame_bytes(MessageKind::Stderr, 2, b"tail"));
+        let mut dec = FrameDecoder::default();
+        let mut frames = Vec::new();
+        for chunk in stream.chunks(33_333) {
+            let spare = dec.spare(chunk.len());
+            assert!(spare.len() >= chunk.len());
+            spare[..chunk.len()].copy_from_slice(chunk);
+            dec.commit(chunk.len());
+            while let Some(frame) = dec.next_frame().expect("clean") {
+                frames.push((frame.request_id, frame.payload.len()));
+            }
+        }
+        assert_eq!(frames, vec![(1, 70_000), (2, 4)]);
+        assert_eq!(dec.buffered(), 0);
     }
 
     #[test]

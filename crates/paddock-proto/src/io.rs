@@ -33,22 +33,20 @@ pub fn read_frame<R: Read + ?Sized>(
     reader: &mut R,
     decoder: &mut FrameDecoder,
 ) -> Result<Frame, ReadFrameError> {
-    let mut chunk = [0u8; FRAME_READ_CHUNK];
     loop {
         if let Some(frame) = decoder.next_frame().map_err(ReadFrameError::Frame)? {
             return Ok(frame);
         }
-        let n = match reader.read(&mut chunk) {
+        match reader.read(decoder.spare(FRAME_READ_CHUNK)) {
             Ok(0) => {
                 return Err(ReadFrameError::Eof {
                     buffered: decoder.buffered(),
                 });
             }
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(n) => decoder.commit(n),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(ReadFrameError::Io(err)),
-        };
-        decoder.feed(&chunk[..n]);
+        }
     }
 }
 

@@ -337,7 +337,7 @@ pub struct StatusReport {
     /// Available memory, bytes.
     #[serde(default)]
     pub mem_available_bytes: u64,
-    /// Size of the filesystem holding the agent's working directory, bytes.
+    /// Size of the guest's root filesystem, bytes.
     #[serde(default)]
     pub disk_total_bytes: u64,
     /// Space available to unprivileged users on it, bytes.
@@ -767,6 +767,19 @@ mod tests {
         for message in &messages {
             assert_eq!(&round_trip(message), message);
         }
+    }
+
+    #[test]
+    fn floats_round_trip_exactly() {
+        // Found by fuzzing: without serde_json's float_roundtrip this came back
+        // one unit in the last place off.
+        let report = StatusReport {
+            system_uptime_s: 9.955_183_326_588_949e-55,
+            load_avg: [f64::MIN_POSITIVE, 1e308, 0.1],
+            ..StatusReport::default()
+        };
+        let message = Message::StatusReport(report);
+        assert_eq!(round_trip(&message), message);
     }
 
     #[test]

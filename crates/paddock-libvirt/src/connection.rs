@@ -1,0 +1,268 @@
+//! The connection to libvirt: domains by spec or name, restore from a saved
+//! image, bulk statistics, and applying networks and filters.
+
+use std::path::Path;
+use std::sync::{Arc, Once};
+
+use virt::connect::Connect;
+
+use crate::domain::Vm;
+use crate::domain_xml::{parse_metadata, render_domain};
+use crate::error::{LibvirtError, blocking};
+use crate::network::{self, Applied, ApplyError, FilterDefinition, NetworkSpec, render_network};
+use crate::spec::{DomainSpec, PaddockMetadata};
+use crate::stats::{self, DomainStats};
+
+/// Seconds between keepalive probes on a daemon connection.
+pub const KEEPALIVE_INTERVAL_S: i32 = 5;
+
+/// Unanswered keepalive probes after which libvirt closes the connection.
+pub const KEEPALIVE_COUNT: u32 = 3;
+
+/// What state a restored domain is left in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// The state it was saved in (the test driver accepts only this).
+    #[default]
+    AsSaved,
+    /// Running.
+    Running,
+    /// Paused, e.g. to be resumed when a sandbox is handed out.
+    Paused,
+}
+
+/// A connection to libvirt (`qemu:///system`, or `test:///<file>.xml` in
+/// tests). Cheap to clone; every call runs on tokio's blocking pool.
+#[derive(Debug, Clone)]
+pub struct Libvirt {
+    conn: Arc<Connect>,
+    uri: Arc<str>,
+}
+
+impl Libvirt {
+    /// Connects to `uri`.
+    ///
+    /// The first call also stops libvirt from printing every error to stderr
+    /// (errors are returned, not printed) and starts a thread running
+    /// libvirt's event loop, which keepalive needs: on a daemon connection,
+    /// libvirt probes every [`KEEPALIVE_INTERVAL_S`] seconds and closes the
+    /// connection after [`KEEPALIVE_COUNT`] unanswered probes, so no call
+    /// waits for a hung or vanished libvirtd much longer than that; the call
+    /// then fails with [`LibvirtError::should_reconnect`] true.
+    ///
+    /// # Errors
+    /// libvirt cannot connect (daemon not running, bad URI...).
+    pub async fn open(uri: &str) -> Result<Self, LibvirtError> {
+        static INIT: Once = Once::new();
+        INIT.call_once(|| {
+            virt::error::clear_error_callback();
+            if virt::event::event_register_default_impl().is_ok() {
+                // Without the loop there is no keepalive; nothing else fails.
+                let _ = std::thread::Builder::new()
+                    .name("libvirt-events".into())
+                    .spawn(|| while virt::event::event_run_default_impl().is_ok() {});
+            }
+        });
+        let owned = uri.to_owned();
+        let conn = blocking("connect to", uri.to_owned(), move || {
+            let conn = Connect::open(Some(&owned))?;
+            // In-process drivers (the test driver) have no keepalive and refuse.
+            let _ = conn.set_keep_alive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT);
+            Ok(conn)
+        })
+        .await?;
+        Ok(Self {
+            conn: Arc::new(conn),
+            uri: uri.into(),
+        })
+    }
+
+    /// The URI this connection was opened with.
+    #[must_use]
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    async fn call<T, F>(&self, op: &'static str, object: String, f: F) -> Result<T, LibvirtError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connect) -> Result<T, virt::error::Error> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        blocking(op, object, move || f(&conn)).await
+    }
+
+    /// Defines (persistently) the domain `spec` describes, or redefines it if
+    /// one with the same name and UUID exists.
+    ///
+    /// # Errors
+    /// The spec cannot be rendered, or libvirt refuses the XML.
+    pub async fn define(&self, spec: &DomainSpec) -> Result<Vm, LibvirtError> {
+        let object = format!("domain {}", spec.name);
+        let xml = render_domain(spec).map_err(|source| LibvirtError::Xml {
+            op: "define",
+            object: object.clone(),
+            source,
+        })?;
+        let dom = self
+            .call("define", object, move |c| c.define_domain_xml(&xml))
+            .await?;
+        Ok(Vm::new(&spec.name, dom))
+    }
+
+    /// The domain called `name`.
+    ///
+    /// # Errors
+    /// No such domain ([`LibvirtError::is_not_found`]).
+    pub async fn lookup(&self, name: &str) -> Result<Vm, LibvirtError> {
+        let owned = name.to_owned();
+        let dom = self
+            .call("look up", format!("domain {name}"), move |c| {
+                c.lookup_domain_by_name(&owned)
+            })
+            .await?;
+        Ok(Vm::new(name, dom))
+    }
+
+    /// Every domain, running or not, that carries Paddock metadata, with that
+    /// metadata: what a restarted Paddock finds of its previous life.
+    ///
+    /// # Errors
+    /// libvirt refuses, or a domain's Paddock metadata is malformed.
+    pub async fn paddock_domains(&self) -> Result<Vec<(Vm, PaddockMetadata)>, LibvirtError> {
+        let op = "list the domains of";
+        let found = self
+            .call(op, format!("connection {}", self.uri), |c| {
+                c.list_all_domains(0)?
+                    .into_iter()
+                    .map(|d| Ok((d.name()?, d.xml_desc(0)?, d)))
+                    .collect::<Result<Vec<_>, virt::error::Error>>()
+            })
+            .await?;
+        let mut ours = Vec::new();
+        for (name, xml, dom) in found {
+            let metadata = parse_metadata(&xml).map_err(|source| LibvirtError::Xml {
+                op: "read the metadata of",
+                object: format!("domain {name}"),
+                source,
+            })?;
+            if let Some(metadata) = metadata {
+                ours.push((Vm::new(&name, dom), metadata));
+            }
+        }
+        Ok(ours)
+    }
+
+    /// Restores a domain saved with [`Vm::save`]. With `dxml`, the domain
+    /// comes back under that XML instead of the saved one.
+    ///
+    /// libvirt (9.0) checks `dxml` against the saved XML for guest ABI
+    /// stability, and that includes the domain's name, its UUID and its
+    /// interfaces' MAC addresses: only host-side details may change, such as
+    /// the disk overlay, socket and console paths, and the metadata. A
+    /// different name, UUID or MAC is refused with `VIR_ERR_CONFIG_UNSUPPORTED`.
+    ///
+    /// # Errors
+    /// libvirt refuses (a domain of that name runs, the XML is not compatible,
+    /// the test driver was given `dxml` or a mode...).
+    pub async fn restore(
+        &self,
+        file: &Path,
+        dxml: Option<String>,
+        mode: RestoreMode,
+    ) -> Result<(), LibvirtError> {
+        let object = format!("saved image {}", file.display());
+        let Some(path) = file.to_str().map(str::to_owned) else {
+            return Err(LibvirtError::NonUtf8Path {
+                op: "restore",
+                path: file.to_path_buf(),
+            });
+        };
+        let flags = match mode {
+            RestoreMode::AsSaved => 0,
+            RestoreMode::Running => virt::sys::VIR_DOMAIN_SAVE_RUNNING,
+            RestoreMode::Paused => virt::sys::VIR_DOMAIN_SAVE_PAUSED,
+        };
+        self.call("restore", object, move |c| {
+            c.restore_domain_flags(&path, dxml.as_deref(), flags)
+        })
+        .await
+    }
+
+    /// Restores the saved image `file` as the domain `spec` describes (same
+    /// name, UUID and MACs as the saved domain; see [`Libvirt::restore`]).
+    ///
+    /// # Errors
+    /// As [`Libvirt::restore`], or the spec cannot be rendered.
+    pub async fn restore_as(
+        &self,
+        file: &Path,
+        spec: &DomainSpec,
+        mode: RestoreMode,
+    ) -> Result<Vm, LibvirtError> {
+        let xml = render_domain(spec).map_err(|source| LibvirtError::Xml {
+            op: "restore",
+            object: format!("domain {}", spec.name),
+            source,
+        })?;
+        self.restore(file, Some(xml), mode).await?;
+        self.lookup(&spec.name).await
+    }
+
+    /// CPU time, memory, block and interface I/O of every domain, in one call.
+    ///
+    /// # Errors
+    /// libvirt refuses.
+    pub async fn all_domain_stats(&self) -> Result<Vec<DomainStats>, LibvirtError> {
+        self.call(
+            "get statistics of",
+            format!("connection {}", self.uri),
+            stats::all_domain_stats,
+        )
+        .await
+    }
+
+    /// Makes libvirt hold `spec` as a running network; see [`crate::network`].
+    ///
+    /// # Errors
+    /// The spec cannot be rendered, or libvirt refuses.
+    pub async fn apply_network(&self, spec: &NetworkSpec) -> Result<Applied, ApplyError> {
+        let xml = render_network(spec).map_err(|source| ApplyError::Xml {
+            object: format!("network {}", spec.name),
+            source,
+        })?;
+        let name = spec.name.clone();
+        self.apply("network", name, move |conn, name| {
+            network::apply_network(conn, name, &xml)
+        })
+        .await
+    }
+
+    /// Makes libvirt hold `filter`; see [`crate::network`].
+    ///
+    /// # Errors
+    /// libvirt refuses (unknown referenced filter, nwfilter driver missing...).
+    pub async fn apply_filter(&self, filter: &FilterDefinition) -> Result<Applied, ApplyError> {
+        let xml = filter.xml.clone();
+        let name = filter.name.clone();
+        self.apply("nwfilter", name, move |conn, name| {
+            network::apply_filter(conn, name, &xml)
+        })
+        .await
+    }
+
+    async fn apply<F>(&self, kind: &str, name: String, f: F) -> Result<Applied, ApplyError>
+    where
+        F: FnOnce(&Connect, &str) -> Result<Applied, ApplyError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        let object = format!("{kind} {name}");
+        tokio::task::spawn_blocking(move || f(&conn, &name))
+            .await
+            .map_err(|source| LibvirtError::Worker {
+                op: "apply",
+                object,
+                source,
+            })?
+    }
+}

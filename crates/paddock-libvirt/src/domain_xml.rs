@@ -1,0 +1,374 @@
+//! Domain XML: rendering a [`DomainSpec`] and reading Paddock's metadata back.
+//!
+//! The rendering is fixed apart from what the spec says: no graphics, no USB,
+//! no balloon (`<memballoon model='none'/>`), virtio-rng from `/dev/urandom`,
+//! the serial console written to a file, ACPI for graceful shutdown, no option
+//! ROM on network interfaces (a sandbox never boots from the network), and every
+//! way out of the guest (`on_poweroff`, `on_reboot`, `on_crash`) destroys the
+//! domain: a sandbox is reset by Paddock, never by itself.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use crate::spec::{
+    AgentChannel, Boot, DomainSpec, METADATA_NAMESPACE, NetworkMode, PaddockMetadata, Tuning,
+    VsockCid,
+};
+use crate::xml::{Element, XmlError, XmlWriter};
+
+/// libvirt's namespace for `<qemu:commandline>`.
+const QEMU_NAMESPACE: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
+
+/// The chardev id of the hybrid vsock's vhost-user socket.
+const HYBRID_VSOCK_CHARDEV: &str = "paddock-vsock";
+
+/// Renders the domain XML for `spec`.
+///
+/// # Errors
+/// [`XmlError::InvalidSpec`] for values libvirt would reject (zero vCPUs or
+/// memory, a vsock CID below 3, disk boot without a disk) and
+/// [`XmlError::NonUtf8Path`] for a path that cannot be written into XML.
+pub fn render_domain(spec: &DomainSpec) -> Result<String, XmlError> {
+    let resources = spec.profile.resources();
+    if resources.vcpus == 0 || resources.memory_mib == 0 {
+        return Err(XmlError::InvalidSpec(
+            "a domain needs at least one vCPU and some memory",
+        ));
+    }
+    let hybrid = matches!(spec.channel, AgentChannel::HybridVsock { .. });
+    let mut w = XmlWriter::new();
+    let domain_type = spec.acceleration.domain_type();
+    if hybrid {
+        w.start(
+            "domain",
+            &[("type", domain_type), ("xmlns:qemu", QEMU_NAMESPACE)],
+        )?;
+    } else {
+        w.start("domain", &[("type", domain_type)])?;
+    }
+    w.text("name", &[], &spec.name)?;
+    w.text(
+        "uuid",
+        &[],
+        spec.uuid
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    )?;
+    render_metadata(&mut w, &spec.metadata)?;
+    w.text(
+        "memory",
+        &[("unit", "MiB")],
+        &resources.memory_mib.to_string(),
+    )?;
+    w.text("vcpu", &[], &resources.vcpus.to_string())?;
+    if hybrid {
+        // vhost-user backends map guest memory: it must be shared and fd-backed.
+        w.start("memoryBacking", &[])?;
+        w.empty("source", &[("type", "memfd")])?;
+        w.empty("access", &[("mode", "shared")])?;
+        w.end("memoryBacking")?;
+    }
+    render_tuning(&mut w, &spec.tuning)?;
+    render_os(&mut w, spec)?;
+    w.start("features", &[])?;
+    w.empty("acpi", &[])?;
+    w.end("features")?;
+    for event in ["on_poweroff", "on_reboot", "on_crash"] {
+        w.text(event, &[], "destroy")?;
+    }
+    render_devices(&mut w, spec)?;
+    if let AgentChannel::HybridVsock { socket } = &spec.channel {
+        let socket = utf8(socket, "hybrid vsock socket")?;
+        let chardev = format!(
+            "socket,id={HYBRID_VSOCK_CHARDEV},path={}",
+            qemu_opt_escape(socket)
+        );
+        let device = format!("vhost-user-vsock-pci,chardev={HYBRID_VSOCK_CHARDEV}");
+        w.start("qemu:commandline", &[])?;
+        for arg in ["-chardev", &chardev, "-device", &device] {
+            w.empty("qemu:arg", &[("value", arg)])?;
+        }
+        w.end("qemu:commandline")?;
+    }
+    w.end("domain")?;
+    w.finish()
+}
+
+fn render_metadata(w: &mut XmlWriter, m: &PaddockMetadata) -> Result<(), XmlError> {
+    let slot = m.slot.to_string();
+    let created = m.created_unix.to_string();
+    let mut attrs = vec![
+        ("xmlns:paddock", METADATA_NAMESPACE),
+        ("pool", m.pool.as_str()),
+        ("slot", slot.as_str()),
+        ("image", m.image.as_str()),
+    ];
+    if let Some(golden) = &m.golden {
+        attrs.push(("golden", golden));
+    }
+    attrs.push(("created", &created));
+    w.start("metadata", &[])?;
+    w.empty("paddock:domain", &attrs)?;
+    w.end("metadata")?;
+    Ok(())
+}
+
+fn render_tuning(w: &mut XmlWriter, t: &Tuning) -> Result<(), XmlError> {
+    if t.cpu_shares.is_some() || t.cpu_quota.is_some() {
+        w.start("cputune", &[])?;
+        if let Some(shares) = t.cpu_shares {
+            w.text("shares", &[], &shares.to_string())?;
+        }
+        if let Some(quota) = t.cpu_quota {
+            w.text("global_period", &[], &quota.period_us.to_string())?;
+            w.text("global_quota", &[], &quota.quota_us.to_string())?;
+        }
+        w.end("cputune")?;
+    }
+    if t.memory_hard_limit_mib.is_some() || t.memory_soft_limit_mib.is_some() {
+        w.start("memtune", &[])?;
+        if let Some(hard) = t.memory_hard_limit_mib {
+            w.text("hard_limit", &[("unit", "MiB")], &hard.to_string())?;
+        }
+        if let Some(soft) = t.memory_soft_limit_mib {
+            w.text("soft_limit", &[("unit", "MiB")], &soft.to_string())?;
+        }
+        w.end("memtune")?;
+    }
+    if let Some(weight) = t.blkio_weight {
+        w.start("blkiotune", &[])?;
+        w.text("weight", &[], &weight.to_string())?;
+        w.end("blkiotune")?;
+    }
+    Ok(())
+}
+
+fn render_os(w: &mut XmlWriter, spec: &DomainSpec) -> Result<(), XmlError> {
+    w.start("os", &[])?;
+    w.text("type", &[("arch", "x86_64"), ("machine", "pc")], "hvm")?;
+    match &spec.boot {
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            w.text("kernel", &[], utf8(kernel, "kernel")?)?;
+            if let Some(initrd) = initrd {
+                w.text("initrd", &[], utf8(initrd, "initrd")?)?;
+            }
+            w.text("cmdline", &[], cmdline)?;
+        }
+        Boot::Disk if spec.disk.is_none() => {
+            return Err(XmlError::InvalidSpec("disk boot needs a disk"));
+        }
+        Boot::Disk => w.empty("boot", &[("dev", "hd")])?,
+    }
+    w.end("os")?;
+    Ok(())
+}
+
+fn render_devices(w: &mut XmlWriter, spec: &DomainSpec) -> Result<(), XmlError> {
+    w.start("devices", &[])?;
+    if let Some(disk) = &spec.disk {
+        w.start("disk", &[("type", "file"), ("device", "disk")])?;
+        w.empty(
+            "driver",
+            &[("name", "qemu"), ("type", "qcow2"), ("discard", "unmap")],
+        )?;
+        w.empty("source", &[("file", utf8(&disk.overlay, "overlay")?)])?;
+        w.start("backingStore", &[("type", "file")])?;
+        w.empty("format", &[("type", disk.base_format.as_str())])?;
+        w.empty("source", &[("file", utf8(&disk.base, "base image")?)])?;
+        w.end("backingStore")?;
+        w.empty("target", &[("dev", "vda"), ("bus", "virtio")])?;
+        w.end("disk")?;
+    }
+    match &spec.network {
+        NetworkMode::NatFiltered(nat) => {
+            let (mac, ip, gateway) = (
+                nat.mac.to_string(),
+                nat.ip.to_string(),
+                nat.gateway.to_string(),
+            );
+            w.start("interface", &[("type", "network")])?;
+            w.empty("mac", &[("address", &mac)])?;
+            w.empty("source", &[("network", &nat.network)])?;
+            w.empty("model", &[("type", "virtio")])?;
+            w.empty("rom", &[("enabled", "no")])?;
+            w.start("filterref", &[("filter", &nat.filter)])?;
+            w.empty("parameter", &[("name", "IP"), ("value", &ip)])?;
+            w.empty("parameter", &[("name", "GATEWAY"), ("value", &gateway)])?;
+            w.end("filterref")?;
+            w.end("interface")?;
+        }
+        NetworkMode::Isolated => {}
+        NetworkMode::Bridge { bridge, mac } => {
+            w.start("interface", &[("type", "bridge")])?;
+            w.empty("mac", &[("address", &mac.to_string())])?;
+            w.empty("source", &[("bridge", bridge)])?;
+            w.empty("model", &[("type", "virtio")])?;
+            w.empty("rom", &[("enabled", "no")])?;
+            w.end("interface")?;
+        }
+    }
+    w.start("serial", &[("type", "file")])?;
+    w.empty(
+        "source",
+        &[("path", utf8(&spec.console_log, "console log")?)],
+    )?;
+    w.empty("target", &[("port", "0")])?;
+    w.end("serial")?;
+    match &spec.channel {
+        AgentChannel::VirtioSerial { socket, name } => {
+            w.start("channel", &[("type", "unix")])?;
+            w.empty(
+                "source",
+                &[("mode", "bind"), ("path", utf8(socket, "agent socket")?)],
+            )?;
+            w.empty("target", &[("type", "virtio"), ("name", name)])?;
+            w.end("channel")?;
+        }
+        AgentChannel::Vsock(cid) => {
+            w.start("vsock", &[("model", "virtio")])?;
+            match cid {
+                VsockCid::Auto => w.empty("cid", &[("auto", "yes")])?,
+                VsockCid::Fixed(cid) if *cid < 3 => {
+                    return Err(XmlError::InvalidSpec("vsock CIDs below 3 are reserved"));
+                }
+                VsockCid::Fixed(cid) => {
+                    w.empty("cid", &[("auto", "no"), ("address", &cid.to_string())])?;
+                }
+            }
+            w.end("vsock")?;
+        }
+        AgentChannel::HybridVsock { .. } => {}
+    }
+    w.empty("controller", &[("type", "usb"), ("model", "none")])?;
+    w.start("rng", &[("model", "virtio")])?;
+    w.text("backend", &[("model", "random")], "/dev/urandom")?;
+    w.end("rng")?;
+    w.empty("memballoon", &[("model", "none")])?;
+    w.end("devices")?;
+    Ok(())
+}
+
+fn utf8<'a>(path: &'a Path, field: &'static str) -> Result<&'a str, XmlError> {
+    path.to_str().ok_or_else(|| XmlError::NonUtf8Path {
+        field,
+        path: path.to_path_buf(),
+    })
+}
+
+/// Escapes a value for QEMU's `key=value,...` option syntax (commas double).
+fn qemu_opt_escape(value: &str) -> Cow<'_, str> {
+    if value.contains(',') {
+        Cow::Owned(value.replace(',', ",,"))
+    } else {
+        Cow::Borrowed(value)
+    }
+}
+
+/// Reads Paddock's metadata from a domain's XML, as libvirt returns it.
+/// `Ok(None)` means the domain is not Paddock's.
+///
+/// # Errors
+/// The XML is malformed, or Paddock's element lacks a field or has a bad one.
+pub fn parse_metadata(domain_xml: &str) -> Result<Option<PaddockMetadata>, XmlError> {
+    let root = Element::parse_root(domain_xml, "domain")?;
+    let Some(metadata) = root.child("metadata") else {
+        return Ok(None);
+    };
+    let ours = metadata.children.iter().find(|el| {
+        let (prefix, local) = el
+            .name
+            .split_once(':')
+            .map_or((None, el.name.as_str()), |(p, l)| (Some(p), l));
+        let decl = prefix.map_or_else(|| "xmlns".to_owned(), |p| format!("xmlns:{p}"));
+        let namespace = [el, metadata, &root]
+            .into_iter()
+            .find_map(|e| e.attr(&decl));
+        local == "domain" && namespace == Some(METADATA_NAMESPACE)
+    });
+    let Some(el) = ours else {
+        return Ok(None);
+    };
+    let required = |attribute: &'static str| {
+        el.attr(attribute).ok_or(XmlError::MissingAttribute {
+            element: "paddock:domain",
+            attribute,
+        })
+    };
+    let number = |attribute: &'static str| {
+        let value = required(attribute)?;
+        value
+            .parse::<u64>()
+            .map_err(|_| XmlError::InvalidAttribute {
+                element: "paddock:domain",
+                attribute,
+                value: value.to_owned(),
+            })
+    };
+    let slot = number("slot")?;
+    Ok(Some(PaddockMetadata {
+        pool: required("pool")?.to_owned(),
+        slot: u32::try_from(slot).map_err(|_| XmlError::InvalidAttribute {
+            element: "paddock:domain",
+            attribute: "slot",
+            value: slot.to_string(),
+        })?,
+        image: required("image")?.to_owned(),
+        golden: el.attr("golden").map(str::to_owned),
+        created_unix: number("created")?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_found_by_namespace_not_prefix() {
+        let xml = r#"<domain><metadata>
+            <other:domain xmlns:other="https://example.invalid/x" pool="no"/>
+            <p:domain xmlns:p="https://paddock.dev/xmlns/domain/1" pool="web" slot="7"
+                      image="debian" created="1700000000"/>
+          </metadata></domain>"#;
+        let m = parse_metadata(xml).expect("parses").expect("has metadata");
+        assert_eq!(m.pool, "web");
+        assert_eq!(m.slot, 7);
+        assert_eq!(m.golden, None);
+        assert_eq!(
+            parse_metadata("<domain><name>x</name></domain>").expect("parses"),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_metadata_is_an_error() {
+        let with = |attrs: &str| {
+            format!(
+                r#"<domain><metadata><paddock:domain xmlns:paddock="{METADATA_NAMESPACE}" {attrs}/></metadata></domain>"#
+            )
+        };
+        let ok = r#"pool="p" slot="1" image="i" created="5""#;
+        assert!(parse_metadata(&with(ok)).expect("parses").is_some());
+        for bad in [
+            r#"slot="1" image="i" created="5""#,
+            r#"pool="p" slot="-1" image="i" created="5""#,
+            r#"pool="p" slot="4294967296" image="i" created="5""#,
+            r#"pool="p" slot="1" image="i" created="soon""#,
+        ] {
+            assert!(parse_metadata(&with(bad)).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            parse_metadata("<network/>"),
+            Err(XmlError::UnexpectedRoot { .. })
+        ));
+    }
+
+    #[test]
+    fn qemu_options_double_commas() {
+        assert_eq!(qemu_opt_escape("/run/a,b/s.sock"), "/run/a,,b/s.sock");
+        assert!(matches!(qemu_opt_escape("/plain"), Cow::Borrowed(_)));
+    }
+}

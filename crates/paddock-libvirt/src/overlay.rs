@@ -1,0 +1,109 @@
+//! qcow2 overlays on read-only base images, made with `qemu-img`.
+//!
+//! Every sandbox writes to its own overlay; the base image is only ever read.
+//! The overlays are made with `qemu-img create -b` rather than libvirt's
+//! storage API because the storage API needs a storage pool defined, started
+//! and refreshed around every directory that holds overlays, and then runs
+//! the very same `qemu-img` inside libvirtd; calling it directly needs only
+//! the binary (Debian package `qemu-utils`), behaves the same with or
+//! without a daemon (the test driver's volumes exist only in its memory),
+//! and leaves an ordinary file that is removed by unlinking it. libvirt
+//! still labels the files (owner, permissions) when a domain starts.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::spec::OverlayDisk;
+
+/// How long `qemu-img create` may take (it writes a few KiB of metadata).
+pub const QEMU_IMG_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why an overlay could not be created or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    /// The base path is relative; qemu-img would resolve it against the
+    /// overlay's directory.
+    #[error("The base image path {0:?} is not absolute")]
+    RelativeBase(PathBuf),
+    /// qemu-img could not be started.
+    #[error("Could not run qemu-img (package qemu-utils)")]
+    Spawn(#[source] io::Error),
+    /// qemu-img did not finish in time; it was killed.
+    #[error("qemu-img did not finish within {0:?}")]
+    Timeout(Duration),
+    /// qemu-img failed.
+    #[error("qemu-img failed ({status}): {stderr}")]
+    Failed {
+        /// Its exit status.
+        status: ExitStatus,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// The overlay file could not be removed.
+    #[error("Could not remove the overlay {path:?}")]
+    Remove {
+        /// The overlay.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Creates `disk.overlay` as an empty qcow2 overlay on `disk.base`, replacing
+/// any file already there. The overlay has the base's virtual size.
+///
+/// # Errors
+/// A relative base path, or qemu-img fails or times out.
+pub async fn create_overlay(disk: &OverlayDisk) -> Result<(), OverlayError> {
+    if disk.base.is_relative() {
+        return Err(OverlayError::RelativeBase(disk.base.clone()));
+    }
+    let child = Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            disk.base_format.as_str(),
+            "-b",
+        ])
+        .arg(&disk.base)
+        .arg(&disk.overlay)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(OverlayError::Spawn)?;
+    let output = tokio::time::timeout(QEMU_IMG_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| OverlayError::Timeout(QEMU_IMG_TIMEOUT))?
+        .map_err(OverlayError::Spawn)?;
+    if !output.status.success() {
+        return Err(OverlayError::Failed {
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Removes an overlay; one that does not exist is fine.
+///
+/// # Errors
+/// The file exists and cannot be removed.
+pub async fn remove_overlay(disk: &OverlayDisk) -> Result<(), OverlayError> {
+    match tokio::fs::remove_file(&disk.overlay).await {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(OverlayError::Remove {
+            path: disk.overlay.clone(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}

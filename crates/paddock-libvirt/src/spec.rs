@@ -1,0 +1,414 @@
+//! The typed description of a Paddock domain: [`DomainSpec`] and its parts.
+//!
+//! A spec is plain data; [`crate::render_domain`] turns it into libvirt domain
+//! XML. Nothing here talks to libvirt; only [`Acceleration::Auto`] looks at the
+//! host (once per process).
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use uuid::Uuid;
+
+/// The XML namespace of Paddock's `<metadata>` element in domain XML.
+pub const METADATA_NAMESPACE: &str = "https://paddock.dev/xmlns/domain/1";
+
+/// Everything Paddock decides about one domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSpec {
+    /// Domain name, unique on the host.
+    pub name: String,
+    /// Domain UUID, unique on the host.
+    pub uuid: Uuid,
+    /// What the domain is, recorded in its XML for crash recovery.
+    pub metadata: PaddockMetadata,
+    /// vCPUs and memory.
+    pub profile: Profile,
+    /// cgroup limits; [`Profile::tuning`] gives the defaults.
+    pub tuning: Tuning,
+    /// KVM or TCG.
+    pub acceleration: Acceleration,
+    /// How the guest boots.
+    pub boot: Boot,
+    /// The guest's disk, if it has one. Internal snapshots need one (the memory
+    /// state is stored in it); [`Boot::Disk`] boots from it.
+    pub disk: Option<OverlayDisk>,
+    /// The file the serial console is written to.
+    pub console_log: PathBuf,
+    /// How the host reaches the guest agent.
+    pub channel: AgentChannel,
+    /// The guest's network.
+    pub network: NetworkMode,
+}
+
+/// What a domain is, as far as Paddock is concerned. Stored in the domain's
+/// `<metadata>` in the [`METADATA_NAMESPACE`] namespace and read back with
+/// [`crate::parse_metadata`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaddockMetadata {
+    /// The pool the domain belongs to.
+    pub pool: String,
+    /// The slot it fills in that pool.
+    pub slot: u32,
+    /// The guest image it runs.
+    pub image: String,
+    /// The golden snapshot or saved image it was reset or restored from, if any.
+    pub golden: Option<String>,
+    /// When it was created, in seconds since the Unix epoch.
+    pub created_unix: u64,
+}
+
+/// vCPUs and memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    /// Number of vCPUs (at least 1).
+    pub vcpus: u32,
+    /// Guest memory in MiB (at least 1).
+    pub memory_mib: u64,
+}
+
+/// A resource profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// 1 vCPU, 512 MiB.
+    Light,
+    /// 2 vCPUs, 2 GiB.
+    Standard,
+    /// 4 vCPUs, 8 GiB.
+    Intensive,
+    /// Anything else.
+    Custom(Resources),
+}
+
+/// Memory QEMU needs besides guest RAM; under TCG the translation cache alone
+/// may take up to 1 GiB.
+pub const QEMU_OVERHEAD_MIB: u64 = 1024;
+
+impl Profile {
+    /// The profile's vCPUs and memory.
+    #[must_use]
+    pub fn resources(self) -> Resources {
+        match self {
+            Self::Light => Resources {
+                vcpus: 1,
+                memory_mib: 512,
+            },
+            Self::Standard => Resources {
+                vcpus: 2,
+                memory_mib: 2048,
+            },
+            Self::Intensive => Resources {
+                vcpus: 4,
+                memory_mib: 8192,
+            },
+            Self::Custom(resources) => resources,
+        }
+    }
+
+    /// Default cgroup limits: CPU weight and a hard cap of `vcpus` host CPUs
+    /// for the whole QEMU process, a memory soft limit of guest RAM plus
+    /// [`QEMU_OVERHEAD_MIB`], and a block I/O weight growing with the vCPUs.
+    ///
+    /// Guest RAM itself is capped by the domain's memory size. No memory hard
+    /// limit by default: libvirt then raises QEMU's `RLIMIT_MEMLOCK` to it,
+    /// which needs `CAP_SYS_RESOURCE`, and containers (this project's CI
+    /// included) lack it, so the domain would not start.
+    #[must_use]
+    pub fn tuning(self) -> Tuning {
+        let Resources { vcpus, memory_mib } = self.resources();
+        let period_us = 100_000;
+        Tuning {
+            cpu_shares: Some(vcpus.saturating_mul(1024)),
+            cpu_quota: Some(CpuQuota {
+                period_us,
+                quota_us: u64::from(vcpus).saturating_mul(period_us),
+            }),
+            memory_hard_limit_mib: None,
+            memory_soft_limit_mib: Some(memory_mib.saturating_add(QEMU_OVERHEAD_MIB)),
+            blkio_weight: Some(
+                u16::try_from(vcpus.saturating_mul(250))
+                    .unwrap_or(1000)
+                    .clamp(100, 1000),
+            ),
+        }
+    }
+}
+
+/// cgroup limits, rendered as `<cputune>`, `<memtune>` and `<blkiotune>`.
+/// `None` leaves a limit unset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tuning {
+    /// Relative CPU weight (`<cputune><shares>`).
+    pub cpu_shares: Option<u32>,
+    /// CPU bandwidth cap for the whole domain (`<global_period>`, `<global_quota>`).
+    pub cpu_quota: Option<CpuQuota>,
+    /// Memory hard limit in MiB (`<memtune><hard_limit>`); needs
+    /// `CAP_SYS_RESOURCE` in libvirtd (see [`Profile::tuning`]).
+    pub memory_hard_limit_mib: Option<u64>,
+    /// Memory soft limit in MiB (`<memtune><soft_limit>`).
+    pub memory_soft_limit_mib: Option<u64>,
+    /// Relative block I/O weight, 100..=1000 (`<blkiotune><weight>`).
+    pub blkio_weight: Option<u16>,
+}
+
+/// A CPU bandwidth cap: `quota_us` of CPU time per `period_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuQuota {
+    /// Period in microseconds (1000..=1000000).
+    pub period_us: u64,
+    /// CPU time allowed per period in microseconds.
+    pub quota_us: u64,
+}
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Acceleration {
+    /// Hardware virtualisation (`<domain type='kvm'>`).
+    Kvm,
+    /// QEMU's emulator (`<domain type='qemu'>`).
+    Tcg,
+    /// KVM when `/dev/kvm` exists and the CPU flags show `vmx` or `svm`, TCG
+    /// otherwise (a paravirtualised `/dev/kvm` without those flags hangs guests).
+    #[default]
+    Auto,
+}
+
+impl Acceleration {
+    /// [`Acceleration::Kvm`] or [`Acceleration::Tcg`]; `Auto` probes the host
+    /// once per process.
+    #[must_use]
+    pub fn resolve(self) -> Self {
+        static HOST_KVM: OnceLock<bool> = OnceLock::new();
+        match self {
+            Self::Auto => {
+                let kvm = *HOST_KVM.get_or_init(|| {
+                    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+                    kvm_usable(std::path::Path::new("/dev/kvm").exists(), &cpuinfo)
+                });
+                if kvm { Self::Kvm } else { Self::Tcg }
+            }
+            other => other,
+        }
+    }
+
+    /// The `type` attribute of `<domain>`.
+    #[must_use]
+    pub fn domain_type(self) -> &'static str {
+        match self.resolve() {
+            Self::Kvm => "kvm",
+            _ => "qemu",
+        }
+    }
+}
+
+/// Whether KVM can run guests: the device exists and some CPU advertises
+/// `vmx` (Intel) or `svm` (AMD) in `/proc/cpuinfo`.
+#[must_use]
+pub fn kvm_usable(dev_kvm_exists: bool, cpuinfo: &str) -> bool {
+    dev_kvm_exists
+        && cpuinfo
+            .lines()
+            .filter(|line| line.starts_with("flags"))
+            .any(|line| {
+                line.split_whitespace()
+                    .any(|flag| flag == "vmx" || flag == "svm")
+            })
+}
+
+/// How the guest boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// Direct kernel boot.
+    Kernel {
+        /// The kernel image.
+        kernel: PathBuf,
+        /// The initramfs, if any.
+        initrd: Option<PathBuf>,
+        /// The kernel command line.
+        cmdline: String,
+    },
+    /// The firmware (SeaBIOS) boots [`DomainSpec::disk`].
+    Disk,
+}
+
+/// A qcow2 overlay on a base image that is never written (see [`crate::overlay`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayDisk {
+    /// The qcow2 overlay the guest writes to.
+    pub overlay: PathBuf,
+    /// The read-only base image.
+    pub base: PathBuf,
+    /// The base image's format.
+    pub base_format: ImageFormat,
+}
+
+/// A disk image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// Raw bytes.
+    Raw,
+    /// QEMU's qcow2.
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// The name QEMU and libvirt use.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// How the host reaches the guest agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentChannel {
+    /// Kernel vsock (`<vsock model='virtio'>`, needs `/dev/vhost-vsock`).
+    Vsock(VsockCid),
+    /// A virtio-serial port backed by a Unix socket that libvirt binds.
+    VirtioSerial {
+        /// The host-side socket.
+        socket: PathBuf,
+        /// The port name the guest sees in `/sys/class/virtio-ports/*/name`.
+        name: String,
+    },
+    /// vhost-user-vsock to a `vhost-device-vsock` backend (through
+    /// `<qemu:commandline>`, with shared memfd memory). The guest CID is
+    /// configured in the backend. Not migratable: no save/restore, no memory
+    /// snapshots.
+    HybridVsock {
+        /// The backend's vhost-user socket, which QEMU connects to.
+        socket: PathBuf,
+    },
+}
+
+/// A kernel vsock context id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VsockCid {
+    /// libvirt picks a free CID.
+    Auto,
+    /// A fixed CID (3 or more).
+    Fixed(u32),
+}
+
+/// The guest's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// The default: one interface on Paddock's NAT network behind the egress filter.
+    NatFiltered(NatAttachment),
+    /// No network interface at all.
+    Isolated,
+    /// An interface on an existing host bridge, unfiltered (advanced use).
+    Bridge {
+        /// The host bridge.
+        bridge: String,
+        /// The interface's MAC address.
+        mac: MacAddress,
+    },
+}
+
+/// An interface on a Paddock network, with its reserved address and filter;
+/// [`crate::NetworkSpec::attachment`] builds one for a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatAttachment {
+    /// The libvirt network.
+    pub network: String,
+    /// The slot's MAC address (the network's DHCP reservation key).
+    pub mac: MacAddress,
+    /// The slot's reserved IPv4 address (the filter's `IP` parameter).
+    pub ip: Ipv4Addr,
+    /// The network's gateway, DHCP and DNS server (the filter's `GATEWAY` parameter).
+    pub gateway: Ipv4Addr,
+    /// The nwfilter referenced by the interface.
+    pub filter: String,
+}
+
+/// An Ethernet MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddress(pub [u8; 6]);
+
+impl fmt::Display for MacAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_needs_the_device_and_vmx_or_svm() {
+        let vmx = "processor: 0\nflags\t\t: fpu vme vmx sse\n";
+        let svm = "flags\t\t: fpu svm\n";
+        let none = "flags\t\t: fpu vme hypervisor\nmodel name: svm-like vmx\n";
+        assert!(kvm_usable(true, vmx));
+        assert!(kvm_usable(true, svm));
+        assert!(!kvm_usable(false, vmx));
+        assert!(!kvm_usable(true, none));
+        assert!(!kvm_usable(true, ""));
+    }
+
+    #[test]
+    fn this_host_resolves_to_a_concrete_accelerator() {
+        assert_ne!(Acceleration::Auto.resolve(), Acceleration::Auto);
+        assert_eq!(Acceleration::Tcg.domain_type(), "qemu");
+        assert_eq!(Acceleration::Kvm.domain_type(), "kvm");
+    }
+
+    #[test]
+    fn profiles_match_the_issue() {
+        let r = |p: Profile| p.resources();
+        assert_eq!(
+            r(Profile::Light),
+            Resources {
+                vcpus: 1,
+                memory_mib: 512
+            }
+        );
+        assert_eq!(
+            r(Profile::Standard),
+            Resources {
+                vcpus: 2,
+                memory_mib: 2048
+            }
+        );
+        assert_eq!(
+            r(Profile::Intensive),
+            Resources {
+                vcpus: 4,
+                memory_mib: 8192
+            }
+        );
+        let t = Profile::Standard.tuning();
+        assert_eq!(
+            t.cpu_quota,
+            Some(CpuQuota {
+                period_us: 100_000,
+                quota_us: 200_000
+            })
+        );
+        assert_eq!(t.memory_soft_limit_mib, Some(2048 + QEMU_OVERHEAD_MIB));
+        assert_eq!(t.memory_hard_limit_mib, None);
+        assert_eq!(t.blkio_weight, Some(500));
+        let huge = Profile::Custom(Resources {
+            vcpus: u32::MAX,
+            memory_mib: u64::MAX,
+        })
+        .tuning();
+        assert_eq!(huge.blkio_weight, Some(1000));
+        assert_eq!(huge.memory_soft_limit_mib, Some(u64::MAX));
+    }
+
+    #[test]
+    fn mac_addresses_print_in_lower_case_hex() {
+        assert_eq!(
+            MacAddress([0x52, 0x54, 0, 0xAB, 1, 0xff]).to_string(),
+            "52:54:00:ab:01:ff"
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! Golden-file and schema tests of every XML document Paddock generates.
+//!
+//! Golden files live in `tests/golden/`; `PADDOCK_BLESS=1 cargo test -p
+//! paddock-libvirt --test render` rewrites them from the current rendering.
+//! Schema checks run libvirt's own `virt-xml-validate` (package
+//! libvirt-clients) and fail if it is missing.
+#![cfg(test)]
+
+#[path = "common/sample.rs"]
+mod sample;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use paddock_libvirt::{
+    Boot, NetworkKind, SnapshotSpec, Tuning, load_filters, render_domain, render_network,
+    render_snapshot,
+};
+use sample::{Chan, Net};
+
+const NETS: [(Net, &str); 3] = [
+    (Net::NatFiltered, "nat-filtered"),
+    (Net::Isolated, "isolated"),
+    (Net::Bridge, "bridge"),
+];
+const CHANS: [(Chan, &str); 3] = [
+    (Chan::Vsock, "vsock"),
+    (Chan::VirtioSerial, "virtio-serial"),
+    (Chan::HybridVsock, "hybrid-vsock"),
+];
+
+/// Every generated document: (golden file name, libvirt schema, XML).
+fn documents() -> Vec<(String, &'static str, String)> {
+    let mut docs = Vec::new();
+    for (net, net_name) in NETS {
+        for (chan, chan_name) in CHANS {
+            let xml = render_domain(&sample::domain(net, chan)).expect("renders");
+            docs.push((format!("domain-{net_name}-{chan_name}.xml"), "domain", xml));
+        }
+    }
+    let mut disk_boot = sample::domain(Net::Isolated, Chan::VirtioSerial);
+    disk_boot.boot = Boot::Disk;
+    disk_boot.tuning = Tuning {
+        memory_hard_limit_mib: Some(2048),
+        ..disk_boot.profile.tuning()
+    };
+    docs.push((
+        "domain-disk-boot.xml".into(),
+        "domain",
+        render_domain(&disk_boot).expect("renders"),
+    ));
+    for (kind, name) in [
+        (NetworkKind::Nat, "nat"),
+        (NetworkKind::Isolated, "isolated"),
+    ] {
+        let xml = render_network(&sample::network(kind)).expect("renders");
+        docs.push((format!("network-{name}.xml"), "network", xml));
+    }
+    let snapshot = SnapshotSpec {
+        name: "golden".into(),
+        description: "Booted, agent ready".into(),
+        tags: vec!["golden".into(), "web".into()],
+    };
+    docs.push((
+        "snapshot.xml".into(),
+        "domainsnapshot",
+        render_snapshot(&snapshot).expect("renders"),
+    ));
+    docs
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+#[test]
+fn renderings_match_golden_files() {
+    let bless = std::env::var_os("PADDOCK_BLESS").is_some_and(|v| v == "1");
+    let mut stale = Vec::new();
+    for (name, _, xml) in documents() {
+        let path = golden_dir().join(&name);
+        if bless {
+            std::fs::write(&path, &xml).expect("write golden file");
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(golden) if golden == xml => {}
+            Ok(golden) => stale.push(format!(
+                "{name} differs:\n--- golden\n{golden}\n+++ rendered\n{xml}"
+            )),
+            Err(e) => stale.push(format!("{name}: {e}")),
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "run with PADDOCK_BLESS=1 to accept:\n{}",
+        stale.join("\n")
+    );
+}
+
+#[test]
+fn golden_directory_has_no_orphans() {
+    let expected: Vec<String> = documents().into_iter().map(|(name, ..)| name).collect();
+    for entry in std::fs::read_dir(golden_dir()).expect("golden dir") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            expected.contains(&name),
+            "golden file {name} is not rendered by any test"
+        );
+    }
+}
+
+fn validate(schema: &str, path: &Path) {
+    let output = Command::new("virt-xml-validate")
+        .arg(path)
+        .arg(schema)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("virt-xml-validate is required (apt-get install libvirt-clients): {e}")
+        });
+    assert!(
+        output.status.success(),
+        "{} does not validate against libvirt's {schema} schema:\n{}{}",
+        path.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn generated_domains_networks_and_snapshots_validate_against_libvirt_schemas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docs = documents();
+    assert_eq!(docs.len(), 9 + 1 + 2 + 1);
+    for (name, schema, xml) in docs {
+        let path = dir.path().join(name);
+        std::fs::write(&path, xml).expect("write");
+        validate(schema, &path);
+    }
+}
+
+#[test]
+fn nwfilter_files_validate_against_libvirt_schema() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nwfilters");
+    let filters = load_filters(&dir).expect("filters load");
+    let names: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["paddock-drop-all", "paddock-egress"]);
+    for filter in &filters {
+        validate("nwfilter", &dir.join(format!("{}.xml", filter.name)));
+    }
+}
+
+#[test]
+fn egress_filter_has_the_rules_the_design_requires() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nwfilters");
+    let xml = std::fs::read_to_string(dir.join("paddock-egress.xml")).expect("egress filter");
+    for needle in [
+        "<filterref filter='clean-traffic'/>",
+        "<udp srcportstart='68' dstportstart='67'/>",
+        "<udp dstipaddr='$GATEWAY' dstportstart='53' state='NEW'/>",
+        "<tcp dstipaddr='$GATEWAY' dstportstart='53' state='NEW'/>",
+        "<all state='ESTABLISHED,RELATED'/>",
+        "<all dstipaddr='$GATEWAY'/>",
+        "<all dstipaddr='169.254.0.0' dstipmask='16'/>",
+        "<all dstipaddr='10.0.0.0' dstipmask='8'/>",
+        "<all dstipaddr='172.16.0.0' dstipmask='12'/>",
+        "<all dstipaddr='192.168.0.0' dstipmask='16'/>",
+        "<tcp dstportstart='80' state='NEW'/>",
+        "<tcp dstportstart='443' state='NEW'/>",
+        "<tcp dstportstart='22' state='NEW'/>",
+        "<tcp dstportstart='9418' state='NEW'/>",
+        "<rule action='drop' direction='inout' priority='1000'>\n    <all/>",
+    ] {
+        assert!(xml.contains(needle), "egress filter lacks {needle}");
+    }
+}

@@ -1,0 +1,135 @@
+//! Host set-up for the tests that need a real libvirtd: Debian packages,
+//! then virtlogd and libvirtd (there is no systemd to start them).
+//!
+//! Idempotent and cheap on a prepared machine: `dpkg -s` finds every package
+//! installed (no apt work at all) and `virsh version` answers (nothing to
+//! start).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::shell::Cmd;
+
+/// What the libvirt layer builds against and its tests run: the `virt`
+/// crate's build (libvirt-dev, pkg-config), the daemon and its QEMU driver,
+/// virsh and `virt-xml-validate`, QEMU for TCG guests, `qemu-img` for
+/// overlays, and what NAT networks and nwfilter need.
+const PACKAGES: [&str; 9] = [
+    "libvirt-dev",
+    "pkg-config",
+    "libvirt-daemon-system",
+    "libvirt-clients",
+    "qemu-system-x86",
+    "qemu-utils",
+    "dnsmasq-base",
+    "iptables",
+    "ebtables",
+];
+
+const URI: &str = "qemu:///system";
+
+/// How long libvirtd may take to answer after it is started.
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long one `virsh version` probe may take.
+const PROBE_TIMEOUT: &str = "10";
+
+/// Installs the missing packages and starts virtlogd and libvirtd unless
+/// libvirtd already answers on `qemu:///system`.
+pub fn ensure_libvirt() -> anyhow::Result<()> {
+    ensure_packages()?;
+    if libvirtd_answers() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("libvirtd does not answer on {URI}, and starting it needs root");
+    }
+    for dir in ["/var/log/libvirt", "/var/run/libvirt", "/var/lib/libvirt"] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+    }
+    // A virtlogd that already runs makes a second one exit at once: harmless.
+    let _ = quiet(Command::new("/usr/sbin/virtlogd").arg("-d"));
+    Cmd::new("/usr/sbin/libvirtd").arg("-d").run()?;
+    let deadline = Instant::now() + DAEMON_START_TIMEOUT;
+    while !libvirtd_answers() {
+        if Instant::now() >= deadline {
+            bail!("libvirtd did not answer on {URI} within {DAEMON_START_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("xtask: libvirtd answers on {URI}");
+    Ok(())
+}
+
+fn ensure_packages() -> anyhow::Result<()> {
+    let missing = missing_packages()?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let install = format!(
+        "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
+        missing.join(" ")
+    );
+    if !is_root() {
+        bail!(
+            "missing Debian packages {}; as root, run: {install}",
+            missing.join(", ")
+        );
+    }
+    Cmd::new("apt-get").arg("update").run()?;
+    Cmd::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()
+        .with_context(|| format!("installing {}", missing.join(", ")))
+}
+
+/// The packages of [`PACKAGES`] that `dpkg -s` does not report installed.
+fn missing_packages() -> anyhow::Result<Vec<&'static str>> {
+    // `dpkg -s` prints a stanza per known package and fails if any is unknown.
+    let output = Command::new("dpkg")
+        .arg("-s")
+        .args(PACKAGES)
+        .stderr(Stdio::null())
+        .output()
+        .context("could not run dpkg (is this Debian?)")?;
+    let stanzas = String::from_utf8_lossy(&output.stdout);
+    let installed: Vec<&str> = stanzas
+        .split("\n\n")
+        .filter(|stanza| stanza.lines().any(|l| l == "Status: install ok installed"))
+        .filter_map(|stanza| stanza.lines().find_map(|l| l.strip_prefix("Package: ")))
+        .collect();
+    Ok(PACKAGES
+        .into_iter()
+        .filter(|p| !installed.contains(p))
+        .collect())
+}
+
+fn libvirtd_answers() -> bool {
+    quiet(Command::new("timeout").args([PROBE_TIMEOUT, "virsh", "-c", URI, "version"]))
+}
+
+/// Runs a probe with its output discarded; whether it succeeded.
+fn quiet(command: &mut Command) -> bool {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn is_root() -> bool {
+    // The effective uid is the second field of `Uid:` in /proc/self/status.
+    std::fs::read_to_string(Path::new("/proc/self/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            .is_some_and(|euid| euid == "0")
+    })
+}

@@ -1,0 +1,224 @@
+//! `cargo xtask <task>`: the project's entry points.
+//!
+//! - `demo`: Paddock's main job end to end (see [`demo`]).
+//! - `test`: every check CI runs: formatting, clippy, the whole test suite,
+//!   docs, and the static guest-agent build.
+//! - `bench`: the criterion benchmarks under `benches/`.
+//! - `fuzz`: the cargo-fuzz targets under `fuzz/` for a while each.
+
+mod demo;
+mod host;
+mod shell;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::shell::{Cmd, have_command, workspace_root};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Paddock project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Run Paddock's main job end to end and print what happens.
+    Demo,
+    /// Run every check CI runs.
+    Test {
+        /// Skip formatting, clippy and docs (tests only).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Run the criterion benchmarks (pass criterion filters after `--`).
+    Bench {
+        /// Arguments for the benchmark binaries.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run each fuzz target for a while (needs cargo-fuzz; installed if missing).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
+    /// Build the statically linked guest agent (release) and print its path.
+    AgentStatic,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Demo => demo::run(),
+        Task::Test { quick } => test(quick),
+        Task::Bench { args } => {
+            // The agent benchmarks run the release agent binary.
+            Cmd::cargo([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "paddock-guest-agent",
+            ])
+            .run()?;
+            let mut cmd = Cmd::cargo(["bench", "--locked", "-p", "paddock-benches"]);
+            if !args.is_empty() {
+                cmd = cmd.arg("--").args(args);
+            }
+            cmd.run()
+        }
+        Task::Fuzz { seconds } => fuzz(seconds),
+        Task::AgentStatic => {
+            let path = build_static_agent()?;
+            println!("{}", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn test(quick: bool) -> anyhow::Result<()> {
+    // Before anything builds: the `virt` crate links against libvirt-dev, and
+    // the libvirt tests need a running libvirtd.
+    host::ensure_libvirt()?;
+    if !quick {
+        Cmd::cargo(["fmt", "--all", "--check"])
+            .run()
+            .context("cargo fmt --check failed")?;
+        Cmd::cargo([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .run()?;
+    }
+    // Builds every binary too, so the tests find the real `paddock-agent`.
+    Cmd::cargo(["build", "--workspace", "--all-targets", "--locked"]).run()?;
+    if !quick {
+        Cmd::cargo(["doc", "--workspace", "--no-deps", "--locked"])
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .run()?;
+        let agent = build_static_agent()?;
+        check_static(&agent)?;
+    }
+    Cmd::cargo(["test", "--workspace", "--doc", "--locked"]).run()?;
+    // libvirtd runs now, so the tests against qemu:///system run too. The
+    // test runner goes last: its summary is the run's closing line.
+    let system = ("PADDOCK_LIBVIRT_SYSTEM_TESTS", "1");
+    if have_command("cargo-nextest") {
+        Cmd::cargo([
+            "nextest",
+            "run",
+            "--workspace",
+            "--locked",
+            "--no-fail-fast",
+        ])
+        .env(system.0, system.1)
+        .run()?;
+    } else {
+        eprintln!("xtask: cargo-nextest not found, running cargo test");
+        Cmd::cargo([
+            "test",
+            "--workspace",
+            "--lib",
+            "--bins",
+            "--tests",
+            "--locked",
+            "--no-fail-fast",
+        ])
+        .env(system.0, system.1)
+        .run()?;
+    }
+    Ok(())
+}
+
+/// Builds `paddock-agent` as a static executable, as it runs inside guests.
+fn build_static_agent() -> anyhow::Result<PathBuf> {
+    let target = "x86_64-unknown-linux-gnu";
+    Cmd::cargo([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "paddock-guest-agent",
+        "--target",
+        target,
+    ])
+    .env("RUSTFLAGS", "-C target-feature=+crt-static")
+    // A separate target dir: other RUSTFLAGS would rebuild the host build.
+    .env("CARGO_TARGET_DIR", workspace_root().join("target/static"))
+    .run()?;
+    Ok(workspace_root().join(format!("target/static/{target}/release/paddock-agent")))
+}
+
+/// Fails unless `binary` needs no dynamic loader (what a busybox initramfs has).
+fn check_static(binary: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    // An ELF with a PT_INTERP program header names a dynamic loader.
+    anyhow::ensure!(
+        !has_interp(&bytes),
+        "{} is dynamically linked",
+        binary.display()
+    );
+    println!(
+        "xtask: {} is static ({} bytes)",
+        binary.display(),
+        bytes.len()
+    );
+    Ok(())
+}
+
+/// Whether a 64-bit little-endian ELF has a `PT_INTERP` program header (it
+/// names a dynamic loader). Anything that does not parse counts as dynamic.
+fn has_interp(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let field = |at: usize, len: usize| elf.get(at..at + len);
+    let u16_at = |at| field(at, 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |at| field(at, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u64_at = |at| {
+        field(at, 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if field(0, 5) != Some(b"\x7fELF\x02".as_slice()) {
+        return true;
+    }
+    let (Some(phoff), Some(entry_size), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return true;
+    };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return true;
+    };
+    (0..usize::from(count))
+        .map(|i| u32_at(phoff + i * usize::from(entry_size)))
+        .any(|p_type| p_type.is_none_or(|t| t == PT_INTERP))
+}
+
+fn fuzz(seconds: u32) -> anyhow::Result<()> {
+    if !have_command("cargo-fuzz") {
+        Cmd::cargo(["install", "cargo-fuzz", "--locked"]).run()?;
+    }
+    let fuzz_dir = workspace_root().join("fuzz");
+    for target in ["frame_decoder", "message_decode"] {
+        Cmd::cargo([
+            "fuzz",
+            "run",
+            target,
+            "--",
+            &format!("-max_total_time={seconds}"),
+        ])
+        .dir(&fuzz_dir)
+        // cargo-fuzz passes nightly-only flags; the stable compiler accepts
+        // them with RUSTC_BOOTSTRAP (no nightly toolchain is available here).
+        .env("RUSTC_BOOTSTRAP", "1")
+        .run()?;
+    }
+    Ok(())
+}

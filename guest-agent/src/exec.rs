@@ -1,0 +1,807 @@
+//! EXECUTE: runs a process in its own process group and streams its output.
+//!
+//! One request task polls four things at once: the supervisor (the process,
+//! its timeout, the host's STDIN / SIGNAL / STOP), one pump per output pipe,
+//! and the stdin feeder.
+//!
+//! - A pump reads its pipe only while the host's window is open, so a process
+//!   that prints without end blocks in `write`. Past the stream's cap it reads
+//!   and discards without waiting, so the process never blocks on a cap.
+//! - Ending the group means SIGTERM to the whole group, then SIGKILL after the
+//!   grace period. When the leader exits, whatever is left in its group gets
+//!   SIGKILL: nothing of a request outlives its RESULT.
+//! - After the leader exits, the pumps forward what is still in the pipes,
+//!   then wait at most [`DRAIN_TIMEOUT`] for the end of the pipe, so a process
+//!   that escaped the group (`setsid`) and keeps the pipe open cannot hold the
+//!   request. Data already in a pipe is forwarded however long the host takes
+//!   to open its window; only waiting for new data is bounded.
+//! - RESULT is sent after the last STDOUT / STDERR frame.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use paddock_proto::{
+    Command as Program, ErrorCode, ExecResult, Execute, Message, MessageKind, Stop, StopScope,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::Gauge;
+use crate::session::{Input, Inputs, Interrupted, Rejection, RequestCtx, WireError};
+
+/// How long the pumps wait for the end of a pipe once the leader exited and
+/// the pipe is empty.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Why an execution failed (as opposed to the process failing).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExecError {
+    /// `argv` has no program.
+    #[error("The argument vector is empty")]
+    EmptyArgv,
+    /// The process could not be started.
+    #[error("Could not start `{program}`")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The spawned process has no pid (it cannot have been reaped yet).
+    #[error("The process has no pid")]
+    NoPid,
+    /// Waiting for the process failed.
+    #[error("Could not wait for the process")]
+    Wait(#[source] io::Error),
+    /// The host broke the protocol on this request.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The session ended.
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
+}
+
+impl WireError for ExecError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::EmptyArgv => ErrorCode::InvalidArgument,
+            Self::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                ErrorCode::NotFound
+            }
+            Self::Spawn { .. } => ErrorCode::SpawnFailed,
+            Self::NoPid | Self::Wait(_) => ErrorCode::Internal,
+            Self::Rejected(rejection) => rejection.code(),
+            Self::Interrupted(interrupted) => interrupted.code(),
+        }
+    }
+}
+
+/// Runs one EXECUTE request to its RESULT or ERROR.
+pub(crate) async fn serve(ctx: RequestCtx, execute: Execute, inputs: Inputs) {
+    let outcome = do_execute(&ctx, &execute, inputs).await;
+    ctx.finish(outcome.map(Message::ExecResult).map_err(|err| err.report()))
+        .await;
+}
+
+async fn do_execute(
+    ctx: &RequestCtx,
+    execute: &Execute,
+    mut inputs: Inputs,
+) -> Result<ExecResult, ExecError> {
+    let (mut command, program) = command(execute)?;
+    let mut child = command
+        .spawn()
+        .map_err(|source| ExecError::Spawn { program, source })?;
+    let started = Instant::now();
+    let _running = Gauge::new(&ctx.agent().running_executions);
+    // kill_on_drop covers the leader if this returns early.
+    let group = child
+        .id()
+        .and_then(|pid| libc::pid_t::try_from(pid).ok())
+        .map(ProcessGroup)
+        .ok_or(ExecError::NoPid)?;
+    debug!(pid = group.0, "Started");
+
+    let limits = Limits {
+        group,
+        timeout: execute.timeout_ms.map(Duration::from_millis),
+        grace: execute
+            .kill_grace_ms
+            .map_or(ctx.config().kill_grace, Duration::from_millis),
+    };
+    // `exited`: the leader is gone, pumps drain. `abandon`: output is no
+    // longer wanted (the request failed, or the session ended).
+    let exited = CancellationToken::new();
+    let abandon = ctx.child_token();
+    let stdin_pipe = child.stdin.take();
+    let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+    let stdin_tx = stdin_pipe.is_some().then_some(stdin_tx);
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (end, (), out, err) = tokio::join!(
+        supervise(
+            ctx,
+            &mut child,
+            limits,
+            &mut inputs,
+            stdin_tx,
+            &exited,
+            &abandon
+        ),
+        feed_stdin(ctx, stdin_pipe, stdin_rx, &exited),
+        pump(
+            ctx,
+            stdout,
+            MessageKind::Stdout,
+            execute.stdout_cap,
+            &exited,
+            &abandon
+        ),
+        pump(
+            ctx,
+            stderr,
+            MessageKind::Stderr,
+            execute.stderr_cap,
+            &exited,
+            &abandon
+        ),
+    );
+    let status = end?;
+    Ok(ExecResult {
+        exit_code: status.status.code(),
+        signal: status.status.signal(),
+        timed_out: status.timed_out,
+        stopped: status.stopped,
+        stdout_truncated: out.truncated,
+        stderr_truncated: err.truncated,
+        stdout_bytes: out.bytes,
+        stderr_bytes: err.bytes,
+        duration_us: u64::try_from((status.exited - started).as_micros()).unwrap_or(u64::MAX),
+    })
+}
+
+/// The command for `execute` and the program name for errors.
+fn command(execute: &Execute) -> Result<(Command, String), ExecError> {
+    let (mut command, program) = match &execute.command {
+        Program::Argv(argv) => {
+            let (program, args) = argv.split_first().ok_or(ExecError::EmptyArgv)?;
+            let mut command = Command::new(program);
+            command.args(args);
+            (command, program.clone())
+        }
+        Program::Shell(line) => {
+            let mut command = Command::new("/bin/sh");
+            command.arg("-c").arg(line);
+            (command, "/bin/sh".to_owned())
+        }
+    };
+    if execute.clear_env {
+        command.env_clear();
+    }
+    command.envs(&execute.env);
+    if let Some(cwd) = &execute.cwd {
+        command.current_dir(cwd);
+    }
+    command
+        .stdin(if execute.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    Ok((command, program))
+}
+
+/// A process group, named by its leader's pid.
+#[derive(Debug, Clone, Copy)]
+struct ProcessGroup(libc::pid_t);
+
+impl ProcessGroup {
+    fn signal(self, signal: i32) {
+        // SAFETY: kill(2) takes no pointers; a negative pid names the group.
+        let rc = unsafe { libc::kill(-self.0, signal) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ESRCH) {
+                warn!(%err, signal, "Could not signal the process group");
+            }
+        }
+    }
+}
+
+/// What the supervisor enforces.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    group: ProcessGroup,
+    timeout: Option<Duration>,
+    grace: Duration,
+}
+
+/// How the leader ended.
+#[derive(Debug)]
+struct Ended {
+    status: ExitStatus,
+    exited: Instant,
+    timed_out: bool,
+    stopped: bool,
+}
+
+/// Waits for the leader while applying the timeout and the host's inputs;
+/// then kills what is left of the group and lets the pumps drain.
+async fn supervise(
+    ctx: &RequestCtx,
+    child: &mut Child,
+    limits: Limits,
+    inputs: &mut Inputs,
+    mut stdin: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    exited: &CancellationToken,
+    abandon: &CancellationToken,
+) -> Result<Ended, ExecError> {
+    let group = limits.group;
+    // A limit too far away to represent is no limit.
+    let mut deadline = limits
+        .timeout
+        .and_then(|timeout| Instant::now().checked_add(timeout));
+    let mut kill_at = None;
+    let (mut timed_out, mut stopped) = (false, false);
+    let (mut session_over, mut inputs_open) = (false, true);
+    let mut terminating = false;
+    let mut failure: Option<ExecError> = None;
+    let waited = loop {
+        let terminate = tokio::select! {
+            status = child.wait() => break status,
+            () = at(deadline) => {
+                deadline = None;
+                timed_out = true;
+                true
+            }
+            () = at(kill_at) => {
+                kill_at = None;
+                group.signal(libc::SIGKILL);
+                false
+            }
+            () = ctx.ended(), if !session_over => {
+                session_over = true;
+                true
+            }
+            input = inputs.recv(), if inputs_open && failure.is_none() => match input {
+                Some(Input::Frame(Message::Stdin(data))) => match &stdin {
+                    Some(stdin) => {
+                        // Fails only once the feeder stopped: the leader exited.
+                        let _ = stdin.send(data);
+                        false
+                    }
+                    None => {
+                        failure = Some(Rejection::Unexpected(MessageKind::Stdin).into());
+                        true
+                    }
+                },
+                Some(Input::Frame(Message::StdinClose)) => {
+                    stdin = None;
+                    false
+                }
+                Some(Input::Frame(Message::Signal(request))) => {
+                    group.signal(request.signal);
+                    false
+                }
+                Some(Input::Frame(Message::Stop(Stop { scope: StopScope::Execution }))) => {
+                    stopped = true;
+                    true
+                }
+                Some(Input::Frame(message)) => {
+                    failure = Some(Rejection::Unexpected(message.kind()).into());
+                    true
+                }
+                Some(Input::Reject(report)) => {
+                    failure = Some(Rejection::Report(report).into());
+                    true
+                }
+                // The session ended; `ctx.ended()` handles that.
+                None => {
+                    inputs_open = false;
+                    false
+                }
+            },
+        };
+        if failure.is_some() {
+            abandon.cancel();
+        }
+        if terminate && !terminating {
+            terminating = true;
+            group.signal(libc::SIGTERM);
+            kill_at = Instant::now().checked_add(limits.grace);
+        }
+    };
+    let exited_at = Instant::now();
+    group.signal(libc::SIGKILL);
+    exited.cancel();
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    let status = waited.map_err(ExecError::Wait)?;
+    debug!(?status, timed_out, stopped, "Leader exited");
+    Ok(Ended {
+        status,
+        exited: exited_at,
+        timed_out,
+        stopped,
+    })
+}
+
+/// Completes at `instant`, or never.
+async fn at(instant: Option<Instant>) {
+    match instant {
+        Some(instant) => sleep_until(instant).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes the host's STDIN to the process and returns its credit as the
+/// process takes it. Stops when the host closes stdin or the leader exits.
+async fn feed_stdin(
+    ctx: &RequestCtx,
+    pipe: Option<ChildStdin>,
+    mut chunks: mpsc::UnboundedReceiver<Vec<u8>>,
+    exited: &CancellationToken,
+) {
+    let Some(pipe) = pipe else {
+        return;
+    };
+    let feeding = async {
+        let mut pipe = Some(pipe);
+        while let Some(chunk) = chunks.recv().await {
+            if let Some(open) = &mut pipe {
+                if let Err(err) = open.write_all(&chunk).await {
+                    // The process closed its stdin: the rest is discarded.
+                    debug!(%err, "Stdin closed by the process");
+                    pipe = None;
+                }
+            }
+            if ctx.consumed(chunk.len()).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = feeding => {}
+        () = exited.cancelled() => {}
+    }
+}
+
+/// What a pump saw of one output stream.
+#[derive(Debug, Default, Clone, Copy)]
+struct Captured {
+    /// Bytes the process wrote (forwarded or not).
+    bytes: u64,
+    /// Bytes were discarded past the cap.
+    truncated: bool,
+}
+
+/// Once the leader exited: the bytes that were in the pipe then (forwarded
+/// whenever the host allows), and how long to wait for more.
+#[derive(Debug, Clone, Copy)]
+struct Drain {
+    pending: u64,
+    deadline: Instant,
+}
+
+/// Forwards one output pipe as frames of `kind`, up to `cap` bytes.
+async fn pump<P>(
+    ctx: &RequestCtx,
+    pipe: Option<P>,
+    kind: MessageKind,
+    cap: Option<u64>,
+    exited: &CancellationToken,
+    abandon: &CancellationToken,
+) -> Captured
+where
+    P: AsyncRead + AsFd + Unpin,
+{
+    let mut captured = Captured::default();
+    let Some(mut pipe) = pipe else {
+        return captured;
+    };
+    let cap = cap.unwrap_or(u64::MAX);
+    let mut buf = vec![0u8; ctx.chunk()];
+    let mut drain = None;
+    let pumping = async {
+        loop {
+            let forwarded = captured.bytes.min(cap);
+            let want = if forwarded < cap {
+                let Ok(available) = ctx.credit_available().await else {
+                    return;
+                };
+                available.min(buf.len())
+            } else {
+                buf.len()
+            };
+            let read = match read_pipe(&mut pipe, &mut buf[..want], exited, &mut drain).await {
+                Ok(0) => return,
+                Ok(read) => read,
+                Err(err) => {
+                    warn!(%err, ?kind, "Could not read the output pipe");
+                    return;
+                }
+            };
+            let room = usize::try_from(cap - forwarded).unwrap_or(usize::MAX);
+            let keep = read.min(room);
+            captured.bytes = captured.bytes.saturating_add(read as u64);
+            captured.truncated |= keep < read;
+            if keep > 0 && ctx.send_data(kind, &buf[..keep]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = pumping => {}
+        () = abandon.cancelled() => {}
+    }
+    captured
+}
+
+/// Reads from an output pipe. Once the leader exited, reads what was in the
+/// pipe then, and waits for more only until the drain deadline (0 = done).
+async fn read_pipe<P>(
+    pipe: &mut P,
+    buf: &mut [u8],
+    exited: &CancellationToken,
+    drain: &mut Option<Drain>,
+) -> io::Result<usize>
+where
+    P: AsyncRead + AsFd + Unpin,
+{
+    let state = match drain {
+        Some(state) => state,
+        None => {
+            tokio::select! {
+                biased;
+                () = exited.cancelled() => {}
+                read = pipe.read(buf) => return read,
+            }
+            drain.insert(Drain {
+                pending: pipe_pending(pipe.as_fd()),
+                deadline: Instant::now() + DRAIN_TIMEOUT,
+            })
+        }
+    };
+    let read = tokio::select! {
+        biased;
+        () = sleep_until(state.deadline), if state.pending == 0 => return Ok(0),
+        read = pipe.read(buf) => read?,
+    };
+    state.pending = state.pending.saturating_sub(read as u64);
+    Ok(read)
+}
+
+/// Bytes waiting in a pipe (FIONREAD); 0 if the pipe cannot tell.
+fn pipe_pending(fd: BorrowedFd<'_>) -> u64 {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid
+    // for the duration of the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut pending) };
+    if rc == 0 {
+        u64::try_from(pending).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use paddock_proto::{ErrorCode, SignalRequest};
+
+    use super::*;
+    use crate::test_host::{
+        Collected, TEST_WINDOW, TestHost, assert_no_process_with, processes_with,
+    };
+
+    fn exec_result(collected: &Collected) -> &ExecResult {
+        match &collected.last {
+            Message::ExecResult(result) => result,
+            other => panic!("expected RESULT, got {other:?}"),
+        }
+    }
+
+    async fn run(host: &mut TestHost, id: u64, execute: Execute) -> Collected {
+        host.send(id, &Message::Execute(execute)).await;
+        host.collect(id).await
+    }
+
+    async fn wait_for_process(marker: &str) {
+        for _ in 0..100 {
+            if !processes_with(marker).is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no process with {marker} started");
+    }
+
+    fn error(collected: &Collected) -> &paddock_proto::ErrorReport {
+        match &collected.last {
+            Message::Error(report) => report,
+            other => panic!("expected ERROR, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_exit_code_and_output() {
+        let mut host = TestHost::ready().await;
+        let out = run(
+            &mut host,
+            1,
+            Execute::shell("echo out; echo err >&2; exit 3"),
+        )
+        .await;
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+        let result = exec_result(&out);
+        assert_eq!((result.exit_code, result.signal), (Some(3), None));
+        assert_eq!((result.stdout_bytes, result.stderr_bytes), (4, 4));
+        assert!(!result.timed_out && !result.stopped);
+        assert!(!result.stdout_truncated && !result.stderr_truncated);
+        assert!(result.duration_us > 0);
+    }
+
+    #[tokio::test]
+    async fn reports_the_killing_signal() {
+        let mut host = TestHost::ready().await;
+        let out = run(&mut host, 1, Execute::shell("kill -TERM $$")).await;
+        let result = exec_result(&out);
+        assert_eq!(
+            (result.exit_code, result.signal),
+            (None, Some(libc::SIGTERM))
+        );
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let mut host = TestHost::ready().await;
+        let marker = "1000.101";
+        // The shell and its children ignore SIGTERM: only SIGKILL ends them.
+        let mut execute = Execute::shell(format!("trap '' TERM; sleep {marker} & sleep {marker}"));
+        execute.timeout_ms = Some(300);
+        execute.kill_grace_ms = Some(200);
+        host.send(1, &Message::Execute(execute)).await;
+        wait_for_process(marker).await;
+        let out = host.collect(1).await;
+        let result = exec_result(&out);
+        assert!(result.timed_out && !result.stopped);
+        assert_eq!(result.signal, Some(libc::SIGKILL));
+        assert!(result.duration_us >= 500_000, "{}", result.duration_us);
+        assert_no_process_with(marker).await;
+    }
+
+    #[tokio::test]
+    async fn stop_and_signal_end_an_execution() {
+        let mut host = TestHost::ready().await;
+        host.send(1, &Message::Execute(Execute::argv(["sleep", "1000.102"])))
+            .await;
+        wait_for_process("1000.102").await;
+        let stop = Stop {
+            scope: StopScope::Execution,
+        };
+        host.send(1, &Message::Stop(stop)).await;
+        let out = host.collect(1).await;
+        let result = exec_result(&out);
+        assert!(result.stopped && !result.timed_out);
+        assert_eq!(result.signal, Some(libc::SIGTERM));
+
+        host.send(2, &Message::Execute(Execute::argv(["sleep", "1000.103"])))
+            .await;
+        wait_for_process("1000.103").await;
+        let kill = SignalRequest {
+            signal: libc::SIGKILL,
+        };
+        host.send(2, &Message::Signal(kill)).await;
+        let out = host.collect(2).await;
+        let result = exec_result(&out);
+        assert!(!result.stopped);
+        assert_eq!(result.signal, Some(libc::SIGKILL));
+    }
+
+    #[tokio::test]
+    async fn limits_beyond_any_clock_are_accepted() {
+        let mut host = TestHost::ready().await;
+        let mut execute = Execute::argv(["sleep", "1000.107"]);
+        execute.timeout_ms = Some(u64::MAX);
+        execute.kill_grace_ms = Some(u64::MAX / 2);
+        host.send(1, &Message::Execute(execute)).await;
+        wait_for_process("1000.107").await;
+        let stop = Stop {
+            scope: StopScope::Execution,
+        };
+        host.send(1, &Message::Stop(stop)).await;
+        let out = host.collect(1).await;
+        assert!(exec_result(&out).stopped);
+    }
+
+    #[tokio::test]
+    async fn caps_truncate_output_but_count_it() {
+        let mut host = TestHost::ready().await;
+        let mut execute = Execute::shell("head -c 100000 /dev/zero; head -c 300 /dev/zero >&2");
+        execute.stdout_cap = Some(100);
+        execute.stderr_cap = Some(1000);
+        let out = run(&mut host, 1, execute).await;
+        assert_eq!(out.stdout, vec![0; 100]);
+        assert_eq!(out.stderr, vec![0; 300]);
+        let result = exec_result(&out);
+        assert_eq!(result.exit_code, Some(0));
+        assert!(result.stdout_truncated && !result.stderr_truncated);
+        assert_eq!((result.stdout_bytes, result.stderr_bytes), (100_000, 300));
+    }
+
+    #[tokio::test]
+    async fn stdin_round_trips_within_the_window() {
+        let mut host = TestHost::ready().await;
+        let mut execute = Execute::argv(["cat"]);
+        execute.stdin = true;
+        host.send(1, &Message::Execute(execute)).await;
+        let input: Vec<u8> = (0..251u8).cycle().take(300_000).collect();
+        let mut output = host
+            .send_within_window(1, MessageKind::Stdin, &input, 16 * 1024)
+            .await;
+        host.send(1, &Message::StdinClose).await;
+        let rest = host.collect(1).await;
+        output.extend(&rest.stdout);
+        assert_eq!(output.len(), input.len());
+        assert!(output == input);
+        assert_eq!(exec_result(&rest).exit_code, Some(0));
+    }
+
+    #[tokio::test]
+    async fn stdin_past_the_window_ends_the_execution() {
+        let mut host = TestHost::ready().await;
+        let mut execute = Execute::argv(["cat"]);
+        execute.stdin = true;
+        host.send(1, &Message::Execute(execute)).await;
+        let too_much = vec![b'x'; usize::try_from(TEST_WINDOW).expect("small") + 1];
+        host.send(1, &Message::Stdin(too_much)).await;
+        assert_eq!(error(&host.collect(1).await).code, ErrorCode::FlowControl);
+
+        // Stdin that was not asked for is refused too.
+        host.send(2, &Message::Execute(Execute::argv(["sleep", "1000.106"])))
+            .await;
+        host.send(2, &Message::Stdin(b"x".to_vec())).await;
+        assert_eq!(
+            error(&host.collect(2).await).code,
+            ErrorCode::InvalidArgument
+        );
+        assert_no_process_with("1000.106").await;
+    }
+
+    #[tokio::test]
+    async fn env_and_cwd_are_honoured() {
+        let mut host = TestHost::ready().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut execute = Execute::shell("echo \"$PADDOCK_TEST\"; pwd");
+        execute.env.insert("PADDOCK_TEST".into(), "value".into());
+        execute.cwd = Some(dir.path().display().to_string());
+        let out = run(&mut host, 1, execute).await;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("value\n{}\n", dir.path().display())
+        );
+
+        let mut execute = Execute::argv(["/usr/bin/env"]);
+        execute.clear_env = true;
+        execute.env = BTreeMap::from([("ONLY".to_owned(), "this".to_owned())]);
+        let out = run(&mut host, 2, execute).await;
+        assert_eq!(out.stdout, b"ONLY=this\n");
+    }
+
+    #[tokio::test]
+    async fn spawn_failures_are_reported() {
+        let mut host = TestHost::ready().await;
+        let out = run(&mut host, 1, Execute::argv(["/nonexistent/paddock-test"])).await;
+        assert_eq!(error(&out).code, ErrorCode::NotFound);
+        let out = run(&mut host, 2, Execute::argv(Vec::<String>::new())).await;
+        assert_eq!(error(&out).code, ErrorCode::InvalidArgument);
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let out = run(
+            &mut host,
+            3,
+            Execute::argv([file.path().display().to_string()]),
+        )
+        .await;
+        assert_eq!(error(&out).code, ErrorCode::SpawnFailed);
+        assert!(
+            error(&out).message.contains("Permission denied"),
+            "{}",
+            error(&out).message
+        );
+    }
+
+    #[tokio::test]
+    async fn withheld_credit_pauses_output_until_window_update() {
+        let mut host = TestHost::ready().await;
+        let marker = "paddock-withheld-credit";
+        let execute = Execute::argv(["sh", "-c", "head -c 1000000 /dev/zero", marker]);
+        host.send(1, &Message::Execute(execute)).await;
+        let mut received = 0;
+        while received < TEST_WINDOW as usize {
+            match host.recv().await {
+                (1, Message::Stdout(data)) => received += data.len(),
+                other => panic!("expected STDOUT, got {other:?}"),
+            }
+        }
+        assert_eq!(received, TEST_WINDOW as usize);
+        assert!(
+            host.quiet_for(Duration::from_millis(300)).await,
+            "sent past the window"
+        );
+        assert!(
+            !processes_with(marker).is_empty(),
+            "the process should be blocked, not gone"
+        );
+        host.grant(1, 100_000).await;
+        let rest = host.collect(1).await;
+        assert_eq!(received + rest.stdout.len(), 1_000_000);
+        assert_eq!(exec_result(&rest).stdout_bytes, 1_000_000);
+    }
+
+    #[tokio::test]
+    async fn output_left_in_the_pipe_at_exit_is_delivered() {
+        let mut host = TestHost::ready().await;
+        host.send(
+            1,
+            &Message::Execute(Execute::argv(["head", "-c", "100000", "/dev/zero"])),
+        )
+        .await;
+        let mut received = 0;
+        while received < TEST_WINDOW as usize {
+            match host.recv().await {
+                (1, Message::Stdout(data)) => received += data.len(),
+                other => panic!("expected STDOUT, got {other:?}"),
+            }
+        }
+        // The process exits while the window is closed. Then the host opens
+        // the window a little at a time, more slowly than the drain timeout:
+        // what was in the pipe at exit is still delivered.
+        assert!(host.quiet_for(Duration::from_millis(300)).await);
+        host.grant(1, 10_000).await;
+        match host.recv().await {
+            (1, Message::Stdout(data)) => received += data.len(),
+            other => panic!("expected STDOUT, got {other:?}"),
+        }
+        assert!(host.quiet_for(DRAIN_TIMEOUT * 3).await);
+        host.grant(1, 100_000).await;
+        let rest = host.collect(1).await;
+        assert_eq!(received + rest.stdout.len(), 100_000);
+        assert_eq!(exec_result(&rest).stdout_bytes, 100_000);
+    }
+
+    #[tokio::test]
+    async fn nothing_outlives_the_leader_and_escapees_cannot_hold_the_request() {
+        let mut host = TestHost::ready().await;
+        let out = run(&mut host, 1, Execute::shell("sleep 1000.104 & echo done")).await;
+        assert_eq!(out.stdout, b"done\n");
+        assert_no_process_with("1000.104").await;
+
+        // `setsid` leaves the group but keeps the output pipe open.
+        let started = std::time::Instant::now();
+        let out = run(
+            &mut host,
+            2,
+            Execute::shell("setsid sleep 1000.105 & echo done"),
+        )
+        .await;
+        assert_eq!(out.stdout, b"done\n");
+        assert_eq!(exec_result(&out).exit_code, Some(0));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        for pid in processes_with("1000.105") {
+            // SAFETY: kill(2) takes no pointers.
+            unsafe { libc::kill(libc::pid_t::try_from(pid).expect("pid"), libc::SIGKILL) };
+        }
+    }
+}

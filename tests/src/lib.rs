@@ -1,0 +1,301 @@
+//! Test infrastructure shared by Paddock's end-to-end tests.
+//!
+//! [`AgentProcess`] runs the real `paddock-agent` binary on this host over a
+//! Unix socket in a private temporary directory and kills it on drop. The
+//! probes read `/proc` so tests can check what really happened to processes
+//! and memory, not what the code under test reports about itself.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use paddock_agent_client::{AgentClient, ClientConfig, Transport};
+
+/// Path of the `paddock-agent` binary under test: `$PADDOCK_AGENT_BIN`, or
+/// the one cargo built next to the test binary (`cargo test --workspace` and
+/// `cargo xtask test` build it).
+///
+/// # Errors
+/// When no binary is found, with the command that builds it.
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PADDOCK_AGENT_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("no current executable")?;
+    // target/<profile>/deps/<test binary> -> target/<profile>/paddock-agent
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("paddock-agent"))
+        .context("test binary has no target directory")?;
+    if candidate.exists() {
+        Ok(candidate)
+    } else {
+        bail!(
+            "{} not found: run `cargo build -p paddock-guest-agent` or set PADDOCK_AGENT_BIN",
+            candidate.display()
+        )
+    }
+}
+
+/// A `paddock-agent` process listening on a Unix socket; killed on drop.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Child,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    /// Starts the agent with `extra_args` and waits until its socket exists.
+    ///
+    /// # Errors
+    /// When the binary is missing, does not start, or never creates its socket.
+    pub fn start(extra_args: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("temporary directory")?;
+        let socket = dir.path().join("agent.sock");
+        Self::start_at(dir, socket, extra_args)
+    }
+
+    fn start_at(
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let binary = agent_binary()?;
+        let child = Command::new(&binary)
+            .arg("--unix")
+            .arg(&socket)
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
+        let mut agent = Self { child, socket, dir };
+        let socket = agent.socket.clone();
+        if !wait_until(Duration::from_secs(10), || socket.exists()) {
+            let status = agent.child.try_wait().ok().flatten();
+            bail!(
+                "agent did not create {} (exit status: {status:?})",
+                socket.display()
+            );
+        }
+        Ok(agent)
+    }
+
+    /// Kills this agent and starts a new one on the same socket path (what a
+    /// rebooted guest looks like to the host).
+    ///
+    /// # Errors
+    /// As [`AgentProcess::start`].
+    pub fn restart(mut self, extra_args: &[&str]) -> anyhow::Result<Self> {
+        self.kill();
+        let _ = std::fs::remove_file(&self.socket);
+        let dir = tempfile::tempdir().context("temporary directory")?;
+        let old_dir = std::mem::replace(&mut self.dir, dir);
+        let socket = self.socket.clone();
+        let new = Self::start_at(old_dir, socket, extra_args);
+        drop(self);
+        new
+    }
+
+    /// The agent's process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The agent's socket path.
+    #[must_use]
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A scratch directory that lives as long as the agent.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The transport to reach this agent.
+    #[must_use]
+    pub fn transport(&self) -> Transport {
+        Transport::Unix {
+            path: self.socket.clone(),
+        }
+    }
+
+    /// Connects a client with test-friendly timeouts.
+    ///
+    /// # Errors
+    /// The client's connection error.
+    pub async fn client(&self) -> anyhow::Result<AgentClient> {
+        Ok(AgentClient::connect(self.transport(), test_config()).await?)
+    }
+
+    /// Whether the process has exited (reaping it if so).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Kills the process and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Client settings for tests: short connect and request limits so a broken
+/// agent fails a test quickly instead of hanging it.
+#[must_use]
+pub fn test_config() -> ClientConfig {
+    ClientConfig {
+        connect_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(10),
+        io_timeout: Duration::from_secs(20),
+        default_exec_timeout: Duration::from_secs(60),
+        ..ClientConfig::default()
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds or `timeout` passes.
+/// Returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Async [`wait_until`]: polls without blocking the runtime.
+pub async fn wait_until_async(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A string unique to this test process and call, to tag processes a test
+/// starts (e.g. `sleep 1000.<marker>`) so it can find them in `/proc`.
+#[must_use]
+pub fn unique_marker() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}{:04}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Pids of live (non-zombie) processes whose command line contains `needle`
+/// (arguments joined by spaces).
+#[must_use]
+pub fn processes_matching(needle: &str) -> Vec<u32> {
+    processes_where(|cmdline| cmdline.contains(needle))
+}
+
+/// Pids of live (non-zombie) processes whose whole command line (arguments
+/// joined by spaces) is `cmdline`.
+#[must_use]
+pub fn processes_running(cmdline: &str) -> Vec<u32> {
+    processes_where(|candidate| candidate == cmdline)
+}
+
+fn processes_where(matches: impl Fn(&str) -> bool) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|&pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .map(|rest| rest.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true);
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            !zombie && matches(cmdline.trim_end())
+        })
+        .collect()
+}
+
+/// A `/proc/<pid>/status` field in KiB (e.g. `VmRSS`, `VmHWM`).
+#[must_use]
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Writes `len` pseudo-random (xorshift) bytes to `path`; returns their CRC-32.
+///
+/// # Errors
+/// The file's I/O error.
+pub fn write_random_file(path: &Path, len: usize, seed: u64) -> anyhow::Result<u32> {
+    use std::io::Write as _;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut state = seed | 1;
+    let mut crc = crc32fast::Hasher::new();
+    let mut block = vec![0u8; 1 << 16];
+    let mut left = len;
+    while left > 0 {
+        for word in block.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let n = left.min(block.len());
+        file.write_all(&block[..n])?;
+        crc.update(&block[..n]);
+        left -= n;
+    }
+    file.flush()?;
+    Ok(crc.finalize())
+}
+
+/// CRC-32 of a file's contents.
+///
+/// # Errors
+/// The file's I/O error.
+pub fn file_crc32(path: &Path) -> anyhow::Result<u32> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut block = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut block)?;
+        if n == 0 {
+            return Ok(crc.finalize());
+        }
+        crc.update(&block[..n]);
+    }
+}

@@ -1,0 +1,287 @@
+//! Misbehaving peers on both sides: raw garbage sent to the real agent, and a
+//! fake agent that sends corrupt frames to the client (fault injection).
+#![cfg(test)]
+
+use std::io::{Read as _, Write as _};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use paddock_agent_client::{AgentClient, ClientError, ErrorCode, Transport};
+use paddock_proto::{
+    DEFAULT_MAX_PAYLOAD, FrameDecoder, Hello, HelloAck, Message, MessageKind, PROTOCOL_VERSION,
+    decode_message, encode_frame, encode_message, read_frame,
+};
+use paddock_tests::{AgentProcess, test_config};
+
+type TestResult = anyhow::Result<()>;
+
+/// A raw protocol peer for the agent.
+struct RawPeer {
+    stream: UnixStream,
+    decoder: FrameDecoder,
+}
+
+impl RawPeer {
+    fn connect(agent: &AgentProcess) -> anyhow::Result<Self> {
+        let stream = UnixStream::connect(agent.socket())?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Self {
+            stream,
+            decoder: FrameDecoder::new(DEFAULT_MAX_PAYLOAD),
+        })
+    }
+
+    fn send(&mut self, id: u64, message: &Message) -> anyhow::Result<()> {
+        let mut bytes = Vec::new();
+        encode_message(&mut bytes, id, message)?;
+        self.stream.write_all(&bytes)?;
+        Ok(())
+    }
+
+    fn hello(&mut self) -> anyhow::Result<HelloAck> {
+        self.send(
+            1,
+            &Message::Hello(Hello {
+                min_version: 1,
+                max_version: PROTOCOL_VERSION,
+                client: "raw-peer".into(),
+                max_payload: DEFAULT_MAX_PAYLOAD,
+                initial_window: 1 << 20,
+            }),
+        )?;
+        match self.recv()? {
+            (_, Message::HelloAck(ack)) => Ok(ack),
+            other => anyhow::bail!("expected HELLO_ACK, got {other:?}"),
+        }
+    }
+
+    fn recv(&mut self) -> anyhow::Result<(u64, Message)> {
+        let frame = read_frame(&mut self.stream, &mut self.decoder)?;
+        let id = frame.request_id;
+        Ok((id, decode_message(frame)?))
+    }
+
+    fn expect_error(&mut self, code: ErrorCode) -> anyhow::Result<u64> {
+        match self.recv()? {
+            (id, Message::Error(report)) if report.code == code => Ok(id),
+            other => anyhow::bail!("expected ERROR {code:?}, got {other:?}"),
+        }
+    }
+
+    fn ping(&mut self, id: u64) -> anyhow::Result<()> {
+        self.send(id, &Message::Ping)?;
+        match self.recv()? {
+            (got, Message::Pong) if got == id => Ok(()),
+            other => anyhow::bail!("expected PONG {id}, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_answers_garbage_with_typed_errors_and_keeps_serving() -> TestResult {
+    let agent = AgentProcess::start(&[])?;
+    // A well-behaved client stays connected throughout.
+    let client = agent.client().await?;
+
+    let mut peer = RawPeer::connect(&agent)?;
+    peer.send(5, &Message::StatusRequest)?;
+    assert_eq!(peer.expect_error(ErrorCode::NotNegotiated)?, 5);
+    peer.hello()?;
+
+    // Corrupt CRC.
+    let mut bytes = Vec::new();
+    encode_frame(&mut bytes, MessageKind::Ping, 10, b"")?;
+    bytes[24] ^= 0xff;
+    peer.stream.write_all(&bytes)?;
+    peer.expect_error(ErrorCode::BadFrame)?;
+    peer.ping(11)?;
+
+    // Oversized length: rejected from the header alone.
+    let mut bytes = Vec::new();
+    encode_frame(&mut bytes, MessageKind::Stdin, 12, b"")?;
+    bytes[20..24].copy_from_slice(&(DEFAULT_MAX_PAYLOAD + 1).to_le_bytes());
+    peer.stream.write_all(&bytes)?;
+    peer.expect_error(ErrorCode::BadFrame)?;
+    peer.ping(13)?;
+
+    // Unknown kind, well formed: answered on its own request id.
+    let mut bytes = Vec::new();
+    encode_frame(&mut bytes, MessageKind::Ping, 14, b"")?;
+    bytes[6..8].copy_from_slice(&999u16.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..24]);
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    peer.stream.write_all(&bytes)?;
+    assert_eq!(peer.expect_error(ErrorCode::UnknownKind)?, 14);
+
+    // A kind only the agent sends.
+    peer.send(15, &Message::Stdout(b"x".to_vec()))?;
+    assert_eq!(peer.expect_error(ErrorCode::UnknownKind)?, 15);
+
+    // Valid frame, invalid JSON.
+    let mut bytes = Vec::new();
+    encode_frame(&mut bytes, MessageKind::Execute, 16, b"{\"command\": 42}")?;
+    peer.stream.write_all(&bytes)?;
+    assert_eq!(peer.expect_error(ErrorCode::BadPayload)?, 16);
+
+    // Request id reuse and id 0.
+    peer.send(0, &Message::StatusRequest)?;
+    peer.expect_error(ErrorCode::DuplicateRequest)?;
+
+    // Data for a request that does not exist.
+    peer.send(17, &Message::Stdin(b"x".to_vec()))?;
+    assert_eq!(peer.expect_error(ErrorCode::UnknownRequest)?, 17);
+
+    // Random garbage, then a valid ping still works on the same stream.
+    peer.stream
+        .write_all(b"this is not a frame at all, not even close")?;
+    peer.expect_error(ErrorCode::BadFrame)?;
+    peer.ping(18)?;
+
+    // Truncated frame, then hang up mid-frame.
+    let mut bytes = Vec::new();
+    encode_message(&mut bytes, 19, &Message::Stdout(vec![7; 1000]))?;
+    peer.stream.write_all(&bytes[..500])?;
+    drop(peer);
+
+    // The agent still serves new and existing connections.
+    let mut fresh = RawPeer::connect(&agent)?;
+    fresh.hello()?;
+    fresh.ping(1_000)?;
+    client.ping().await?;
+    let out = client
+        .exec_collect(paddock_agent_client::Execute::argv(["echo", "alive"]))
+        .await?;
+    assert_eq!(out.stdout, b"alive\n");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_version_is_refused() -> TestResult {
+    let agent = AgentProcess::start(&[])?;
+    let mut peer = RawPeer::connect(&agent)?;
+    peer.send(
+        1,
+        &Message::Hello(Hello {
+            min_version: PROTOCOL_VERSION + 10,
+            max_version: PROTOCOL_VERSION + 20,
+            client: "future".into(),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            initial_window: 1 << 16,
+        }),
+    )?;
+    peer.expect_error(ErrorCode::UnsupportedVersion)?;
+    Ok(())
+}
+
+/// A fake agent: completes HELLO like a real one, then answers the first
+/// request with whatever `reply` produces.
+fn fake_agent(
+    dir: &std::path::Path,
+    reply: impl FnOnce(u64) -> Vec<u8> + Send + 'static,
+) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join("fake.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        let mut decoder = FrameDecoder::default();
+        let hello = read_frame(&mut stream, &mut decoder)?;
+        let ack = Message::HelloAck(HelloAck {
+            version: PROTOCOL_VERSION,
+            agent_version: "fake".into(),
+            capabilities: Vec::new(),
+            boot_id: "fake-boot".into(),
+            session_seq: 1,
+            uptime_ms: 0,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            initial_window: 1 << 16,
+        });
+        let mut bytes = Vec::new();
+        encode_message(&mut bytes, hello.request_id, &ack)?;
+        stream.write_all(&bytes)?;
+        let request = read_frame(&mut stream, &mut decoder)?;
+        stream.write_all(&reply(request.request_id))?;
+        // Keep the socket open so only the corrupt bytes can end the session.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).map(|n| n > 0).unwrap_or(false) {}
+        Ok(())
+    });
+    Ok(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_rejects_a_corrupt_agent() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = fake_agent(dir.path(), |id| {
+        let mut bytes = Vec::new();
+        encode_message(&mut bytes, id, &Message::Pong).expect("encode");
+        bytes[26] ^= 0x55; // CRC
+        bytes
+    })?;
+    let client = AgentClient::connect(Transport::Unix { path }, test_config()).await?;
+    let err = client.ping().await.expect_err("corrupt PONG");
+    assert!(matches!(err, ClientError::Frame(_)), "{err:?}");
+    assert!(err.should_reconnect());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_rejects_an_agent_that_overruns_its_window() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let window = test_config().window as usize;
+    let path = fake_agent(dir.path(), move |id| {
+        let mut bytes = Vec::new();
+        // One byte more than the client granted, in max-size frames.
+        let mut left = window + 1;
+        while left > 0 {
+            let n = left.min(60_000);
+            encode_message(&mut bytes, id, &Message::Stdout(vec![b'x'; n])).expect("encode");
+            left -= n;
+        }
+        bytes
+    })?;
+    let client = AgentClient::connect(Transport::Unix { path }, test_config()).await?;
+    let mut execution = client
+        .exec(paddock_agent_client::Execute::argv(["yes"]))
+        .await?;
+    // Held and never read: the client must not return credit for it.
+    let _stdout = execution.take_stdout();
+    let err = execution.wait().await.expect_err("overrun");
+    assert!(matches!(err, ClientError::FlowControl(_)), "{err:?}");
+    assert!(err.should_reconnect());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_times_out_on_a_silent_agent() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = fake_agent(dir.path(), |_| Vec::new())?;
+    let mut config = test_config();
+    config.request_timeout = Duration::from_millis(300);
+    let client = AgentClient::connect(Transport::Unix { path }, config).await?;
+    let err = client.status().await.expect_err("no answer");
+    assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
+    assert!(err.is_retryable() && !err.should_reconnect());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_gives_up_at_its_deadline() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut config = test_config();
+    config.connect_timeout = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let err = AgentClient::connect(
+        Transport::Unix {
+            path: dir.path().join("nobody"),
+        },
+        config,
+    )
+    .await
+    .expect_err("nobody listens");
+    let ClientError::Connect { attempts, .. } = &err else {
+        panic!("expected a connect error, got {err:?}");
+    };
+    assert!(*attempts > 1, "backoff should retry");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    Ok(())
+}
