@@ -502,7 +502,7 @@ mod tests {
 
     use super::*;
     use crate::test_host::{
-        Collected, TEST_WINDOW, TestHost, assert_no_process_with, processes_with,
+        Collected, TEST_WINDOW, TestHost, assert_no_process_with, processes_with, wait_for_process,
     };
 
     fn exec_result(collected: &Collected) -> &ExecResult {
@@ -515,16 +515,6 @@ mod tests {
     async fn run(host: &mut TestHost, id: u64, execute: Execute) -> Collected {
         host.send(id, &Message::Execute(execute)).await;
         host.collect(id).await
-    }
-
-    async fn wait_for_process(marker: &str) {
-        for _ in 0..100 {
-            if !processes_with(marker).is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("no process with {marker} started");
     }
 
     fn error(collected: &Collected) -> &paddock_proto::ErrorReport {

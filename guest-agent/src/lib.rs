@@ -20,8 +20,9 @@
 //!   task. An execution polls its process, its output pipes and its stdin
 //!   within that task; it stops reading a pipe while the host's window is
 //!   closed, so a process that prints without end blocks in `write`.
-//! - Blocking work (reading `/proc`, file I/O through `tokio::fs`) runs on
-//!   tokio's blocking pool.
+//! - Blocking work (reading `/proc`, file I/O) runs on tokio's blocking pool.
+//!   A put writes through one blocking task fed by a bounded queue, not one
+//!   hand-off per chunk.
 //!
 //! # Sessions
 //!

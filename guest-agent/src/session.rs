@@ -793,24 +793,15 @@ mod tests {
     use paddock_proto::{DEFAULT_MAX_PAYLOAD, ErrorCode, Execute, HEADER_LEN};
 
     use super::*;
-    use crate::test_host::{TestHost, assert_no_process_with, hello, processes_with, test_config};
+    use crate::test_host::{
+        TestHost, assert_no_process_with, hello, test_config, wait_for_process,
+    };
 
     fn error_code(frame: (u64, Message)) -> (u64, ErrorCode) {
         match frame {
             (id, Message::Error(report)) => (id, report.code),
             other => panic!("expected ERROR, got {other:?}"),
         }
-    }
-
-    /// Waits until a process with `marker` runs (the execution started).
-    async fn wait_for_process(marker: &str) {
-        for _ in 0..100 {
-            if !processes_with(marker).is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("no process with {marker} started");
     }
 
     #[tokio::test]

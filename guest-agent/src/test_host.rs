@@ -264,3 +264,14 @@ pub(crate) async fn assert_no_process_with(marker: &str) {
         processes_with(marker)
     );
 }
+
+/// Waits until a process with `marker` runs (the execution started).
+pub(crate) async fn wait_for_process(marker: &str) {
+    for _ in 0..100 {
+        if !processes_with(marker).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no process with {marker} started");
+}

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use paddock_agent_client::{AgentClient, ClientConfig, Transport};
+use paddock_agent_client::{AgentClient, ClientConfig, Execute, Execution, Transport};
 
 /// Path of the `paddock-agent` binary under test: `$PADDOCK_AGENT_BIN`, or
 /// the one cargo built next to the test binary (`cargo test --workspace` and
@@ -192,6 +192,34 @@ pub async fn wait_until_async(timeout: Duration, mut condition: impl FnMut() -> 
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Starts `sleep 100.<marker>` through `client` and waits until it runs.
+/// Returns the execution and the marker that finds it in `/proc`.
+///
+/// # Errors
+/// When the execution cannot start or does not show up within 5 s.
+pub async fn start_marked_sleep(client: &AgentClient) -> anyhow::Result<(Execution, String)> {
+    let marker = unique_marker();
+    let cmdline = format!("sleep 100.{marker}");
+    let request = Execute::argv(["sleep".to_owned(), format!("100.{marker}")]);
+    let execution = client.exec(request).await?;
+    if !wait_until_async(Duration::from_secs(5), || {
+        processes_running(&cmdline).len() == 1
+    })
+    .await
+    {
+        bail!("`{cmdline}` did not start");
+    }
+    Ok((execution, marker))
+}
+
+/// Waits up to 5 s until no process carries `marker`; returns whether none does.
+pub async fn all_gone(marker: &str) -> bool {
+    wait_until_async(Duration::from_secs(5), || {
+        processes_matching(marker).is_empty()
+    })
+    .await
 }
 
 /// A string unique to this test process and call, to tag processes a test

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use paddock_agent_client::{ClientError, ErrorCode, Execute};
 use paddock_tests::{
-    AgentProcess, proc_status_kib, processes_matching, processes_running, unique_marker,
-    wait_until_async,
+    AgentProcess, all_gone, proc_status_kib, processes_matching, processes_running,
+    start_marked_sleep, unique_marker, wait_until_async,
 };
 
 type TestResult = anyhow::Result<()>;
@@ -99,9 +99,7 @@ async fn timeout_kills_the_whole_process_tree() -> TestResult {
     assert!(result.signal.is_some(), "{result:?}");
     assert_eq!(stdout.read_to_vec().await?, b"");
     assert!(
-        wait_until_async(Duration::from_secs(3), || processes_matching(&marker)
-            .is_empty())
-        .await,
+        all_gone(&marker).await,
         "processes left behind: {:?}",
         processes_matching(&marker)
     );
@@ -122,9 +120,7 @@ async fn leftovers_of_a_finished_execution_are_killed() -> TestResult {
     assert_eq!(out.stdout, b"started\n");
     assert_eq!(out.result.exit_code, Some(0));
     assert!(
-        wait_until_async(Duration::from_secs(3), || processes_matching(&marker)
-            .is_empty())
-        .await,
+        all_gone(&marker).await,
         "background process outlived its execution"
     );
     Ok(())
@@ -135,16 +131,7 @@ async fn signal_and_stop_reach_the_process() -> TestResult {
     let agent = AgentProcess::start(&["--kill-grace-ms", "300"])?;
     let client = agent.client().await?;
 
-    let marker = unique_marker();
-    let execution = client
-        .exec(Execute::argv(["sleep".to_owned(), format!("100.{marker}")]))
-        .await?;
-    assert!(
-        wait_until_async(Duration::from_secs(5), || {
-            processes_running(&format!("sleep 100.{marker}")).len() == 1
-        })
-        .await
-    );
+    let (execution, _marker) = start_marked_sleep(&client).await?;
     execution.signal(15)?;
     let result = execution.wait().await?;
     assert_eq!(result.signal, Some(15), "{result:?}");
@@ -164,11 +151,7 @@ async fn signal_and_stop_reach_the_process() -> TestResult {
     let result = execution.wait().await?;
     assert!(result.stopped, "{result:?}");
     assert!(result.signal.is_some(), "{result:?}");
-    assert!(
-        wait_until_async(Duration::from_secs(3), || processes_matching(&marker)
-            .is_empty())
-        .await
-    );
+    assert!(all_gone(&marker).await);
     Ok(())
 }
 
@@ -283,27 +266,13 @@ async fn fifty_mib_of_output_streams_with_bounded_memory() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_a_session_ends_its_executions() -> TestResult {
     let agent = AgentProcess::start(&["--kill-grace-ms", "300"])?;
-    let marker = unique_marker();
     let client = agent.client().await?;
-    let execution = client
-        .exec(Execute::argv(["sleep".to_owned(), format!("100.{marker}")]))
-        .await?;
-    assert!(
-        wait_until_async(Duration::from_secs(5), || {
-            processes_running(&format!("sleep 100.{marker}")).len() == 1
-        })
-        .await
-    );
+    let (execution, marker) = start_marked_sleep(&client).await?;
     // The handle stays alive: only the end of the session can stop the process.
     client.close().await;
     let err = execution.wait().await.expect_err("session is gone");
     assert!(err.should_reconnect(), "{err:?}");
-    assert!(
-        wait_until_async(Duration::from_secs(5), || processes_matching(&marker)
-            .is_empty())
-        .await,
-        "execution outlived its session"
-    );
+    assert!(all_gone(&marker).await, "execution outlived its session");
     // The next call opens a new session on the same client.
     assert_eq!(client.status().await?.running_executions, 0);
     Ok(())
@@ -313,22 +282,9 @@ async fn ending_a_session_ends_its_executions() -> TestResult {
 async fn dropping_an_execution_stops_it() -> TestResult {
     let agent = AgentProcess::start(&["--kill-grace-ms", "300"])?;
     let client = agent.client().await?;
-    let marker = unique_marker();
-    let execution = client
-        .exec(Execute::argv(["sleep".to_owned(), format!("100.{marker}")]))
-        .await?;
-    assert!(
-        wait_until_async(Duration::from_secs(5), || {
-            processes_running(&format!("sleep 100.{marker}")).len() == 1
-        })
-        .await
-    );
+    let (execution, marker) = start_marked_sleep(&client).await?;
     drop(execution);
-    assert!(
-        wait_until_async(Duration::from_secs(5), || processes_matching(&marker)
-            .is_empty())
-        .await
-    );
+    assert!(all_gone(&marker).await);
     client.ping().await?;
     Ok(())
 }

@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use paddock_agent_client::{AgentClient, ClientConfig, Execute, Transport};
 
-use crate::shell::{Cmd, workspace_root};
-
 /// Kills the agent if the demo fails half way.
 struct AgentGuard(Child);
 
@@ -29,15 +27,7 @@ impl Drop for AgentGuard {
 
 /// Runs the demo.
 pub fn run() -> anyhow::Result<()> {
-    Cmd::cargo([
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "paddock-guest-agent",
-    ])
-    .run()?;
-    let agent_bin = workspace_root().join("target/release/paddock-agent");
+    let agent_bin = crate::build_release_agent()?;
     let work = tempfile::Builder::new().prefix("paddock-demo-").tempdir()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

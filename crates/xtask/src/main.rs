@@ -56,14 +56,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test { quick } => test(quick),
         Task::Bench { args } => {
             // The agent benchmarks run the release agent binary.
-            Cmd::cargo([
-                "build",
-                "--release",
-                "--locked",
-                "-p",
-                "paddock-guest-agent",
-            ])
-            .run()?;
+            build_release_agent()?;
             let mut cmd = Cmd::cargo(["bench", "--locked", "-p", "paddock-benches"]);
             if !args.is_empty() {
                 cmd = cmd.arg("--").args(args);
@@ -138,22 +131,30 @@ fn test(quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo` arguments that build the release guest agent.
+const AGENT_BUILD: [&str; 5] = [
+    "build",
+    "--release",
+    "--locked",
+    "-p",
+    "paddock-guest-agent",
+];
+
+/// Builds the release `paddock-agent` for this host and returns its path.
+pub fn build_release_agent() -> anyhow::Result<PathBuf> {
+    Cmd::cargo(AGENT_BUILD).run()?;
+    Ok(workspace_root().join("target/release/paddock-agent"))
+}
+
 /// Builds `paddock-agent` as a static executable, as it runs inside guests.
 fn build_static_agent() -> anyhow::Result<PathBuf> {
     let target = "x86_64-unknown-linux-gnu";
-    Cmd::cargo([
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "paddock-guest-agent",
-        "--target",
-        target,
-    ])
-    .env("RUSTFLAGS", "-C target-feature=+crt-static")
-    // A separate target dir: other RUSTFLAGS would rebuild the host build.
-    .env("CARGO_TARGET_DIR", workspace_root().join("target/static"))
-    .run()?;
+    Cmd::cargo(AGENT_BUILD)
+        .args(["--target", target])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        // A separate target dir: other RUSTFLAGS would rebuild the host build.
+        .env("CARGO_TARGET_DIR", workspace_root().join("target/static"))
+        .run()?;
     Ok(workspace_root().join(format!("target/static/{target}/release/paddock-agent")))
 }
 
