@@ -5,6 +5,8 @@
 //! probes read `/proc` so tests can check what really happened to processes
 //! and memory, not what the code under test reports about itself.
 
+pub mod vm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -22,7 +22,8 @@ use crate::transport::{AttemptError, Transport};
 /// How the client connects and how long it waits.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Total time to keep trying to connect (and complete HELLO).
+    /// Total time to keep trying to connect and complete HELLO (a HELLO
+    /// begun near the end still gets at least `request_timeout`).
     pub connect_timeout: Duration,
     /// First pause between connection attempts; doubled after each failure.
     pub backoff_initial: Duration,
@@ -172,7 +173,7 @@ impl AgentClient {
     async fn establish(&self) -> Result<Arc<Connection>, ClientError> {
         let config = &self.inner.config;
         let deadline = Instant::now() + config.connect_timeout;
-        let params = SessionParams {
+        let mut params = SessionParams {
             client_name: config.client_name.clone(),
             max_payload: config.max_payload,
             window: config.window,
@@ -187,6 +188,11 @@ impl AgentClient {
                 tokio::time::timeout(remaining, self.inner.transport.connect_once()).await;
             let last_error = match attempt {
                 Ok(Ok(stream)) => {
+                    // A virtio-serial socket accepts long before the guest's
+                    // agent opens its port: HELLO_ACK may take the whole boot.
+                    params.handshake_timeout = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(config.request_timeout);
                     match Connection::establish(stream, &params, Arc::clone(&self.inner.buffered))
                         .await
                     {

@@ -239,15 +239,28 @@ impl Connection {
             max_payload: params.max_payload,
             initial_window: params.window,
         });
-        let mut bytes = Vec::new();
-        encode_message(&mut bytes, first_id, &hello)
-            .map_err(|e| ClientError::InvalidRequest(format!("HELLO could not be encoded: {e}")))?;
+        // HELLO is sent again every HELLO_RESEND until answered: on a
+        // virtio-serial port a HELLO written while the guest's agent was not
+        // reading (still booting, or restarting) can be lost. The stream is
+        // ordered, so every HELLO reaches the agent before any request that
+        // follows; answers to the extra ones find no open request.
+        let mut hello_id = first_id;
         let handshake = async {
-            writer
-                .write_all(&bytes)
-                .await
-                .map_err(|e| ClientError::lost(Some(e)))?;
-            await_hello_ack(&mut reader, &mut decoder, first_id).await
+            loop {
+                let mut bytes = Vec::new();
+                encode_message(&mut bytes, hello_id, &hello).map_err(|e| {
+                    ClientError::InvalidRequest(format!("HELLO could not be encoded: {e}"))
+                })?;
+                writer
+                    .write_all(&bytes)
+                    .await
+                    .map_err(|e| ClientError::lost(Some(e)))?;
+                let answer = await_hello_ack(&mut reader, &mut decoder, first_id..=hello_id);
+                if let Ok(result) = tokio::time::timeout(HELLO_RESEND, answer).await {
+                    break result;
+                }
+                hello_id += 1;
+            }
         };
         let session = tokio::time::timeout(params.handshake_timeout, handshake)
             .await
@@ -264,7 +277,7 @@ impl Connection {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             writer: tx,
-            next_id: AtomicU64::new(first_id + 1),
+            next_id: AtomicU64::new(hello_id + 1),
             agent_window: session.initial_window,
             our_window: params.window,
             buffered,
@@ -379,7 +392,7 @@ fn send_frame(
 async fn await_hello_ack(
     reader: &mut ReadHalf<Stream>,
     decoder: &mut FrameDecoder,
-    hello_id: u64,
+    hello_ids: std::ops::RangeInclusive<u64>,
 ) -> Result<HelloAck, ClientError> {
     loop {
         loop {
@@ -388,7 +401,7 @@ async fn await_hello_ack(
                     let id = frame.request_id;
                     match decode_message(frame) {
                         Ok(Message::HelloAck(ack)) => return Ok(ack),
-                        Ok(Message::Error(report)) if id == hello_id || id == 0 => {
+                        Ok(Message::Error(report)) if hello_ids.contains(&id) || id == 0 => {
                             return Err(match report.code {
                                 paddock_proto::ErrorCode::UnsupportedVersion => {
                                     ClientError::UnsupportedVersion {
@@ -445,6 +458,9 @@ async fn read_loop(shared: Arc<Shared>, mut reader: ReadHalf<Stream>, mut decode
     tracing::debug!(error = %failure, "agent session ended");
     shared.fail_all(&failure);
 }
+
+/// How long to wait for HELLO_ACK before sending HELLO again.
+const HELLO_RESEND: Duration = Duration::from_secs(1);
 
 /// Frames at least this large are written on their own instead of being
 /// copied into a batch with their neighbours.

@@ -1,5 +1,6 @@
 //! Host set-up for the tests that need a real libvirtd: Debian packages,
-//! then virtlogd and libvirtd (there is no systemd to start them).
+//! then virtlogd and libvirtd (there is no systemd to start them). Also the
+//! packages that building the guest image needs ([`ensure_image_packages`]).
 //!
 //! Idempotent and cheap on a prepared machine: `dpkg -s` finds every package
 //! installed (no apt work at all) and `virsh version` answers (nothing to
@@ -29,6 +30,17 @@ const PACKAGES: [&str; 9] = [
     "ebtables",
 ];
 
+/// What building the guest image takes from the host (see `image.rs`): the
+/// static busybox that becomes the guest's userland, and `strip` for the
+/// agent binary.
+const IMAGE_PACKAGES: [&str; 2] = ["busybox-static", "binutils"];
+
+/// How long `apt-get update` may take.
+const APT_UPDATE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long `apt-get install` may take.
+const APT_INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
+
 const URI: &str = "qemu:///system";
 
 /// How long libvirtd may take to answer after it is started.
@@ -40,7 +52,7 @@ const PROBE_TIMEOUT: &str = "10";
 /// Installs the missing packages and starts virtlogd and libvirtd unless
 /// libvirtd already answers on `qemu:///system`.
 pub fn ensure_libvirt() -> anyhow::Result<()> {
-    ensure_packages()?;
+    ensure_packages(&PACKAGES)?;
     if libvirtd_answers() {
         return Ok(());
     }
@@ -64,8 +76,14 @@ pub fn ensure_libvirt() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ensure_packages() -> anyhow::Result<()> {
-    let missing = missing_packages()?;
+/// Installs the missing packages the guest image is built from.
+pub fn ensure_image_packages() -> anyhow::Result<()> {
+    ensure_packages(&IMAGE_PACKAGES)
+}
+
+/// Installs those of `packages` that are not installed (needs root).
+fn ensure_packages(packages: &[&'static str]) -> anyhow::Result<()> {
+    let missing = missing_packages(packages)?;
     if missing.is_empty() {
         return Ok(());
     }
@@ -79,21 +97,31 @@ fn ensure_packages() -> anyhow::Result<()> {
             missing.join(", ")
         );
     }
-    Cmd::new("apt-get").arg("update").run()?;
+    apt_update()?;
     Cmd::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive")
+        .timeout(APT_INSTALL_TIMEOUT)
         .run()
         .with_context(|| format!("installing {}", missing.join(", ")))
 }
 
-/// The packages of [`PACKAGES`] that `dpkg -s` does not report installed.
-fn missing_packages() -> anyhow::Result<Vec<&'static str>> {
+/// Refreshes apt's package lists (needs root).
+pub fn apt_update() -> anyhow::Result<()> {
+    Cmd::new("apt-get")
+        .arg("update")
+        .timeout(APT_UPDATE_TIMEOUT)
+        .run()
+        .context("apt-get update failed")
+}
+
+/// Those of `packages` that `dpkg -s` does not report installed.
+fn missing_packages(packages: &[&'static str]) -> anyhow::Result<Vec<&'static str>> {
     // `dpkg -s` prints a stanza per known package and fails if any is unknown.
     let output = Command::new("dpkg")
         .arg("-s")
-        .args(PACKAGES)
+        .args(packages)
         .stderr(Stdio::null())
         .output()
         .context("could not run dpkg (is this Debian?)")?;
@@ -103,8 +131,9 @@ fn missing_packages() -> anyhow::Result<Vec<&'static str>> {
         .filter(|stanza| stanza.lines().any(|l| l == "Status: install ok installed"))
         .filter_map(|stanza| stanza.lines().find_map(|l| l.strip_prefix("Package: ")))
         .collect();
-    Ok(PACKAGES
-        .into_iter()
+    Ok(packages
+        .iter()
+        .copied()
         .filter(|p| !installed.contains(p))
         .collect())
 }
@@ -123,7 +152,8 @@ fn quiet(command: &mut Command) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (apt and libvirtd need it).
+pub fn is_root() -> bool {
     // The effective uid is the second field of `Uid:` in /proc/self/status.
     std::fs::read_to_string(Path::new("/proc/self/status")).is_ok_and(|status| {
         status

@@ -2,12 +2,14 @@
 //!
 //! - `demo`: Paddock's main job end to end (see [`demo`]).
 //! - `test`: every check CI runs: formatting, clippy, the whole test suite,
-//!   docs, and the static guest-agent build.
+//!   docs, the static guest-agent build and the guest image.
+//! - `image`: the default guest image (see [`image`]).
 //! - `bench`: the criterion benchmarks under `benches/`.
 //! - `fuzz`: the cargo-fuzz targets under `fuzz/` for a while each.
 
 mod demo;
 mod host;
+mod image;
 mod shell;
 
 use std::path::PathBuf;
@@ -48,6 +50,14 @@ enum Task {
     },
     /// Build the statically linked guest agent (release) and print its path.
     AgentStatic,
+    /// Build the guest image (kernel and initramfs with the static agent)
+    /// unless it is up to date, and print the path of its manifest.
+    Image {
+        /// Build the full image (a root disk with a complete userland)
+        /// instead: not available yet.
+        #[arg(long)]
+        full: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +77,15 @@ fn main() -> anyhow::Result<()> {
         Task::AgentStatic => {
             let path = build_static_agent()?;
             println!("{}", path.display());
+            Ok(())
+        }
+        Task::Image { full: true } => anyhow::bail!(
+            "the full guest image (`cargo xtask image --full`) is not built yet; \
+             `cargo xtask image` builds the default one"
+        ),
+        Task::Image { full: false } => {
+            let manifest = image::ensure_image()?;
+            println!("{}", manifest.display());
             Ok(())
         }
     }
@@ -97,9 +116,10 @@ fn test(quick: bool) -> anyhow::Result<()> {
         Cmd::cargo(["doc", "--workspace", "--no-deps", "--locked"])
             .env("RUSTDOCFLAGS", "-D warnings")
             .run()?;
-        let agent = build_static_agent()?;
-        check_static(&agent)?;
     }
+    // The guest image that the VM tests boot, in every mode: this builds the
+    // static agent (and checks that it is static) and then the image around it.
+    let image = image::ensure_image()?;
     Cmd::cargo(["test", "--workspace", "--doc", "--locked"]).run()?;
     // libvirtd runs now, so the tests against qemu:///system run too. The
     // test runner goes last: its summary is the run's closing line.
@@ -113,6 +133,7 @@ fn test(quick: bool) -> anyhow::Result<()> {
             "--no-fail-fast",
         ])
         .env(system.0, system.1)
+        .env("PADDOCK_IMAGE", &image)
         .run()?;
     } else {
         eprintln!("xtask: cargo-nextest not found, running cargo test");
@@ -126,6 +147,7 @@ fn test(quick: bool) -> anyhow::Result<()> {
             "--no-fail-fast",
         ])
         .env(system.0, system.1)
+        .env("PADDOCK_IMAGE", &image)
         .run()?;
     }
     Ok(())
@@ -147,7 +169,7 @@ pub fn build_release_agent() -> anyhow::Result<PathBuf> {
 }
 
 /// Builds `paddock-agent` as a static executable, as it runs inside guests.
-fn build_static_agent() -> anyhow::Result<PathBuf> {
+pub(crate) fn build_static_agent() -> anyhow::Result<PathBuf> {
     let target = "x86_64-unknown-linux-gnu";
     Cmd::cargo(AGENT_BUILD)
         .args(["--target", target])
@@ -159,7 +181,7 @@ fn build_static_agent() -> anyhow::Result<PathBuf> {
 }
 
 /// Fails unless `binary` needs no dynamic loader (what a busybox initramfs has).
-fn check_static(binary: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn check_static(binary: &std::path::Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
     // An ELF with a PT_INTERP program header names a dynamic loader.
     anyhow::ensure!(
@@ -167,7 +189,8 @@ fn check_static(binary: &std::path::Path) -> anyhow::Result<()> {
         "{} is dynamically linked",
         binary.display()
     );
-    println!(
+    // On stderr: `cargo xtask image` prints only the manifest's path.
+    eprintln!(
         "xtask: {} is static ({} bytes)",
         binary.display(),
         bytes.len()
@@ -177,7 +200,7 @@ fn check_static(binary: &std::path::Path) -> anyhow::Result<()> {
 
 /// Whether a 64-bit little-endian ELF has a `PT_INTERP` program header (it
 /// names a dynamic loader). Anything that does not parse counts as dynamic.
-fn has_interp(elf: &[u8]) -> bool {
+pub(crate) fn has_interp(elf: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
     let field = |at: usize, len: usize| elf.get(at..at + len);
     let u16_at = |at| field(at, 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
