@@ -93,15 +93,41 @@ impl Default for Config {
     }
 }
 
+/// The sessions an agent accepted, as HELLO_ACK reports them.
+#[derive(Debug, Default)]
+struct SessionLedger {
+    /// Sessions accepted; a HELLO resent with the current token does not count.
+    seq: u64,
+    /// The current session's token.
+    token: String,
+    /// The token of the session before the current one.
+    previous: String,
+}
+
+impl SessionLedger {
+    /// Records a HELLO carrying `token` and returns the session's number and
+    /// the previous session's token.
+    fn accept(&mut self, token: &str) -> (u64, String) {
+        let resent = !token.is_empty() && token == self.token;
+        if !resent {
+            self.seq += 1;
+            self.previous = std::mem::replace(&mut self.token, token.to_owned());
+        }
+        (self.seq, self.previous.clone())
+    }
+}
+
 /// State shared by every connection of one agent process.
 #[derive(Debug)]
 pub struct Agent {
     config: Config,
     boot_id: String,
     started: Instant,
-    /// Sessions accepted so far; the current value is the last session's
-    /// `session_seq`.
+    /// Sessions started so far, resent HELLOs included: identifies a session
+    /// inside the agent (the writer drops frames of ended sessions).
     sessions: AtomicU64,
+    /// What HELLO_ACK announces: the session number and the tokens.
+    ledger: std::sync::Mutex<SessionLedger>,
     running_executions: AtomicU32,
     active_transfers: AtomicU32,
     shutdown: CancellationToken,
@@ -123,11 +149,22 @@ impl Agent {
             boot_id: id.iter().map(|byte| format!("{byte:02x}")).collect(),
             started: Instant::now(),
             sessions: AtomicU64::new(0),
+            ledger: std::sync::Mutex::new(SessionLedger::default()),
             running_executions: AtomicU32::new(0),
             active_transfers: AtomicU32::new(0),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
         }))
+    }
+
+    /// Records a session opened with `token` (see [`SessionLedger::accept`]).
+    fn accept_session(&self, token: &str) -> (u64, String) {
+        // A poisoned lock still holds consistent data: `accept` cannot panic
+        // half way.
+        self.ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .accept(token)
     }
 
     /// The random id chosen when the agent started (32 hex digits).
@@ -166,5 +203,23 @@ impl<'a> Gauge<'a> {
 impl Drop for Gauge<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SessionLedger;
+
+    #[test]
+    fn the_ledger_counts_sessions_and_ignores_resent_hellos() {
+        let mut ledger = SessionLedger::default();
+        assert_eq!(ledger.accept("a"), (1, String::new()));
+        // The same connection's HELLO again: same session.
+        assert_eq!(ledger.accept("a"), (1, String::new()));
+        assert_eq!(ledger.accept("b"), (2, "a".to_owned()));
+        assert_eq!(ledger.accept("b"), (2, "a".to_owned()));
+        // Hosts that send no token always open a new session.
+        assert_eq!(ledger.accept(""), (3, "b".to_owned()));
+        assert_eq!(ledger.accept(""), (4, String::new()));
     }
 }

@@ -618,6 +618,7 @@ impl Connection {
         }
         let seq = self.agent.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         self.current.store(seq, Ordering::Release);
+        let (announced_seq, previous_token) = self.agent.accept_session(&hello.session_token);
         self.session = Some(Arc::new(Session {
             agent: Arc::clone(&self.agent),
             seq,
@@ -643,7 +644,8 @@ impl Connection {
             .map(str::to_owned)
             .to_vec(),
             boot_id: self.agent.boot_id.clone(),
-            session_seq: seq,
+            session_seq: announced_seq,
+            previous_token,
             uptime_ms: self.agent.uptime_ms(),
             max_payload: config.max_payload,
             initial_window: config.window,

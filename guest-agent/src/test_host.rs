@@ -51,6 +51,7 @@ pub(crate) fn hello() -> Hello {
         client: "test".into(),
         max_payload: DEFAULT_MAX_PAYLOAD,
         initial_window: TEST_WINDOW,
+        session_token: String::new(),
     }
 }
 

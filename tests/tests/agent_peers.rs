@@ -47,6 +47,7 @@ impl RawPeer {
                 client: "raw-peer".into(),
                 max_payload: DEFAULT_MAX_PAYLOAD,
                 initial_window: 1 << 20,
+                session_token: String::new(),
             }),
         )?;
         match self.recv()? {
@@ -167,6 +168,7 @@ async fn unsupported_version_is_refused() -> TestResult {
             client: "future".into(),
             max_payload: DEFAULT_MAX_PAYLOAD,
             initial_window: 1 << 16,
+            session_token: String::new(),
         }),
     )?;
     peer.expect_error(ErrorCode::UnsupportedVersion)?;
@@ -191,6 +193,7 @@ fn fake_agent(
             capabilities: Vec::new(),
             boot_id: "fake-boot".into(),
             session_seq: 1,
+            previous_token: String::new(),
             uptime_ms: 0,
             max_payload: DEFAULT_MAX_PAYLOAD,
             initial_window: 1 << 16,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use paddock_agent_client::Execute;
+use paddock_agent_client::{Continuity, Execute};
 use paddock_tests::{AgentProcess, processes_running, unique_marker, wait_until_async};
 
 type TestResult = anyhow::Result<()>;
@@ -15,11 +15,24 @@ async fn sessions_identify_the_agent_boot() -> TestResult {
     let first = client.session().await.expect("session");
     assert_eq!(first.version, paddock_proto::PROTOCOL_VERSION);
     assert!(!first.boot_id.is_empty());
+    assert_eq!(first.previous_token, "");
+    assert_eq!(client.continuity(), Some(Continuity::First));
 
-    // Same agent, new session: same boot id, higher sequence number.
+    // Same agent, new session: same boot id, the next sequence number, and
+    // the agent remembers this client's previous session.
     let second = client.reconnect().await?;
     assert_eq!(second.boot_id, first.boot_id);
-    assert!(second.session_seq > first.session_seq);
+    assert_eq!(second.session_seq, first.session_seq + 1);
+    assert_ne!(second.previous_token, "");
+    assert_eq!(client.continuity(), Some(Continuity::Continued));
+
+    // Another host's session in between: to this client the guest's memory
+    // no longer follows on from its own last session.
+    let other = agent.client().await?;
+    assert_eq!(other.continuity(), Some(Continuity::First));
+    client.reconnect().await?;
+    assert_eq!(client.continuity(), Some(Continuity::Restored));
+    drop(other);
 
     // A restarted agent (a rebooted guest) has a new boot id; the client
     // reconnects on its next call by itself.
@@ -30,6 +43,7 @@ async fn sessions_identify_the_agent_boot() -> TestResult {
     assert_eq!(out.stdout, b"again\n");
     let third = client.session().await.expect("session");
     assert_ne!(third.boot_id, first.boot_id);
+    assert_eq!(client.continuity(), Some(Continuity::Rebooted));
     drop(agent);
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! boot, and the guest's later changes are gone.
 #![cfg(test)]
 
-use paddock_agent_client::{AgentClient, Execute};
+use paddock_agent_client::{AgentClient, Continuity, Execute};
 use paddock_libvirt::{RestoreMode, SnapshotSpec};
 use paddock_tests::vm::{Sandbox, SandboxOptions, enabled};
 
@@ -41,25 +41,25 @@ async fn agent_survives_snapshot_revert_and_save_restore() -> TestResult {
             tags: vec!["test".into()],
         })
         .await?;
-    // Later sessions and a later change. A HELLO that is not answered
-    // within a second is sent again, so each reconnect may count several.
+    // Later sessions and a later change: the guest runs on.
     client.reconnect().await?;
     let latest = client.reconnect().await?;
     assert_eq!(latest.boot_id, golden.boot_id);
-    assert!(latest.session_seq >= golden.session_seq + 2, "{latest:?}");
+    assert_eq!(latest.session_seq, golden.session_seq + 2, "{latest:?}");
+    assert_eq!(client.continuity(), Some(Continuity::Continued));
     client
         .exec_collect(Execute::shell("touch /tmp/later"))
         .await?;
     assert_eq!(guest_files(client).await?, "/tmp/golden\n/tmp/later");
 
     // Revert: same QEMU process, memory back to the snapshot: the same boot,
-    // the later change gone, and the agent answers a new session.
-    // (Telling a restored guest from the session counter alone is not
-    // deterministic yet: resent HELLOs advance it by varying amounts.)
+    // the later change gone, and the agent's memory of sessions is the
+    // golden one's, so the host can tell that the guest was restored.
     sandbox.vm().revert_to_snapshot("golden").await?;
     let reverted = client.reconnect().await?;
     assert_eq!(reverted.boot_id, golden.boot_id, "same boot");
-    assert!(reverted.session_seq > golden.session_seq);
+    assert_eq!(reverted.session_seq, golden.session_seq + 1);
+    assert_eq!(client.continuity(), Some(Continuity::Restored));
     assert_eq!(guest_files(client).await?, "/tmp/golden");
 
     // Save to a file and restore: a new QEMU process, and the host reconnects
@@ -76,7 +76,9 @@ async fn agent_survives_snapshot_revert_and_save_restore() -> TestResult {
         .await?;
     let restored = client.reconnect().await?;
     assert_eq!(restored.boot_id, golden.boot_id);
-    assert!(restored.session_seq > before_save.session_seq);
+    assert_eq!(restored.session_seq, before_save.session_seq + 1);
+    // Saved after `before_save` began, so the guest follows on from it.
+    assert_eq!(client.continuity(), Some(Continuity::Continued));
     assert!(
         restored.uptime_ms >= before_save.uptime_ms,
         "continues where it was saved"
@@ -86,5 +88,18 @@ async fn agent_survives_snapshot_revert_and_save_restore() -> TestResult {
         .exec_collect(Execute::argv(["echo", "alive"]))
         .await?;
     assert_eq!(out.stdout, b"alive\n");
+
+    // The same saved image once more, as a pool resets a slot: the guest is
+    // back at the save, behind the session just used, and the host sees it.
+    client.exec_collect(Execute::shell("rm /tmp/later")).await?;
+    sandbox.vm().destroy().await?;
+    sandbox
+        .libvirt()
+        .restore(&image, None, RestoreMode::Running)
+        .await?;
+    let again = client.reconnect().await?;
+    assert_eq!(again.boot_id, golden.boot_id);
+    assert_eq!(client.continuity(), Some(Continuity::Restored));
+    assert_eq!(guest_files(client).await?, "/tmp/golden\n/tmp/later");
     Ok(())
 }

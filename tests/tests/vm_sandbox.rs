@@ -16,7 +16,7 @@ async fn exec_stream_files_and_status_in_a_vm() -> TestResult {
         return Ok(());
     }
     let sandbox = Sandbox::boot(SandboxOptions::default()).await?;
-    eprintln!("boot to agent ready: {:?}", sandbox.boot_to_ready);
+    eprintln!("boot to agent ready: {:?}", sandbox.boot_to_ready());
     let client = sandbox.client();
 
     let out = client.exec_collect(Execute::argv(["uname", "-sr"])).await?;

@@ -82,6 +82,44 @@ struct Inner {
     connection: Mutex<Option<Arc<Connection>>>,
     /// Bytes received from the agent and not yet read by a consumer.
     buffered: Arc<AtomicU64>,
+    /// The token and boot id of this client's latest session, and how that
+    /// session relates to the one before it.
+    lineage: std::sync::Mutex<Lineage>,
+}
+
+#[derive(Debug, Default)]
+struct Lineage {
+    last: Option<(String, String)>,
+    continuity: Option<Continuity>,
+}
+
+/// How the guest behind a new session relates to this client's previous
+/// session, from the tokens in HELLO and HELLO_ACK (see
+/// [`paddock_proto::HelloAck::previous_token`]). It assumes this client is
+/// the agent's only host peer, as in Paddock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continuity {
+    /// This client's first session.
+    First,
+    /// The guest ran on from this client's previous session.
+    Continued,
+    /// Same boot, but the guest's memory is from before this client's
+    /// previous session: it was reverted to a snapshot or restored from a
+    /// saved image.
+    Restored,
+    /// The agent has a new boot id: the guest (or the agent) restarted.
+    Rebooted,
+}
+
+impl Continuity {
+    fn judge(last: Option<&(String, String)>, session: &HelloAck) -> Self {
+        match last {
+            None => Self::First,
+            Some((_, boot_id)) if *boot_id != session.boot_id => Self::Rebooted,
+            Some((token, _)) if *token == session.previous_token => Self::Continued,
+            Some(_) => Self::Restored,
+        }
+    }
 }
 
 impl AgentClient {
@@ -97,6 +135,7 @@ impl AgentClient {
                 config,
                 connection: Mutex::new(None),
                 buffered: Arc::new(AtomicU64::new(0)),
+                lineage: std::sync::Mutex::new(Lineage::default()),
             }),
         };
         client.connection().await?;
@@ -123,6 +162,18 @@ impl AgentClient {
             .await
             .as_ref()
             .map(|c| c.session.clone())
+    }
+
+    /// How the current session's guest relates to this client's previous
+    /// session: whether it was restored or rebooted in between. `None`
+    /// before the first session.
+    #[must_use]
+    pub fn continuity(&self) -> Option<Continuity> {
+        self.inner
+            .lineage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .continuity
     }
 
     /// Bytes of agent output received but not yet read by any consumer
@@ -169,6 +220,17 @@ impl AgentClient {
         Ok(conn)
     }
 
+    /// Remembers a new session and judges its continuity.
+    fn record_session(&self, token: &str, session: &HelloAck) {
+        let mut lineage = self
+            .inner
+            .lineage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        lineage.continuity = Some(Continuity::judge(lineage.last.as_ref(), session));
+        lineage.last = Some((token.to_owned(), session.boot_id.clone()));
+    }
+
     /// Connects with capped exponential backoff until the connect deadline.
     async fn establish(&self) -> Result<Arc<Connection>, ClientError> {
         let config = &self.inner.config;
@@ -178,6 +240,7 @@ impl AgentClient {
             max_payload: config.max_payload,
             window: config.window,
             handshake_timeout: config.request_timeout,
+            session_token: crate::connection::new_session_token(),
         };
         let mut pause = config.backoff_initial;
         let mut attempts = 0u32;
@@ -197,6 +260,7 @@ impl AgentClient {
                         .await
                     {
                         Ok(conn) => {
+                            self.record_session(&params.session_token, &conn.session);
                             tracing::debug!(
                                 transport = %self.inner.transport,
                                 attempts,

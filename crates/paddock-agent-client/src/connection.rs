@@ -46,6 +46,8 @@ pub(crate) struct SessionParams {
     pub max_payload: u32,
     pub window: u32,
     pub handshake_timeout: Duration,
+    /// Sent in HELLO (and in every resent HELLO of this connection).
+    pub session_token: String,
 }
 
 /// Credit this side grants the agent for one request's incoming data.
@@ -238,6 +240,7 @@ impl Connection {
             client: params.client_name.clone(),
             max_payload: params.max_payload,
             initial_window: params.window,
+            session_token: params.session_token.clone(),
         });
         // HELLO is sent again every HELLO_RESEND until answered: on a
         // virtio-serial port a HELLO written while the guest's agent was not
@@ -587,6 +590,18 @@ fn route_output(slot: &Slot, index: usize, data: Vec<u8>) -> Result<(), ClientEr
 
 /// A per-connection random starting request id (48 bits of entropy from the
 /// std hasher's per-process random keys and the clock; ids stay below 2^63).
+/// A token for HELLO that no other connection of this process (nor, very
+/// likely, of any other) uses.
+pub(crate) fn new_session_token() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{:012x}-{:x}-{:x}",
+        random_id_base(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 fn random_id_base() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();

@@ -37,7 +37,7 @@ mod exec;
 mod files;
 mod transport;
 
-pub use client::{AgentClient, ClientConfig};
+pub use client::{AgentClient, ClientConfig, Continuity};
 pub use error::ClientError;
 pub use exec::{ExecOutput, Execution, OutputStream, StdinWriter};
 pub use files::Download;

@@ -208,6 +208,29 @@ impl Vm {
             .await
     }
 
+    /// Destroys the domain if it runs and undefines it (with its snapshot
+    /// metadata and managed save), on the calling thread. For paths that
+    /// cannot await, such as `Drop`; never call it on an async worker thread.
+    /// A domain that is already gone counts as done.
+    ///
+    /// # Errors
+    /// libvirt refuses to undefine a domain that still exists.
+    pub fn discard_blocking(&self) -> Result<(), LibvirtError> {
+        if self.dom.is_active().unwrap_or(false) {
+            // Undefining reports whatever made this fail.
+            let _ = self.dom.destroy();
+        }
+        let flags = virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
+        match self.dom.undefine_flags(flags) {
+            Ok(()) => Ok(()),
+            Err(source) => {
+                let err = LibvirtError::call("undefine", self.object(), source);
+                if err.is_not_found() { Ok(()) } else { Err(err) }
+            }
+        }
+    }
+
     /// The current state and its reason.
     ///
     /// # Errors

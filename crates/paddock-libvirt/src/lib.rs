@@ -38,7 +38,7 @@ pub use network::{
     Applied, ApplyError, FilterDefinition, Lease, NetworkKind, NetworkSpec, load_filters,
     render_network,
 };
-pub use overlay::{OverlayError, create_overlay, remove_overlay};
+pub use overlay::{OverlayError, create_blank_qcow2, create_overlay, remove_overlay};
 pub use snapshot::{SnapshotInfo, SnapshotSpec, render_snapshot};
 pub use spec::{
     Acceleration, AgentChannel, Boot, CpuQuota, DomainSpec, ImageFormat, METADATA_NAMESPACE,

@@ -11,7 +11,7 @@
 //! still labels the files (owner, permissions) when a domain starts.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -63,7 +63,8 @@ pub async fn create_overlay(disk: &OverlayDisk) -> Result<(), OverlayError> {
     if disk.base.is_relative() {
         return Err(OverlayError::RelativeBase(disk.base.clone()));
     }
-    let child = Command::new("qemu-img")
+    let mut command = Command::new("qemu-img");
+    command
         .args([
             "create",
             "-q",
@@ -74,7 +75,26 @@ pub async fn create_overlay(disk: &OverlayDisk) -> Result<(), OverlayError> {
             "-b",
         ])
         .arg(&disk.base)
-        .arg(&disk.overlay)
+        .arg(&disk.overlay);
+    run_qemu_img(command).await
+}
+
+/// Creates `path` as a blank qcow2 image of `size_mib` MiB, replacing any
+/// file already there: a base for overlays that only hold guest state.
+///
+/// # Errors
+/// qemu-img fails or times out.
+pub async fn create_blank_qcow2(path: &Path, size_mib: u64) -> Result<(), OverlayError> {
+    let mut command = Command::new("qemu-img");
+    command
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(format!("{size_mib}M"));
+    run_qemu_img(command).await
+}
+
+async fn run_qemu_img(mut command: Command) -> Result<(), OverlayError> {
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -55,11 +55,19 @@
 //!
 //! ```text
 //!   host                                   agent
-//!    |  HELLO {versions, window}  ---------->  |   AwaitingHello -> Ready
+//!    |  HELLO {versions, window, token}  --->  |   AwaitingHello -> Ready
 //!    |  <---------  HELLO_ACK {version,       |
-//!    |               boot_id, capabilities}    |
+//!    |     boot_id, session_seq,              |
+//!    |     previous_token, capabilities}      |
 //!    |  ...any number of requests, interleaved by request id...
 //! ```
+//!
+//! A host resends `HELLO` (same token) while it waits on a virtio-serial port,
+//! where a `HELLO` written before the agent opened the port is lost; a resent
+//! `HELLO` does not count as a new session. `previous_token` lets the host tell
+//! whether the guest ran on since its last session, was reset to an earlier
+//! memory state (a snapshot revert or restore: the agent remembers an older
+//! token), or rebooted (a new `boot_id`): see [`HelloAck::previous_token`].
 //!
 //! Before `HELLO` the agent answers every frame but `PING` with `ERROR
 //! not_negotiated`. A second `HELLO` on the same stream starts a new session.

@@ -144,6 +144,14 @@ pub struct Hello {
     /// Initial flow-control window for data the agent sends to the host.
     #[serde(default = "default_window")]
     pub initial_window: u32,
+    /// An opaque value the host picks for each connection and repeats when it
+    /// resends HELLO on that connection. The agent remembers the token of the
+    /// session it accepted last and returns it as
+    /// [`HelloAck::previous_token`] in the next session: see
+    /// [`HelloAck::previous_token`] for how the host uses it. Empty means
+    /// none.
+    #[serde(default)]
+    pub session_token: String,
 }
 
 /// Accepts a session (agent -> host).
@@ -160,11 +168,20 @@ pub struct HelloAck {
     /// snapshot: a guest restored from a snapshot reports the id it had when the
     /// snapshot was taken, a rebooted one reports a new id.
     pub boot_id: String,
-    /// Sessions the agent accepted since it started, this one included. With
-    /// the same `boot_id`, a value lower than one seen before means the guest
-    /// was restored to an earlier state.
+    /// Sessions the agent accepted since it started, this one included. A
+    /// HELLO resent with the token of the current session does not count
+    /// again. With the same `boot_id`, a value lower than one seen before
+    /// means the guest was restored to an earlier state.
     #[serde(default)]
     pub session_seq: u64,
+    /// The [`Hello::session_token`] of the session the agent accepted before
+    /// this one (empty if none). A host that reconnects compares it with the
+    /// token of its own last session: equal means the guest ran on from
+    /// there; different, with the same `boot_id`, means the guest's memory
+    /// was reset to an earlier state (a snapshot revert or a restore), and a
+    /// different `boot_id` means the guest rebooted.
+    #[serde(default)]
+    pub previous_token: String,
     /// Milliseconds since the agent started, as the guest's clock sees it.
     #[serde(default)]
     pub uptime_ms: u64,
@@ -716,6 +733,7 @@ mod tests {
                 client: "t".into(),
                 max_payload: 10,
                 initial_window: 20,
+                session_token: "tok".into(),
             }),
             Message::HelloAck(HelloAck {
                 version: 1,
@@ -723,6 +741,7 @@ mod tests {
                 capabilities: vec![capability::EXEC.into()],
                 boot_id: "b".into(),
                 session_seq: 3,
+                previous_token: "before".into(),
                 uptime_ms: 4,
                 max_payload: 5,
                 initial_window: 6,

@@ -1,88 +1,111 @@
 //! `cargo xtask demo`: Paddock's main job end to end.
 //!
-//! Starts the real guest agent on this host over a Unix socket, drives it
-//! through the host client (streamed output, files both ways, a timeout that
-//! kills a process tree), prints outputs and timings, and tears everything
-//! down. Until the VM layer lands, "the guest" is this host: the agent and
-//! client code paths are the ones a VM uses, only the byte stream differs.
+//! Sets the host up (packages, libvirtd, the guest image), boots a sandbox VM
+//! through libvirt (TCG on a machine without KVM), and drives it through the
+//! guest agent: a command, streamed output, files both ways, a timeout that
+//! kills a process tree. Then it takes a golden snapshot, changes the guest,
+//! resets it to the golden state and shows the change is gone, saves the
+//! guest to a file and restores it, prints the timings, and tears everything
+//! down, checking that nothing is left: no domain, no socket, no file.
 
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
-use paddock_agent_client::{AgentClient, ClientConfig, Execute, Transport};
+use anyhow::{Context as _, bail, ensure};
+use paddock::agent::{AgentClient, Execute};
+use paddock::libvirt::{Libvirt, RestoreMode, SnapshotSpec};
+use paddock::{GuestImage, Sandbox, SandboxConfig};
 
-/// Kills the agent if the demo fails half way.
-struct AgentGuard(Child);
+use crate::{host, image};
 
-impl Drop for AgentGuard {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
+/// The libvirt daemon the demo uses.
+const URI: &str = "qemu:///system";
+
+/// Guest memory: what the figures in the docs are measured with.
+const MEMORY_MIB: u64 = 256;
+
+/// How many `true` round trips the timing uses.
+const ROUND_TRIPS: usize = 30;
 
 /// Runs the demo.
 pub fn run() -> anyhow::Result<()> {
-    let agent_bin = crate::build_release_agent()?;
+    host::ensure_libvirt()?;
+    let manifest = image::ensure_image()?;
+    let image = GuestImage::load(&manifest)?;
     let work = tempfile::Builder::new().prefix("paddock-demo-").tempdir()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(demo(&agent_bin, work.path()))?;
-    let leftover = work.path().to_path_buf();
-    work.close().context("removing the demo directory")?;
-    anyhow::ensure!(!leftover.exists(), "{} was left behind", leftover.display());
-    println!(
-        "\nteardown: agent stopped, {} removed, nothing left behind",
-        leftover.display()
+    let name = format!("paddock-demo-{}", std::process::id());
+    let leftover_dir = Path::new(paddock::DEFAULT_STATE_ROOT).join(&name);
+    runtime.block_on(demo(&image, &name, work.path()))?;
+    let host_dir = work.path().to_path_buf();
+    work.close().context("removing the demo's host directory")?;
+
+    section("nothing left behind");
+    let domains = std::process::Command::new("virsh")
+        .args(["-c", URI, "list", "--all", "--name"])
+        .output()
+        .context("running virsh")?;
+    let domains = String::from_utf8_lossy(&domains.stdout);
+    ensure!(
+        !domains.lines().any(|line| line.trim() == name),
+        "domain {name} is still defined"
     );
+    ensure!(!leftover_dir.exists(), "{} is left", leftover_dir.display());
+    ensure!(!host_dir.exists(), "{} is left", host_dir.display());
+    println!(
+        "no domain {name}; {} (console log, agent socket, disks) removed;",
+        leftover_dir.display()
+    );
+    println!("{} (saved image, downloads) removed", host_dir.display());
     Ok(())
 }
 
-async fn demo(agent_bin: &Path, work: &Path) -> anyhow::Result<()> {
-    let socket = work.join("agent.sock");
-    let guest_dir = work.join("guest");
-    std::fs::create_dir_all(&guest_dir)?;
-
-    section("start the guest agent and connect");
-    let started = Instant::now();
-    let mut agent = AgentGuard(
-        std::process::Command::new(agent_bin)
-            .args(["--unix"])
-            .arg(&socket)
-            .args(["--log", "warn"])
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", agent_bin.display()))?,
+async fn demo(image: &GuestImage, name: &str, work: &Path) -> anyhow::Result<()> {
+    let libvirt = Libvirt::open(URI).await?;
+    section("boot a sandbox VM");
+    let mut config = SandboxConfig::new(name);
+    config.memory_mib = MEMORY_MIB;
+    config.pool = "demo".into();
+    println!(
+        "image {} (kernel {}), {} MiB, 1 vCPU, no network, agent on virtio-serial",
+        image.hash,
+        image.kernel.display(),
+        MEMORY_MIB
     );
-    let client = AgentClient::connect(
-        Transport::Unix {
-            path: socket.clone(),
-        },
-        ClientConfig::default(),
-    )
-    .await?;
-    let ready = started.elapsed();
+    let sandbox = Sandbox::boot(&libvirt, image, config).await?;
+    let client = sandbox.client();
     let session = client.session().await.context("no session")?;
     println!(
-        "agent {} ready in {} (protocol v{}, boot id {}, capabilities {})",
+        "domain {} running; agent {} ready {} after start (protocol v{}, boot id {})",
+        sandbox.name(),
         session.agent_version,
-        ms(ready),
+        ms(sandbox.boot_to_ready()),
         session.version,
-        session.boot_id,
-        session.capabilities.join(",")
+        session.boot_id
     );
+    let outcome = drive(&libvirt, &sandbox, client, work).await;
+    section("teardown");
+    let destroyed = sandbox.destroy().await;
+    outcome?;
+    destroyed?;
+    println!("domain destroyed and undefined, sandbox directory removed");
+    Ok(())
+}
 
-    section("run a command");
+async fn drive(
+    libvirt: &Libvirt,
+    sandbox: &Sandbox,
+    client: &AgentClient,
+    work: &Path,
+) -> anyhow::Result<()> {
+    section("run a command in the guest");
     let out = client.exec_collect(Execute::argv(["uname", "-a"])).await?;
     print!("$ uname -a\n{}", String::from_utf8_lossy(&out.stdout));
     println!(
-        "exit {:?} in {} µs",
+        "exit {:?}, {} µs in the guest",
         out.result.exit_code, out.result.duration_us
     );
 
@@ -90,123 +113,175 @@ async fn demo(agent_bin: &Path, work: &Path) -> anyhow::Result<()> {
     let streamed = Instant::now();
     let mut execution = client
         .exec(Execute::shell(
-            "for i in 1 2 3 4 5; do echo \"line $i\"; sleep 0.2; done; echo done >&2",
+            "for i in 1 2 3 4 5; do echo \"line $i\"; sleep 0.3; done",
         ))
         .await?;
     let mut stdout = execution.take_stdout().context("stdout")?;
     while let Some(chunk) = stdout.chunk().await? {
         for line in String::from_utf8_lossy(&chunk).lines() {
-            println!("[{:>6}] {line}", ms(streamed.elapsed()));
+            println!("[{:>9}] {line}", ms(streamed.elapsed()));
         }
     }
-    let result = execution.wait().await?;
-    println!(
-        "exit {:?}, stderr discarded unread ({} bytes)",
-        result.exit_code, result.stderr_bytes
-    );
+    println!("exit {:?}", execution.wait().await?.exit_code);
 
-    section("move files both ways");
-    let upload = work.join("upload.bin");
-    let size = 32 * 1024 * 1024;
-    std::fs::write(&upload, pattern(size))?;
-    let guest_file = guest_dir.join("data/upload.bin");
-    let guest_file = guest_file.to_str().context("non-UTF-8 path")?;
-    let t = Instant::now();
-    let done = client.put_file(&upload, guest_file).await?;
-    println!(
-        "put {} MiB -> {guest_file}: crc32 {:#010x}, {}",
-        size >> 20,
-        done.crc32,
-        rate(size, t.elapsed())
-    );
-    let out = client
-        .exec_collect(Execute::argv(["wc", "-c", guest_file]))
-        .await?;
-    print!("guest says: {}", String::from_utf8_lossy(&out.stdout));
-    let report = guest_dir.join("report.txt");
-    let report = report.to_str().context("non-UTF-8 path")?;
+    section("files both ways");
     client
-        .exec_collect(Execute::shell(format!(
-            "echo 'written in the guest at' $(date -u +%T) > {report}"
-        )))
+        .exec_collect(Execute::shell(
+            "mkdir -p /work && uname -r > /work/report.txt && echo written in the guest >> /work/report.txt",
+        ))
         .await?;
-    let fetched = work.join("report.txt");
-    let t = Instant::now();
-    let download = client.get_file(report, &fetched).await?;
+    let cat = client
+        .exec_collect(Execute::argv(["cat", "/work/report.txt"]))
+        .await?;
     print!(
-        "get {report} ({} bytes, crc32 {:#010x}, {}): {}",
-        download.size,
-        download.crc32,
-        ms(t.elapsed()),
-        std::fs::read_to_string(&fetched)?
+        "guest: cat /work/report.txt\n{}",
+        String::from_utf8_lossy(&cat.stdout)
     );
+    let fetched = work.join("report.txt");
+    let download = client.get_file("/work/report.txt", &fetched).await?;
+    ensure!(
+        std::fs::read(&fetched)? == cat.stdout,
+        "fetched file differs"
+    );
+    println!(
+        "host: fetched {} bytes to {} (crc32 {:#010x} verified)",
+        download.size,
+        fetched.display(),
+        download.crc32
+    );
+    let upload = work.join("upload.bin");
+    let size = 8 << 20;
+    std::fs::write(&upload, pattern(size))?;
+    let t = Instant::now();
+    let done = client.put_file(&upload, "/work/upload.bin").await?;
+    let put_time = t.elapsed();
     let back = work.join("download.bin");
     let t = Instant::now();
-    let download = client.get_file(guest_file, &back).await?;
-    anyhow::ensure!(
+    client.get_file("/work/upload.bin", &back).await?;
+    let get_time = t.elapsed();
+    ensure!(
         std::fs::read(&back)? == std::fs::read(&upload)?,
         "round trip altered the file"
     );
     println!(
-        "get {} MiB back: checksum verified, {}",
-        download.size >> 20,
-        rate(size, t.elapsed())
+        "host -> guest {} MiB in {} ({}), back in {} ({}): crc32 {:#010x}, identical",
+        size >> 20,
+        ms(put_time),
+        rate(size, put_time),
+        ms(get_time),
+        rate(size, get_time),
+        done.crc32
     );
 
     section("a command that exceeds its timeout");
-    let mut request = Execute::shell("sleep 30 & sleep 30; echo never");
-    request.timeout_ms = Some(1000);
+    let mut request = Execute::shell("sleep 300 & sleep 300; echo never");
+    request.timeout_ms = Some(2000);
     request.kill_grace_ms = Some(500);
     let out = client.exec_collect(request).await?;
+    let left = client
+        .exec_collect(Execute::shell("ps -o args | grep -c '^sleep 300' || true"))
+        .await?;
     println!(
-        "$ sleep 30 & sleep 30 (timeout 1 s): timed_out={} signal={:?} after {} ms, stdout {:?}",
+        "$ sleep 300 & sleep 300 (timeout 2 s): timed_out={} signal={:?} after {}; sleeps left in the guest: {}",
         out.result.timed_out,
         out.result.signal,
-        out.result.duration_us / 1000,
-        String::from_utf8_lossy(&out.stdout)
+        ms(Duration::from_micros(out.result.duration_us)),
+        String::from_utf8_lossy(&left.stdout).trim()
     );
-    if !out.result.timed_out {
-        bail!("the timeout did not fire");
-    }
+    ensure!(out.result.timed_out, "the timeout did not fire");
 
-    section("timings");
-    let mut round_trips = Vec::new();
-    for _ in 0..50 {
+    section("exec round trip");
+    let mut round_trips = Vec::with_capacity(ROUND_TRIPS);
+    for _ in 0..ROUND_TRIPS {
         let t = Instant::now();
         client.exec_collect(Execute::argv(["true"])).await?;
         round_trips.push(t.elapsed());
     }
-    round_trips.sort();
-    let mut pings = Vec::new();
-    for _ in 0..200 {
-        pings.push(client.ping().await?);
-    }
-    pings.sort();
-    println!("agent ready after start:  {}", ms(ready));
+    let (median, p99) = median_p99(&mut round_trips);
     println!(
-        "exec round trip of `true`: median {} p99 {} (50 runs)",
-        ms(round_trips[round_trips.len() / 2]),
-        ms(round_trips[round_trips.len() * 99 / 100])
-    );
-    println!(
-        "ping round trip:          median {} p99 {} (200 runs)",
-        ms(pings[pings.len() / 2]),
-        ms(pings[pings.len() * 99 / 100])
+        "`true` through the agent: median {} p99 {} ({ROUND_TRIPS} runs, TCG guest)",
+        ms(median),
+        ms(p99)
     );
 
-    section("teardown");
-    client.stop_agent().await?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while matches!(agent.0.try_wait(), Ok(None)) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    section("golden snapshot, change, reset");
+    let t = Instant::now();
+    sandbox
+        .snapshot(&SnapshotSpec {
+            name: "golden".into(),
+            description: "the demo's clean state".into(),
+            tags: vec!["demo".into()],
+        })
+        .await?;
+    println!("golden snapshot taken in {}", ms(t.elapsed()));
+    client
+        .exec_collect(Execute::shell(
+            // setsid: its own session, so the end of this execution (which
+            // kills the execution's process group) leaves it running.
+            "echo tampered > /work/marker; setsid sleep 1000 > /dev/null 2>&1 & rm /work/report.txt",
+        ))
+        .await?;
+    let changed = guest_state(client).await?;
+    println!("changed: {changed}");
+    ensure!(changed.contains("1 sleeps"), "the change did not take");
+    let t = Instant::now();
+    sandbox.revert_to_snapshot("golden").await?;
+    println!(
+        "reset to golden in {} (revert and agent reconnect; the agent reports a restored guest)",
+        ms(t.elapsed())
+    );
+    let after = guest_state(client).await?;
+    println!("after reset: {after}");
+    ensure!(
+        after.contains("no marker") && after.contains("0 sleeps"),
+        "the reset left changes"
+    );
+
+    section("save to a file and restore");
+    let saved = work.join("saved.img");
+    let t = Instant::now();
+    sandbox.vm().save(&saved).await?;
+    let save_time = t.elapsed();
+    let saved_mib = std::fs::metadata(&saved).map_or(0, |m| m.len() >> 20);
+    let t = Instant::now();
+    libvirt.restore(&saved, None, RestoreMode::Running).await?;
+    let restore_time = t.elapsed();
+    client.reconnect().await?;
+    let ready_time = t.elapsed();
+    let echo = client
+        .exec_collect(Execute::argv(["echo", "alive"]))
+        .await?;
+    if echo.stdout != b"alive\n" {
+        bail!("the restored guest answered {:?}", echo.stdout);
     }
-    let status = agent
-        .0
-        .try_wait()?
-        .context("agent did not exit after STOP")?;
-    println!("agent exited: {status}");
-    drop(agent);
+    println!(
+        "saved {saved_mib} MiB in {}; restored in {} (agent answering after {})",
+        ms(save_time),
+        ms(restore_time),
+        ms(ready_time)
+    );
     Ok(())
+}
+
+/// A line describing what the golden reset must undo.
+async fn guest_state(client: &AgentClient) -> anyhow::Result<String> {
+    let out = client
+        .exec_collect(Execute::shell(
+            "cat /work/marker 2>/dev/null || echo no marker; \
+             echo \"$(ps -o args | grep -c '^sleep 1000') sleeps\"; \
+             ls /work | tr '\\n' ' '",
+        ))
+        .await?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .collect::<Vec<_>>()
+        .join("; "))
+}
+
+fn median_p99(samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort();
+    let at = |q: usize| samples[(samples.len() * q / 100).min(samples.len() - 1)];
+    (at(50), at(99))
 }
 
 fn section(title: &str) {
@@ -214,7 +289,7 @@ fn section(title: &str) {
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn rate(bytes: usize, took: Duration) -> String {

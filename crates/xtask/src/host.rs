@@ -16,13 +16,14 @@ use crate::shell::Cmd;
 
 /// What the libvirt layer builds against and its tests run: the `virt`
 /// crate's build (libvirt-dev, pkg-config), the daemon and its QEMU driver,
-/// virsh and `virt-xml-validate`, QEMU for TCG guests, `qemu-img` for
-/// overlays, and what NAT networks and nwfilter need.
-const PACKAGES: [&str; 9] = [
+/// virsh and `virt-xml-validate` (which runs `xmllint`), QEMU for TCG
+/// guests, `qemu-img` for overlays, and what NAT networks and nwfilter need.
+const PACKAGES: [&str; 10] = [
     "libvirt-dev",
     "pkg-config",
     "libvirt-daemon-system",
     "libvirt-clients",
+    "libxml2-utils",
     "qemu-system-x86",
     "qemu-utils",
     "dnsmasq-base",
@@ -53,6 +54,7 @@ const PROBE_TIMEOUT: &str = "10";
 /// libvirtd already answers on `qemu:///system`.
 pub fn ensure_libvirt() -> anyhow::Result<()> {
     ensure_packages(&PACKAGES)?;
+    ensure_kvm_device_mode()?;
     if libvirtd_answers() {
         return Ok(());
     }
@@ -61,6 +63,20 @@ pub fn ensure_libvirt() -> anyhow::Result<()> {
     }
     for dir in ["/var/log/libvirt", "/var/run/libvirt", "/var/lib/libvirt"] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+    }
+    // A libvirtd that runs but does not answer is hung (seen after QEMU
+    // failed to start several domains at once); its pidfile would keep a new
+    // one from starting.
+    if quiet(Command::new("pgrep").args(["-x", "libvirtd"])) {
+        eprintln!("xtask: libvirtd runs but does not answer; restarting it");
+        let _ = quiet(Command::new("pkill").args(["-TERM", "-x", "libvirtd"]));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while quiet(Command::new("pgrep").args(["-x", "libvirtd"])) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = quiet(Command::new("pkill").args(["-KILL", "-x", "libvirtd"]));
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = std::fs::remove_file("/var/run/libvirtd.pid");
     }
     // A virtlogd that already runs makes a second one exit at once: harmless.
     let _ = quiet(Command::new("/usr/sbin/virtlogd").arg("-d"));
@@ -76,35 +92,97 @@ pub fn ensure_libvirt() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Gives `/dev/kvm` Debian's usual owner and mode (`root:kvm`, 0660), which
+/// udev sets on a normal host but nothing sets on a machine without udev.
+///
+/// Left at `root:root` 0600, it makes every libvirt call that needs QEMU's
+/// capabilities re-probe QEMU (about 8 s each, several per domain start):
+/// the probe, run as root, finds KVM, and the cache check, done for the
+/// `libvirt-qemu` user, finds it unusable and throws the result away
+/// ("KVM was enabled when probing ..., but it is not available now"). Domains
+/// still run under TCG where KVM is not usable (see the acceleration choice).
+fn ensure_kvm_device_mode() -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let kvm = Path::new("/dev/kvm");
+    let Ok(meta) = std::fs::metadata(kvm) else {
+        return Ok(());
+    };
+    let group = std::fs::read_to_string("/etc/group")
+        .ok()
+        .and_then(|groups| {
+            groups.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                (fields.next() == Some("kvm"))
+                    .then(|| fields.nth(1).and_then(|gid| gid.parse::<u32>().ok()))
+                    .flatten()
+            })
+        });
+    let Some(gid) = group else {
+        return Ok(());
+    };
+    if meta.gid() == gid && meta.mode() & 0o060 == 0o060 {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "/dev/kvm should be root:kvm 0660 (libvirt re-probes QEMU on every call otherwise); as root, run: chgrp kvm /dev/kvm && chmod 0660 /dev/kvm"
+        );
+    }
+    std::os::unix::fs::chown(kvm, None, Some(gid)).context("chgrp kvm /dev/kvm")?;
+    std::fs::set_permissions(kvm, std::fs::Permissions::from_mode(0o660))
+        .context("chmod 0660 /dev/kvm")?;
+    eprintln!("xtask: /dev/kvm is now root:kvm 0660, as udev would set it");
+    Ok(())
+}
+
 /// Installs the missing packages the guest image is built from.
 pub fn ensure_image_packages() -> anyhow::Result<()> {
     ensure_packages(&IMAGE_PACKAGES)
 }
 
 /// Installs those of `packages` that are not installed (needs root).
+///
+/// An install can remove a package of the list that was there before: the
+/// machines come with a backported `qemu-utils` that conflicts with
+/// bookworm's `qemu-system-x86`, and apt resolves that by removing
+/// `qemu-utils`. So the check runs again afterwards, and whatever is missing
+/// then is installed in a second round (now at the matching version).
 fn ensure_packages(packages: &[&'static str]) -> anyhow::Result<()> {
+    for round in 1..=2 {
+        let missing = missing_packages(packages)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let install = format!(
+            "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
+            missing.join(" ")
+        );
+        if !is_root() {
+            bail!(
+                "missing Debian packages {}; as root, run: {install}",
+                missing.join(", ")
+            );
+        }
+        if round == 1 {
+            apt_update()?;
+        }
+        Cmd::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .timeout(APT_INSTALL_TIMEOUT)
+            .run()
+            .with_context(|| format!("installing {}", missing.join(", ")))?;
+    }
     let missing = missing_packages(packages)?;
     if missing.is_empty() {
-        return Ok(());
-    }
-    let install = format!(
-        "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
-        missing.join(" ")
-    );
-    if !is_root() {
+        Ok(())
+    } else {
         bail!(
-            "missing Debian packages {}; as root, run: {install}",
+            "apt-get install left {} uninstalled (removed by a conflict?)",
             missing.join(", ")
-        );
+        )
     }
-    apt_update()?;
-    Cmd::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .timeout(APT_INSTALL_TIMEOUT)
-        .run()
-        .with_context(|| format!("installing {}", missing.join(", ")))
 }
 
 /// Refreshes apt's package lists (needs root).

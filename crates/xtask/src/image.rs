@@ -27,14 +27,19 @@
 //! # Output
 //!
 //! ```text
-//! target/paddock-image/
+//! /var/lib/paddock/images/     the image store ($PADDOCK_IMAGE_STORE overrides)
 //!   <hash>/vmlinuz             the kernel
 //!   <hash>/initramfs.cpio.gz   the initramfs
 //!   <hash>/manifest.json       what a host needs to boot it (see below)
-//!   current.json               a copy of the newest manifest
 //!   cache/debs/                downloaded kernel packages
 //!   cache/kernels/             their kernels: each <hash>/vmlinuz is a hard link
+//! target/paddock-image/
+//!   current.json               a copy of the manifest this checkout built last
 //! ```
+//!
+//! The store is outside the checkout because QEMU runs as `libvirt-qemu` and
+//! must reach the kernel through every parent directory: a checkout under a
+//! private directory (a `mktemp -d` clone, a home directory) would hide it.
 //!
 //! `manifest.json` holds `hash`, `kernel` and `initramfs` (absolute paths),
 //! `cmdline`, `kernel_version`, `agent_serial_port` and `agent_vsock_port`;
@@ -52,7 +57,7 @@
 //! to `<hash>/` once complete, so a half-built image is never used. Either way
 //! `current.json` is then replaced atomically (a temporary file renamed over
 //! it). Older `<hash>/` directories (about 3 MB each: the kernel is shared)
-//! stay, since a VM may still use them, until `cargo clean`.
+//! stay, since a VM may still use them, until removed by hand.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -138,7 +143,7 @@ const UNPACK_TIMEOUT: Duration = Duration::from_secs(300);
 const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Builds the default guest image unless it is up to date, and returns the
-/// path of its `manifest.json` (also copied to
+/// path of its `manifest.json` (also copied to the checkout's
 /// `target/paddock-image/current.json`).
 ///
 /// Installs `busybox-static` when missing and builds the static agent first.
@@ -176,12 +181,21 @@ pub(crate) fn ensure_image() -> anyhow::Result<PathBuf> {
             dir.display()
         );
     }
-    publish_current(&root, &manifest)?;
+    let checkout = checkout_image_dir();
+    std::fs::create_dir_all(&checkout)
+        .with_context(|| format!("creating {}", checkout.display()))?;
+    publish_current(&checkout, &manifest)?;
     Ok(manifest)
 }
 
-/// `target/paddock-image` in the workspace.
+/// Where images are built and kept: see the module docs.
 fn image_root() -> PathBuf {
+    std::env::var_os("PADDOCK_IMAGE_STORE")
+        .map_or_else(|| PathBuf::from("/var/lib/paddock/images"), PathBuf::from)
+}
+
+/// `target/paddock-image` in the workspace, which holds `current.json`.
+fn checkout_image_dir() -> PathBuf {
     workspace_root().join("target/paddock-image")
 }
 

@@ -5,6 +5,7 @@
 //!   docs, the static guest-agent build and the guest image.
 //! - `image`: the default guest image (see [`image`]).
 //! - `bench`: the criterion benchmarks under `benches/`.
+//! - `bench-vm`: end-to-end figures of one real sandbox VM.
 //! - `fuzz`: the cargo-fuzz targets under `fuzz/` for a while each.
 
 mod demo;
@@ -36,6 +37,9 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Measure one real sandbox VM: boot, exec, snapshot, revert, save and
+    /// restore (medians and p99 as JSON).
+    BenchVm,
     /// Run the criterion benchmarks (pass criterion filters after `--`).
     Bench {
         /// Arguments for the benchmark binaries.
@@ -67,11 +71,26 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { args } => {
             // The agent benchmarks run the release agent binary.
             build_release_agent()?;
-            let mut cmd = Cmd::cargo(["bench", "--locked", "-p", "paddock-benches"]);
+            let mut cmd = Cmd::cargo(["bench", "--locked", "-p", "paddock-benches"])
+                .args(["--bench", "codec", "--bench", "agent", "--bench", "render"]);
             if !args.is_empty() {
                 cmd = cmd.arg("--").args(args);
             }
             cmd.run()
+        }
+        Task::BenchVm => {
+            host::ensure_libvirt()?;
+            let image = image::ensure_image()?;
+            Cmd::cargo([
+                "bench",
+                "--locked",
+                "-p",
+                "paddock-benches",
+                "--bench",
+                "vm",
+            ])
+            .env("PADDOCK_IMAGE", &image)
+            .run()
         }
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::AgentStatic => {

@@ -1,0 +1,427 @@
+//! One sandbox VM: a libvirt domain booted from a [`GuestImage`] and the
+//! agent client connected to it.
+//!
+//! # Life cycle
+//!
+//! [`Sandbox::boot`] creates the sandbox's directory (console log, agent
+//! socket, disks), defines and starts the domain, and waits for the agent's
+//! HELLO_ACK. A sandbox that is not ready within
+//! [`SandboxConfig::ready_timeout`] is torn down and the error carries the
+//! tail of its console log. [`Sandbox::snapshot`] and
+//! [`Sandbox::revert_to_snapshot`] capture and restore the guest's memory and
+//! disk (an internal snapshot, which needs [`SandboxConfig::state_disk_mib`]).
+//! [`Sandbox::destroy`] destroys and undefines the domain and removes the
+//! directory. A sandbox dropped without `destroy` does the same on a helper
+//! thread that the drop waits for, so nothing is left behind even when a
+//! caller panics.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use paddock_agent_client::{AgentClient, ClientConfig, ClientError, Continuity, Transport};
+use paddock_libvirt::{
+    Acceleration, AgentChannel, Boot, DomainSpec, ImageFormat, Libvirt, LibvirtError, NetworkMode,
+    OverlayDisk, OverlayError, PaddockMetadata, Profile, Resources, SnapshotInfo, SnapshotSpec,
+    Uuid, Vm, create_blank_qcow2, create_overlay,
+};
+
+use crate::image::GuestImage;
+
+/// Where sandboxes keep their files unless configured otherwise: under
+/// libvirt's own state directory, which QEMU (user `libvirt-qemu`) can reach.
+pub const DEFAULT_STATE_ROOT: &str = "/var/lib/libvirt/qemu/paddock";
+
+/// How many console lines a not-ready error carries.
+const CONSOLE_TAIL_LINES: usize = 30;
+
+/// Why a sandbox operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A libvirt call failed.
+    #[error("libvirt failed")]
+    Libvirt(#[from] LibvirtError),
+    /// The agent could not be reached or a request to it failed.
+    #[error("The agent failed")]
+    Agent(#[from] ClientError),
+    /// The agent did not answer within the ready timeout.
+    #[error("Sandbox {name} was not ready: {source}\n--- console tail ---\n{console_tail}")]
+    NotReady {
+        /// The domain's name.
+        name: String,
+        /// The last lines of the guest's serial console.
+        console_tail: String,
+        /// Why the agent could not be reached.
+        source: ClientError,
+    },
+    /// A sandbox file or directory could not be created or removed.
+    #[error("Cannot {action} {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A disk image could not be created or removed.
+    #[error("Disk image operation failed")]
+    Disk(#[from] OverlayError),
+    /// After a revert the agent did not report a restored guest.
+    #[error("After reverting to {snapshot} the agent reports {found:?}, not a restored guest")]
+    NotRestored {
+        /// The snapshot.
+        snapshot: String,
+        /// What the agent's session showed instead.
+        found: Option<Continuity>,
+    },
+}
+
+impl SandboxError {
+    fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_owned();
+        move |source| Self::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+/// How to boot a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The libvirt domain name; also names the sandbox's directory.
+    pub name: String,
+    /// The directory under which the sandbox's own directory is created.
+    pub state_root: PathBuf,
+    /// Guest memory.
+    pub memory_mib: u64,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// The guest's network.
+    pub network: NetworkMode,
+    /// How long the agent may take to answer after the domain started.
+    pub ready_timeout: Duration,
+    /// Kernel command line to use instead of the image's.
+    pub cmdline: Option<String>,
+    /// Attach a blank qcow2 disk of this size. Internal snapshots (with the
+    /// guest's memory) are stored in it, so [`Sandbox::snapshot`] needs one.
+    pub state_disk_mib: Option<u64>,
+    /// Recorded in the domain's Paddock metadata.
+    pub pool: String,
+    /// Recorded in the domain's Paddock metadata.
+    pub slot: u32,
+    /// The agent client's timeouts and limits (its connect timeout is
+    /// replaced by `ready_timeout` for the first connection).
+    pub client: ClientConfig,
+}
+
+impl SandboxConfig {
+    /// A 1-vCPU, 256 MiB, network-less sandbox named `name` with a 64 MiB
+    /// state disk and a 90 s ready timeout (a TCG boot takes seconds).
+    #[must_use]
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            state_root: DEFAULT_STATE_ROOT.into(),
+            memory_mib: 256,
+            vcpus: 1,
+            network: NetworkMode::Isolated,
+            ready_timeout: Duration::from_secs(90),
+            cmdline: None,
+            state_disk_mib: Some(64),
+            pool: "default".into(),
+            slot: 0,
+            client: ClientConfig::default(),
+        }
+    }
+}
+
+/// A running sandbox VM with a connected agent client.
+#[derive(Debug)]
+pub struct Sandbox {
+    vm: Vm,
+    client: AgentClient,
+    spec: DomainSpec,
+    dir: PathBuf,
+    /// Set once the domain and files are gone.
+    discarded: bool,
+    boot_to_ready: Duration,
+}
+
+impl Sandbox {
+    /// Boots a sandbox from `image` and waits for its agent.
+    ///
+    /// # Errors
+    /// [`SandboxError::NotReady`] (with the console tail) when the agent does
+    /// not answer in time; otherwise the failing step's error. Whatever was
+    /// created is removed again.
+    pub async fn boot(
+        libvirt: &Libvirt,
+        image: &GuestImage,
+        config: SandboxConfig,
+    ) -> Result<Self, SandboxError> {
+        let dir = config.state_root.join(&config.name);
+        prepare_dirs(&config.state_root, &dir)?;
+        let mut files = FilesGuard(Some(dir.clone()));
+        let disk = match config.state_disk_mib {
+            Some(mib) => Some(state_disk(&dir, mib).await?),
+            None => None,
+        };
+        let resources = Resources {
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+        };
+        let spec = DomainSpec {
+            name: config.name.clone(),
+            uuid: Uuid::new_v4(),
+            metadata: PaddockMetadata {
+                pool: config.pool.clone(),
+                slot: config.slot,
+                image: image.hash.clone(),
+                golden: None,
+                created_unix: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            },
+            profile: Profile::Custom(resources),
+            tuning: Profile::Custom(resources).tuning(),
+            acceleration: Acceleration::Auto,
+            boot: Boot::Kernel {
+                kernel: image.kernel.clone(),
+                initrd: Some(image.initramfs.clone()),
+                cmdline: config
+                    .cmdline
+                    .clone()
+                    .unwrap_or_else(|| image.cmdline.clone()),
+            },
+            disk,
+            console_log: dir.join("console.log"),
+            channel: AgentChannel::VirtioSerial {
+                socket: dir.join("agent.sock"),
+                name: image.agent_serial_port.clone(),
+            },
+            network: config.network.clone(),
+        };
+        let vm = libvirt.define(&spec).await?;
+        // From here on the domain exists: a failure must remove it too.
+        let mut domain = DomainGuard(Some(vm.clone()));
+        let started = Instant::now();
+        vm.start().await?;
+        let client_config = ClientConfig {
+            connect_timeout: config.ready_timeout,
+            ..config.client.clone()
+        };
+        let transport = Transport::VirtioSerial {
+            path: dir.join("agent.sock"),
+        };
+        let client = match AgentClient::connect(transport, client_config).await {
+            Ok(client) => client,
+            Err(source) => {
+                return Err(SandboxError::NotReady {
+                    name: config.name,
+                    console_tail: console_tail(&spec.console_log, CONSOLE_TAIL_LINES),
+                    source,
+                });
+            }
+        };
+        let boot_to_ready = started.elapsed();
+        domain.0 = None;
+        files.0 = None;
+        Ok(Self {
+            vm,
+            client,
+            spec,
+            dir,
+            discarded: false,
+            boot_to_ready,
+        })
+    }
+
+    /// The agent client.
+    #[must_use]
+    pub fn client(&self) -> &AgentClient {
+        &self.client
+    }
+
+    /// The libvirt domain.
+    #[must_use]
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// The domain's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The spec the domain was defined from.
+    #[must_use]
+    pub fn spec(&self) -> &DomainSpec {
+        &self.spec
+    }
+
+    /// The sandbox's directory on the host (console log, socket, disks).
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The host side of the agent's virtio-serial channel.
+    #[must_use]
+    pub fn agent_socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    /// Time from starting the domain to the agent's HELLO_ACK.
+    #[must_use]
+    pub fn boot_to_ready(&self) -> Duration {
+        self.boot_to_ready
+    }
+
+    /// The last `lines` lines of the guest's serial console.
+    #[must_use]
+    pub fn console_tail(&self, lines: usize) -> String {
+        console_tail(&self.spec.console_log, lines)
+    }
+
+    /// Takes an internal snapshot of the running guest (memory and disk),
+    /// then opens a new agent session, so that after a later revert the
+    /// agent's session shows the guest as [`Continuity::Restored`].
+    ///
+    /// # Errors
+    /// libvirt refuses (no state disk...), or the agent does not answer.
+    pub async fn snapshot(&self, spec: &SnapshotSpec) -> Result<SnapshotInfo, SandboxError> {
+        let info = self.vm.create_snapshot(spec).await?;
+        self.client.reconnect().await?;
+        Ok(info)
+    }
+
+    /// Reverts the guest to the snapshot `name` and reconnects the agent;
+    /// fails unless the agent's session shows a restored guest.
+    ///
+    /// # Errors
+    /// libvirt's or the agent's error, or [`SandboxError::NotRestored`].
+    pub async fn revert_to_snapshot(&self, name: &str) -> Result<(), SandboxError> {
+        self.vm.revert_to_snapshot(name).await?;
+        self.client.reconnect().await?;
+        match self.client.continuity() {
+            Some(Continuity::Restored) => Ok(()),
+            found => Err(SandboxError::NotRestored {
+                snapshot: name.to_owned(),
+                found,
+            }),
+        }
+    }
+
+    /// Destroys and undefines the domain and removes the sandbox's files.
+    ///
+    /// # Errors
+    /// libvirt refuses to undefine the domain, or a file cannot be removed.
+    pub async fn destroy(mut self) -> Result<(), SandboxError> {
+        self.client.close().await;
+        let vm = self.vm.clone();
+        self.discarded = true;
+        // Destroying a domain that is not running fails; undefine decides.
+        let _ = vm.destroy().await;
+        match vm.undefine().await {
+            Err(err) if !err.is_not_found() => return Err(err.into()),
+            _ => {}
+        }
+        remove_dir(&self.dir).await
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !self.discarded {
+            discard_blocking(Some(self.vm.clone()), Some(self.dir.clone()));
+        }
+    }
+}
+
+/// Removes a half-created sandbox's domain on early return.
+struct DomainGuard(Option<Vm>);
+
+impl Drop for DomainGuard {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            discard_blocking(self.0.take(), None);
+        }
+    }
+}
+
+/// Removes a half-created sandbox's directory on early return.
+struct FilesGuard(Option<PathBuf>);
+
+impl Drop for FilesGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Discards a domain and a directory from a `Drop`: on a thread of its own
+/// (libvirt calls block, and a drop may run on an async worker), waited for
+/// so that the process does not exit with the domain still there.
+fn discard_blocking(vm: Option<Vm>, dir: Option<PathBuf>) {
+    let work = move || {
+        if let Some(vm) = vm {
+            let _ = vm.discard_blocking();
+        }
+        if let Some(dir) = dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    };
+    if let Ok(thread) = std::thread::Builder::new()
+        .name("paddock-discard".into())
+        .spawn(work)
+    {
+        let _ = thread.join();
+    }
+}
+
+/// Creates the state root (traversable by QEMU's user) and the sandbox's
+/// directory, in which QEMU creates files.
+fn prepare_dirs(root: &Path, dir: &Path) -> Result<(), SandboxError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).map_err(SandboxError::io("create", dir))?;
+    for (path, mode) in [(root, 0o755), (dir, 0o777)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(SandboxError::io("set the permissions of", path))?;
+    }
+    Ok(())
+}
+
+async fn remove_dir(dir: &Path) -> Result<(), SandboxError> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(SandboxError::io("remove", dir)(err))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A blank qcow2 base of `mib` MiB and an overlay on it, in `dir`: the
+/// overlay is the guest's disk and holds internal snapshots.
+async fn state_disk(dir: &Path, mib: u64) -> Result<OverlayDisk, SandboxError> {
+    let base = dir.join("base.qcow2");
+    create_blank_qcow2(&base, mib).await?;
+    let disk = OverlayDisk {
+        overlay: dir.join("overlay.qcow2"),
+        base,
+        base_format: ImageFormat::Qcow2,
+    };
+    create_overlay(&disk).await?;
+    Ok(disk)
+}
+
+/// The last `lines` lines of a console log (empty if there is none yet).
+fn console_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
