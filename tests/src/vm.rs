@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use paddock::{GuestImage, SandboxConfig};
+use paddock::{ChannelConfig, GuestImage, SandboxConfig};
 use paddock_libvirt::{Libvirt, NetworkMode};
 
 use crate::unique_marker;
@@ -55,11 +55,35 @@ pub fn test_image() -> anyhow::Result<GuestImage> {
     GuestImage::load(&path).with_context(|| "run `cargo xtask image` to build the guest image")
 }
 
+/// The `vhost-device-vsock` executable for hybrid-vsock sandboxes:
+/// `$PADDOCK_VHOST_DEVICE_VSOCK` (`cargo xtask test` installs it and sets
+/// this), else `~/.cargo/bin/vhost-device-vsock`.
+///
+/// # Errors
+/// When neither exists.
+pub fn hybrid_vsock_backend() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PADDOCK_VHOST_DEVICE_VSOCK").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            Path::new(&home).join(".cargo/bin/vhost-device-vsock")
+        },
+        PathBuf::from,
+    );
+    anyhow::ensure!(
+        path.is_file(),
+        "no vhost-device-vsock at {} (`cargo xtask test` installs it)",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// How to boot a test sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxOptions {
     /// The guest's network.
     pub network: NetworkMode,
+    /// How the host reaches the agent.
+    pub channel: ChannelConfig,
     /// Guest memory.
     pub memory_mib: u64,
     /// How long the agent may take to answer after the domain started.
@@ -74,6 +98,7 @@ impl Default for SandboxOptions {
     fn default() -> Self {
         Self {
             network: NetworkMode::Isolated,
+            channel: ChannelConfig::VirtioSerial,
             memory_mib: 256,
             ready_timeout: Duration::from_secs(90),
             cmdline: None,
@@ -109,6 +134,7 @@ impl Sandbox {
         config.state_root = SANDBOX_ROOT.into();
         config.pool = TEST_POOL.into();
         config.network = options.network;
+        config.channel = options.channel;
         config.memory_mib = options.memory_mib;
         config.ready_timeout = options.ready_timeout;
         config.cmdline = options.cmdline;

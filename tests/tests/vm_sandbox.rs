@@ -1,23 +1,57 @@
 //! Real sandbox VMs: the project's image booted by libvirt under TCG, driven
-//! through the guest agent over virtio-serial.
+//! through the guest agent over virtio-serial and hybrid vsock.
 #![cfg(test)]
 
 use std::time::Duration;
 
+use paddock::ChannelConfig;
 use paddock_agent_client::{ClientError, Execute};
-use paddock_tests::vm::{Sandbox, SandboxOptions, enabled};
+use paddock_tests::vm::{Sandbox, SandboxOptions, enabled, hybrid_vsock_backend};
 use paddock_tests::write_random_file;
 
 type TestResult = anyhow::Result<()>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exec_stream_files_and_status_in_a_vm() -> TestResult {
-    if !enabled("exec_stream_files_and_status_in_a_vm") {
+async fn exec_stream_files_and_status_over_virtio_serial() -> TestResult {
+    if !enabled("exec_stream_files_and_status_over_virtio_serial") {
         return Ok(());
     }
-    let sandbox = Sandbox::boot(SandboxOptions::default()).await?;
+    exec_stream_files_and_status(ChannelConfig::VirtioSerial).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_stream_files_and_status_over_hybrid_vsock() -> TestResult {
+    if !enabled("exec_stream_files_and_status_over_hybrid_vsock") {
+        return Ok(());
+    }
+    let backend = hybrid_vsock_backend()?;
+    exec_stream_files_and_status(ChannelConfig::HybridVsock { backend }).await
+}
+
+/// What every channel must carry: exec with exit codes and stderr, streamed
+/// output, a timeout that kills a tree in the guest, files both ways, status.
+async fn exec_stream_files_and_status(channel: ChannelConfig) -> TestResult {
+    let hybrid = matches!(channel, ChannelConfig::HybridVsock { .. });
+    let sandbox = Sandbox::boot(SandboxOptions {
+        channel,
+        ..SandboxOptions::default()
+    })
+    .await?;
     eprintln!("boot to agent ready: {:?}", sandbox.boot_to_ready());
     let client = sandbox.client();
+    let expected_transport = if hybrid {
+        "hvsock://"
+    } else {
+        "virtio-serial://"
+    };
+    assert!(
+        client
+            .transport()
+            .to_string()
+            .starts_with(expected_transport),
+        "{}",
+        client.transport()
+    );
 
     let out = client.exec_collect(Execute::argv(["uname", "-sr"])).await?;
     assert!(

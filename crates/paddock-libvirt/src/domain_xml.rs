@@ -19,6 +19,10 @@ use crate::xml::{Element, XmlError, XmlWriter};
 /// libvirt's namespace for `<qemu:commandline>`.
 const QEMU_NAMESPACE: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
 
+/// The PCI slot of the hybrid vsock device: the last on the `pc` machine's
+/// root bus, far above the few that libvirt assigns.
+const HYBRID_VSOCK_PCI_SLOT: &str = "0x1f";
+
 /// The chardev id of the hybrid vsock's vhost-user socket.
 const HYBRID_VSOCK_CHARDEV: &str = "paddock-vsock";
 
@@ -83,7 +87,12 @@ pub fn render_domain(spec: &DomainSpec) -> Result<String, XmlError> {
             "socket,id={HYBRID_VSOCK_CHARDEV},path={}",
             qemu_opt_escape(socket)
         );
-        let device = format!("vhost-user-vsock-pci,chardev={HYBRID_VSOCK_CHARDEV}");
+        // An explicit slot: libvirt addresses its own devices from slot 1
+        // up and does not know about this one, so a free-floating device
+        // could take a slot libvirt then assigns again.
+        let device = format!(
+            "vhost-user-vsock-pci,chardev={HYBRID_VSOCK_CHARDEV},bus=pci.0,addr={HYBRID_VSOCK_PCI_SLOT}"
+        );
         w.start("qemu:commandline", &[])?;
         for arg in ["-chardev", &chardev, "-device", &device] {
             w.empty("qemu:arg", &[("value", arg)])?;

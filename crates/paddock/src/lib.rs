@@ -24,7 +24,7 @@ pub mod image;
 pub mod sandbox;
 
 pub use image::{GuestImage, ImageError};
-pub use sandbox::{DEFAULT_STATE_ROOT, Sandbox, SandboxConfig, SandboxError};
+pub use sandbox::{ChannelConfig, DEFAULT_STATE_ROOT, Sandbox, SandboxConfig, SandboxError};
 
 /// The host agent client, re-exported.
 pub use paddock_agent_client as agent;

@@ -11,7 +11,9 @@
 //! [`Sandbox::revert_to_snapshot`] capture and restore the guest's memory and
 //! disk (an internal snapshot, which needs [`SandboxConfig::state_disk_mib`]).
 //! [`Sandbox::destroy`] destroys and undefines the domain and removes the
-//! directory. A sandbox dropped without `destroy` does the same on a helper
+//! directory. With a hybrid-vsock channel the sandbox also runs the
+//! `vhost-device-vsock` backend process and stops it at the end.
+//! A sandbox dropped without `destroy` does the same on a helper
 //! thread that the drop waits for, so nothing is left behind even when a
 //! caller panics.
 
@@ -38,7 +40,7 @@ const CONSOLE_TAIL_LINES: usize = 30;
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// A libvirt call failed.
-    #[error("libvirt failed")]
+    #[error("Libvirt failed")]
     Libvirt(#[from] LibvirtError),
     /// The agent could not be reached or a request to it failed.
     #[error("The agent failed")]
@@ -67,6 +69,14 @@ pub enum SandboxError {
     /// A disk image could not be created or removed.
     #[error("Disk image operation failed")]
     Disk(#[from] OverlayError),
+    /// The hybrid-vsock backend could not be started.
+    #[error("Cannot start the vsock backend {program}: {problem}")]
+    VsockBackend {
+        /// The backend program.
+        program: PathBuf,
+        /// What went wrong.
+        problem: String,
+    },
     /// After a revert the agent did not report a restored guest.
     #[error("After reverting to {snapshot} the agent reports {found:?}, not a restored guest")]
     NotRestored {
@@ -88,6 +98,29 @@ impl SandboxError {
     }
 }
 
+/// How the host reaches the guest agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelConfig {
+    /// A virtio-serial port behind a Unix socket that QEMU serves. Works on
+    /// every QEMU host and survives snapshots and save/restore.
+    VirtioSerial,
+    /// Hybrid vsock: the guest uses real `AF_VSOCK` through a
+    /// vhost-user-vsock device served by a `vhost-device-vsock` process the
+    /// sandbox starts and stops; the host connects to its Unix socket with
+    /// `CONNECT <port>`. QEMU cannot snapshot or save such a guest.
+    HybridVsock {
+        /// The `vhost-device-vsock` executable.
+        backend: PathBuf,
+    },
+}
+
+/// The guest CID a hybrid-vsock backend announces. Each sandbox has its own
+/// backend, so every guest can use the same one.
+const HYBRID_GUEST_CID: u32 = 3;
+
+/// How long a hybrid-vsock backend may take to create its socket.
+const BACKEND_START_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How to boot a sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -101,6 +134,8 @@ pub struct SandboxConfig {
     pub vcpus: u32,
     /// The guest's network.
     pub network: NetworkMode,
+    /// How the host reaches the agent.
+    pub channel: ChannelConfig,
     /// How long the agent may take to answer after the domain started.
     pub ready_timeout: Duration,
     /// Kernel command line to use instead of the image's.
@@ -128,6 +163,7 @@ impl SandboxConfig {
             memory_mib: 256,
             vcpus: 1,
             network: NetworkMode::Isolated,
+            channel: ChannelConfig::VirtioSerial,
             ready_timeout: Duration::from_secs(90),
             cmdline: None,
             state_disk_mib: Some(64),
@@ -143,6 +179,8 @@ impl SandboxConfig {
 pub struct Sandbox {
     vm: Vm,
     client: AgentClient,
+    /// The hybrid-vsock backend process, if the sandbox has one.
+    backend: Option<BackendProcess>,
     spec: DomainSpec,
     dir: PathBuf,
     /// Set once the domain and files are gone.
@@ -198,11 +236,31 @@ impl Sandbox {
             },
             disk,
             console_log: dir.join("console.log"),
-            channel: AgentChannel::VirtioSerial {
-                socket: dir.join("agent.sock"),
-                name: image.agent_serial_port.clone(),
+            channel: match &config.channel {
+                ChannelConfig::VirtioSerial => AgentChannel::VirtioSerial {
+                    socket: dir.join("agent.sock"),
+                    name: image.agent_serial_port.clone(),
+                },
+                ChannelConfig::HybridVsock { .. } => AgentChannel::HybridVsock {
+                    socket: dir.join("vhost-user.sock"),
+                },
             },
             network: config.network.clone(),
+        };
+        let (backend, transport) = match &config.channel {
+            ChannelConfig::VirtioSerial => (
+                None,
+                Transport::VirtioSerial {
+                    path: dir.join("agent.sock"),
+                },
+            ),
+            ChannelConfig::HybridVsock { backend } => (
+                Some(BackendProcess::start(backend, &dir).await?),
+                Transport::HybridVsock {
+                    path: dir.join("agent.sock"),
+                    port: image.agent_vsock_port,
+                },
+            ),
         };
         let vm = libvirt.define(&spec).await?;
         // From here on the domain exists: a failure must remove it too.
@@ -212,9 +270,6 @@ impl Sandbox {
         let client_config = ClientConfig {
             connect_timeout: config.ready_timeout,
             ..config.client.clone()
-        };
-        let transport = Transport::VirtioSerial {
-            path: dir.join("agent.sock"),
         };
         let client = match AgentClient::connect(transport, client_config).await {
             Ok(client) => client,
@@ -232,6 +287,7 @@ impl Sandbox {
         Ok(Self {
             vm,
             client,
+            backend,
             spec,
             dir,
             discarded: false,
@@ -269,7 +325,8 @@ impl Sandbox {
         &self.dir
     }
 
-    /// The host side of the agent's virtio-serial channel.
+    /// The host side of the agent's channel: the virtio-serial socket, or
+    /// the hybrid-vsock backend's socket.
     #[must_use]
     pub fn agent_socket(&self) -> PathBuf {
         self.dir.join("agent.sock")
@@ -330,6 +387,7 @@ impl Sandbox {
             Err(err) if !err.is_not_found() => return Err(err.into()),
             _ => {}
         }
+        drop(self.backend.take());
         remove_dir(&self.dir).await
     }
 }
@@ -339,6 +397,59 @@ impl Drop for Sandbox {
         if !self.discarded {
             discard_blocking(Some(self.vm.clone()), Some(self.dir.clone()));
         }
+    }
+}
+
+/// A running `vhost-device-vsock`, killed on drop.
+#[derive(Debug)]
+struct BackendProcess(std::process::Child);
+
+impl BackendProcess {
+    /// Starts the backend for a sandbox in `dir`: QEMU connects to
+    /// `dir/vhost-user.sock`, the host to `dir/agent.sock`. Both sockets are
+    /// created with umask 0, because QEMU runs as another user.
+    async fn start(program: &Path, dir: &Path) -> Result<Self, SandboxError> {
+        let failed = |problem: String| SandboxError::VsockBackend {
+            program: program.to_owned(),
+            problem,
+        };
+        let vhost = dir.join("vhost-user.sock");
+        let spec = format!(
+            "guest-cid={HYBRID_GUEST_CID},socket={},uds-path={}",
+            vhost.display(),
+            dir.join("agent.sock").display()
+        );
+        let child = std::process::Command::new("/bin/sh")
+            .args(["-c", "umask 000; exec \"$0\" \"$@\""])
+            .arg(program)
+            .args(["--vm", &spec])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| failed(e.to_string()))?;
+        let mut backend = Self(child);
+        let deadline = Instant::now() + BACKEND_START_TIMEOUT;
+        while !vhost.exists() {
+            if let Ok(Some(status)) = backend.0.try_wait() {
+                return Err(failed(format!("it exited: {status}")));
+            }
+            if Instant::now() > deadline {
+                return Err(failed(format!(
+                    "no socket {} after {BACKEND_START_TIMEOUT:?}",
+                    vhost.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(backend)
+    }
+}
+
+impl Drop for BackendProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

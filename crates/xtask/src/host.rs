@@ -18,7 +18,7 @@ use crate::shell::Cmd;
 /// crate's build (libvirt-dev, pkg-config), the daemon and its QEMU driver,
 /// virsh and `virt-xml-validate` (which runs `xmllint`), QEMU for TCG
 /// guests, `qemu-img` for overlays, and what NAT networks and nwfilter need.
-const PACKAGES: [&str; 10] = [
+const PACKAGES: [&str; 11] = [
     "libvirt-dev",
     "pkg-config",
     "libvirt-daemon-system",
@@ -29,6 +29,8 @@ const PACKAGES: [&str; 10] = [
     "dnsmasq-base",
     "iptables",
     "ebtables",
+    // `ip` for the network-namespace test host.
+    "iproute2",
 ];
 
 /// What building the guest image takes from the host (see `image.rs`): the
@@ -240,4 +242,39 @@ pub fn is_root() -> bool {
             .and_then(|ids| ids.split_whitespace().nth(1))
             .is_some_and(|euid| euid == "0")
     })
+}
+
+/// The `vhost-device-vsock` release the hybrid-vsock tests use.
+const VHOST_DEVICE_VSOCK_VERSION: &str = "0.3.0";
+
+/// How long building `vhost-device-vsock` may take.
+const CARGO_INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Returns the `vhost-device-vsock` executable (the hybrid-vsock backend),
+/// installing it from crates.io with `cargo install` when it is missing.
+pub fn ensure_vhost_device_vsock() -> anyhow::Result<std::path::PathBuf> {
+    let home = std::env::var_os("CARGO_HOME").map_or_else(
+        || Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cargo"),
+        std::path::PathBuf::from,
+    );
+    let binary = home.join("bin/vhost-device-vsock");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    Cmd::cargo([
+        "install",
+        "--locked",
+        "vhost-device-vsock",
+        "--version",
+        VHOST_DEVICE_VSOCK_VERSION,
+    ])
+    .timeout(CARGO_INSTALL_TIMEOUT)
+    .run()
+    .context("installing vhost-device-vsock (the hybrid-vsock backend)")?;
+    anyhow::ensure!(
+        binary.is_file(),
+        "cargo install did not put vhost-device-vsock at {}",
+        binary.display()
+    );
+    Ok(binary)
 }

@@ -139,6 +139,8 @@ fn test(quick: bool) -> anyhow::Result<()> {
     // The guest image that the VM tests boot, in every mode: this builds the
     // static agent (and checks that it is static) and then the image around it.
     let image = image::ensure_image()?;
+    // The hybrid-vsock VM tests' backend.
+    let vhost_vsock = host::ensure_vhost_device_vsock()?;
     Cmd::cargo(["test", "--workspace", "--doc", "--locked"]).run()?;
     // libvirtd runs now, so the tests against qemu:///system run too. The
     // test runner goes last: its summary is the run's closing line.
@@ -153,6 +155,7 @@ fn test(quick: bool) -> anyhow::Result<()> {
         ])
         .env(system.0, system.1)
         .env("PADDOCK_IMAGE", &image)
+        .env("PADDOCK_VHOST_DEVICE_VSOCK", &vhost_vsock)
         .run()?;
     } else {
         eprintln!("xtask: cargo-nextest not found, running cargo test");
@@ -167,6 +170,7 @@ fn test(quick: bool) -> anyhow::Result<()> {
         ])
         .env(system.0, system.1)
         .env("PADDOCK_IMAGE", &image)
+        .env("PADDOCK_VHOST_DEVICE_VSOCK", &vhost_vsock)
         .run()?;
     }
     Ok(())
