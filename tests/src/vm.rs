@@ -77,6 +77,21 @@ pub fn hybrid_vsock_backend() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The full image (`cargo xtask image --full`): `$PADDOCK_FULL_IMAGE`, which
+/// `cargo xtask test` sets, else the workspace's
+/// `target/paddock-image/current-full.json`.
+///
+/// # Errors
+/// When there is none or it is unusable.
+pub fn full_image() -> anyhow::Result<GuestImage> {
+    let path = std::env::var_os("PADDOCK_FULL_IMAGE").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/paddock-image/current-full.json"),
+        PathBuf::from,
+    );
+    GuestImage::load(&path)
+        .with_context(|| "run `cargo xtask image --full` to build the full image")
+}
+
 /// How to boot a test sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxOptions {
@@ -92,6 +107,8 @@ pub struct SandboxOptions {
     pub cmdline: Option<String>,
     /// Attach a blank qcow2 disk of this size (internal snapshots need one).
     pub scratch_disk_mib: Option<u64>,
+    /// Boot this image instead of the default one.
+    pub image: Option<GuestImage>,
 }
 
 impl Default for SandboxOptions {
@@ -103,6 +120,7 @@ impl Default for SandboxOptions {
             ready_timeout: Duration::from_secs(90),
             cmdline: None,
             scratch_disk_mib: None,
+            image: None,
         }
     }
 }
@@ -128,7 +146,10 @@ impl Sandbox {
     /// # Errors
     /// As [`paddock::Sandbox::boot`], or no image.
     pub async fn boot(options: SandboxOptions) -> anyhow::Result<Self> {
-        let image = test_image()?;
+        let image = match options.image {
+            Some(image) => image,
+            None => test_image()?,
+        };
         let libvirt = Libvirt::open(SYSTEM_URI).await?;
         let mut config = SandboxConfig::new(format!("paddock-test-{}", unique_marker()));
         config.state_root = SANDBOX_ROOT.into();

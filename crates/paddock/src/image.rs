@@ -48,6 +48,10 @@ pub struct GuestImage {
     pub agent_serial_port: String,
     /// The vsock port the agent listens on.
     pub agent_vsock_port: u32,
+    /// The full image's root disk (a qcow2 base; sandboxes boot from an
+    /// overlay on it). `None` for the default image, whose initramfs is the
+    /// whole root file system.
+    pub root_disk: Option<PathBuf>,
 }
 
 impl GuestImage {
@@ -93,8 +97,22 @@ impl GuestImage {
             cmdline: text_field("cmdline")?,
             agent_serial_port: text_field("agent_serial_port")?,
             agent_vsock_port: vsock_port,
+            root_disk: match json.get("root_disk") {
+                None => None,
+                Some(value) => Some(
+                    value
+                        .as_str()
+                        .map(PathBuf::from)
+                        .ok_or_else(|| malformed("`root_disk` is not a path".into()))?,
+                ),
+            },
         };
-        for (what, file) in [("kernel", &image.kernel), ("initramfs", &image.initramfs)] {
+        let files = [
+            Some(("kernel", &image.kernel)),
+            Some(("initramfs", &image.initramfs)),
+            image.root_disk.as_ref().map(|disk| ("root disk", disk)),
+        ];
+        for (what, file) in files.into_iter().flatten() {
             if !file.is_file() {
                 return Err(ImageError::MissingFile {
                     what,

@@ -142,6 +142,7 @@ pub struct SandboxConfig {
     pub cmdline: Option<String>,
     /// Attach a blank qcow2 disk of this size. Internal snapshots (with the
     /// guest's memory) are stored in it, so [`Sandbox::snapshot`] needs one.
+    /// Ignored for an image with a root disk, whose overlay serves instead.
     pub state_disk_mib: Option<u64>,
     /// Recorded in the domain's Paddock metadata.
     pub pool: String,
@@ -203,9 +204,20 @@ impl Sandbox {
         let dir = config.state_root.join(&config.name);
         prepare_dirs(&config.state_root, &dir)?;
         let mut files = FilesGuard(Some(dir.clone()));
-        let disk = match config.state_disk_mib {
-            Some(mib) => Some(state_disk(&dir, mib).await?),
-            None => None,
+        let disk = match (&image.root_disk, config.state_disk_mib) {
+            // The full image: an overlay on its root disk, which also holds
+            // internal snapshots.
+            (Some(root), _) => {
+                let disk = OverlayDisk {
+                    overlay: dir.join("overlay.qcow2"),
+                    base: root.clone(),
+                    base_format: ImageFormat::Qcow2,
+                };
+                create_overlay(&disk).await?;
+                Some(disk)
+            }
+            (None, Some(mib)) => Some(state_disk(&dir, mib).await?),
+            (None, None) => None,
         };
         let resources = Resources {
             vcpus: config.vcpus,

@@ -137,6 +137,15 @@ fn ensure_kvm_device_mode() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `cargo xtask image --full` takes from the host besides
+/// [`IMAGE_PACKAGES`]: debootstrap, `mkfs.ext4 -d`, `qemu-img convert`.
+const FULL_IMAGE_PACKAGES: [&str; 3] = ["debootstrap", "e2fsprogs", "qemu-utils"];
+
+/// Installs the missing packages the full image is built with.
+pub fn ensure_full_image_packages() -> anyhow::Result<()> {
+    ensure_packages(&FULL_IMAGE_PACKAGES)
+}
+
 /// Installs the missing packages the guest image is built from.
 pub fn ensure_image_packages() -> anyhow::Result<()> {
     ensure_packages(&IMAGE_PACKAGES)

@@ -8,7 +8,8 @@
 //!
 //! | in the guest | from |
 //! |---|---|
-//! | `/bin/busybox`, `/init` and a symlink per applet | the host's `busybox-static` package |
+//! | `/bin/busybox` and a symlink per applet | the host's `busybox-static` package |
+//! | `/init` | `guest-agent/image/rootfs/init`: starts busybox `init`, or with `paddock.root=` switches to the full image's disk |
 //! | `/usr/bin/paddock-agent` | the static agent ([`crate::build_static_agent`]), stripped |
 //! | `/lib/modules/<kernel version>/<module>.ko` | the kernel package: those of [`MODULES`] that are not built in |
 //! | `/etc/paddock/modules` | the order to load them in, written by the build |
@@ -184,18 +185,18 @@ pub(crate) fn ensure_image() -> anyhow::Result<PathBuf> {
     let checkout = checkout_image_dir();
     std::fs::create_dir_all(&checkout)
         .with_context(|| format!("creating {}", checkout.display()))?;
-    publish_current(&checkout, &manifest)?;
+    publish_current(&checkout, &manifest, "current.json")?;
     Ok(manifest)
 }
 
 /// Where images are built and kept: see the module docs.
-fn image_root() -> PathBuf {
+pub(crate) fn image_root() -> PathBuf {
     std::env::var_os("PADDOCK_IMAGE_STORE")
         .map_or_else(|| PathBuf::from("/var/lib/paddock/images"), PathBuf::from)
 }
 
 /// `target/paddock-image` in the workspace, which holds `current.json`.
-fn checkout_image_dir() -> PathBuf {
+pub(crate) fn checkout_image_dir() -> PathBuf {
     workspace_root().join("target/paddock-image")
 }
 
@@ -841,8 +842,7 @@ fn write_initramfs(path: &Path, contents: &Contents<'_>) -> anyhow::Result<()> {
     cpio.file("etc/paddock/modules", 0o644, order.as_bytes())?;
 
     cpio.file("bin/busybox", 0o755, &contents.inputs.busybox)?;
-    // The kernel runs /init; busybox runs the applet its name says: init.
-    cpio.symlink("init", "/bin/busybox")?;
+    // The kernel runs /init: the script from the rootfs directory (see it).
     for applet in contents.applets {
         // Files of the image win over applets of the same path.
         if !cpio.has(applet) {
@@ -1010,12 +1010,12 @@ impl<W: Write> Cpio<W> {
     }
 }
 
-/// Copies `manifest` to `root/current.json` atomically (a temporary file
-/// renamed over it), unless it holds that already.
-fn publish_current(root: &Path, manifest: &Path) -> anyhow::Result<()> {
+/// Copies `manifest` to `root/<name>` atomically (a temporary file renamed
+/// over it), unless it holds that already.
+pub(crate) fn publish_current(root: &Path, manifest: &Path, name: &str) -> anyhow::Result<()> {
     let contents =
         std::fs::read(manifest).with_context(|| format!("reading {}", manifest.display()))?;
-    let current = root.join("current.json");
+    let current = root.join(name);
     if std::fs::read(&current).is_ok_and(|old| old == contents) {
         return Ok(());
     }

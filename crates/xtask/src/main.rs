@@ -9,6 +9,7 @@
 //! - `fuzz`: the cargo-fuzz targets under `fuzz/` for a while each.
 
 mod demo;
+mod full_image;
 mod host;
 mod image;
 mod shell;
@@ -57,8 +58,8 @@ enum Task {
     /// Build the guest image (kernel and initramfs with the static agent)
     /// unless it is up to date, and print the path of its manifest.
     Image {
-        /// Build the full image (a root disk with a complete userland)
-        /// instead: not available yet.
+        /// Build the full image instead: a Debian root disk with python3,
+        /// git and curl.
         #[arg(long)]
         full: bool,
     },
@@ -98,10 +99,11 @@ fn main() -> anyhow::Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        Task::Image { full: true } => anyhow::bail!(
-            "the full guest image (`cargo xtask image --full`) is not built yet; \
-             `cargo xtask image` builds the default one"
-        ),
+        Task::Image { full: true } => {
+            let manifest = full_image::ensure_full_image()?;
+            println!("{}", manifest.display());
+            Ok(())
+        }
         Task::Image { full: false } => {
             let manifest = image::ensure_image()?;
             println!("{}", manifest.display());
@@ -141,6 +143,8 @@ fn test(quick: bool) -> anyhow::Result<()> {
     let image = image::ensure_image()?;
     // The hybrid-vsock VM tests' backend.
     let vhost_vsock = host::ensure_vhost_device_vsock()?;
+    // The full image (debootstrap: about a minute the first time).
+    let full = full_image::ensure_full_image()?;
     Cmd::cargo(["test", "--workspace", "--doc", "--locked"]).run()?;
     // libvirtd runs now, so the tests against qemu:///system run too. The
     // test runner goes last: its summary is the run's closing line.
@@ -156,6 +160,7 @@ fn test(quick: bool) -> anyhow::Result<()> {
         .env(system.0, system.1)
         .env("PADDOCK_IMAGE", &image)
         .env("PADDOCK_VHOST_DEVICE_VSOCK", &vhost_vsock)
+        .env("PADDOCK_FULL_IMAGE", &full)
         .run()?;
     } else {
         eprintln!("xtask: cargo-nextest not found, running cargo test");
@@ -171,6 +176,7 @@ fn test(quick: bool) -> anyhow::Result<()> {
         .env(system.0, system.1)
         .env("PADDOCK_IMAGE", &image)
         .env("PADDOCK_VHOST_DEVICE_VSOCK", &vhost_vsock)
+        .env("PADDOCK_FULL_IMAGE", &full)
         .run()?;
     }
     Ok(())
