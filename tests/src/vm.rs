@@ -193,3 +193,42 @@ pub async fn test_domains(libvirt: &Libvirt) -> anyhow::Result<Vec<String>> {
         .map(|(vm, _)| vm.name().to_owned())
         .collect())
 }
+
+/// A directory for a test domain's files under the tests' sandbox root,
+/// writable by QEMU (which runs as another user).
+///
+/// # Errors
+/// When it cannot be created.
+pub fn domain_dir(name: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = Path::new(SANDBOX_ROOT).join(name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+    Ok(dir)
+}
+
+/// Destroys and undefines a test domain and removes its directory on drop,
+/// also while a test unwinds (so it is synchronous, through virsh).
+#[derive(Debug)]
+pub struct DomainGuard {
+    /// The domain's name.
+    pub name: String,
+    /// Its directory.
+    pub dir: PathBuf,
+}
+
+impl Drop for DomainGuard {
+    fn drop(&mut self) {
+        let undefine = ["undefine", "--snapshots-metadata", "--managed-save"];
+        for action in [&["destroy"][..], &undefine[..]] {
+            let _ = std::process::Command::new("virsh")
+                .args(["-q", "-c", SYSTEM_URI])
+                .args(action)
+                .arg(&self.name)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

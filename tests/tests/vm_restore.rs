@@ -2,9 +2,10 @@
 //! boot, and the guest's later changes are gone.
 #![cfg(test)]
 
-use paddock_agent_client::{AgentClient, Continuity, Execute};
-use paddock_libvirt::{RestoreMode, SnapshotSpec};
-use paddock_tests::vm::{Sandbox, SandboxOptions, enabled};
+use paddock_agent_client::{AgentClient, Continuity, Execute, Transport};
+use paddock_libvirt::{AgentChannel, RestoreMode, SnapshotSpec, Uuid};
+use paddock_tests::vm::{DomainGuard, Sandbox, SandboxOptions, domain_dir, enabled};
+use paddock_tests::{test_config, unique_marker};
 
 type TestResult = anyhow::Result<()>;
 
@@ -101,5 +102,77 @@ async fn agent_survives_snapshot_revert_and_save_restore() -> TestResult {
     assert_eq!(again.boot_id, golden.boot_id);
     assert_eq!(client.continuity(), Some(Continuity::Restored));
     assert_eq!(guest_files(client).await?, "/tmp/golden\n/tmp/later");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_saved_image_becomes_many_domains() -> TestResult {
+    if !enabled("one_saved_image_becomes_many_domains") {
+        return Ok(());
+    }
+    let sandbox = Sandbox::boot(SandboxOptions::default()).await?;
+    let client = sandbox.client();
+    client
+        .exec_collect(Execute::shell("echo golden > /tmp/state"))
+        .await?;
+    let golden_session = client.session().await.expect("session");
+    let golden = sandbox.dir().join("golden.img");
+    sandbox.vm().save(&golden).await?;
+
+    // Two domains from the one image, each with its own name, UUID, socket
+    // and console log, running side by side.
+    let mut slots = Vec::new();
+    for slot in 0..2 {
+        let name = format!("paddock-test-{}", unique_marker());
+        let dir = domain_dir(&name)?;
+        let guard = DomainGuard {
+            name: name.clone(),
+            dir: dir.clone(),
+        };
+        let mut spec = sandbox.spec().clone();
+        spec.name = name;
+        spec.uuid = Uuid::new_v4();
+        spec.metadata.slot = slot;
+        spec.console_log = dir.join("console.log");
+        if let AgentChannel::VirtioSerial { socket, .. } = &mut spec.channel {
+            *socket = dir.join("agent.sock");
+        }
+        let vm = sandbox
+            .libvirt()
+            .restore_derived(&golden, &spec, &dir.join("slot.img"), RestoreMode::Running)
+            .await?;
+        assert_eq!(vm.name(), spec.name);
+        let slot_client = AgentClient::connect(
+            Transport::VirtioSerial {
+                path: dir.join("agent.sock"),
+            },
+            test_config(),
+        )
+        .await?;
+        let session = slot_client.session().await.expect("session");
+        assert_eq!(
+            session.boot_id, golden_session.boot_id,
+            "the golden's guest"
+        );
+        slots.push((guard, slot_client));
+    }
+    for (slot, (_, slot_client)) in slots.iter().enumerate() {
+        let out = slot_client
+            .exec_collect(Execute::shell(format!(
+                "cat /tmp/state; echo slot-{slot} > /tmp/state"
+            )))
+            .await?;
+        assert_eq!(out.stdout, b"golden\n", "every slot starts from the golden");
+    }
+    for (slot, (_, slot_client)) in slots.iter().enumerate() {
+        let out = slot_client
+            .exec_collect(Execute::argv(["cat", "/tmp/state"]))
+            .await?;
+        assert_eq!(
+            out.stdout,
+            format!("slot-{slot}\n").as_bytes(),
+            "separate guests"
+        );
+    }
     Ok(())
 }

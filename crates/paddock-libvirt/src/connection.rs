@@ -10,6 +10,7 @@ use crate::domain::Vm;
 use crate::domain_xml::{parse_metadata, render_domain};
 use crate::error::{LibvirtError, blocking};
 use crate::network::{self, Applied, ApplyError, FilterDefinition, NetworkSpec, render_network};
+use crate::saved_image::derive_saved_image;
 use crate::spec::{DomainSpec, PaddockMetadata};
 use crate::stats::{self, DomainStats};
 
@@ -126,6 +127,7 @@ impl Libvirt {
 
     /// Every domain, running or not, that carries Paddock metadata, with that
     /// metadata: what a restarted Paddock finds of its previous life.
+    /// Domains that vanish while the list is read are left out.
     ///
     /// # Errors
     /// libvirt refuses, or a domain's Paddock metadata is malformed.
@@ -133,10 +135,22 @@ impl Libvirt {
         let op = "list the domains of";
         let found = self
             .call(op, format!("connection {}", self.uri), |c| {
-                c.list_all_domains(0)?
-                    .into_iter()
-                    .map(|d| Ok((d.name()?, d.xml_desc(0)?, d)))
-                    .collect::<Result<Vec<_>, virt::error::Error>>()
+                let mut found = Vec::new();
+                for dom in c.list_all_domains(0)? {
+                    // A domain that goes away between the listing and the
+                    // read (destroyed meanwhile) is not there: skip it.
+                    let read = dom.name().and_then(|name| Ok((name, dom.xml_desc(0)?)));
+                    match read {
+                        Ok((name, xml)) => found.push((name, xml, dom)),
+                        Err(err)
+                            if err.code()
+                                == virt::enumutil::Enum::Known(
+                                    virt::error::ErrorNumber::NoDomain,
+                                ) => {}
+                        Err(err) => return Err(err),
+                    }
+                }
+                Ok(found)
             })
             .await?;
         let mut ours = Vec::new();
@@ -160,7 +174,8 @@ impl Libvirt {
     /// stability, and that includes the domain's name, its UUID and its
     /// interfaces' MAC addresses: only host-side details may change, such as
     /// the disk overlay, socket and console paths, and the metadata. A
-    /// different name, UUID or MAC is refused with `VIR_ERR_CONFIG_UNSUPPORTED`.
+    /// different name, UUID or MAC is refused with `VIR_ERR_CONFIG_UNSUPPORTED`;
+    /// [`Libvirt::restore_derived`] restores one saved image as many domains.
     ///
     /// # Errors
     /// libvirt refuses (a domain of that name runs, the XML is not compatible,
@@ -206,6 +221,44 @@ impl Libvirt {
             source,
         })?;
         self.restore(file, Some(xml), mode).await?;
+        self.lookup(&spec.name).await
+    }
+
+    /// Restores the saved image `golden` as a new domain that `spec`
+    /// describes, with its own name, UUID, sockets and disk paths: writes
+    /// `derived`, a copy of `golden` carrying `spec`'s XML (see
+    /// [`crate::saved_image`]), then restores that. `derived` stays, so the
+    /// same domain can be restored from it again without another copy:
+    /// [`Libvirt::restore`] with no `dxml` does that.
+    ///
+    /// # Errors
+    /// [`LibvirtError::SavedImage`] when `golden` cannot be derived from,
+    /// otherwise as [`Libvirt::restore`].
+    pub async fn restore_derived(
+        &self,
+        golden: &Path,
+        spec: &DomainSpec,
+        derived: &Path,
+        mode: RestoreMode,
+    ) -> Result<Vm, LibvirtError> {
+        let xml = render_domain(spec).map_err(|source| LibvirtError::Xml {
+            op: "restore",
+            object: format!("domain {}", spec.name),
+            source,
+        })?;
+        let (from, to) = (golden.to_owned(), derived.to_owned());
+        let copied = tokio::task::spawn_blocking(move || derive_saved_image(&from, &xml, &to))
+            .await
+            .map_err(|source| LibvirtError::Worker {
+                op: "derive a saved image",
+                object: format!("domain {}", spec.name),
+                source,
+            })?;
+        copied.map_err(|source| LibvirtError::SavedImage {
+            object: format!("domain {}", spec.name),
+            source,
+        })?;
+        self.restore(derived, None, mode).await?;
         self.lookup(&spec.name).await
     }
 

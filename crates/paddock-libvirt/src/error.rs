@@ -61,6 +61,15 @@ pub enum LibvirtError {
         /// The path.
         path: PathBuf,
     },
+    /// A saved image could not be read or derived.
+    #[error("Cannot derive a saved image for {object}")]
+    SavedImage {
+        /// The domain it was for.
+        object: String,
+        /// Why.
+        #[source]
+        source: crate::saved_image::SavedImageError,
+    },
     /// The blocking-pool task running the call panicked or was cancelled.
     #[error("The worker running libvirt {op} for {object} failed")]
     Worker {

@@ -10,8 +10,9 @@
 //! - [`Libvirt`] is a connection; [`Vm`] is one domain: lifecycle, state,
 //!   waits, snapshots, saving. [`Libvirt::restore_as`] restores a saved image
 //!   with new host-side paths and metadata (libvirt 9.0 refuses a new name,
-//!   UUID or MAC). [`Libvirt::all_domain_stats`] reads every domain's counters
-//!   in one call.
+//!   UUID or MAC there); [`Libvirt::restore_derived`] restores one saved image
+//!   as many domains with their own names and UUIDs ([`saved_image`]).
+//!   [`Libvirt::all_domain_stats`] reads every domain's counters in one call.
 //! - [`overlay`] makes and removes qcow2 overlays.
 //!
 //! libvirt calls block, so every one runs on tokio's blocking pool: nothing
@@ -25,6 +26,7 @@ mod domain_xml;
 pub mod error;
 pub mod network;
 pub mod overlay;
+pub mod saved_image;
 pub mod snapshot;
 mod spec;
 pub mod stats;
@@ -39,6 +41,9 @@ pub use network::{
     render_network,
 };
 pub use overlay::{OverlayError, create_blank_qcow2, create_overlay, remove_overlay};
+pub use saved_image::{
+    SavedImageError, SavedImageHeader, derive_saved_image, read_saved_image_header,
+};
 pub use snapshot::{SnapshotInfo, SnapshotSpec, render_snapshot};
 pub use spec::{
     Acceleration, AgentChannel, Boot, CpuQuota, DomainSpec, ImageFormat, METADATA_NAMESPACE,

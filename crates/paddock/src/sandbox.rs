@@ -144,6 +144,9 @@ pub struct SandboxConfig {
     /// guest's memory) are stored in it, so [`Sandbox::snapshot`] needs one.
     /// Ignored for an image with a root disk, whose overlay serves instead.
     pub state_disk_mib: Option<u64>,
+    /// Boot from a fresh overlay on this qcow2 disk instead (a golden's
+    /// frozen disk); it wins over the image's root disk and `state_disk_mib`.
+    pub base_disk: Option<PathBuf>,
     /// Recorded in the domain's Paddock metadata.
     pub pool: String,
     /// Recorded in the domain's Paddock metadata.
@@ -168,6 +171,7 @@ impl SandboxConfig {
             ready_timeout: Duration::from_secs(90),
             cmdline: None,
             state_disk_mib: Some(64),
+            base_disk: None,
             pool: "default".into(),
             slot: 0,
             client: ClientConfig::default(),
@@ -204,9 +208,10 @@ impl Sandbox {
         let dir = config.state_root.join(&config.name);
         prepare_dirs(&config.state_root, &dir)?;
         let mut files = FilesGuard(Some(dir.clone()));
-        let disk = match (&image.root_disk, config.state_disk_mib) {
-            // The full image: an overlay on its root disk, which also holds
-            // internal snapshots.
+        let base = config.base_disk.as_ref().or(image.root_disk.as_ref());
+        let disk = match (base, config.state_disk_mib) {
+            // An overlay on a given disk (the full image's root disk), which
+            // also holds internal snapshots.
             (Some(root), _) => {
                 let disk = OverlayDisk {
                     overlay: dir.join("overlay.qcow2"),
@@ -383,6 +388,29 @@ impl Sandbox {
                 found,
             }),
         }
+    }
+
+    /// Captures the guest as a golden state: opens a new agent session (so a
+    /// guest restored from the capture shows as [`Continuity::Restored`]),
+    /// saves the memory to `memory` (the domain stops), moves the disk
+    /// overlay to `disk`, and removes the domain and the rest of the
+    /// sandbox. Returns the spec the domain had, which slots derive theirs
+    /// from.
+    ///
+    /// # Errors
+    /// The agent, libvirt or a file operation fails; the sandbox is removed
+    /// either way.
+    pub async fn capture(self, memory: &Path, disk: &Path) -> Result<DomainSpec, SandboxError> {
+        self.client.reconnect().await?;
+        self.vm.save(memory).await?;
+        if let Some(overlay) = self.spec.disk.as_ref().map(|d| d.overlay.clone()) {
+            tokio::fs::rename(&overlay, disk)
+                .await
+                .map_err(SandboxError::io("move the disk of", &overlay))?;
+        }
+        let spec = self.spec.clone();
+        self.destroy().await?;
+        Ok(spec)
     }
 
     /// Destroys and undefines the domain and removes the sandbox's files.

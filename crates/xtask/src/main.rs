@@ -6,6 +6,7 @@
 //! - `image`: the default guest image (see [`image`]).
 //! - `bench`: the criterion benchmarks under `benches/`.
 //! - `bench-vm`: end-to-end figures of one real sandbox VM.
+//! - `bench-slo`: the pool's SLO figures on real VMs.
 //! - `fuzz`: the cargo-fuzz targets under `fuzz/` for a while each.
 
 mod demo;
@@ -41,6 +42,9 @@ enum Task {
     /// Measure one real sandbox VM: boot, exec, snapshot, revert, save and
     /// restore (medians and p99 as JSON).
     BenchVm,
+    /// Measure the pool on real VMs: acquire, reset, exec, boot, cycles per
+    /// minute, memory per slot (one JSON object).
+    BenchSlo,
     /// Run the criterion benchmarks (pass criterion filters after `--`).
     Bench {
         /// Arguments for the benchmark binaries.
@@ -79,20 +83,8 @@ fn main() -> anyhow::Result<()> {
             }
             cmd.run()
         }
-        Task::BenchVm => {
-            host::ensure_libvirt()?;
-            let image = image::ensure_image()?;
-            Cmd::cargo([
-                "bench",
-                "--locked",
-                "-p",
-                "paddock-benches",
-                "--bench",
-                "vm",
-            ])
-            .env("PADDOCK_IMAGE", &image)
-            .run()
-        }
+        Task::BenchVm => bench_on_vms("vm"),
+        Task::BenchSlo => bench_on_vms("slo"),
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::AgentStatic => {
             let path = build_static_agent()?;
@@ -182,6 +174,22 @@ fn test(quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the real-VM benchmark `bench` after setting the host up.
+fn bench_on_vms(bench: &str) -> anyhow::Result<()> {
+    host::ensure_libvirt()?;
+    let image = image::ensure_image()?;
+    Cmd::cargo([
+        "bench",
+        "--locked",
+        "-p",
+        "paddock-benches",
+        "--bench",
+        bench,
+    ])
+    .env("PADDOCK_IMAGE", &image)
+    .run()
+}
+
 /// `cargo` arguments that build the release guest agent.
 const AGENT_BUILD: [&str; 5] = [
     "build",
@@ -259,7 +267,7 @@ fn fuzz(seconds: u32) -> anyhow::Result<()> {
         Cmd::cargo(["install", "cargo-fuzz", "--locked"]).run()?;
     }
     let fuzz_dir = workspace_root().join("fuzz");
-    for target in ["frame_decoder", "message_decode"] {
+    for target in ["frame_decoder", "message_decode", "saved_image_header"] {
         Cmd::cargo([
             "fuzz",
             "run",

@@ -1,0 +1,214 @@
+//! The SLO harness: end-to-end figures of the golden-snapshot pool on real
+//! VMs (TCG here, 256 MiB guests), printed as one JSON object on stdout.
+//!
+//! - `acquire_ms`: `acquire()` from a pool whose slots are all ready.
+//! - `reset_ms`: from `release()` until the slot is ready again, for each
+//!   reset strategy (restore, the default, and revert).
+//! - `exec_true_ms`: exec round trip of `true` in a leased slot.
+//! - `boot_to_agent_ready_ms`: a sandbox booted from the image.
+//! - `cycles_per_minute`: acquire, exec `true`, release, by two workers on a
+//!   pool of two, for a minute.
+//! - `host_memory_per_slot_mib`: QEMU's resident memory per slot, and that
+//!   minus the guest's memory size (negative when the guest has not touched
+//!   all of its memory).
+//!
+//! Run with `cargo xtask bench-slo` (root; it starts libvirtd and builds the
+//! image first). It takes about four minutes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use paddock::agent::Execute;
+use paddock::{
+    Paddock, PaddockConfig, PoolConfig, ResetStrategy, Sandbox, SandboxConfig, VmPool, VmPoolSpec,
+};
+use paddock_tests::vm::{SYSTEM_URI, test_image};
+
+const ACQUIRES: usize = 40;
+const REVERTS: usize = 8;
+const EXECS: usize = 100;
+const BOOTS: usize = 3;
+const LOAD_SECONDS: u64 = 60;
+const GUEST_MIB: u64 = 256;
+
+#[derive(Default)]
+struct Samples(Vec<Duration>);
+
+impl Samples {
+    fn json(&mut self) -> serde_json::Value {
+        self.0.sort();
+        let n = self.0.len();
+        let at = |q: usize| {
+            let ms = self.0[(n * q / 100).min(n - 1)].as_secs_f64() * 1000.0;
+            (ms * 1000.0).round() / 1000.0
+        };
+        serde_json::json!({ "p50": at(50), "p99": at(99), "n": n })
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+async fn wait_all_ready(pool: &VmPool) -> anyhow::Result<()> {
+    let target = pool.config().max_size;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pool.stats().ready < target {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "pool not ready: {:?}",
+            pool.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+async fn make_pool(paddock: &Paddock, strategy: ResetStrategy) -> anyhow::Result<VmPool> {
+    let mut spec = VmPoolSpec::new(format!("slo-{}", std::process::id()));
+    spec.reset = strategy;
+    spec.memory_mib = GUEST_MIB;
+    let pool = paddock
+        .create_pool(
+            spec,
+            PoolConfig {
+                min_ready: 2,
+                max_size: 2,
+                max_concurrent_prepares: 2,
+                health_check_interval: None,
+                ..PoolConfig::default()
+            },
+        )
+        .await?;
+    pool.wait_ready(Duration::from_secs(180)).await?;
+    Ok(pool)
+}
+
+/// Acquire and reset latencies of `count` cycles on an idle, full pool.
+async fn acquire_and_reset(pool: &VmPool, count: usize) -> anyhow::Result<(Samples, Samples)> {
+    let (mut acquire, mut reset) = (Samples::default(), Samples::default());
+    for _ in 0..count {
+        wait_all_ready(pool).await?;
+        let t = Instant::now();
+        let lease = pool.acquire().await?;
+        acquire.0.push(t.elapsed());
+        lease.client().exec_collect(Execute::argv(["true"])).await?;
+        let t = Instant::now();
+        lease.release();
+        wait_all_ready(pool).await?;
+        reset.0.push(t.elapsed());
+    }
+    Ok((acquire, reset))
+}
+
+/// QEMU's resident set of each slot domain of `pool`, in MiB.
+fn qemu_rss_mib(pool: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for index in 0..2 {
+        let pid_file = format!("/run/libvirt/qemu/paddock-{pool}-{index}.pid");
+        let Ok(pid) = std::fs::read_to_string(&pid_file) else {
+            continue;
+        };
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
+        if let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            out.push(kib / 1024);
+        }
+    }
+    out
+}
+
+async fn run() -> anyhow::Result<()> {
+    let image = test_image()?;
+    let mut config = PaddockConfig::new(image.clone());
+    config.libvirt_uri = SYSTEM_URI.into();
+    let paddock = Paddock::connect(config).await?;
+
+    // Boot to agent ready, from the image.
+    let mut boot = Samples::default();
+    for i in 0..BOOTS {
+        let mut config = SandboxConfig::new(format!("paddock-slo-boot-{}-{i}", std::process::id()));
+        config.memory_mib = GUEST_MIB;
+        config.pool = "slo-boot".into();
+        let sandbox = Sandbox::boot(paddock.libvirt(), &image, config).await?;
+        boot.0.push(sandbox.boot_to_ready());
+        sandbox.destroy().await?;
+    }
+    eprintln!("boots done");
+
+    // The default strategy: restore.
+    let pool = make_pool(&paddock, ResetStrategy::Restore).await?;
+    let pool_name = format!("slo-{}", std::process::id());
+    let (mut acquire, mut reset_restore) = acquire_and_reset(&pool, ACQUIRES).await?;
+    eprintln!("acquire/reset done");
+
+    let mut exec = Samples::default();
+    {
+        let lease = pool.acquire().await?;
+        for _ in 0..EXECS {
+            let t = Instant::now();
+            lease.client().exec_collect(Execute::argv(["true"])).await?;
+            exec.0.push(t.elapsed());
+        }
+    }
+    wait_all_ready(&pool).await?;
+    let rss = qemu_rss_mib(&pool_name);
+
+    // Continuous load: two workers on the pool of two.
+    let cycles = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs(LOAD_SECONDS);
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let (pool, cycles) = (pool.clone(), Arc::clone(&cycles));
+        workers.push(tokio::spawn(async move {
+            while Instant::now() < stop {
+                let lease = pool.acquire().await?;
+                lease.client().exec_collect(Execute::argv(["true"])).await?;
+                lease.release();
+                cycles.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    let per_minute = cycles.load(Ordering::Relaxed) * 60 / LOAD_SECONDS;
+    let failed_resets = pool.stats().failed_resets;
+    pool.close().await?;
+    eprintln!("load done");
+
+    // The other strategy: revert.
+    let pool = make_pool(&paddock, ResetStrategy::Revert).await?;
+    let (_, mut reset_revert) = acquire_and_reset(&pool, REVERTS).await?;
+    pool.close().await?;
+
+    let report = serde_json::json!({
+        "guest_memory_mib": GUEST_MIB,
+        "accelerator": "tcg",
+        "acquire_ms": acquire.json(),
+        "reset_ms": {
+            "restore (default)": reset_restore.json(),
+            "revert": reset_revert.json(),
+        },
+        "exec_true_ms": exec.json(),
+        "boot_to_agent_ready_ms": boot.json(),
+        "cycles_per_minute": { "pool_size": 2, "workers": 2, "seconds": LOAD_SECONDS, "cycles_per_minute": per_minute, "failed_resets": failed_resets },
+        "host_memory_per_slot_mib": {
+            "qemu_rss": rss,
+            "qemu_rss_minus_guest": rss.iter().map(|&r| i64::try_from(r).unwrap_or(i64::MAX) - i64::try_from(GUEST_MIB).unwrap_or(0)).collect::<Vec<_>>(),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

@@ -1,0 +1,459 @@
+//! Real VMs as pool slots: a golden state captured once, slots restored from
+//! it with their own names, UUIDs, sockets and disk overlays, and reset to it
+//! after every lease.
+//!
+//! # The golden
+//!
+//! [`Golden::build`] boots a template sandbox from the image, runs the
+//! warm-up commands, and captures it ([`Sandbox::capture`]): the memory to
+//! `golden-<id>/memory.img`, the disk overlay frozen as
+//! `golden-<id>/disk.qcow2`. Its identity is an id, the creation time and the
+//! image's hash; every slot's domain metadata names it.
+//!
+//! # Slots
+//!
+//! Slot `n` is the domain `paddock-<pool>-<n>` with its files in
+//! `<state root>/<pool>/slot-<n>/`: a copy of the golden memory image whose
+//! header carries the slot's own domain XML
+//! ([`Libvirt::restore_derived`]), a fresh overlay on the golden disk, the
+//! agent socket and the console log. It is restored from that copy, then
+//! reached through its agent.
+//!
+//! # Reset strategies
+//!
+//! - [`ResetStrategy::Restore`] (the default): destroy the domain, put a
+//!   fresh overlay in place, restore the slot's memory image. About 0.6 s
+//!   for a 256 MiB TCG guest here (`cargo xtask bench-vm`).
+//! - [`ResetStrategy::Revert`]: revert an internal snapshot taken when the
+//!   slot was created. About 3 s here: libvirt 9.0 restarts QEMU for it.
+//!
+//! Either way the agent must then report a restored guest
+//! ([`Continuity::Restored`]), or the reset fails and the pool replaces the
+//! slot.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use paddock_agent_client::{AgentClient, ClientConfig, Continuity, Execute, Transport};
+use paddock_libvirt::{
+    AgentChannel, DomainSpec, ImageFormat, Libvirt, OverlayDisk, RestoreMode, SnapshotSpec, Uuid,
+    Vm, create_blank_qcow2, create_overlay,
+};
+
+use crate::image::GuestImage;
+use crate::pool::{PoolError, SlotBackend};
+use crate::sandbox::{Sandbox, SandboxConfig};
+
+/// How a used slot returns to the golden state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResetStrategy {
+    /// Restore the slot's copy of the golden memory image onto a fresh
+    /// overlay (the faster one here).
+    #[default]
+    Restore,
+    /// Revert the internal snapshot taken when the slot was made.
+    Revert,
+}
+
+/// The name of the internal snapshot [`ResetStrategy::Revert`] uses.
+const GOLDEN_SNAPSHOT: &str = "golden";
+
+/// What a pool of VMs is made of.
+#[derive(Debug, Clone)]
+pub struct VmPoolSpec {
+    /// The pool's name: part of every domain name and in their metadata.
+    pub name: String,
+    /// Guest memory.
+    pub memory_mib: u64,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Shell commands run in the template before the golden is captured;
+    /// each must exit 0.
+    pub warmup: Vec<String>,
+    /// How slots are reset.
+    pub reset: ResetStrategy,
+    /// How long a booting template may take to answer.
+    pub boot_timeout: Duration,
+    /// The agent client's timeouts and limits.
+    pub client: ClientConfig,
+}
+
+impl VmPoolSpec {
+    /// A pool named `name` of 1-vCPU, 256 MiB guests without warm-up, reset
+    /// by restore.
+    #[must_use]
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            memory_mib: 256,
+            vcpus: 1,
+            warmup: Vec::new(),
+            reset: ResetStrategy::Restore,
+            boot_timeout: Duration::from_secs(90),
+            client: ClientConfig::default(),
+        }
+    }
+}
+
+/// Who the golden state is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoldenId {
+    /// A random id.
+    pub id: String,
+    /// When it was captured (Unix seconds).
+    pub created_unix: u64,
+    /// The hash of the image it was booted from.
+    pub image_hash: String,
+}
+
+/// A captured golden state.
+#[derive(Debug, Clone)]
+pub struct Golden {
+    /// Its identity.
+    pub id: GoldenId,
+    /// The saved memory image.
+    pub memory: PathBuf,
+    /// The frozen disk (a qcow2 that slot overlays sit on).
+    pub disk: PathBuf,
+    /// The template's domain spec; slots change only names and paths.
+    pub spec: DomainSpec,
+    /// How long the template took from start to agent ready.
+    pub boot_to_ready: Duration,
+}
+
+impl Golden {
+    /// Boots a template from `image` under `pool_dir`, runs the warm-up
+    /// commands and captures it.
+    ///
+    /// # Errors
+    /// The template does not boot, a warm-up command fails, or the capture
+    /// fails.
+    pub async fn build(
+        libvirt: &Libvirt,
+        image: &GuestImage,
+        spec: &VmPoolSpec,
+        pool_dir: &Path,
+    ) -> Result<Self, PoolError> {
+        let id = Uuid::new_v4().simple().to_string();
+        let short = &id[..8];
+        let dir = pool_dir.join(format!("golden-{short}"));
+        make_dir(&dir)?;
+        let blank = pool_dir.join("blank.qcow2");
+        if image.root_disk.is_none() && !blank.exists() {
+            create_blank_qcow2(&blank, 64).await?;
+        }
+        let mut config = SandboxConfig::new(format!("paddock-{}-golden-{short}", spec.name));
+        config.state_root = pool_dir.to_path_buf();
+        config.pool = spec.name.clone();
+        config.slot = u32::MAX;
+        config.memory_mib = spec.memory_mib;
+        config.vcpus = spec.vcpus;
+        config.ready_timeout = spec.boot_timeout;
+        config.client = spec.client.clone();
+        config.base_disk = image.root_disk.clone().or(Some(blank));
+        let template = Sandbox::boot(libvirt, image, config).await?;
+        let boot_to_ready = template.boot_to_ready();
+        for command in &spec.warmup {
+            let out = template
+                .client()
+                .exec_collect(Execute::shell(command.clone()))
+                .await?;
+            if out.result.exit_code != Some(0) {
+                return Err(PoolError::Slot(format!(
+                    "warm-up command {command:?} failed ({:?}): {}",
+                    out.result.exit_code,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        let memory = dir.join("memory.img");
+        let disk = dir.join("disk.qcow2");
+        let template_spec = template.capture(&memory, &disk).await?;
+        Ok(Self {
+            id: GoldenId {
+                id,
+                created_unix: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                image_hash: image.hash.clone(),
+            },
+            memory,
+            disk,
+            spec: template_spec,
+            boot_to_ready,
+        })
+    }
+}
+
+/// A VM slot: the domain and its connected agent.
+#[derive(Debug)]
+pub struct VmSlot {
+    vm: Vm,
+    client: AgentClient,
+    spec: DomainSpec,
+    dir: PathBuf,
+}
+
+impl VmSlot {
+    /// The agent client: exec, files, status.
+    #[must_use]
+    pub fn client(&self) -> &AgentClient {
+        &self.client
+    }
+
+    /// The libvirt domain.
+    #[must_use]
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// The domain's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The slot's directory on the host.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// The [`SlotBackend`] of real VMs.
+#[derive(Debug)]
+pub struct VmBackend {
+    libvirt: Libvirt,
+    golden: Golden,
+    spec: VmPoolSpec,
+    pool_dir: PathBuf,
+}
+
+impl VmBackend {
+    /// A backend for `spec`'s pool that makes slots from `golden` under
+    /// `pool_dir`.
+    #[must_use]
+    pub fn new(libvirt: Libvirt, golden: Golden, spec: VmPoolSpec, pool_dir: PathBuf) -> Self {
+        Self {
+            libvirt,
+            golden,
+            spec,
+            pool_dir,
+        }
+    }
+
+    /// The golden the slots come from.
+    #[must_use]
+    pub fn golden(&self) -> &Golden {
+        &self.golden
+    }
+
+    fn slot_spec(&self, index: u32, dir: &Path) -> DomainSpec {
+        let mut spec = self.golden.spec.clone();
+        spec.name = slot_name(&self.spec.name, index);
+        spec.uuid = Uuid::new_v4();
+        spec.metadata.slot = index;
+        spec.metadata.golden = Some(self.golden.id.id.clone());
+        spec.metadata.created_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        spec.console_log = dir.join("console.log");
+        if let AgentChannel::VirtioSerial { socket, .. } = &mut spec.channel {
+            *socket = dir.join("agent.sock");
+        }
+        spec.disk = Some(OverlayDisk {
+            overlay: dir.join("overlay.qcow2"),
+            base: self.golden.disk.clone(),
+            base_format: ImageFormat::Qcow2,
+        });
+        spec
+    }
+
+    async fn expect_restored(client: &AgentClient) -> Result<(), PoolError> {
+        client.reconnect().await?;
+        match client.continuity() {
+            Some(Continuity::Restored) => Ok(()),
+            found => Err(PoolError::Slot(format!(
+                "after a reset the agent reports {found:?}, not a restored guest"
+            ))),
+        }
+    }
+}
+
+fn slot_name(pool: &str, index: u32) -> String {
+    format!("paddock-{pool}-{index}")
+}
+
+fn make_dir(dir: &Path) -> Result<(), PoolError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let io = |action| {
+        move |source| PoolError::Io {
+            action,
+            path: dir.to_path_buf(),
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io("create"))?;
+    // QEMU runs as another user and creates the agent socket here.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+        .map_err(io("set the permissions of"))
+}
+
+impl SlotBackend for VmBackend {
+    type Slot = VmSlot;
+
+    async fn create(&self, index: u32) -> Result<VmSlot, PoolError> {
+        let dir = self.pool_dir.join(format!("slot-{index}"));
+        make_dir(&dir)?;
+        let spec = self.slot_spec(index, &dir);
+        let result = async {
+            if let Some(disk) = &spec.disk {
+                create_overlay(disk).await?;
+            }
+            let vm = self
+                .libvirt
+                .restore_derived(
+                    &self.golden.memory,
+                    &spec,
+                    &dir.join("memory.img"),
+                    RestoreMode::Running,
+                )
+                .await?;
+            let client = AgentClient::connect(
+                Transport::VirtioSerial {
+                    path: dir.join("agent.sock"),
+                },
+                self.spec.client.clone(),
+            )
+            .await?;
+            if self.spec.reset == ResetStrategy::Revert {
+                vm.create_snapshot(&SnapshotSpec {
+                    name: GOLDEN_SNAPSHOT.into(),
+                    description: format!("golden {}", self.golden.id.id),
+                    tags: vec!["golden".into()],
+                })
+                .await?;
+                // A new session after the snapshot, so that a revert shows
+                // as a restored guest.
+                client.reconnect().await?;
+            }
+            Ok::<_, PoolError>((vm, client))
+        }
+        .await;
+        match result {
+            Ok((vm, client)) => Ok(VmSlot {
+                vm,
+                client,
+                spec,
+                dir,
+            }),
+            Err(err) => {
+                discard(&self.libvirt, &spec.name, &dir).await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn reset(&self, slot: &mut VmSlot) -> Result<(), PoolError> {
+        match self.spec.reset {
+            ResetStrategy::Restore => {
+                slot.client.close().await;
+                // Not running (it crashed, or was destroyed) is fine.
+                let _ = slot.vm.destroy().await;
+                if let Some(disk) = &slot.spec.disk {
+                    create_overlay(disk).await?;
+                }
+                self.libvirt
+                    .restore(&slot.dir.join("memory.img"), None, RestoreMode::Running)
+                    .await?;
+                slot.vm = self.libvirt.lookup(&slot.spec.name).await?;
+            }
+            ResetStrategy::Revert => slot.vm.revert_to_snapshot(GOLDEN_SNAPSHOT).await?,
+        }
+        Self::expect_restored(&slot.client).await
+    }
+
+    async fn check(&self, slot: &VmSlot) -> Result<(), PoolError> {
+        slot.client.ping().await?;
+        Ok(())
+    }
+
+    async fn destroy(&self, slot: VmSlot) -> Result<(), PoolError> {
+        slot.client.close().await;
+        discard(&self.libvirt, &slot.spec.name, &slot.dir).await;
+        Ok(())
+    }
+
+    async fn recover(&self) -> Result<usize, PoolError> {
+        recover_pool(
+            &self.libvirt,
+            &self.spec.name,
+            &self.pool_dir,
+            self.golden.memory.parent(),
+        )
+        .await
+    }
+}
+
+/// Destroys every domain of pool `pool` (slots and golden templates, found
+/// by their Paddock metadata) and removes the slot and golden directories
+/// under `pool_dir`, except `keep`. Returns how many domains it destroyed.
+///
+/// # Errors
+/// libvirt cannot list the domains.
+pub async fn recover_pool(
+    libvirt: &Libvirt,
+    pool: &str,
+    pool_dir: &Path,
+    keep: Option<&Path>,
+) -> Result<usize, PoolError> {
+    let mut removed = 0;
+    for (vm, metadata) in libvirt.paddock_domains().await? {
+        if metadata.pool == pool {
+            let _ = vm.destroy().await;
+            let _ = vm.undefine().await;
+            removed += 1;
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(pool_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let ours = name.starts_with("slot-")
+                || name.starts_with("golden-")
+                || name.starts_with("paddock-");
+            if ours && keep != Some(entry.path().as_path()) {
+                let _ = tokio::fs::remove_dir_all(entry.path()).await;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Destroys a slot's domain (a restored domain is transient: destroying it
+/// is the end of it; a defined one is undefined too) and removes its files.
+async fn discard(libvirt: &Libvirt, name: &str, dir: &Path) {
+    if let Ok(vm) = libvirt.lookup(name).await {
+        let _ = vm.destroy().await;
+        let _ = vm.undefine().await;
+    }
+    let _ = tokio::fs::remove_dir_all(dir).await;
+}
+
+/// Removes a golden's files and, with `pool_dir`, the pool's directory if
+/// nothing else is left in it.
+///
+/// # Errors
+/// A file cannot be removed.
+pub async fn remove_golden(golden: &Golden) -> Result<(), PoolError> {
+    if let Some(dir) = golden.memory.parent() {
+        tokio::fs::remove_dir_all(dir)
+            .await
+            .map_err(|source| PoolError::Io {
+                action: "remove",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(())
+}

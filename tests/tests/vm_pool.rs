@@ -1,0 +1,191 @@
+//! The golden-snapshot pool on real VMs: leases start from the golden,
+//! resets undo everything a lease did, and nothing leaks.
+#![cfg(test)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use paddock::agent::Execute;
+use paddock::{Paddock, PaddockConfig, PoolConfig, ResetStrategy, VmPool, VmPoolSpec};
+use paddock_tests::vm::{SYSTEM_URI, enabled, test_image};
+use paddock_tests::{test_config, unique_marker};
+
+type TestResult = anyhow::Result<()>;
+
+/// Where the test pools keep their files.
+const POOL_ROOT: &str = "/var/lib/libvirt/qemu/paddock-tests";
+
+async fn pool(
+    strategy: ResetStrategy,
+    min_ready: usize,
+    max_size: usize,
+) -> anyhow::Result<(VmPool, String, PathBuf)> {
+    let mut config = PaddockConfig::new(test_image()?);
+    config.libvirt_uri = SYSTEM_URI.into();
+    config.state_root = POOL_ROOT.into();
+    let paddock = Paddock::connect(config).await?;
+    let name = format!("pt{}", unique_marker());
+    let mut spec = VmPoolSpec::new(&name);
+    spec.warmup = vec!["echo warm > /tmp/warm".into()];
+    spec.reset = strategy;
+    spec.client = test_config();
+    let pool = paddock
+        .create_pool(
+            spec,
+            PoolConfig {
+                min_ready,
+                max_size,
+                max_concurrent_prepares: 2,
+                health_check_interval: Some(Duration::from_secs(5)),
+                acquire_timeout: Duration::from_secs(120),
+                ..PoolConfig::default()
+            },
+        )
+        .await?;
+    pool.wait_ready(Duration::from_secs(180)).await?;
+    let dir = Path::new(POOL_ROOT).join(&name);
+    Ok((pool, name, dir))
+}
+
+/// What a reset must undo, as the guest sees it.
+async fn guest_state(lease: &paddock::Lease<paddock::VmBackend>) -> anyhow::Result<String> {
+    let out = lease
+        .client()
+        .exec_collect(Execute::shell(
+            "cat /tmp/warm; cat /tmp/dirt 2>/dev/null || echo clean; \
+             echo \"$(ps -o args | grep -c '^sleep 999') sleeps\"",
+        ))
+        .await?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Domains of pool `name` that libvirt still knows.
+async fn pool_domains(name: &str) -> anyhow::Result<Vec<String>> {
+    let libvirt = paddock::libvirt::Libvirt::open(SYSTEM_URI).await?;
+    Ok(libvirt
+        .paddock_domains()
+        .await?
+        .into_iter()
+        .filter(|(_, meta)| meta.pool == name)
+        .map(|(vm, _)| vm.name().to_owned())
+        .collect())
+}
+
+async fn reset_undoes_a_lease(strategy: ResetStrategy) -> TestResult {
+    let (pool, name, dir) = pool(strategy, 1, 1).await?;
+    let lease = pool.acquire().await?;
+    assert_eq!(guest_state(&lease).await?, "warm\nclean\n0 sleeps\n");
+    lease
+        .client()
+        .exec_collect(Execute::shell(
+            // setsid: out of the execution's process group, which ends with
+            // it; wait until the exec happened (setsid ran before it).
+            "echo dirty > /tmp/dirt; setsid sleep 999 > /dev/null 2>&1 & \
+             until ps -o args | grep -q '^sleep 999'; do sleep 0.1; done",
+        ))
+        .await?;
+    assert_eq!(guest_state(&lease).await?, "warm\ndirty\n1 sleeps\n");
+    let index = lease.index();
+    lease.release();
+
+    // The only slot, reset: the same domain, back at the golden.
+    let lease = pool.acquire().await?;
+    assert_eq!(lease.index(), index);
+    assert_eq!(lease.uses(), 1);
+    assert_eq!(guest_state(&lease).await?, "warm\nclean\n0 sleeps\n");
+    drop(lease);
+
+    pool.close().await?;
+    assert_eq!(pool_domains(&name).await?, Vec::<String>::new());
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    // The blank base disk of the pool's goldens may stay; nothing else.
+    assert!(
+        left.iter().all(|f| f == "blank.qcow2"),
+        "left in {}: {left:?}",
+        dir.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_reset_undoes_what_a_lease_did() -> TestResult {
+    if !enabled("restore_reset_undoes_what_a_lease_did") {
+        return Ok(());
+    }
+    reset_undoes_a_lease(ResetStrategy::Restore).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_reset_undoes_what_a_lease_did() -> TestResult {
+    if !enabled("revert_reset_undoes_what_a_lease_did") {
+        return Ok(());
+    }
+    reset_undoes_a_lease(ResetStrategy::Revert).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_cycles_leak_nothing() -> TestResult {
+    if !enabled("two_hundred_cycles_leak_nothing") {
+        return Ok(());
+    }
+    let (pool, name, dir) = pool(ResetStrategy::Restore, 2, 2).await?;
+    for cycle in 0..200 {
+        let lease = pool.acquire().await?;
+        let out = lease
+            .client()
+            .exec_collect(Execute::argv(["echo", &cycle.to_string()]))
+            .await?;
+        assert_eq!(out.stdout, format!("{cycle}\n").as_bytes());
+        lease.release();
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.total, 2, "{stats:?}");
+    assert_eq!(stats.failed_resets, 0, "{stats:?}");
+
+    // Once the last resets are done: two domains, two slot directories,
+    // each with one overlay and one socket.
+    for _ in 0..300 {
+        if pool.stats().ready == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pool.stats().ready, 2, "{:?}", pool.stats());
+    assert_eq!(pool_domains(&name).await?.len(), 2);
+    let slots: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("slot-"))
+        })
+        .collect();
+    assert_eq!(slots.len(), 2, "{slots:?}");
+    for slot in &slots {
+        let mut files: Vec<String> = std::fs::read_dir(slot)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            ["agent.sock", "console.log", "memory.img", "overlay.qcow2"],
+            "{}",
+            slot.display()
+        );
+    }
+
+    pool.close().await?;
+    assert_eq!(pool_domains(&name).await?, Vec::<String>::new());
+    let left: Vec<_> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|f| f != "blank.qcow2")
+        .collect();
+    assert!(left.is_empty(), "left in {}: {left:?}", dir.display());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
