@@ -23,6 +23,7 @@ use paddock::agent::Execute;
 use paddock::{
     Paddock, PaddockConfig, PoolConfig, ResetStrategy, Sandbox, SandboxConfig, VmPool, VmPoolSpec,
 };
+use paddock_benches::Samples;
 use paddock_tests::vm::{SYSTEM_URI, test_image};
 
 const ACQUIRES: usize = 40;
@@ -32,27 +33,8 @@ const BOOTS: usize = 3;
 const LOAD_SECONDS: u64 = 60;
 const GUEST_MIB: u64 = 256;
 
-#[derive(Default)]
-struct Samples(Vec<Duration>);
-
-impl Samples {
-    fn json(&mut self) -> serde_json::Value {
-        self.0.sort();
-        let n = self.0.len();
-        let at = |q: usize| {
-            let ms = self.0[(n * q / 100).min(n - 1)].as_secs_f64() * 1000.0;
-            (ms * 1000.0).round() / 1000.0
-        };
-        serde_json::json!({ "p50": at(50), "p99": at(99), "n": n })
-    }
-}
-
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(run())
+    paddock_benches::run_harness(run())
 }
 
 async fn wait_all_ready(pool: &VmPool) -> anyhow::Result<()> {
@@ -89,21 +71,52 @@ async fn make_pool(paddock: &Paddock, strategy: ResetStrategy) -> anyhow::Result
     Ok(pool)
 }
 
+/// What `acquire_and_reset` measured.
+#[derive(Default)]
+struct Cycles {
+    acquire: Samples,
+    reset: Samples,
+    /// The phases of the resets (see `ResetPhases`), as the slots recorded
+    /// them: seen on the next lease of the slot.
+    stop_or_revert: Samples,
+    overlay: Samples,
+    restore: Samples,
+    agent: Samples,
+}
+
+impl Cycles {
+    fn phases(&mut self) -> serde_json::Value {
+        serde_json::json!({
+            "stop_or_revert": self.stop_or_revert.json(),
+            "overlay": self.overlay.json(),
+            "restore": self.restore.json(),
+            "agent": self.agent.json(),
+        })
+    }
+}
+
 /// Acquire and reset latencies of `count` cycles on an idle, full pool.
-async fn acquire_and_reset(pool: &VmPool, count: usize) -> anyhow::Result<(Samples, Samples)> {
-    let (mut acquire, mut reset) = (Samples::default(), Samples::default());
+async fn acquire_and_reset(pool: &VmPool, count: usize) -> anyhow::Result<Cycles> {
+    let mut cycles = Cycles::default();
     for _ in 0..count {
         wait_all_ready(pool).await?;
         let t = Instant::now();
         let lease = pool.acquire().await?;
-        acquire.0.push(t.elapsed());
+        cycles.acquire.push(t.elapsed());
+        if lease.uses() > 0 {
+            let phases = lease.last_reset();
+            cycles.stop_or_revert.push(phases.stop_or_revert);
+            cycles.overlay.push(phases.overlay);
+            cycles.restore.push(phases.restore);
+            cycles.agent.push(phases.agent);
+        }
         lease.client().exec_collect(Execute::argv(["true"])).await?;
         let t = Instant::now();
         lease.release();
         wait_all_ready(pool).await?;
-        reset.0.push(t.elapsed());
+        cycles.reset.push(t.elapsed());
     }
-    Ok((acquire, reset))
+    Ok(cycles)
 }
 
 /// QEMU's resident set of each slot domain of `pool`, in MiB.
@@ -149,7 +162,7 @@ async fn run() -> anyhow::Result<()> {
     // The default strategy: restore.
     let pool = make_pool(&paddock, ResetStrategy::Restore).await?;
     let pool_name = format!("slo-{}", std::process::id());
-    let (mut acquire, mut reset_restore) = acquire_and_reset(&pool, ACQUIRES).await?;
+    let mut restore = acquire_and_reset(&pool, ACQUIRES).await?;
     eprintln!("acquire/reset done");
 
     let mut exec = Samples::default();
@@ -190,16 +203,20 @@ async fn run() -> anyhow::Result<()> {
 
     // The other strategy: revert.
     let pool = make_pool(&paddock, ResetStrategy::Revert).await?;
-    let (_, mut reset_revert) = acquire_and_reset(&pool, REVERTS).await?;
+    let mut revert = acquire_and_reset(&pool, REVERTS).await?;
     pool.close().await?;
 
     let report = serde_json::json!({
         "guest_memory_mib": GUEST_MIB,
         "accelerator": "tcg",
-        "acquire_ms": acquire.json(),
+        "acquire_ms": restore.acquire.json(),
         "reset_ms": {
-            "restore (default)": reset_restore.json(),
-            "revert": reset_revert.json(),
+            "restore (default)": restore.reset.json(),
+            "revert": revert.reset.json(),
+        },
+        "reset_phases_ms": {
+            "restore (default)": restore.phases(),
+            "revert": revert.phases(),
         },
         "exec_true_ms": exec.json(),
         "boot_to_agent_ready_ms": boot.json(),

@@ -7,12 +7,13 @@
 //! Run with `cargo xtask bench-vm` (it starts libvirtd and builds the image
 //! first); it needs root and takes about two minutes.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use paddock::agent::Execute;
 use paddock::libvirt::{Libvirt, RestoreMode, SnapshotSpec};
 use paddock::{Sandbox, SandboxConfig};
+use paddock_benches::Samples;
 use paddock_tests::vm::{SYSTEM_URI, test_image};
 
 const BOOTS: usize = 3;
@@ -20,33 +21,8 @@ const ROUND_TRIPS: usize = 50;
 const REVERTS: usize = 7;
 const SAVES: usize = 5;
 
-#[derive(Default)]
-struct Samples(Vec<Duration>);
-
-impl Samples {
-    fn push(&mut self, d: Duration) {
-        self.0.push(d);
-    }
-
-    fn json(&mut self) -> serde_json::Value {
-        self.0.sort();
-        let n = self.0.len();
-        let at = |q: usize| self.0[(n * q / 100).min(n - 1)].as_secs_f64() * 1000.0;
-        serde_json::json!({ "median_ms": round(at(50)), "p99_ms": round(at(99)), "n": n })
-    }
-}
-
-fn round(ms: f64) -> f64 {
-    (ms * 100.0).round() / 100.0
-}
-
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; there is nothing to filter.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(run())
+    paddock_benches::run_harness(run())
 }
 
 async fn run() -> anyhow::Result<()> {

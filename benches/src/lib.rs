@@ -1,5 +1,46 @@
 //! Benchmark harnesses for Paddock.
 //!
-//! This crate has no library code of its own: it holds the criterion
-//! benchmarks under `benches/` (run them with
-//! `cargo bench -p paddock-benches --bench codec`).
+//! The criterion benchmarks are under `benches/` (run them with
+//! `cargo xtask bench`); `vm` and `slo` measure real VMs (`cargo xtask
+//! bench-vm`, `cargo xtask bench-slo`). What they share is here.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Runs a real-VM harness on a two-thread runtime (what a host gives
+/// Paddock here).
+///
+/// # Errors
+/// The runtime cannot start, or the harness fails.
+pub fn run_harness(harness: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(harness)
+}
+
+/// Durations of one measured step, reported as median and p99.
+#[derive(Debug, Default)]
+pub struct Samples(pub Vec<Duration>);
+
+impl Samples {
+    /// Adds one measurement.
+    pub fn push(&mut self, sample: Duration) {
+        self.0.push(sample);
+    }
+
+    /// `{"p50": ms, "p99": ms, "n": count}`, milliseconds rounded to µs.
+    /// Nearest-rank percentiles: with few samples p99 is the maximum.
+    #[must_use]
+    pub fn json(&mut self) -> serde_json::Value {
+        self.0.sort();
+        let n = self.0.len();
+        let at = |q: usize| {
+            self.0
+                .get((n * q / 100).min(n.saturating_sub(1)))
+                .map_or(0.0, |d| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0)
+        };
+        serde_json::json!({ "p50": at(50), "p99": at(99), "n": n })
+    }
+}

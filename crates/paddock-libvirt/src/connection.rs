@@ -215,11 +215,7 @@ impl Libvirt {
         spec: &DomainSpec,
         mode: RestoreMode,
     ) -> Result<Vm, LibvirtError> {
-        let xml = render_domain(spec).map_err(|source| LibvirtError::Xml {
-            op: "restore",
-            object: format!("domain {}", spec.name),
-            source,
-        })?;
+        let xml = render_for_restore(spec)?;
         self.restore(file, Some(xml), mode).await?;
         self.lookup(&spec.name).await
     }
@@ -241,11 +237,7 @@ impl Libvirt {
         derived: &Path,
         mode: RestoreMode,
     ) -> Result<Vm, LibvirtError> {
-        let xml = render_domain(spec).map_err(|source| LibvirtError::Xml {
-            op: "restore",
-            object: format!("domain {}", spec.name),
-            source,
-        })?;
+        let xml = render_for_restore(spec)?;
         let (from, to) = (golden.to_owned(), derived.to_owned());
         let copied = tokio::task::spawn_blocking(move || derive_saved_image(&from, &xml, &to))
             .await
@@ -318,4 +310,13 @@ impl Libvirt {
                 source,
             })?
     }
+}
+
+/// The domain XML a restore brings `spec` back under.
+fn render_for_restore(spec: &DomainSpec) -> Result<String, LibvirtError> {
+    render_domain(spec).map_err(|source| LibvirtError::Xml {
+        op: "restore",
+        object: format!("domain {}", spec.name),
+        source,
+    })
 }

@@ -36,7 +36,7 @@ pub mod vm_backend;
 pub use image::{GuestImage, ImageError};
 pub use pool::{Lease, Pool, PoolConfig, PoolError, PoolStats, SlotBackend};
 pub use sandbox::{ChannelConfig, DEFAULT_STATE_ROOT, Sandbox, SandboxConfig, SandboxError};
-pub use vm_backend::{Golden, GoldenId, ResetStrategy, VmBackend, VmPoolSpec, VmSlot};
+pub use vm_backend::{Golden, GoldenId, ResetPhases, ResetStrategy, VmBackend, VmPoolSpec, VmSlot};
 
 use std::path::PathBuf;
 

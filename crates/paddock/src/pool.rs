@@ -501,12 +501,12 @@ impl<B: SlotBackend> Inner<B> {
     async fn create(self: Arc<Self>, index: u32) {
         let result = match self.prepares.acquire().await {
             Ok(_permit) => {
-                tokio::time::timeout(self.config.create_timeout, self.backend.create(index))
-                    .await
-                    .unwrap_or(Err(PoolError::Timeout {
-                        operation: "creation",
-                        after: self.config.create_timeout,
-                    }))
+                limited(
+                    "creation",
+                    self.config.create_timeout,
+                    self.backend.create(index),
+                )
+                .await
             }
             Err(_) => Err(PoolError::Closed),
         };
@@ -569,36 +569,17 @@ impl<B: SlotBackend> Inner<B> {
         }
         let task = async move {
             let result = match me.prepares.acquire().await {
-                Ok(_permit) => tokio::time::timeout(
-                    me.config.operation_timeout,
-                    me.backend.reset(&mut entry.slot),
-                )
-                .await
-                .unwrap_or(Err(PoolError::Timeout {
-                    operation: "reset",
-                    after: me.config.operation_timeout,
-                })),
+                Ok(_permit) => {
+                    limited(
+                        "reset",
+                        me.config.operation_timeout,
+                        me.backend.reset(&mut entry.slot),
+                    )
+                    .await
+                }
                 Err(_) => Err(PoolError::Closed),
             };
-            let failed = {
-                let mut state = me.lock();
-                state.preparing -= 1;
-                match result {
-                    Ok(()) => {
-                        me.offer(&mut state, entry);
-                        None
-                    }
-                    Err(err) => {
-                        tracing::warn!(index = entry.index, error = %error_chain(&err), "slot reset failed; replacing it");
-                        state.failed_resets += 1;
-                        state.last_error = Some(error_chain(&err));
-                        state.total -= 1;
-                        state.destroyed += 1;
-                        me.refill(&mut state);
-                        Some(entry)
-                    }
-                }
-            };
+            let failed = me.settle(entry, result, Settle::Reset);
             if let Some(entry) = failed {
                 me.destroy_now(entry).await;
             }
@@ -606,6 +587,37 @@ impl<B: SlotBackend> Inner<B> {
         // Tracked even after `shutdown` closed the tracker: its wait then
         // covers this task too.
         self.tasks.spawn_on(task, &self.runtime);
+    }
+
+    /// Ends a reset or a health check: the slot goes to a waiter or ready,
+    /// or, when `result` failed, is counted out and returned for
+    /// destruction (and the refill replaces it).
+    fn settle(
+        &self,
+        entry: Entry<B::Slot>,
+        result: Result<(), PoolError>,
+        what: Settle,
+    ) -> Option<Entry<B::Slot>> {
+        let mut state = self.lock();
+        state.preparing -= 1;
+        match result {
+            Ok(()) => {
+                self.offer(&mut state, entry);
+                None
+            }
+            Err(err) => {
+                let error = error_chain(&err);
+                tracing::warn!(index = entry.index, %error, "slot {} failed; replacing it", what.name());
+                if what == Settle::Reset {
+                    state.failed_resets += 1;
+                }
+                state.last_error = Some(error);
+                state.total -= 1;
+                state.destroyed += 1;
+                self.refill(&mut state);
+                Some(entry)
+            }
+        }
     }
 
     fn spawn_destroy(&self, entry: Entry<B::Slot>) {
@@ -666,33 +678,13 @@ async fn health_checks<B: SlotBackend>(pool: Weak<Inner<B>>, interval: Duration)
                     None => break,
                 }
             };
-            let result = tokio::time::timeout(
+            let result = limited(
+                "health check",
                 inner.config.operation_timeout,
                 inner.backend.check(&entry.slot),
             )
-            .await
-            .unwrap_or(Err(PoolError::Timeout {
-                operation: "health check",
-                after: inner.config.operation_timeout,
-            }));
-            let failed = {
-                let mut state = inner.lock();
-                state.preparing -= 1;
-                match result {
-                    Ok(()) => {
-                        inner.offer(&mut state, entry);
-                        None
-                    }
-                    Err(err) => {
-                        tracing::warn!(index = entry.index, error = %error_chain(&err), "health check failed; replacing the slot");
-                        state.last_error = Some(error_chain(&err));
-                        state.total -= 1;
-                        state.destroyed += 1;
-                        inner.refill(&mut state);
-                        Some(entry)
-                    }
-                }
-            };
+            .await;
+            let failed = inner.settle(entry, result, Settle::Check);
             if let Some(entry) = failed {
                 inner.destroy_now(entry).await;
             }
@@ -701,6 +693,33 @@ async fn health_checks<B: SlotBackend>(pool: Weak<Inner<B>>, interval: Duration)
             return;
         }
     }
+}
+
+/// What [`Inner::settle`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Reset,
+    Check,
+}
+
+impl Settle {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Reset => "reset",
+            Self::Check => "health check",
+        }
+    }
+}
+
+/// Runs a backend operation with a time limit.
+async fn limited<T>(
+    operation: &'static str,
+    after: Duration,
+    work: impl Future<Output = Result<T, PoolError>>,
+) -> Result<T, PoolError> {
+    tokio::time::timeout(after, work)
+        .await
+        .unwrap_or(Err(PoolError::Timeout { operation, after }))
 }
 
 /// An error and its sources, on one line.

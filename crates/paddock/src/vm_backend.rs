@@ -32,7 +32,7 @@
 //! slot.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use paddock_agent_client::{AgentClient, ClientConfig, Continuity, Execute, Transport};
 use paddock_libvirt::{
@@ -192,6 +192,22 @@ pub struct VmSlot {
     client: AgentClient,
     spec: DomainSpec,
     dir: PathBuf,
+    last_reset: ResetPhases,
+}
+
+/// Where the time of a slot's last reset went (zero for phases its
+/// strategy does not have).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResetPhases {
+    /// Destroying the used domain (restore) or reverting the snapshot
+    /// (revert).
+    pub stop_or_revert: Duration,
+    /// Replacing the disk overlay with a fresh one.
+    pub overlay: Duration,
+    /// libvirt's restore of the slot's memory image.
+    pub restore: Duration,
+    /// Reconnecting the agent and checking it reports a restored guest.
+    pub agent: Duration,
 }
 
 impl VmSlot {
@@ -217,6 +233,12 @@ impl VmSlot {
     #[must_use]
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where the time of the slot's last reset went.
+    #[must_use]
+    pub fn last_reset(&self) -> ResetPhases {
+        self.last_reset
     }
 }
 
@@ -346,6 +368,7 @@ impl SlotBackend for VmBackend {
                 client,
                 spec,
                 dir,
+                last_reset: ResetPhases::default(),
             }),
             Err(err) => {
                 discard(&self.libvirt, &spec.name, &dir).await;
@@ -355,22 +378,37 @@ impl SlotBackend for VmBackend {
     }
 
     async fn reset(&self, slot: &mut VmSlot) -> Result<(), PoolError> {
+        let mut phases = ResetPhases::default();
+        let mut clock = Instant::now();
+        let mut lap = || {
+            let now = Instant::now();
+            std::mem::replace(&mut clock, now).elapsed()
+        };
         match self.spec.reset {
             ResetStrategy::Restore => {
                 slot.client.close().await;
                 // Not running (it crashed, or was destroyed) is fine.
                 let _ = slot.vm.destroy().await;
+                phases.stop_or_revert = lap();
                 if let Some(disk) = &slot.spec.disk {
                     create_overlay(disk).await?;
                 }
+                phases.overlay = lap();
                 self.libvirt
                     .restore(&slot.dir.join("memory.img"), None, RestoreMode::Running)
                     .await?;
                 slot.vm = self.libvirt.lookup(&slot.spec.name).await?;
+                phases.restore = lap();
             }
-            ResetStrategy::Revert => slot.vm.revert_to_snapshot(GOLDEN_SNAPSHOT).await?,
+            ResetStrategy::Revert => {
+                slot.vm.revert_to_snapshot(GOLDEN_SNAPSHOT).await?;
+                phases.stop_or_revert = lap();
+            }
         }
-        Self::expect_restored(&slot.client).await
+        Self::expect_restored(&slot.client).await?;
+        phases.agent = lap();
+        slot.last_reset = phases;
+        Ok(())
     }
 
     async fn check(&self, slot: &VmSlot) -> Result<(), PoolError> {
