@@ -267,13 +267,29 @@ fn fuzz(seconds: u32) -> anyhow::Result<()> {
         Cmd::cargo(["install", "cargo-fuzz", "--locked"]).run()?;
     }
     let fuzz_dir = workspace_root().join("fuzz");
-    for target in ["frame_decoder", "message_decode", "saved_image_header"] {
-        Cmd::cargo([
-            "fuzz",
-            "run",
-            target,
+    // Each target with its dictionary, and its seeds where the fuzzer would
+    // not find its way past a magic number alone.
+    let targets = [
+        ("frame_decoder", "dict/frame.dict", None),
+        ("message_decode", "dict/message.dict", None),
+        (
+            "saved_image_header",
+            "dict/saved_image.dict",
+            Some("seeds/saved_image_header"),
+        ),
+    ];
+    for (target, dict, seeds) in targets {
+        let mut cmd = Cmd::cargo(["fuzz", "run", target]);
+        if let Some(seeds) = seeds {
+            let corpus = format!("corpus/{target}");
+            std::fs::create_dir_all(fuzz_dir.join(&corpus))
+                .with_context(|| format!("creating fuzz/{corpus}"))?;
+            cmd = cmd.arg(corpus).arg(seeds);
+        }
+        cmd.args([
             "--",
             &format!("-max_total_time={seconds}"),
+            &format!("-dict={dict}"),
         ])
         .dir(&fuzz_dir)
         // cargo-fuzz passes nightly-only flags; the stable compiler accepts
