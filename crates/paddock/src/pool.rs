@@ -32,7 +32,8 @@
 //!   and resets run at once.
 //! - On start the backend removes what a crashed earlier process left behind;
 //!   [`Pool::shutdown`] destroys every slot, and leases released after it are
-//!   destroyed instead of reset.
+//!   destroyed instead of reset. Dropping the last [`Pool`] handle without a
+//!   shutdown does the same for the ready slots, synchronously.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -116,6 +117,11 @@ pub trait SlotBackend: Send + Sync + 'static {
 
     /// Removes what an earlier process left behind; returns how many slots.
     fn recover(&self) -> impl Future<Output = Result<usize, PoolError>> + Send;
+
+    /// Destroys a slot without async machinery, on the calling thread: for
+    /// a pool whose last handle is dropped without a shutdown (a panic, an
+    /// early return), when the runtime may be going away. Best effort.
+    fn discard_blocking(&self, slot: Self::Slot);
 }
 
 /// How a pool behaves.
@@ -246,17 +252,59 @@ struct Inner<B: SlotBackend> {
 
 /// A pool of slots. Cheap to clone; every clone is the same pool.
 ///
-/// Dropping the handles does not destroy the slots: call
-/// [`Pool::shutdown`] (or `close` for VM pools). Slots of a process that
-/// ended without it are removed when a pool of the same name starts again.
+/// Shut it down with [`Pool::shutdown`] (or `close` for VM pools). If the
+/// last handle is dropped without that (a panic, an early return), the drop
+/// closes the pool and destroys its ready slots on a helper thread that it
+/// waits for; slots out on lease are destroyed when their lease ends. Slots
+/// of a process that died are removed when a pool of the same name starts.
 pub struct Pool<B: SlotBackend> {
     inner: Arc<Inner<B>>,
+    /// Shared by the clones handed to users (not by the pool's own tasks):
+    /// its drop is the drop of the last handle.
+    _handle: Arc<LastHandle<B>>,
 }
 
 impl<B: SlotBackend> Clone for Pool<B> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            _handle: Arc::clone(&self._handle),
+        }
+    }
+}
+
+/// Abandons the pool when the last user handle goes.
+struct LastHandle<B: SlotBackend>(Arc<Inner<B>>);
+
+impl<B: SlotBackend> Drop for LastHandle<B> {
+    fn drop(&mut self) {
+        let ready = {
+            let mut state = self.0.lock();
+            if state.closed {
+                return;
+            }
+            state.closed = true;
+            state.waiters.clear();
+            let ready = std::mem::take(&mut state.ready);
+            state.total -= ready.len();
+            state.destroyed += u64::try_from(ready.len()).unwrap_or(u64::MAX);
+            ready
+        };
+        if ready.is_empty() {
+            return;
+        }
+        let inner = Arc::clone(&self.0);
+        // A thread of its own: the backend blocks, and this drop may run on
+        // an async worker.
+        let discard = std::thread::Builder::new()
+            .name("paddock-pool-drop".into())
+            .spawn(move || {
+                for entry in ready {
+                    inner.backend.discard_blocking(entry.slot);
+                }
+            });
+        if let Ok(thread) = discard {
+            let _ = thread.join();
         }
     }
 }
@@ -311,7 +359,10 @@ impl<B: SlotBackend> Pool<B> {
             let weak = Arc::downgrade(&inner);
             inner.tasks.spawn(health_checks(weak, interval));
         }
-        Ok(Self { inner })
+        Ok(Self {
+            _handle: Arc::new(LastHandle(Arc::clone(&inner))),
+            inner,
+        })
     }
 
     /// Waits until `min_ready` slots are ready, or `timeout` passes.

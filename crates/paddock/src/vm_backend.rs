@@ -422,6 +422,13 @@ impl SlotBackend for VmBackend {
         Ok(())
     }
 
+    fn discard_blocking(&self, slot: VmSlot) {
+        // Dropping the client closes its connection.
+        drop(slot.client);
+        let _ = slot.vm.discard_blocking();
+        let _ = std::fs::remove_dir_all(&slot.dir);
+    }
+
     async fn recover(&self) -> Result<usize, PoolError> {
         recover_pool(
             &self.libvirt,

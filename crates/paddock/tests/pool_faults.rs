@@ -123,6 +123,10 @@ impl SlotBackend for TestDriverBackend {
         Ok(())
     }
 
+    fn discard_blocking(&self, slot: TestSlot) {
+        let _ = slot.vm.discard_blocking();
+    }
+
     async fn recover(&self) -> Result<usize, PoolError> {
         let mut removed = 0;
         for (vm, meta) in self.libvirt.paddock_domains().await? {
@@ -398,4 +402,30 @@ async fn invalid_configurations_are_refused() {
             .expect_err("invalid");
         assert!(matches!(err, PoolError::Config(_)), "{err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_destroys_the_slots() {
+    let h = harness().await;
+    let pool = h.pool(config(2, 3)).await;
+    let clone = pool.clone();
+    let lease = pool.acquire().await.expect("slot");
+    settle(&pool, |s| s.ready == 2 && s.leased == 1).await;
+    drop(pool);
+    assert_eq!(h.domains().await, 3, "a clone still holds the pool");
+    drop(clone);
+    // The ready slots are gone when the drop returns; the leased one when
+    // its lease ends.
+    assert_eq!(h.domains().await, 1);
+    drop(lease);
+    for _ in 0..250 {
+        if h.domains().await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the leased slot was not destroyed: {} domains",
+        h.domains().await
+    );
 }
