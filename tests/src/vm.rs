@@ -200,10 +200,8 @@ pub async fn test_domains(libvirt: &Libvirt) -> anyhow::Result<Vec<String>> {
 /// # Errors
 /// When it cannot be created.
 pub fn domain_dir(name: &str) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
     let dir = Path::new(SANDBOX_ROOT).join(name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+    paddock::sandbox::create_qemu_dir(&dir)?;
     Ok(dir)
 }
 

@@ -231,6 +231,22 @@ impl Vm {
         }
     }
 
+    /// [`Vm::discard_blocking`] on tokio's blocking pool: the end of a
+    /// domain, running or not, persistent or transient.
+    ///
+    /// # Errors
+    /// As [`Vm::discard_blocking`].
+    pub async fn discard(&self) -> Result<(), LibvirtError> {
+        let vm = self.clone();
+        tokio::task::spawn_blocking(move || vm.discard_blocking())
+            .await
+            .map_err(|source| LibvirtError::Worker {
+                op: "discard",
+                object: self.object(),
+                source,
+            })?
+    }
+
     /// The current state and its reason.
     ///
     /// # Errors

@@ -229,7 +229,6 @@ impl<B: SlotBackend> Drop for Delivery<B> {
 struct State<B: SlotBackend> {
     ready: VecDeque<Entry<B::Slot>>,
     waiters: VecDeque<oneshot::Sender<Delivery<B>>>,
-    total: usize,
     leased: usize,
     preparing: usize,
     next_index: u32,
@@ -238,6 +237,14 @@ struct State<B: SlotBackend> {
     created: u64,
     destroyed: u64,
     failed_resets: u64,
+}
+
+impl<B: SlotBackend> State<B> {
+    /// Slots that exist or are being created: every slot is ready, leased
+    /// or being prepared (created, reset or checked).
+    fn total(&self) -> usize {
+        self.ready.len() + self.leased + self.preparing
+    }
 }
 
 struct Inner<B: SlotBackend> {
@@ -286,7 +293,6 @@ impl<B: SlotBackend> Drop for LastHandle<B> {
             state.closed = true;
             state.waiters.clear();
             let ready = std::mem::take(&mut state.ready);
-            state.total -= ready.len();
             state.destroyed += u64::try_from(ready.len()).unwrap_or(u64::MAX);
             ready
         };
@@ -337,7 +343,6 @@ impl<B: SlotBackend> Pool<B> {
             state: Mutex::new(State {
                 ready: VecDeque::new(),
                 waiters: VecDeque::new(),
-                total: 0,
                 leased: 0,
                 preparing: 0,
                 next_index: 0,
@@ -449,7 +454,7 @@ impl<B: SlotBackend> Pool<B> {
     pub fn stats(&self) -> PoolStats {
         let state = self.inner.lock();
         PoolStats {
-            total: state.total,
+            total: state.total(),
             ready: state.ready.len(),
             leased: state.leased,
             preparing: state.preparing,
@@ -503,7 +508,6 @@ impl<B: SlotBackend> Inner<B> {
     /// Hands `entry` to the first live waiter, or makes it ready.
     fn offer(&self, state: &mut State<B>, entry: Entry<B::Slot>) {
         if state.closed {
-            state.total -= 1;
             state.destroyed += 1;
             self.spawn_destroy(entry);
             return;
@@ -537,9 +541,8 @@ impl<B: SlotBackend> Inner<B> {
         let waiting = state.waiters.iter().filter(|w| !w.is_closed()).count();
         let wanted = self.config.min_ready + waiting;
         let coming = state.ready.len() + state.preparing;
-        let room = self.config.max_size.saturating_sub(state.total);
+        let room = self.config.max_size.saturating_sub(state.total());
         for _ in 0..wanted.saturating_sub(coming).min(room) {
-            state.total += 1;
             state.preparing += 1;
             let index = state.next_index;
             state.next_index = state.next_index.wrapping_add(1);
@@ -579,7 +582,6 @@ impl<B: SlotBackend> Inner<B> {
                 Err(err) => {
                     tracing::warn!(index, error = %error_chain(&err), "slot creation failed");
                     state.last_error = Some(error_chain(&err));
-                    state.total -= 1;
                     true
                 }
             }
@@ -609,7 +611,6 @@ impl<B: SlotBackend> Inner<B> {
             let mut state = self.lock();
             state.leased -= 1;
             if state.closed || worn_out {
-                state.total -= 1;
                 state.destroyed += 1;
                 self.refill(&mut state);
                 drop(state);
@@ -663,7 +664,6 @@ impl<B: SlotBackend> Inner<B> {
                     state.failed_resets += 1;
                 }
                 state.last_error = Some(error);
-                state.total -= 1;
                 state.destroyed += 1;
                 self.refill(&mut state);
                 Some(entry)
@@ -699,7 +699,6 @@ impl<B: SlotBackend> Inner<B> {
     async fn destroy(&self, entry: Entry<B::Slot>) {
         {
             let mut state = self.lock();
-            state.total -= 1;
             state.destroyed += 1;
         }
         self.destroy_now(entry).await;

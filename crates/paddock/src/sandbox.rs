@@ -77,11 +77,11 @@ pub enum SandboxError {
         /// What went wrong.
         problem: String,
     },
-    /// After a revert the agent did not report a restored guest.
-    #[error("After reverting to {snapshot} the agent reports {found:?}, not a restored guest")]
+    /// After a revert or restore the agent did not report a restored guest.
+    #[error("After {reset} the agent reports {found:?}, not a restored guest")]
     NotRestored {
-        /// The snapshot.
-        snapshot: String,
+        /// What should have restored the guest.
+        reset: String,
         /// What the agent's session showed instead.
         found: Option<Continuity>,
     },
@@ -380,14 +380,7 @@ impl Sandbox {
     /// libvirt's or the agent's error, or [`SandboxError::NotRestored`].
     pub async fn revert_to_snapshot(&self, name: &str) -> Result<(), SandboxError> {
         self.vm.revert_to_snapshot(name).await?;
-        self.client.reconnect().await?;
-        match self.client.continuity() {
-            Some(Continuity::Restored) => Ok(()),
-            found => Err(SandboxError::NotRestored {
-                snapshot: name.to_owned(),
-                found,
-            }),
-        }
+        reconnect_restored(&self.client, || format!("reverting to {name}")).await
     }
 
     /// Captures the guest as a golden state: opens a new agent session (so a
@@ -419,14 +412,8 @@ impl Sandbox {
     /// libvirt refuses to undefine the domain, or a file cannot be removed.
     pub async fn destroy(mut self) -> Result<(), SandboxError> {
         self.client.close().await;
-        let vm = self.vm.clone();
         self.discarded = true;
-        // Destroying a domain that is not running fails; undefine decides.
-        let _ = vm.destroy().await;
-        match vm.undefine().await {
-            Err(err) if !err.is_not_found() => return Err(err.into()),
-            _ => {}
-        }
+        self.vm.discard().await?;
         drop(self.backend.take());
         remove_dir(&self.dir).await
     }
@@ -535,16 +522,41 @@ fn discard_blocking(vm: Option<Vm>, dir: Option<PathBuf>) {
     }
 }
 
+/// Reconnects the agent after a reset and checks that its session shows a
+/// restored guest; `reset` names the reset for the error.
+pub(crate) async fn reconnect_restored(
+    client: &AgentClient,
+    reset: impl FnOnce() -> String,
+) -> Result<(), SandboxError> {
+    client.reconnect().await?;
+    match client.continuity() {
+        Some(Continuity::Restored) => Ok(()),
+        found => Err(SandboxError::NotRestored {
+            reset: reset(),
+            found,
+        }),
+    }
+}
+
 /// Creates the state root (traversable by QEMU's user) and the sandbox's
-/// directory, in which QEMU creates files.
+/// directory.
 fn prepare_dirs(root: &Path, dir: &Path) -> Result<(), SandboxError> {
     use std::os::unix::fs::PermissionsExt as _;
+    create_qemu_dir(dir)?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))
+        .map_err(SandboxError::io("set the permissions of", root))
+}
+
+/// Creates `dir` (and its parents) as a directory QEMU can create files in:
+/// QEMU runs as `libvirt-qemu` and makes sockets there, so it is mode 0777.
+///
+/// # Errors
+/// [`SandboxError::Io`] when it cannot be created or its mode set.
+pub fn create_qemu_dir(dir: &Path) -> Result<(), SandboxError> {
+    use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir).map_err(SandboxError::io("create", dir))?;
-    for (path, mode) in [(root, 0o755), (dir, 0o777)] {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(SandboxError::io("set the permissions of", path))?;
-    }
-    Ok(())
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+        .map_err(SandboxError::io("set the permissions of", dir))
 }
 
 async fn remove_dir(dir: &Path) -> Result<(), SandboxError> {

@@ -28,13 +28,13 @@
 //!   slot was created. About 3 s here: libvirt 9.0 restarts QEMU for it.
 //!
 //! Either way the agent must then report a restored guest
-//! ([`Continuity::Restored`]), or the reset fails and the pool replaces the
+//! ([`paddock_agent_client::Continuity::Restored`]), or the reset fails and the pool replaces the
 //! slot.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use paddock_agent_client::{AgentClient, ClientConfig, Continuity, Execute, Transport};
+use paddock_agent_client::{AgentClient, ClientConfig, Execute, Transport};
 use paddock_libvirt::{
     AgentChannel, DomainSpec, ImageFormat, Libvirt, OverlayDisk, RestoreMode, SnapshotSpec, Uuid,
     Vm, create_blank_qcow2, create_overlay,
@@ -42,7 +42,7 @@ use paddock_libvirt::{
 
 use crate::image::GuestImage;
 use crate::pool::{PoolError, SlotBackend};
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::sandbox::{Sandbox, SandboxConfig, create_qemu_dir, reconnect_restored};
 
 /// How a used slot returns to the golden state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -137,7 +137,7 @@ impl Golden {
         let id = Uuid::new_v4().simple().to_string();
         let short = &id[..8];
         let dir = pool_dir.join(format!("golden-{short}"));
-        make_dir(&dir)?;
+        create_qemu_dir(&dir)?;
         let blank = pool_dir.join("blank.qcow2");
         if image.root_disk.is_none() && !blank.exists() {
             create_blank_qcow2(&blank, 64).await?;
@@ -290,35 +290,10 @@ impl VmBackend {
         });
         spec
     }
-
-    async fn expect_restored(client: &AgentClient) -> Result<(), PoolError> {
-        client.reconnect().await?;
-        match client.continuity() {
-            Some(Continuity::Restored) => Ok(()),
-            found => Err(PoolError::Slot(format!(
-                "after a reset the agent reports {found:?}, not a restored guest"
-            ))),
-        }
-    }
 }
 
 fn slot_name(pool: &str, index: u32) -> String {
     format!("paddock-{pool}-{index}")
-}
-
-fn make_dir(dir: &Path) -> Result<(), PoolError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let io = |action| {
-        move |source| PoolError::Io {
-            action,
-            path: dir.to_path_buf(),
-            source,
-        }
-    };
-    std::fs::create_dir_all(dir).map_err(io("create"))?;
-    // QEMU runs as another user and creates the agent socket here.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
-        .map_err(io("set the permissions of"))
 }
 
 impl SlotBackend for VmBackend {
@@ -326,7 +301,7 @@ impl SlotBackend for VmBackend {
 
     async fn create(&self, index: u32) -> Result<VmSlot, PoolError> {
         let dir = self.pool_dir.join(format!("slot-{index}"));
-        make_dir(&dir)?;
+        create_qemu_dir(&dir)?;
         let spec = self.slot_spec(index, &dir);
         let result = async {
             if let Some(disk) = &spec.disk {
@@ -405,7 +380,8 @@ impl SlotBackend for VmBackend {
                 phases.stop_or_revert = lap();
             }
         }
-        Self::expect_restored(&slot.client).await?;
+        let strategy = self.spec.reset;
+        reconnect_restored(&slot.client, || format!("a {strategy:?} reset")).await?;
         phases.agent = lap();
         slot.last_reset = phases;
         Ok(())
@@ -418,8 +394,9 @@ impl SlotBackend for VmBackend {
 
     async fn destroy(&self, slot: VmSlot) -> Result<(), PoolError> {
         slot.client.close().await;
-        discard(&self.libvirt, &slot.spec.name, &slot.dir).await;
-        Ok(())
+        let result = slot.vm.discard().await;
+        let _ = tokio::fs::remove_dir_all(&slot.dir).await;
+        Ok(result?)
     }
 
     fn discard_blocking(&self, slot: VmSlot) {
@@ -455,9 +432,12 @@ pub async fn recover_pool(
     let mut removed = 0;
     for (vm, metadata) in libvirt.paddock_domains().await? {
         if metadata.pool == pool {
-            let _ = vm.destroy().await;
-            let _ = vm.undefine().await;
-            removed += 1;
+            match vm.discard().await {
+                Ok(()) => removed += 1,
+                Err(err) => {
+                    tracing::warn!(domain = vm.name(), error = %err, "could not remove a leftover domain")
+                }
+            }
         }
     }
     if let Ok(entries) = std::fs::read_dir(pool_dir) {
@@ -475,18 +455,16 @@ pub async fn recover_pool(
     Ok(removed)
 }
 
-/// Destroys a slot's domain (a restored domain is transient: destroying it
-/// is the end of it; a defined one is undefined too) and removes its files.
+/// Destroys a slot's domain, if it exists, and removes its files. Best
+/// effort: it runs on failure paths.
 async fn discard(libvirt: &Libvirt, name: &str, dir: &Path) {
     if let Ok(vm) = libvirt.lookup(name).await {
-        let _ = vm.destroy().await;
-        let _ = vm.undefine().await;
+        let _ = vm.discard().await;
     }
     let _ = tokio::fs::remove_dir_all(dir).await;
 }
 
-/// Removes a golden's files and, with `pool_dir`, the pool's directory if
-/// nothing else is left in it.
+/// Removes a golden's files (its `golden-<id>/` directory).
 ///
 /// # Errors
 /// A file cannot be removed.
