@@ -217,8 +217,12 @@ async fn drive(
     client
         .exec_collect(Execute::shell(
             // setsid: its own session, so the end of this execution (which
-            // kills the execution's process group) leaves it running.
-            "echo tampered > /work/marker; setsid sleep 1000 > /dev/null 2>&1 & rm /work/report.txt",
+            // kills the execution's process group) leaves it running. Wait
+            // until it has exec'd sleep (setsid ran before that), or the end
+            // of the execution can still catch it in the group.
+            "echo tampered > /work/marker; setsid sleep 1000 > /dev/null 2>&1 & \
+             rm /work/report.txt; \
+             until ps -o args | grep -q '^sleep 1000'; do sleep 0.1; done",
         ))
         .await?;
     let changed = guest_state(client).await?;
