@@ -3,14 +3,15 @@
 //!
 //! - `acquire_ms`: `acquire()` from a pool whose slots are all ready.
 //! - `reset_ms`: from `release()` until the slot is ready again, for each
-//!   reset strategy (restore, the default, and revert).
+//!   reset strategy (in place, the default; restore; revert), with where
+//!   the time went (`reset_phases_ms`).
 //! - `exec_true_ms`: exec round trip of `true` in a leased slot.
 //! - `boot_to_agent_ready_ms`: a sandbox booted from the image.
 //! - `cycles_per_minute`: acquire, exec `true`, release, by two workers on a
 //!   pool of two, for a minute.
-//! - `host_memory_per_slot_mib`: QEMU's resident memory per slot, and that
-//!   minus the guest's memory size (negative when the guest has not touched
-//!   all of its memory).
+//! - `host_memory_per_slot_mib`: QEMU's resident memory per slot after the
+//!   load, and that minus the guest's memory size (negative when the guest
+//!   has not touched all of its memory).
 //!
 //! Run with `cargo xtask bench-slo` (root; it starts libvirtd and builds the
 //! image first). It takes about four minutes.
@@ -27,6 +28,7 @@ use paddock_benches::Samples;
 use paddock_tests::vm::{SYSTEM_URI, test_image};
 
 const ACQUIRES: usize = 40;
+const RESTORES: usize = 20;
 const REVERTS: usize = 8;
 const EXECS: usize = 100;
 const BOOTS: usize = 3;
@@ -159,10 +161,10 @@ async fn run() -> anyhow::Result<()> {
     }
     eprintln!("boots done");
 
-    // The default strategy: restore.
-    let pool = make_pool(&paddock, ResetStrategy::Restore).await?;
+    // The default strategy: in place.
+    let pool = make_pool(&paddock, ResetStrategy::InPlace).await?;
     let pool_name = format!("slo-{}", std::process::id());
-    let mut restore = acquire_and_reset(&pool, ACQUIRES).await?;
+    let mut in_place = acquire_and_reset(&pool, ACQUIRES).await?;
     eprintln!("acquire/reset done");
 
     let mut exec = Samples::default();
@@ -175,7 +177,6 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     wait_all_ready(&pool).await?;
-    let rss = qemu_rss_mib(&pool_name);
 
     // Continuous load: two workers on the pool of two.
     let cycles = Arc::new(AtomicU64::new(0));
@@ -198,10 +199,16 @@ async fn run() -> anyhow::Result<()> {
     }
     let per_minute = cycles.load(Ordering::Relaxed) * 60 / LOAD_SECONDS;
     let failed_resets = pool.stats().failed_resets;
+    wait_all_ready(&pool).await?;
+    // After the load: what in-place resets leave resident.
+    let rss = qemu_rss_mib(&pool_name);
     pool.close().await?;
     eprintln!("load done");
 
-    // The other strategy: revert.
+    // The other strategies.
+    let pool = make_pool(&paddock, ResetStrategy::Restore).await?;
+    let mut restore = acquire_and_reset(&pool, RESTORES).await?;
+    pool.close().await?;
     let pool = make_pool(&paddock, ResetStrategy::Revert).await?;
     let mut revert = acquire_and_reset(&pool, REVERTS).await?;
     pool.close().await?;
@@ -209,13 +216,15 @@ async fn run() -> anyhow::Result<()> {
     let report = serde_json::json!({
         "guest_memory_mib": GUEST_MIB,
         "accelerator": "tcg",
-        "acquire_ms": restore.acquire.json(),
+        "acquire_ms": in_place.acquire.json(),
         "reset_ms": {
-            "restore (default)": restore.reset.json(),
+            "in_place (default)": in_place.reset.json(),
+            "restore": restore.reset.json(),
             "revert": revert.reset.json(),
         },
         "reset_phases_ms": {
-            "restore (default)": restore.phases(),
+            "in_place (default)": in_place.phases(),
+            "restore": restore.phases(),
             "revert": revert.phases(),
         },
         "exec_true_ms": exec.json(),

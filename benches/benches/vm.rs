@@ -1,8 +1,10 @@
 //! End-to-end figures for one sandbox VM on the real libvirtd (TCG here):
 //! boot to agent ready, exec round trip of `true`, internal snapshot,
-//! revert, save and restore of a 256 MiB guest. Each step is repeated and
-//! reported as median and p99 in one JSON object on stdout; the revert and
-//! restore figures are split into libvirt's call and the agent's reconnect.
+//! revert (libvirt's, which starts a new QEMU), loading the snapshot in the
+//! running QEMU, save and restore of a 256 MiB guest. Each step is repeated
+//! and reported as median and p99 in one JSON object on stdout; the revert,
+//! load and restore figures are split into libvirt's call and the agent's
+//! reconnect.
 //!
 //! Run with `cargo xtask bench-vm` (it starts libvirtd and builds the image
 //! first); it needs root and takes about two minutes.
@@ -81,6 +83,23 @@ async fn run() -> anyhow::Result<()> {
         );
     }
 
+    let (mut load_call, mut load_ready) = (Samples::default(), Samples::default());
+    for i in 0..REVERTS {
+        client
+            .exec_collect(Execute::shell("echo dirty > /tmp/dirt"))
+            .await?;
+        let t = Instant::now();
+        client.close().await;
+        sandbox.vm().load_snapshot_in_place("golden").await?;
+        load_call.push(t.elapsed());
+        client.reconnect().await?;
+        load_ready.push(t.elapsed());
+        eprintln!(
+            "load in place {i}: libvirt {:?}, agent {:?}",
+            load_call.0[i], load_ready.0[i]
+        );
+    }
+
     let dir = tempfile::Builder::new()
         .prefix("paddock-bench-")
         .tempdir_in("/dev/shm")?;
@@ -112,6 +131,8 @@ async fn run() -> anyhow::Result<()> {
         "snapshot_create": snapshot.json(),
         "revert_libvirt_call": revert_call.json(),
         "revert_to_agent_ready": revert_ready.json(),
+        "load_in_place_call": load_call.json(),
+        "load_in_place_to_agent_ready": load_ready.json(),
         "save": save.json(),
         "saved_image_mib": saved_bytes >> 20,
         "restore_libvirt_call": restore_call.json(),

@@ -6,8 +6,13 @@
 //! which no real host uses), and runs busybox `httpd` on the given ports in
 //! the namespace, each serving a page that names its port. Dropping it stops
 //! the servers and deletes the namespace and the veth pair.
+//!
+//! Every test host has the same addresses, so only one exists at a time: it
+//! holds an exclusive lock on [`LOCK_FILE`] while it lives, which serializes
+//! the tests that use one whether they run as threads or as processes.
 
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -20,9 +25,15 @@ pub const HOST_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// The test host's address, inside the namespace.
 pub const TEST_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 
+/// The lock a test host holds while it lives.
+pub const LOCK_FILE: &str = "/run/lock/paddock-test-host.lock";
+
 /// A network namespace with web servers in it.
 #[derive(Debug)]
 pub struct NetnsHost {
+    /// Released last, after the namespace is gone (fields drop in order,
+    /// after `Drop::drop`).
+    _lock: std::fs::File,
     namespace: String,
     veth: String,
     servers: Vec<Child>,
@@ -60,8 +71,23 @@ impl NetnsHost {
         let namespace = format!("pdk-{tag}");
         // Interface names have at most 15 bytes.
         let veth: String = format!("pdkv{tag}").chars().take(15).collect();
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(LOCK_FILE)
+            .with_context(|| format!("opening {LOCK_FILE}"))?;
+        // Waits while another test's host lives. (`File::lock` needs Rust
+        // 1.89; the workspace supports 1.85.)
+        // SAFETY: flock on a descriptor this function owns for the call.
+        let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        if locked != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {LOCK_FILE}"));
+        }
         let pages = tempfile::tempdir()?;
         let mut host = Self {
+            _lock: lock,
             namespace: namespace.clone(),
             veth: veth.clone(),
             servers: Vec::new(),

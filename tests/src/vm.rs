@@ -36,6 +36,21 @@ pub fn enabled(test: &str) -> bool {
     on
 }
 
+/// Where the test pools keep their files.
+pub const POOL_ROOT: &str = "/var/lib/libvirt/qemu/paddock-tests";
+
+/// A [`paddock::Paddock`] on the system libvirtd with the test image, whose
+/// pools live under [`POOL_ROOT`].
+///
+/// # Errors
+/// No image, or libvirtd does not answer.
+pub async fn test_paddock() -> anyhow::Result<paddock::Paddock> {
+    let mut config = paddock::PaddockConfig::new(test_image()?);
+    config.libvirt_uri = SYSTEM_URI.into();
+    config.state_root = POOL_ROOT.into();
+    Ok(paddock::Paddock::connect(config).await?)
+}
+
 /// The image manifest named by `$PADDOCK_IMAGE`, or the workspace's
 /// `target/paddock-image/current.json`.
 #[must_use]

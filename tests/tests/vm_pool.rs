@@ -6,24 +6,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use paddock::agent::Execute;
-use paddock::{Paddock, PaddockConfig, PoolConfig, ResetStrategy, VmPool, VmPoolSpec};
-use paddock_tests::vm::{SYSTEM_URI, enabled, test_image};
+use paddock::{PoolConfig, ResetStrategy, VmPool, VmPoolSpec};
+use paddock_tests::vm::{POOL_ROOT, SYSTEM_URI, enabled, test_paddock};
 use paddock_tests::{test_config, unique_marker};
 
 type TestResult = anyhow::Result<()>;
-
-/// Where the test pools keep their files.
-const POOL_ROOT: &str = "/var/lib/libvirt/qemu/paddock-tests";
 
 async fn pool(
     strategy: ResetStrategy,
     min_ready: usize,
     max_size: usize,
 ) -> anyhow::Result<(VmPool, String, PathBuf)> {
-    let mut config = PaddockConfig::new(test_image()?);
-    config.libvirt_uri = SYSTEM_URI.into();
-    config.state_root = POOL_ROOT.into();
-    let paddock = Paddock::connect(config).await?;
+    let paddock = test_paddock().await?;
     let name = format!("pt{}", unique_marker());
     let mut spec = VmPoolSpec::new(&name);
     spec.warmup = vec!["echo warm > /tmp/warm".into()];
@@ -52,11 +46,27 @@ async fn guest_state(lease: &paddock::Lease<paddock::VmBackend>) -> anyhow::Resu
     let out = lease
         .client()
         .exec_collect(Execute::shell(
+            // The disk is read past the page cache, so that a disk which
+            // was not reset shows even when the memory was.
             "cat /tmp/warm; cat /tmp/dirt 2>/dev/null || echo clean; \
-             echo \"$(ps -o args | grep -c '^sleep 999') sleeps\"",
+             echo \"$(ps -o args | grep -c '^sleep 999') sleeps\"; \
+             echo 3 > /proc/sys/vm/drop_caches; \
+             echo \"disk: $(dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | tr -d '\\000')\"",
         ))
         .await?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The size of each slot's overlay under the pool directory `dir`.
+fn overlay_sizes(dir: &Path) -> anyhow::Result<Vec<(PathBuf, u64)>> {
+    let mut sizes = Vec::new();
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let overlay = entry.path().join("overlay.qcow2");
+        if entry.file_name().to_string_lossy().starts_with("slot-") && overlay.exists() {
+            sizes.push((entry.path(), std::fs::metadata(&overlay)?.len()));
+        }
+    }
+    Ok(sizes)
 }
 
 /// Domains of pool `name` that libvirt still knows.
@@ -74,17 +84,25 @@ async fn pool_domains(name: &str) -> anyhow::Result<Vec<String>> {
 async fn reset_undoes_a_lease(strategy: ResetStrategy) -> TestResult {
     let (pool, name, dir) = pool(strategy, 1, 1).await?;
     let lease = pool.acquire().await?;
-    assert_eq!(guest_state(&lease).await?, "warm\nclean\n0 sleeps\n");
+    assert_eq!(
+        guest_state(&lease).await?,
+        "warm\nclean\n0 sleeps\ndisk: \n"
+    );
     lease
         .client()
         .exec_collect(Execute::shell(
             // setsid: out of the execution's process group, which ends with
             // it; wait until the exec happened (setsid ran before it).
-            "echo dirty > /tmp/dirt; setsid sleep 999 > /dev/null 2>&1 & \
+            "echo dirty > /tmp/dirt; \
+             printf dirty | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; \
+             setsid sleep 999 > /dev/null 2>&1 & \
              until ps -o args | grep -q '^sleep 999'; do sleep 0.1; done",
         ))
         .await?;
-    assert_eq!(guest_state(&lease).await?, "warm\ndirty\n1 sleeps\n");
+    assert_eq!(
+        guest_state(&lease).await?,
+        "warm\ndirty\n1 sleeps\ndisk: dirty\n"
+    );
     let index = lease.index();
     lease.release();
 
@@ -92,7 +110,10 @@ async fn reset_undoes_a_lease(strategy: ResetStrategy) -> TestResult {
     let lease = pool.acquire().await?;
     assert_eq!(lease.index(), index);
     assert_eq!(lease.uses(), 1);
-    assert_eq!(guest_state(&lease).await?, "warm\nclean\n0 sleeps\n");
+    assert_eq!(
+        guest_state(&lease).await?,
+        "warm\nclean\n0 sleeps\ndisk: \n"
+    );
     drop(lease);
 
     pool.close().await?;
@@ -108,6 +129,14 @@ async fn reset_undoes_a_lease(strategy: ResetStrategy) -> TestResult {
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_place_reset_undoes_what_a_lease_did() -> TestResult {
+    if !enabled("in_place_reset_undoes_what_a_lease_did") {
+        return Ok(());
+    }
+    reset_undoes_a_lease(ResetStrategy::InPlace).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +160,10 @@ async fn two_hundred_cycles_leak_nothing() -> TestResult {
     if !enabled("two_hundred_cycles_leak_nothing") {
         return Ok(());
     }
-    let (pool, name, dir) = pool(ResetStrategy::Restore, 2, 2).await?;
+    // The default strategy: in place.
+    let (pool, name, dir) = pool(ResetStrategy::default(), 2, 2).await?;
+    let overlays_before = overlay_sizes(&dir)?;
+    assert_eq!(overlays_before.len(), 2, "{overlays_before:?}");
     for cycle in 0..200 {
         let lease = pool.acquire().await?;
         let out = lease
@@ -146,7 +178,7 @@ async fn two_hundred_cycles_leak_nothing() -> TestResult {
     assert_eq!(stats.failed_resets, 0, "{stats:?}");
 
     // Once the last resets are done: two domains, two slot directories,
-    // each with one overlay and one socket.
+    // each with one overlay (holding the golden snapshot) and one socket.
     for _ in 0..300 {
         if pool.stats().ready == 2 {
             break;
@@ -172,8 +204,23 @@ async fn two_hundred_cycles_leak_nothing() -> TestResult {
         files.sort();
         assert_eq!(
             files,
-            ["agent.sock", "console.log", "memory.img", "overlay.qcow2"],
+            ["agent.sock", "console.log", "overlay.qcow2"],
             "{}",
+            slot.display()
+        );
+    }
+
+    // The overlays hold the golden snapshot; 200 resets to it must not
+    // make them grow (the guest wrote nothing to disk).
+    for (slot, after) in overlay_sizes(&dir)? {
+        let before = overlays_before
+            .iter()
+            .find(|(s, _)| *s == slot)
+            .map(|(_, size)| *size)
+            .ok_or_else(|| anyhow::anyhow!("{} is a new slot", slot.display()))?;
+        assert!(
+            after <= before + 16 * 1024 * 1024,
+            "{}: {before} bytes before, {after} after",
             slot.display()
         );
     }

@@ -61,6 +61,17 @@ pub enum LibvirtError {
         /// The path.
         path: PathBuf,
     },
+    /// QEMU answered a monitor command with an error (libvirt passed the
+    /// command through, so libvirt itself has no error code for it).
+    #[error("QEMU refused {command} for {object}: {message}")]
+    Monitor {
+        /// The monitor command, e.g. `loadvm golden`.
+        command: String,
+        /// What it was applied to.
+        object: String,
+        /// QEMU's reply.
+        message: String,
+    },
     /// A saved image could not be read or derived.
     #[error("Cannot derive a saved image for {object}")]
     SavedImage {

@@ -37,8 +37,8 @@ pub use domain::{DomainState, DomainStatus, ShutdownOutcome, Vm};
 pub use domain_xml::{parse_metadata, render_domain};
 pub use error::LibvirtError;
 pub use network::{
-    Applied, ApplyError, FilterDefinition, Lease, NetworkKind, NetworkSpec, load_filters,
-    render_network,
+    Applied, ApplyError, FilterDefinition, Lease, MAX_SLOTS as MAX_NETWORK_SLOTS, NetworkKind,
+    NetworkSpec, load_filters, render_network,
 };
 pub use overlay::{OverlayError, create_blank_qcow2, create_overlay, remove_overlay};
 pub use saved_image::{

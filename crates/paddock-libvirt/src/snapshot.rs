@@ -174,6 +174,60 @@ impl Vm {
         .await
     }
 
+    /// Loads internal snapshot `name` inside the running QEMU: memory,
+    /// devices and disks return to the snapshot without a new QEMU process.
+    ///
+    /// libvirt 9.0's [`Vm::revert_to_snapshot`] of a running snapshot stops
+    /// QEMU and starts a new one (about 1.1 s for a 256 MiB TCG guest here);
+    /// QEMU's own `loadvm` of the same state takes about 0.2 s. This sends
+    /// the HMP `loadvm` through libvirt's monitor pass-through, which marks
+    /// the domain as tainted (`custom-monitor`) in its log. libvirt follows
+    /// the pause and resume through QEMU's events.
+    ///
+    /// The domain must be running and the snapshot must have been taken
+    /// running. Names are restricted to ASCII letters, digits, `-` and `_`,
+    /// so they cannot carry a second monitor command.
+    ///
+    /// # Errors
+    /// [`LibvirtError::Monitor`] when QEMU reports an error (no such
+    /// snapshot, a disk without it) or the name is not allowed;
+    /// [`LibvirtError::Call`] when libvirt refuses (domain not running).
+    /// QEMU pauses the guest before loading and resumes it only on success,
+    /// so after a QEMU error the domain is paused, and its memory may be
+    /// partly loaded: discard it or load a snapshot that works.
+    pub async fn load_snapshot_in_place(&self, name: &str) -> Result<(), LibvirtError> {
+        let command = format!("loadvm {name}");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(LibvirtError::Monitor {
+                command,
+                object: self.object(),
+                message: "snapshot names here are ASCII letters, digits, '-' and '_'".into(),
+            });
+        }
+        let hmp = command.clone();
+        let reply = self
+            .call("load a snapshot of", move |d| {
+                d.qemu_monitor_command(&hmp, virt::sys::VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+            })
+            .await?;
+        // HMP reports failure as text with a successful reply; `loadvm`
+        // prints nothing when it succeeds.
+        let reply = reply.trim();
+        if reply.is_empty() {
+            Ok(())
+        } else {
+            Err(LibvirtError::Monitor {
+                command,
+                object: self.object(),
+                message: reply.to_owned(),
+            })
+        }
+    }
+
     /// Deletes snapshot `name` (its data and metadata).
     ///
     /// # Errors

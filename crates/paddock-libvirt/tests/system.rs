@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use paddock_libvirt::{
     Acceleration, AgentChannel, Applied, Boot, DomainSpec, DomainState, FilterDefinition,
-    ImageFormat, Libvirt, NetworkKind, NetworkMode, NetworkSpec, OverlayDisk, PaddockMetadata,
-    Profile, Resources, RestoreMode, SnapshotSpec, Uuid, create_overlay, load_filters,
-    remove_overlay,
+    ImageFormat, Libvirt, LibvirtError, NetworkKind, NetworkMode, NetworkSpec, OverlayDisk,
+    PaddockMetadata, Profile, Resources, RestoreMode, SnapshotSpec, Uuid, create_overlay,
+    load_filters, remove_overlay,
 };
 use tempfile::TempDir;
 
@@ -228,6 +228,28 @@ async fn snapshots_then_save_and_restore_with_edited_xml() {
     vm.wait_for_state(DomainState::Running, WAIT)
         .await
         .expect("running after revert");
+
+    // The same snapshot, loaded inside the running QEMU; QEMU's own
+    // refusal comes back as a typed error with its message.
+    vm.load_snapshot_in_place("golden")
+        .await
+        .expect("load in place");
+    vm.wait_for_state(DomainState::Running, WAIT)
+        .await
+        .expect("running after loading in place");
+    let missing = vm
+        .load_snapshot_in_place("missing")
+        .await
+        .expect_err("no such snapshot");
+    assert!(
+        matches!(&missing, LibvirtError::Monitor { message, .. } if message.contains("missing")),
+        "{missing:?}"
+    );
+    // QEMU stops the guest before loading and resumes it only on success.
+    vm.wait_for_state(DomainState::Paused, WAIT)
+        .await
+        .expect("paused after a failed load");
+    vm.resume().await.expect("resume");
     vm.delete_snapshot("golden").await.expect("delete snapshot");
     assert!(vm.snapshots().await.expect("list").is_empty());
 

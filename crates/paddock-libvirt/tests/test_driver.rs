@@ -158,6 +158,25 @@ async fn snapshots_keep_description_and_tags() {
     let missing = vm.revert_to_snapshot("plain").await.expect_err("deleted");
     assert!(missing.is_not_found(), "{missing}");
 
+    // A name that could carry a second monitor command never reaches
+    // libvirt; the test driver has no QEMU monitor, and says so.
+    let injected = vm
+        .load_snapshot_in_place("golden\ninfo status")
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&injected, LibvirtError::Monitor { command, .. } if command.starts_with("loadvm golden")),
+        "{injected:?}"
+    );
+    let no_monitor = vm
+        .load_snapshot_in_place("golden")
+        .await
+        .expect_err("no QEMU");
+    assert!(
+        matches!(no_monitor, LibvirtError::Call { .. }),
+        "{no_monitor:?}"
+    );
+
     let bad = SnapshotSpec {
         name: "x".into(),
         description: String::new(),

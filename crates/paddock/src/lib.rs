@@ -31,11 +31,13 @@
 pub mod image;
 pub mod pool;
 pub mod sandbox;
+pub mod slot_network;
 pub mod vm_backend;
 
 pub use image::{GuestImage, ImageError};
 pub use pool::{Lease, Pool, PoolConfig, PoolError, PoolStats, SlotBackend};
 pub use sandbox::{ChannelConfig, DEFAULT_STATE_ROOT, Sandbox, SandboxConfig, SandboxError};
+pub use slot_network::PoolNetwork;
 pub use vm_backend::{Golden, GoldenId, ResetPhases, ResetStrategy, VmBackend, VmPoolSpec, VmSlot};
 
 use std::path::PathBuf;
@@ -102,10 +104,26 @@ impl Paddock {
         spec: VmPoolSpec,
         config: PoolConfig,
     ) -> Result<VmPool, PoolError> {
+        config.validate()?;
+        if let PoolNetwork::NatFiltered {
+            network, filters, ..
+        } = &spec.network
+        {
+            if config.max_size >= usize::from(network.slots.min(libvirt::MAX_NETWORK_SLOTS)) {
+                return Err(PoolError::Config(
+                    "a NAT-filtered pool's network needs more reservations than max_size \
+                     (one is the golden's)",
+                ));
+            }
+            for filter in filters {
+                self.libvirt.apply_filter(filter).await?;
+            }
+            self.libvirt.apply_network(network).await?;
+        }
         let pool_dir = self.config.state_root.join(&spec.name);
         vm_backend::recover_pool(&self.libvirt, &spec.name, &pool_dir, None).await?;
         let golden = Golden::build(&self.libvirt, &self.config.image, &spec, &pool_dir).await?;
-        let backend = VmBackend::new(self.libvirt.clone(), golden, spec, pool_dir);
+        let backend = VmBackend::new(self.libvirt.clone(), golden, spec, pool_dir)?;
         Pool::start(backend, config).await
     }
 }

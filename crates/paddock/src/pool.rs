@@ -75,6 +75,9 @@ pub enum PoolError {
     /// The agent failed.
     #[error("The agent failed")]
     Agent(#[from] paddock_agent_client::ClientError),
+    /// The pool's network or filters could not be defined.
+    #[error("Cannot set up the pool's network")]
+    Network(#[from] paddock_libvirt::ApplyError),
     /// A disk image operation failed.
     #[error("Disk image operation failed")]
     Disk(#[from] paddock_libvirt::OverlayError),
@@ -164,7 +167,11 @@ impl Default for PoolConfig {
 }
 
 impl PoolConfig {
-    fn validate(&self) -> Result<(), PoolError> {
+    /// Checks the sizes and timeouts make sense.
+    ///
+    /// # Errors
+    /// [`PoolError::Config`] saying what does not.
+    pub fn validate(&self) -> Result<(), PoolError> {
         if self.max_size == 0 {
             return Err(PoolError::Config("max_size must be at least 1"));
         }

@@ -21,11 +21,17 @@
 //!
 //! # Reset strategies
 //!
-//! - [`ResetStrategy::Restore`] (the default): destroy the domain, put a
-//!   fresh overlay in place, restore the slot's memory image. About 0.6 s
-//!   for a 256 MiB TCG guest here (`cargo xtask bench-vm`).
-//! - [`ResetStrategy::Revert`]: revert an internal snapshot taken when the
-//!   slot was created. About 3 s here: libvirt 9.0 restarts QEMU for it.
+//! - [`ResetStrategy::InPlace`] (the default): the running QEMU loads the
+//!   internal snapshot taken when the slot was created (QEMU's `loadvm`,
+//!   sent through libvirt's monitor pass-through). No process is stopped or
+//!   started, so it is the fastest here.
+//! - [`ResetStrategy::Restore`]: destroy the domain, put a fresh overlay in
+//!   place, restore the slot's memory image into a new QEMU.
+//! - [`ResetStrategy::Revert`]: libvirt's revert of that internal snapshot.
+//!   libvirt 9.0 stops QEMU and starts a new one for it.
+//!
+//! `cargo xtask bench-slo` measures all three; the closing figures are in
+//! the README.
 //!
 //! Either way the agent must then report a restored guest
 //! ([`paddock_agent_client::Continuity::Restored`]), or the reset fails and the pool replaces the
@@ -36,26 +42,39 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use paddock_agent_client::{AgentClient, ClientConfig, Execute, Transport};
 use paddock_libvirt::{
-    AgentChannel, DomainSpec, ImageFormat, Libvirt, OverlayDisk, RestoreMode, SnapshotSpec, Uuid,
-    Vm, create_blank_qcow2, create_overlay,
+    AgentChannel, DomainSpec, ImageFormat, Libvirt, NatAttachment, NetworkMode, OverlayDisk,
+    RestoreMode, SnapshotSpec, Uuid, Vm, create_blank_qcow2, create_overlay,
 };
 
 use crate::image::GuestImage;
 use crate::pool::{PoolError, SlotBackend};
 use crate::sandbox::{Sandbox, SandboxConfig, create_qemu_dir, reconnect_restored};
+use crate::slot_network::{PoolNetwork, SlotAddresses, configure_guest};
 
 /// How a used slot returns to the golden state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ResetStrategy {
-    /// Restore the slot's copy of the golden memory image onto a fresh
-    /// overlay (the faster one here).
+    /// Load the internal snapshot taken when the slot was made inside the
+    /// running QEMU (the fastest here).
     #[default]
+    InPlace,
+    /// Restore the slot's copy of the golden memory image onto a fresh
+    /// overlay, in a new QEMU.
     Restore,
-    /// Revert the internal snapshot taken when the slot was made.
+    /// Revert the internal snapshot taken when the slot was made, through
+    /// libvirt (which starts a new QEMU).
     Revert,
 }
 
-/// The name of the internal snapshot [`ResetStrategy::Revert`] uses.
+impl ResetStrategy {
+    /// Whether slots keep an internal snapshot of the golden to reset to.
+    fn uses_snapshot(self) -> bool {
+        matches!(self, Self::InPlace | Self::Revert)
+    }
+}
+
+/// The name of the internal snapshot [`ResetStrategy::InPlace`] and
+/// [`ResetStrategy::Revert`] return to.
 const GOLDEN_SNAPSHOT: &str = "golden";
 
 /// What a pool of VMs is made of.
@@ -72,6 +91,8 @@ pub struct VmPoolSpec {
     pub warmup: Vec<String>,
     /// How slots are reset.
     pub reset: ResetStrategy,
+    /// The slots' network.
+    pub network: PoolNetwork,
     /// How long a booting template may take to answer.
     pub boot_timeout: Duration,
     /// The agent client's timeouts and limits.
@@ -79,8 +100,8 @@ pub struct VmPoolSpec {
 }
 
 impl VmPoolSpec {
-    /// A pool named `name` of 1-vCPU, 256 MiB guests without warm-up, reset
-    /// by restore.
+    /// A pool named `name` of 1-vCPU, 256 MiB guests without network or
+    /// warm-up, reset in place.
     #[must_use]
     pub fn new(name: impl Into<String>) -> Self {
         Self {
@@ -88,7 +109,8 @@ impl VmPoolSpec {
             memory_mib: 256,
             vcpus: 1,
             warmup: Vec::new(),
-            reset: ResetStrategy::Restore,
+            reset: ResetStrategy::default(),
+            network: PoolNetwork::Isolated,
             boot_timeout: Duration::from_secs(90),
             client: ClientConfig::default(),
         }
@@ -151,8 +173,21 @@ impl Golden {
         config.ready_timeout = spec.boot_timeout;
         config.client = spec.client.clone();
         config.base_disk = image.root_disk.clone().or(Some(blank));
+        let identity = match &spec.network {
+            PoolNetwork::Isolated => None,
+            PoolNetwork::NatFiltered {
+                network, filter, ..
+            } => Some(SlotAddresses::new(network.clone(), filter.clone())?.golden()),
+        };
+        if let Some(attachment) = &identity {
+            config.network = NetworkMode::NatFiltered(attachment.clone());
+        }
         let template = Sandbox::boot(libvirt, image, config).await?;
         let boot_to_ready = template.boot_to_ready();
+        if let Some(attachment) = &identity {
+            // Static from here on: every slot replaces it with its own.
+            configure_guest(template.client(), attachment, true).await?;
+        }
         for command in &spec.warmup {
             let out = template
                 .client()
@@ -192,6 +227,8 @@ pub struct VmSlot {
     client: AgentClient,
     spec: DomainSpec,
     dir: PathBuf,
+    /// The network reservation it holds, and its interface.
+    address: Option<(u16, NatAttachment)>,
     last_reset: ResetPhases,
 }
 
@@ -199,8 +236,8 @@ pub struct VmSlot {
 /// strategy does not have).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResetPhases {
-    /// Destroying the used domain (restore) or reverting the snapshot
-    /// (revert).
+    /// Destroying the used domain (restore), reverting the snapshot
+    /// (revert) or loading it (in place).
     pub stop_or_revert: Duration,
     /// Replacing the disk overlay with a fresh one.
     pub overlay: Duration,
@@ -208,6 +245,9 @@ pub struct ResetPhases {
     pub restore: Duration,
     /// Reconnecting the agent and checking it reports a restored guest.
     pub agent: Duration,
+    /// Giving the guest the slot's MAC and address again (NAT-filtered
+    /// pools reset by restore).
+    pub network: Duration,
 }
 
 impl VmSlot {
@@ -240,6 +280,13 @@ impl VmSlot {
     pub fn last_reset(&self) -> ResetPhases {
         self.last_reset
     }
+
+    /// The slot's network interface (MAC, address, gateway), for a
+    /// NAT-filtered pool.
+    #[must_use]
+    pub fn network(&self) -> Option<&NatAttachment> {
+        self.address.as_ref().map(|(_, attachment)| attachment)
+    }
 }
 
 /// The [`SlotBackend`] of real VMs.
@@ -249,19 +296,42 @@ pub struct VmBackend {
     golden: Golden,
     spec: VmPoolSpec,
     pool_dir: PathBuf,
+    addresses: Option<SlotAddresses>,
 }
 
 impl VmBackend {
     /// A backend for `spec`'s pool that makes slots from `golden` under
     /// `pool_dir`.
-    #[must_use]
-    pub fn new(libvirt: Libvirt, golden: Golden, spec: VmPoolSpec, pool_dir: PathBuf) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// [`PoolError::Config`] for a NAT-filtered pool whose network has no
+    /// reservation left for a slot.
+    pub fn new(
+        libvirt: Libvirt,
+        golden: Golden,
+        spec: VmPoolSpec,
+        pool_dir: PathBuf,
+    ) -> Result<Self, PoolError> {
+        let addresses = match &spec.network {
+            PoolNetwork::Isolated => None,
+            PoolNetwork::NatFiltered {
+                network, filter, ..
+            } => Some(SlotAddresses::new(network.clone(), filter.clone())?),
+        };
+        Ok(Self {
             libvirt,
             golden,
             spec,
             pool_dir,
-        }
+            addresses,
+        })
+    }
+
+    /// How many slots can exist at once: unbounded without a network,
+    /// else the network's reservations less the golden's.
+    #[must_use]
+    pub fn max_slots(&self) -> Option<usize> {
+        self.addresses.as_ref().map(SlotAddresses::capacity)
     }
 
     /// The golden the slots come from.
@@ -270,8 +340,11 @@ impl VmBackend {
         &self.golden
     }
 
-    fn slot_spec(&self, index: u32, dir: &Path) -> DomainSpec {
+    fn slot_spec(&self, index: u32, dir: &Path, network: Option<&NatAttachment>) -> DomainSpec {
         let mut spec = self.golden.spec.clone();
+        if let Some(attachment) = network {
+            spec.network = NetworkMode::NatFiltered(attachment.clone());
+        }
         spec.name = slot_name(&self.spec.name, index);
         spec.uuid = Uuid::new_v4();
         spec.metadata.slot = index;
@@ -292,6 +365,14 @@ impl VmBackend {
     }
 }
 
+impl VmBackend {
+    fn give_back(&self, address: Option<&(u16, NatAttachment)>) {
+        if let (Some(addresses), Some((n, _))) = (&self.addresses, address) {
+            addresses.give_back(*n);
+        }
+    }
+}
+
 fn slot_name(pool: &str, index: u32) -> String {
     format!("paddock-{pool}-{index}")
 }
@@ -300,10 +381,15 @@ impl SlotBackend for VmBackend {
     type Slot = VmSlot;
 
     async fn create(&self, index: u32) -> Result<VmSlot, PoolError> {
+        let address = self
+            .addresses
+            .as_ref()
+            .map(SlotAddresses::take)
+            .transpose()?;
         let dir = self.pool_dir.join(format!("slot-{index}"));
-        create_qemu_dir(&dir)?;
-        let spec = self.slot_spec(index, &dir);
+        let spec = self.slot_spec(index, &dir, address.as_ref().map(|(_, a)| a));
         let result = async {
+            create_qemu_dir(&dir)?;
             if let Some(disk) = &spec.disk {
                 create_overlay(disk).await?;
             }
@@ -323,16 +409,31 @@ impl SlotBackend for VmBackend {
                 self.spec.client.clone(),
             )
             .await?;
-            if self.spec.reset == ResetStrategy::Revert {
+            if let Some((_, attachment)) = &address {
+                // Before the snapshot, so that resets to it keep the
+                // slot's identity.
+                configure_guest(&client, attachment, false).await?;
+            }
+            if self.spec.reset.uses_snapshot() {
                 vm.create_snapshot(&SnapshotSpec {
                     name: GOLDEN_SNAPSHOT.into(),
                     description: format!("golden {}", self.golden.id.id),
                     tags: vec!["golden".into()],
                 })
                 .await?;
-                // A new session after the snapshot, so that a revert shows
+                // A new session after the snapshot, so that a reset shows
                 // as a restored guest.
                 client.reconnect().await?;
+                // The snapshot holds the memory from now on; the slot's
+                // copy of the golden memory image is no longer read.
+                let copy = dir.join("memory.img");
+                tokio::fs::remove_file(&copy)
+                    .await
+                    .map_err(|source| PoolError::Io {
+                        action: "remove",
+                        path: copy,
+                        source,
+                    })?;
             }
             Ok::<_, PoolError>((vm, client))
         }
@@ -343,10 +444,12 @@ impl SlotBackend for VmBackend {
                 client,
                 spec,
                 dir,
+                address,
                 last_reset: ResetPhases::default(),
             }),
             Err(err) => {
                 discard(&self.libvirt, &spec.name, &dir).await;
+                self.give_back(address.as_ref());
                 Err(err)
             }
         }
@@ -379,10 +482,22 @@ impl SlotBackend for VmBackend {
                 slot.vm.revert_to_snapshot(GOLDEN_SNAPSHOT).await?;
                 phases.stop_or_revert = lap();
             }
+            ResetStrategy::InPlace => {
+                // Nothing may be in flight while the guest is rewound.
+                slot.client.close().await;
+                slot.vm.load_snapshot_in_place(GOLDEN_SNAPSHOT).await?;
+                phases.stop_or_revert = lap();
+            }
         }
         let strategy = self.spec.reset;
         reconnect_restored(&slot.client, || format!("a {strategy:?} reset")).await?;
         phases.agent = lap();
+        if let (ResetStrategy::Restore, Some((_, attachment))) = (strategy, &slot.address) {
+            // The restored guest is the golden again, identity included;
+            // snapshots were taken with the slot's own.
+            configure_guest(&slot.client, attachment, false).await?;
+            phases.network = lap();
+        }
         slot.last_reset = phases;
         Ok(())
     }
@@ -396,6 +511,8 @@ impl SlotBackend for VmBackend {
         slot.client.close().await;
         let result = slot.vm.discard().await;
         let _ = tokio::fs::remove_dir_all(&slot.dir).await;
+        // Only once the domain is gone: its interface held the address.
+        self.give_back(slot.address.as_ref());
         Ok(result?)
     }
 
@@ -404,6 +521,7 @@ impl SlotBackend for VmBackend {
         drop(slot.client);
         let _ = slot.vm.discard_blocking();
         let _ = std::fs::remove_dir_all(&slot.dir);
+        self.give_back(slot.address.as_ref());
     }
 
     async fn recover(&self) -> Result<usize, PoolError> {

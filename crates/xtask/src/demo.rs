@@ -229,9 +229,10 @@ async fn drive(
     println!("changed: {changed}");
     ensure!(changed.contains("1 sleeps"), "the change did not take");
     let t = Instant::now();
-    sandbox.revert_to_snapshot("golden").await?;
+    sandbox.load_snapshot_in_place("golden").await?;
     println!(
-        "reset to golden in {} (revert and agent reconnect; the agent reports a restored guest)",
+        "reset to golden in {} (snapshot loaded in the running QEMU, agent reconnected; \
+         the agent reports a restored guest)",
         ms(t.elapsed())
     );
     let after = guest_state(client).await?;
