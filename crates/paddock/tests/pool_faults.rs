@@ -429,3 +429,40 @@ async fn dropping_the_last_handle_destroys_the_slots() {
         h.domains().await
     );
 }
+
+#[tokio::test]
+async fn a_nat_filtered_pool_needs_a_reservation_per_slot_and_one_for_the_golden() {
+    // Refused before anything is defined or booted, so the image's files
+    // need not exist.
+    let image = paddock::GuestImage {
+        hash: "none".into(),
+        kernel: "/nonexistent/vmlinuz".into(),
+        initramfs: "/nonexistent/initramfs".into(),
+        cmdline: String::new(),
+        agent_serial_port: "org.paddock.agent.0".into(),
+        agent_vsock_port: 1024,
+        root_disk: None,
+    };
+    let mut settings = paddock::PaddockConfig::new(image);
+    settings.libvirt_uri = "test:///default".into();
+    let paddock = paddock::Paddock::connect(settings)
+        .await
+        .expect("test driver");
+    let mut spec = paddock::VmPoolSpec::new("nat");
+    spec.network = paddock::PoolNetwork::NatFiltered {
+        network: paddock_libvirt::NetworkSpec {
+            name: "pdk-nat".into(),
+            bridge: "pdknat".into(),
+            kind: paddock_libvirt::NetworkKind::Nat,
+            subnet: std::net::Ipv4Addr::new(10, 213, 7, 0),
+            slots: 3,
+        },
+        filters: Vec::new(),
+        filter: "paddock-egress".into(),
+    };
+    let err = paddock
+        .create_pool(spec, config(1, 3))
+        .await
+        .expect_err("three slots and a golden need four reservations");
+    assert!(matches!(err, PoolError::Config(_)), "{err}");
+}
