@@ -55,6 +55,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod clock;
 mod exec;
 mod files;
 mod listen;
@@ -80,6 +81,9 @@ pub struct Config {
     pub max_requests: usize,
     /// Time between SIGTERM and SIGKILL when an execution does not say.
     pub kill_grace: Duration,
+    /// Step the wall clock to the host's time in HELLO when it is off (in a
+    /// guest; never for an agent running on the host).
+    pub set_clock: bool,
 }
 
 impl Default for Config {
@@ -89,6 +93,7 @@ impl Default for Config {
             window: paddock_proto::DEFAULT_WINDOW,
             max_requests: 256,
             kill_grace: Duration::from_secs(1),
+            set_clock: false,
         }
     }
 }

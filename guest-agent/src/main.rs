@@ -45,6 +45,11 @@ struct Cli {
     /// Milliseconds between SIGTERM and SIGKILL when ending an execution.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     kill_grace_ms: u64,
+    /// Step the guest's wall clock to the host's time sent in HELLO when it
+    /// is off (a restored guest wakes with its saved clock). Needs root; for
+    /// guests only.
+    #[arg(long)]
+    set_clock: bool,
     /// Log filter: a level (error, warn, info, debug, trace) or directives.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log: String,
@@ -70,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         window: cli.window,
         max_requests: usize::try_from(cli.max_requests).context("--max-requests is too large")?,
         kill_grace: Duration::from_millis(cli.kill_grace_ms),
+        set_clock: cli.set_clock,
     };
     let agent = Agent::new(config).context("Could not read a boot id from /dev/urandom")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -630,6 +630,21 @@ impl Connection {
         }));
         info!(seq, version, client = %hello.client, "Session started");
         let config = &self.agent.config;
+        let clock_step_ms = if config.set_clock {
+            match crate::clock::step_to(hello.host_time_unix_ms) {
+                Ok(0) => 0,
+                Ok(step) => {
+                    info!(step_ms = step, "Stepped the clock to the host's");
+                    step
+                }
+                Err(err) => {
+                    warn!(error = %err, "Could not step the clock to the host's");
+                    0
+                }
+            }
+        } else {
+            0
+        };
         let ack = HelloAck {
             version,
             agent_version: AGENT_VERSION.to_owned(),
@@ -649,6 +664,7 @@ impl Connection {
             uptime_ms: self.agent.uptime_ms(),
             max_payload: config.max_payload,
             initial_window: config.window,
+            clock_step_ms,
         };
         self.send(id, &Message::HelloAck(ack)).await;
         Step::Continue
@@ -828,6 +844,24 @@ mod tests {
         // Sessions are counted across connections.
         let mut other = TestHost::connect_to(Arc::clone(&host.agent));
         assert_eq!(other.hello(hello()).await.session_seq, 3);
+    }
+
+    #[tokio::test]
+    async fn an_agent_not_allowed_to_set_the_clock_leaves_it_alone() {
+        // The test agent runs on the host: `set_clock` is off, and a host
+        // time an hour off is ignored.
+        let mut host = TestHost::start(test_config());
+        let mut far_off = hello();
+        far_off.host_time_unix_ms = crate::clock::now_unix_ms() + 3_600_000;
+        let ack = host.hello(far_off).await;
+        assert_eq!(ack.clock_step_ms, 0);
+        assert!(
+            crate::clock::due_step(
+                crate::clock::now_unix_ms() + 3_600_000,
+                crate::clock::now_unix_ms()
+            )
+            .is_some()
+        );
     }
 
     #[tokio::test]

@@ -52,6 +52,7 @@ pub(crate) fn hello() -> Hello {
         max_payload: DEFAULT_MAX_PAYLOAD,
         initial_window: TEST_WINDOW,
         session_token: String::new(),
+        host_time_unix_ms: 0,
     }
 }
 

@@ -48,6 +48,7 @@ impl RawPeer {
                 max_payload: DEFAULT_MAX_PAYLOAD,
                 initial_window: 1 << 20,
                 session_token: String::new(),
+                host_time_unix_ms: 0,
             }),
         )?;
         match self.recv()? {
@@ -169,6 +170,7 @@ async fn unsupported_version_is_refused() -> TestResult {
             max_payload: DEFAULT_MAX_PAYLOAD,
             initial_window: 1 << 16,
             session_token: String::new(),
+            host_time_unix_ms: 0,
         }),
     )?;
     peer.expect_error(ErrorCode::UnsupportedVersion)?;
@@ -197,6 +199,7 @@ fn fake_agent(
             uptime_ms: 0,
             max_payload: DEFAULT_MAX_PAYLOAD,
             initial_window: 1 << 16,
+            clock_step_ms: 0,
         });
         let mut bytes = Vec::new();
         encode_message(&mut bytes, hello.request_id, &ack)?;

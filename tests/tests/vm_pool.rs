@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use paddock::agent::Execute;
 use paddock::{PoolConfig, ResetStrategy, VmPool, VmPoolSpec};
 use paddock_tests::vm::{POOL_ROOT, SYSTEM_URI, enabled, test_paddock};
@@ -40,6 +41,9 @@ async fn pool(
     let dir = Path::new(POOL_ROOT).join(&name);
     Ok((pool, name, dir))
 }
+
+/// How long a lease in the reset tests lasts at least.
+const CLOCK_LAG: Duration = Duration::from_secs(4);
 
 /// What a reset must undo, as the guest sees it.
 async fn guest_state(lease: &paddock::Lease<paddock::VmBackend>) -> anyhow::Result<String> {
@@ -104,6 +108,9 @@ async fn reset_undoes_a_lease(strategy: ResetStrategy) -> TestResult {
         "warm\ndirty\n1 sleeps\ndisk: dirty\n"
     );
     let index = lease.index();
+    // Long enough that a guest clock left at the golden's time would be
+    // seen to lag.
+    tokio::time::sleep(CLOCK_LAG).await;
     lease.release();
 
     // The only slot, reset: the same domain, back at the golden.
@@ -114,6 +121,29 @@ async fn reset_undoes_a_lease(strategy: ResetStrategy) -> TestResult {
         guest_state(&lease).await?,
         "warm\nclean\n0 sleeps\ndisk: \n"
     );
+    // A new QEMU (restore, revert) starts the guest's clock where the saved
+    // state left it; the agent stepped it forward to the host's on the
+    // reconnect. QEMU loading a snapshot in place keeps its clock running
+    // (no step was needed here), so only the guest's time is checked there.
+    let session = lease.client().session().await.context("connected")?;
+    if strategy != ResetStrategy::InPlace {
+        assert!(
+            session.clock_step_ms >= i64::try_from(CLOCK_LAG.as_millis())?,
+            "stepped {} ms",
+            session.clock_step_ms
+        );
+    }
+    let out = lease
+        .client()
+        .exec_collect(Execute::argv(["date", "+%s"]))
+        .await?;
+    let guest: i64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+    let host = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+    )?;
+    assert!((host - guest).abs() <= 2, "guest {guest}, host {host}");
     drop(lease);
 
     pool.close().await?;

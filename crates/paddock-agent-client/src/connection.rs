@@ -234,14 +234,15 @@ impl Connection {
         // Request ids start at a random offset so that stale frames of an
         // earlier session on a virtio-serial stream cannot match new requests.
         let first_id = random_id_base();
-        let hello = Message::Hello(Hello {
+        let mut hello = Hello {
             min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             client: params.client_name.clone(),
             max_payload: params.max_payload,
             initial_window: params.window,
             session_token: params.session_token.clone(),
-        });
+            host_time_unix_ms: 0,
+        };
         // HELLO is sent again every HELLO_RESEND until answered: on a
         // virtio-serial port a HELLO written while the guest's agent was not
         // reading (still booting, or restarting) can be lost. The stream is
@@ -251,7 +252,11 @@ impl Connection {
         let handshake = async {
             loop {
                 let mut bytes = Vec::new();
-                encode_message(&mut bytes, hello_id, &hello).map_err(|e| {
+                // The time is taken per send: a restored guest's agent sets
+                // its clock from it.
+                hello.host_time_unix_ms = unix_time_ms();
+                let message = Message::Hello(hello.clone());
+                encode_message(&mut bytes, hello_id, &message).map_err(|e| {
                     ClientError::InvalidRequest(format!("HELLO could not be encoded: {e}"))
                 })?;
                 writer
@@ -619,4 +624,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The host's wall clock in milliseconds since the Unix epoch (0 before it).
+fn unix_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

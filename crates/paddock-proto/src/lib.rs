@@ -55,10 +55,12 @@
 //!
 //! ```text
 //!   host                                   agent
-//!    |  HELLO {versions, window, token}  --->  |   AwaitingHello -> Ready
+//!    |  HELLO {versions, window, token,       |
+//!    |         host_time}  ---------------->  |   AwaitingHello -> Ready
 //!    |  <---------  HELLO_ACK {version,       |
 //!    |     boot_id, session_seq,              |
-//!    |     previous_token, capabilities}      |
+//!    |     previous_token, capabilities,      |
+//!    |     clock_step}                        |
 //!    |  ...any number of requests, interleaved by request id...
 //! ```
 //!
@@ -68,6 +70,11 @@
 //! whether the guest ran on since its last session, was reset to an earlier
 //! memory state (a snapshot revert or restore: the agent remembers an older
 //! token), or rebooted (a new `boot_id`): see [`HelloAck::previous_token`].
+//! A guest reset to an earlier memory state also has that state's clock: an
+//! agent allowed to set the clock steps it to `host_time` when it is more
+//! than [`CLOCK_TOLERANCE_MS`] off, and reports the step
+//! ([`HelloAck::clock_step_ms`]). Both fields default to 0, so peers without
+//! them still speak version 1.
 //!
 //! Before `HELLO` the agent answers every frame but `PING` with `ERROR
 //! not_negotiated`. A second `HELLO` on the same stream starts a new session.
@@ -150,6 +157,7 @@ pub use frame::{
     HEADER_LEN, MAGIC, decode_frame, encode_frame, encode_frame_header,
 };
 pub use io::{ReadFrameError, read_frame, write_frame};
+pub use message::CLOCK_TOLERANCE_MS;
 pub use message::{
     Command, DecodeError, EncodeError, ErrorCode, ErrorReport, ExecResult, Execute, FileDone,
     FileEnd, FileGet, FileInfo, FilePut, Hello, HelloAck, Message, MessageKind, SignalRequest,

@@ -152,7 +152,18 @@ pub struct Hello {
     /// none.
     #[serde(default)]
     pub session_token: String,
+    /// The host's wall clock when it sent this HELLO, in milliseconds since
+    /// the Unix epoch (0: not given). A guest restored from a saved state
+    /// or a snapshot wakes with the clock it had then; an agent allowed to
+    /// set the clock steps it to this time when they differ by more than
+    /// [`CLOCK_TOLERANCE_MS`] and says so in [`HelloAck::clock_step_ms`].
+    #[serde(default)]
+    pub host_time_unix_ms: u64,
 }
+
+/// How far the guest's clock may be from [`Hello::host_time_unix_ms`] before
+/// the agent steps it: the HELLO's own delay stays well below this.
+pub const CLOCK_TOLERANCE_MS: u64 = 500;
 
 /// Accepts a session (agent -> host).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,6 +202,11 @@ pub struct HelloAck {
     /// Initial flow-control window for data the host sends to the agent.
     #[serde(default = "default_window")]
     pub initial_window: u32,
+    /// How far the agent stepped the guest's wall clock to the host's on
+    /// this HELLO, in milliseconds (positive: forward); 0 when it did not
+    /// (within tolerance, no host time, or not allowed to).
+    #[serde(default)]
+    pub clock_step_ms: i64,
 }
 
 fn default_max_payload() -> u32 {
@@ -734,6 +750,7 @@ mod tests {
                 max_payload: 10,
                 initial_window: 20,
                 session_token: "tok".into(),
+                host_time_unix_ms: 1_795_000_000_000,
             }),
             Message::HelloAck(HelloAck {
                 version: 1,
@@ -745,6 +762,7 @@ mod tests {
                 uptime_ms: 4,
                 max_payload: 5,
                 initial_window: 6,
+                clock_step_ms: -1500,
             }),
             Message::Ping,
             Message::Pong,
