@@ -16,7 +16,7 @@ use paddock_libvirt::{
     Libvirt, NatAttachment, NetworkKind, NetworkMode, NetworkSpec, load_filters,
 };
 use paddock_tests::netns::{NetnsHost, TEST_HOST, http_body, page};
-use paddock_tests::vm::{SYSTEM_URI, Sandbox, SandboxOptions, enabled, test_paddock};
+use paddock_tests::vm::{POOL_ROOT, SYSTEM_URI, Sandbox, SandboxOptions, enabled, test_paddock};
 use paddock_tests::{test_config, unique_marker};
 
 type TestResult = anyhow::Result<()>;
@@ -219,6 +219,8 @@ async fn nat_filtered_pool(strategy: ResetStrategy) -> TestResult {
         second.release();
     }
     pool.close().await?;
+    let dir = Path::new(POOL_ROOT).join(format!("pn{marker}"));
+    assert!(!dir.exists(), "{} is still there", dir.display());
     Ok(())
 }
 

@@ -129,14 +129,29 @@ impl Paddock {
 }
 
 impl Pool<VmBackend> {
-    /// Shuts the pool down ([`Pool::shutdown`]) and removes its golden's
-    /// files.
+    /// Shuts the pool down ([`Pool::shutdown`]) and removes its files: the
+    /// golden's, the blank base disk, and the pool's directory once empty.
     ///
     /// # Errors
-    /// A golden file cannot be removed.
+    /// A golden file or the blank disk cannot be removed.
     pub async fn close(&self) -> Result<(), PoolError> {
         self.shutdown().await;
-        vm_backend::remove_golden(self.backend().golden()).await
+        vm_backend::remove_golden(self.backend().golden()).await?;
+        let dir = self.backend().pool_dir();
+        let blank = dir.join("blank.qcow2");
+        match tokio::fs::remove_file(&blank).await {
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                return Err(PoolError::Io {
+                    action: "remove",
+                    path: blank,
+                    source,
+                });
+            }
+            _ => {}
+        }
+        // Only if empty: anything else there is not the pool's.
+        let _ = tokio::fs::remove_dir(dir).await;
+        Ok(())
     }
 }
 

@@ -521,7 +521,7 @@ impl Drop for FilesGuard {
 /// Discards a domain and a directory from a `Drop`: on a thread of its own
 /// (libvirt calls block, and a drop may run on an async worker), waited for
 /// so that the process does not exit with the domain still there.
-fn discard_blocking(vm: Option<Vm>, dir: Option<PathBuf>) {
+pub(crate) fn discard_blocking(vm: Option<Vm>, dir: Option<PathBuf>) {
     let work = move || {
         if let Some(vm) = vm {
             let _ = vm.discard_blocking();

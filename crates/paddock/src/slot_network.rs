@@ -131,7 +131,8 @@ pub fn identity_script(attachment: &NatAttachment, stop_dhcp: bool) -> String {
         mac, ip, gateway, ..
     } = attachment;
     let stop = if stop_dhcp {
-        "kill $(pidof udhcpc dhclient) 2>/dev/null; "
+        // `kill` without a pid fails, and the script runs under `set -e`.
+        "kill $(pidof udhcpc dhclient) 2>/dev/null || true; "
     } else {
         ""
     };

@@ -230,6 +230,17 @@ pub struct VmSlot {
     /// The network reservation it holds, and its interface.
     address: Option<(u16, NatAttachment)>,
     last_reset: ResetPhases,
+    /// Set once the domain and files are gone; until then a drop removes
+    /// them (a slot dropped by a runtime shutting down mid-reset).
+    discarded: bool,
+}
+
+impl Drop for VmSlot {
+    fn drop(&mut self) {
+        if !self.discarded {
+            crate::sandbox::discard_blocking(Some(self.vm.clone()), Some(self.dir.clone()));
+        }
+    }
 }
 
 /// Where the time of a slot's last reset went (zero for phases its
@@ -340,6 +351,12 @@ impl VmBackend {
         &self.golden
     }
 
+    /// The pool's directory: its golden, its slots, the blank base disk.
+    #[must_use]
+    pub fn pool_dir(&self) -> &Path {
+        &self.pool_dir
+    }
+
     fn slot_spec(&self, index: u32, dir: &Path, network: Option<&NatAttachment>) -> DomainSpec {
         let mut spec = self.golden.spec.clone();
         if let Some(attachment) = network {
@@ -446,6 +463,7 @@ impl SlotBackend for VmBackend {
                 dir,
                 address,
                 last_reset: ResetPhases::default(),
+                discarded: false,
             }),
             Err(err) => {
                 discard(&self.libvirt, &spec.name, &dir).await;
@@ -507,20 +525,21 @@ impl SlotBackend for VmBackend {
         Ok(())
     }
 
-    async fn destroy(&self, slot: VmSlot) -> Result<(), PoolError> {
+    async fn destroy(&self, mut slot: VmSlot) -> Result<(), PoolError> {
         slot.client.close().await;
         let result = slot.vm.discard().await;
         let _ = tokio::fs::remove_dir_all(&slot.dir).await;
+        // A domain libvirt could not remove is tried again at the drop.
+        slot.discarded = result.is_ok();
         // Only once the domain is gone: its interface held the address.
         self.give_back(slot.address.as_ref());
         Ok(result?)
     }
 
-    fn discard_blocking(&self, slot: VmSlot) {
-        // Dropping the client closes its connection.
-        drop(slot.client);
+    fn discard_blocking(&self, mut slot: VmSlot) {
         let _ = slot.vm.discard_blocking();
         let _ = std::fs::remove_dir_all(&slot.dir);
+        slot.discarded = true;
         self.give_back(slot.address.as_ref());
     }
 
