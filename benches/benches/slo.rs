@@ -5,7 +5,8 @@
 //! - `reset_ms`: from `release()` until the slot is ready again, for each
 //!   reset strategy (in place, the default; restore; revert), with where
 //!   the time went (`reset_phases_ms`).
-//! - `exec_true_ms`: exec round trip of `true` in a leased slot.
+//! - `exec_true_ms`: exec round trip of `true` in a leased slot;
+//!   `first_exec_true_after_reset_ms`: the first one of each lease.
 //! - `boot_to_agent_ready_ms`: a sandbox booted from the image.
 //! - `cycles_per_minute`: acquire, exec `true`, release, by two workers on a
 //!   pool of two, for a minute.
@@ -78,12 +79,17 @@ async fn make_pool(paddock: &Paddock, strategy: ResetStrategy) -> anyhow::Result
 struct Cycles {
     acquire: Samples,
     reset: Samples,
+    /// The lease's first exec of `true` (the guest's first work after its
+    /// reset).
+    first_exec: Samples,
     /// The phases of the resets (see `ResetPhases`), as the slots recorded
     /// them: seen on the next lease of the slot.
     stop_or_revert: Samples,
     overlay: Samples,
     restore: Samples,
     agent: Samples,
+    network: Samples,
+    rewarm: Samples,
 }
 
 impl Cycles {
@@ -93,6 +99,8 @@ impl Cycles {
             "overlay": self.overlay.json(),
             "restore": self.restore.json(),
             "agent": self.agent.json(),
+            "network": self.network.json(),
+            "rewarm": self.rewarm.json(),
         })
     }
 }
@@ -111,8 +119,12 @@ async fn acquire_and_reset(pool: &VmPool, count: usize) -> anyhow::Result<Cycles
             cycles.overlay.push(phases.overlay);
             cycles.restore.push(phases.restore);
             cycles.agent.push(phases.agent);
+            cycles.network.push(phases.network);
+            cycles.rewarm.push(phases.rewarm);
         }
+        let t = Instant::now();
         lease.client().exec_collect(Execute::argv(["true"])).await?;
+        cycles.first_exec.push(t.elapsed());
         let t = Instant::now();
         lease.release();
         wait_all_ready(pool).await?;
@@ -228,6 +240,11 @@ async fn run() -> anyhow::Result<()> {
             "revert": revert.phases(),
         },
         "exec_true_ms": exec.json(),
+        "first_exec_true_after_reset_ms": {
+            "in_place (default)": in_place.first_exec.json(),
+            "restore": restore.first_exec.json(),
+            "revert": revert.first_exec.json(),
+        },
         "boot_to_agent_ready_ms": boot.json(),
         "cycles_per_minute": { "pool_size": 2, "workers": 2, "seconds": LOAD_SECONDS, "cycles_per_minute": per_minute, "failed_resets": failed_resets },
         "host_memory_per_slot_mib": {
