@@ -5,8 +5,10 @@
 //! guest agent: a command, streamed output, files both ways, a timeout that
 //! kills a process tree. Then it takes a golden snapshot, changes the guest,
 //! resets it to the golden state and shows the change is gone, saves the
-//! guest to a file and restores it, prints the timings, and tears everything
-//! down, checking that nothing is left: no domain, no socket, no file.
+//! guest to a file and restores it, and tears it down. Last, a pool of two
+//! warm sandboxes serves four jobs in a row, each reset to the pool's golden
+//! after its lease. Every step prints its timings; at the end the demo
+//! checks that nothing is left: no domain, no socket, no file.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use paddock::agent::{AgentClient, Execute};
 use paddock::libvirt::{Libvirt, RestoreMode, SnapshotSpec};
-use paddock::{GuestImage, Sandbox, SandboxConfig};
+use paddock::{GuestImage, Paddock, PaddockConfig, PoolConfig, Sandbox, SandboxConfig, VmPoolSpec};
 
 use crate::{host, image};
 
@@ -39,7 +41,10 @@ pub fn run() -> anyhow::Result<()> {
         .build()?;
     let name = format!("paddock-demo-{}", std::process::id());
     let leftover_dir = Path::new(paddock::DEFAULT_STATE_ROOT).join(&name);
+    let pool_name = format!("demo{}", std::process::id());
+    let pool_dir = Path::new(paddock::DEFAULT_STATE_ROOT).join(&pool_name);
     runtime.block_on(demo(&image, &name, work.path()))?;
+    runtime.block_on(pool_demo(&image, &pool_name))?;
     let host_dir = work.path().to_path_buf();
     work.close().context("removing the demo's host directory")?;
 
@@ -53,13 +58,103 @@ pub fn run() -> anyhow::Result<()> {
         !domains.lines().any(|line| line.trim() == name),
         "domain {name} is still defined"
     );
+    let pool_prefix = format!("paddock-{pool_name}-");
+    ensure!(
+        !domains
+            .lines()
+            .any(|line| line.trim().starts_with(&pool_prefix)),
+        "a domain of pool {pool_name} is still defined: {domains}"
+    );
     ensure!(!leftover_dir.exists(), "{} is left", leftover_dir.display());
+    ensure!(!pool_dir.exists(), "{} is left", pool_dir.display());
     ensure!(!host_dir.exists(), "{} is left", host_dir.display());
     println!(
         "no domain {name}; {} (console log, agent socket, disks) removed;",
         leftover_dir.display()
     );
     println!("{} (saved image, downloads) removed", host_dir.display());
+    println!(
+        "no domain of pool {pool_name}; {} (golden, slots) removed",
+        pool_dir.display()
+    );
+    Ok(())
+}
+
+/// A pool of two warm sandboxes serves four jobs in a row: each job sees
+/// the golden (the warm-up's file) and nothing of the jobs before it.
+async fn pool_demo(image: &GuestImage, pool_name: &str) -> anyhow::Result<()> {
+    section("a pool of warm sandboxes");
+    let mut config = PaddockConfig::new(image.clone());
+    config.libvirt_uri = URI.into();
+    let paddock = Paddock::connect(config).await?;
+    let mut spec = VmPoolSpec::new(pool_name);
+    spec.memory_mib = MEMORY_MIB;
+    spec.warmup = vec!["echo warmed up > /tmp/warm".into()];
+    let started = Instant::now();
+    let pool = paddock
+        .create_pool(
+            spec,
+            PoolConfig {
+                min_ready: 2,
+                max_size: 2,
+                acquire_timeout: Duration::from_secs(60),
+                ..PoolConfig::default()
+            },
+        )
+        .await?;
+    let result = async {
+        pool.wait_ready(Duration::from_secs(120)).await?;
+        let golden = pool.backend().golden();
+        println!(
+            "golden {} captured (template booted in {}); 2 slots restored from it; \
+             ready {} after the start",
+            &golden.id.id[..8],
+            ms(golden.boot_to_ready),
+            ms(started.elapsed())
+        );
+        for job in 0..4 {
+            let t = Instant::now();
+            let lease = pool.acquire().await?;
+            let acquired = t.elapsed();
+            let t = Instant::now();
+            let out = lease
+                .client()
+                .exec_collect(Execute::shell(format!(
+                    "cat /tmp/warm; echo \"$(ls /tmp/job-* 2>/dev/null | wc -l) earlier jobs' files\"; \
+                     touch /tmp/job-{job}"
+                )))
+                .await?;
+            let ran = t.elapsed();
+            let seen = String::from_utf8_lossy(&out.stdout).trim().replace('\n', "; ");
+            ensure!(
+                seen == "warmed up; 0 earlier jobs' files",
+                "job {job} saw {seen:?}"
+            );
+            let reset = if lease.uses() == 0 {
+                "fresh from the golden".to_owned()
+            } else {
+                let phases = lease.last_reset();
+                format!(
+                    "reset in place before it: loadvm {}, agent {}, rewarm {}",
+                    ms(phases.stop_or_revert),
+                    ms(phases.agent),
+                    ms(phases.rewarm)
+                )
+            };
+            println!(
+                "job {job}: slot {} acquired in {}, ran in {}: {seen} ({reset})",
+                lease.index(),
+                short(acquired),
+                ms(ran)
+            );
+            lease.release();
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    pool.close().await?;
+    result?;
+    println!("pool closed: its domains and files are gone");
     Ok(())
 }
 
@@ -291,6 +386,15 @@ fn median_p99(samples: &mut [Duration]) -> (Duration, Duration) {
 
 fn section(title: &str) {
     println!("\n== {title}");
+}
+
+/// Microseconds below a millisecond, else [`ms`].
+fn short(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{} µs", d.as_micros())
+    } else {
+        ms(d)
+    }
 }
 
 fn ms(d: Duration) -> String {
