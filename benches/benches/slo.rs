@@ -4,7 +4,8 @@
 //! - `acquire_ms`: `acquire()` from a pool whose slots are all ready.
 //! - `reset_ms`: from `release()` until the slot is ready again, for each
 //!   reset strategy (in place, the default; restore; revert), with where
-//!   the time went (`reset_phases_ms`).
+//!   the time went (`reset_phases_ms`); and for a NAT-filtered pool reset
+//!   in place.
 //! - `exec_true_ms`: exec round trip of `true` in a leased slot;
 //!   `first_exec_true_after_reset_ms`: the first one of each lease.
 //! - `boot_to_agent_ready_ms`: a sandbox booted from the image.
@@ -22,8 +23,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use paddock::agent::Execute;
+use paddock::libvirt::{NetworkKind, NetworkSpec, load_filters};
 use paddock::{
-    Paddock, PaddockConfig, PoolConfig, ResetStrategy, Sandbox, SandboxConfig, VmPool, VmPoolSpec,
+    Paddock, PaddockConfig, PoolConfig, PoolNetwork, ResetStrategy, Sandbox, SandboxConfig, VmPool,
+    VmPoolSpec,
 };
 use paddock_benches::Samples;
 use paddock_tests::vm::{SYSTEM_URI, test_image};
@@ -31,6 +34,7 @@ use paddock_tests::vm::{SYSTEM_URI, test_image};
 const ACQUIRES: usize = 40;
 const RESTORES: usize = 20;
 const REVERTS: usize = 8;
+const NAT_CYCLES: usize = 10;
 const EXECS: usize = 100;
 const BOOTS: usize = 3;
 const LOAD_SECONDS: u64 = 60;
@@ -55,8 +59,17 @@ async fn wait_all_ready(pool: &VmPool) -> anyhow::Result<()> {
 }
 
 async fn make_pool(paddock: &Paddock, strategy: ResetStrategy) -> anyhow::Result<VmPool> {
+    make_pool_on(paddock, strategy, PoolNetwork::Isolated).await
+}
+
+async fn make_pool_on(
+    paddock: &Paddock,
+    strategy: ResetStrategy,
+    network: PoolNetwork,
+) -> anyhow::Result<VmPool> {
     let mut spec = VmPoolSpec::new(format!("slo-{}", std::process::id()));
     spec.reset = strategy;
+    spec.network = network;
     spec.memory_mib = GUEST_MIB;
     let pool = paddock
         .create_pool(
@@ -225,6 +238,42 @@ async fn run() -> anyhow::Result<()> {
     let mut revert = acquire_and_reset(&pool, REVERTS).await?;
     pool.close().await?;
 
+    // A NAT-filtered pool, reset in place: each slot has its own MAC and
+    // address (no traffic is sent).
+    let pid = std::process::id();
+    let network = NetworkSpec {
+        name: format!("pdk-slo-{pid}"),
+        bridge: format!("pdkslo{}", pid % 100_000),
+        kind: NetworkKind::Nat,
+        subnet: std::net::Ipv4Addr::new(10, 216, u8::try_from(pid % 200)? + 20, 0),
+        slots: 3,
+    };
+    let filters =
+        load_filters(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../nwfilters"))?;
+    let nat = async {
+        let pool = make_pool_on(
+            &paddock,
+            ResetStrategy::InPlace,
+            PoolNetwork::NatFiltered {
+                network: network.clone(),
+                filters,
+                filter: "paddock-egress".into(),
+            },
+        )
+        .await?;
+        let cycles = acquire_and_reset(&pool, NAT_CYCLES).await;
+        pool.close().await?;
+        cycles
+    }
+    .await;
+    // The pool leaves its network defined.
+    for action in ["net-destroy", "net-undefine"] {
+        let _ = std::process::Command::new("virsh")
+            .args(["-q", "-c", SYSTEM_URI, action, &network.name])
+            .output();
+    }
+    let mut nat = nat?;
+
     let report = serde_json::json!({
         "guest_memory_mib": GUEST_MIB,
         "accelerator": "tcg",
@@ -233,17 +282,20 @@ async fn run() -> anyhow::Result<()> {
             "in_place (default)": in_place.reset.json(),
             "restore": restore.reset.json(),
             "revert": revert.reset.json(),
+            "in_place, NAT-filtered": nat.reset.json(),
         },
         "reset_phases_ms": {
             "in_place (default)": in_place.phases(),
             "restore": restore.phases(),
             "revert": revert.phases(),
+            "in_place, NAT-filtered": nat.phases(),
         },
         "exec_true_ms": exec.json(),
         "first_exec_true_after_reset_ms": {
             "in_place (default)": in_place.first_exec.json(),
             "restore": restore.first_exec.json(),
             "revert": revert.first_exec.json(),
+            "in_place, NAT-filtered": nat.first_exec.json(),
         },
         "boot_to_agent_ready_ms": boot.json(),
         "cycles_per_minute": { "pool_size": 2, "workers": 2, "seconds": LOAD_SECONDS, "cycles_per_minute": per_minute, "failed_resets": failed_resets },

@@ -34,9 +34,11 @@ pub enum PoolNetwork {
     /// Each slot on a Paddock NAT network, with its own reserved MAC and
     /// IPv4 address, behind an nwfilter.
     NatFiltered {
-        /// The network; [`crate::Paddock::create_pool`] defines or updates
-        /// it. It needs more reservations ([`NetworkSpec::slots`]) than the
-        /// pool's `max_size`: the last one is the golden's.
+        /// The network, one per pool (each pool hands out all of its
+        /// reservations). [`crate::Paddock::create_pool`] defines or
+        /// updates it; it stays defined after the pool closes. It needs
+        /// more reservations ([`NetworkSpec::slots`]) than the pool's
+        /// `max_size`: the last one is the golden's.
         network: NetworkSpec,
         /// Filters to define or update first (e.g. the repository's
         /// `nwfilters/`, read with [`paddock_libvirt::load_filters`]).
