@@ -90,13 +90,13 @@ pub struct VmPoolSpec {
     /// each must exit 0.
     pub warmup: Vec<String>,
     /// Shell commands run in every slot after it is made and after every
-    /// reset, before it is ready; each must exit 0. Under TCG a reset
-    /// leaves QEMU's translated code behind (a new QEMU, or a flush on
-    /// loading a snapshot), and the first command of a lease paid for
-    /// translating it again: 170-224 ms for `true` against 6-9 ms after it
-    /// (`cargo xtask bench-slo`). Running one here moves that cost off the
-    /// lease. Default: `true`; add what the jobs run first (an
-    /// interpreter, a shell) to warm those paths too.
+    /// reset, before it is ready; each must exit 0. Without them, the
+    /// first command of a lease took 170-224 ms for `true` against 6-9 ms
+    /// for the ones after it (`cargo xtask bench-slo`, TCG), most likely
+    /// QEMU translating guest code again after the reset (a new QEMU has
+    /// none translated; not confirmed for `loadvm`). Running one here moves
+    /// that cost off the lease. Default: `true`; add what the jobs run
+    /// first (an interpreter, a shell) to warm those paths too.
     pub rewarm: Vec<String>,
     /// How slots are reset.
     pub reset: ResetStrategy,
