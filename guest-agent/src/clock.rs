@@ -12,9 +12,7 @@
 //!
 //! [`Hello::host_time_unix_ms`]: paddock_proto::Hello::host_time_unix_ms
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use paddock_proto::CLOCK_TOLERANCE_MS;
+use paddock_proto::{CLOCK_TOLERANCE_MS, unix_time_ms};
 
 /// How far to step a clock reading `guest_ms` to `host_ms` (both in
 /// milliseconds since the Unix epoch); `None` when no step is due: the host
@@ -28,21 +26,13 @@ pub fn due_step(host_ms: u64, guest_ms: u64) -> Option<i64> {
     Some(i64::try_from(step).unwrap_or(if step > 0 { i64::MAX } else { i64::MIN }))
 }
 
-/// The wall clock in milliseconds since the Unix epoch (0 before it).
-#[must_use]
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Steps the wall clock to `host_ms` if it is further off than the
 /// tolerance. Returns the step taken in milliseconds, 0 if none.
 ///
 /// # Errors
 /// The kernel refuses (the agent is not root, or `CAP_SYS_TIME` is missing).
 pub fn step_to(host_ms: u64) -> std::io::Result<i64> {
-    let Some(step) = due_step(host_ms, now_unix_ms()) else {
+    let Some(step) = due_step(host_ms, unix_time_ms()) else {
         return Ok(0);
     };
     let spec = libc::timespec {

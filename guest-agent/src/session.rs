@@ -852,13 +852,13 @@ mod tests {
         // time an hour off is ignored.
         let mut host = TestHost::start(test_config());
         let mut far_off = hello();
-        far_off.host_time_unix_ms = crate::clock::now_unix_ms() + 3_600_000;
+        far_off.host_time_unix_ms = paddock_proto::unix_time_ms() + 3_600_000;
         let ack = host.hello(far_off).await;
         assert_eq!(ack.clock_step_ms, 0);
         assert!(
             crate::clock::due_step(
-                crate::clock::now_unix_ms() + 3_600_000,
-                crate::clock::now_unix_ms()
+                paddock_proto::unix_time_ms() + 3_600_000,
+                paddock_proto::unix_time_ms()
             )
             .is_some()
         );

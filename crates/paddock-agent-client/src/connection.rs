@@ -254,7 +254,7 @@ impl Connection {
                 let mut bytes = Vec::new();
                 // The time is taken per send: a restored guest's agent sets
                 // its clock from it.
-                hello.host_time_unix_ms = unix_time_ms();
+                hello.host_time_unix_ms = paddock_proto::unix_time_ms();
                 let message = Message::Hello(hello.clone());
                 encode_message(&mut bytes, hello_id, &message).map_err(|e| {
                     ClientError::InvalidRequest(format!("HELLO could not be encoded: {e}"))
@@ -624,11 +624,4 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The host's wall clock in milliseconds since the Unix epoch (0 before it).
-fn unix_time_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -157,7 +157,7 @@ pub use frame::{
     HEADER_LEN, MAGIC, decode_frame, encode_frame, encode_frame_header,
 };
 pub use io::{ReadFrameError, read_frame, write_frame};
-pub use message::CLOCK_TOLERANCE_MS;
+pub use message::{CLOCK_TOLERANCE_MS, unix_time_ms};
 pub use message::{
     Command, DecodeError, EncodeError, ErrorCode, ErrorReport, ExecResult, Execute, FileDone,
     FileEnd, FileGet, FileInfo, FilePut, Hello, HelloAck, Message, MessageKind, SignalRequest,

@@ -165,6 +165,15 @@ pub struct Hello {
 /// the agent steps it: the HELLO's own delay stays well below this.
 pub const CLOCK_TOLERANCE_MS: u64 = 500;
 
+/// The wall clock in milliseconds since the Unix epoch, as
+/// [`Hello::host_time_unix_ms`] carries it (0 before the epoch).
+#[must_use]
+pub fn unix_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Accepts a session (agent -> host).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloAck {

@@ -105,16 +105,17 @@ impl Paddock {
         config: PoolConfig,
     ) -> Result<VmPool, PoolError> {
         config.validate()?;
+        let capacity = spec.network.addresses()?.map(|a| a.capacity());
+        if capacity.is_some_and(|capacity| config.max_size > capacity) {
+            return Err(PoolError::Config(
+                "a NAT-filtered pool's network needs more reservations than max_size \
+                 (one is the golden's)",
+            ));
+        }
         if let PoolNetwork::NatFiltered {
             network, filters, ..
         } = &spec.network
         {
-            if config.max_size >= usize::from(network.slots.min(libvirt::MAX_NETWORK_SLOTS)) {
-                return Err(PoolError::Config(
-                    "a NAT-filtered pool's network needs more reservations than max_size \
-                     (one is the golden's)",
-                ));
-            }
             for filter in filters {
                 self.libvirt.apply_filter(filter).await?;
             }

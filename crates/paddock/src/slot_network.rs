@@ -55,7 +55,25 @@ pub enum PoolNetwork {
 pub(crate) struct SlotAddresses {
     network: NetworkSpec,
     filter: String,
+    /// The reservations the network has; the last is the golden's.
+    count: u16,
     free: Mutex<BTreeSet<u16>>,
+}
+
+impl PoolNetwork {
+    /// The reservations a pool on this network hands out; `None` without
+    /// a network.
+    ///
+    /// # Errors
+    /// [`PoolError::Config`] when the network has fewer than two.
+    pub(crate) fn addresses(&self) -> Result<Option<SlotAddresses>, PoolError> {
+        match self {
+            Self::Isolated => Ok(None),
+            Self::NatFiltered {
+                network, filter, ..
+            } => SlotAddresses::new(network.clone(), filter.clone()).map(Some),
+        }
+    }
 }
 
 impl SlotAddresses {
@@ -74,18 +92,18 @@ impl SlotAddresses {
             free: Mutex::new((0..count - 1).collect()),
             network,
             filter,
+            count,
         })
     }
 
     /// How many slots can hold an address at once.
     pub(crate) fn capacity(&self) -> usize {
-        usize::from(self.network.slots.min(paddock_libvirt::MAX_NETWORK_SLOTS) - 1)
+        usize::from(self.count - 1)
     }
 
     /// The golden's interface: the network's last reservation.
     pub(crate) fn golden(&self) -> NatAttachment {
-        let last = self.network.slots.min(paddock_libvirt::MAX_NETWORK_SLOTS) - 1;
-        self.attachment(last)
+        self.attachment(self.count - 1)
     }
 
     /// Takes a free reservation.

@@ -183,12 +183,7 @@ impl Golden {
         config.ready_timeout = spec.boot_timeout;
         config.client = spec.client.clone();
         config.base_disk = image.root_disk.clone().or(Some(blank));
-        let identity = match &spec.network {
-            PoolNetwork::Isolated => None,
-            PoolNetwork::NatFiltered {
-                network, filter, ..
-            } => Some(SlotAddresses::new(network.clone(), filter.clone())?.golden()),
-        };
+        let identity = spec.network.addresses()?.map(|a| a.golden());
         if let Some(attachment) = &identity {
             config.network = NetworkMode::NatFiltered(attachment.clone());
         }
@@ -323,12 +318,7 @@ impl VmBackend {
         spec: VmPoolSpec,
         pool_dir: PathBuf,
     ) -> Result<Self, PoolError> {
-        let addresses = match &spec.network {
-            PoolNetwork::Isolated => None,
-            PoolNetwork::NatFiltered {
-                network, filter, ..
-            } => Some(SlotAddresses::new(network.clone(), filter.clone())?),
-        };
+        let addresses = spec.network.addresses()?;
         Ok(Self {
             libvirt,
             golden,
@@ -336,13 +326,6 @@ impl VmBackend {
             pool_dir,
             addresses,
         })
-    }
-
-    /// How many slots can exist at once: unbounded without a network,
-    /// else the network's reservations less the golden's.
-    #[must_use]
-    pub fn max_slots(&self) -> Option<usize> {
-        self.addresses.as_ref().map(SlotAddresses::capacity)
     }
 
     /// The golden the slots come from.
