@@ -37,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
+use paddock_image::{FullImageBuild, GuestImage};
 use sha2::{Digest as _, Sha256};
 
 use crate::shell::{Cmd, workspace_root};
@@ -84,18 +85,9 @@ pub(crate) fn ensure_full_image() -> anyhow::Result<PathBuf> {
     let started = Instant::now();
     host::ensure_full_image_packages()?;
     let base_manifest = image::ensure_image()?;
-    let base: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&base_manifest)
-            .with_context(|| format!("reading {}", base_manifest.display()))?,
-    )
-    .context("parsing the default image's manifest")?;
-    let text = |key: &str| {
-        base.get(key)
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
-            .with_context(|| format!("the default manifest has no `{key}`"))
-    };
-    let base_hash = text("hash")?;
+    let base = GuestImage::load(&base_manifest)
+        .with_context(|| format!("reading {}", base_manifest.display()))?;
+    let base_hash = base.hash.clone();
     let key = debootstrap_key();
     let hash = {
         let mut hasher = Sha256::new();
@@ -136,28 +128,19 @@ pub(crate) fn ensure_full_image() -> anyhow::Result<PathBuf> {
             .run()?;
         populate(&rootfs)?;
         let bytes = make_disk(&rootfs, work.path(), &out.join("rootfs.qcow2"))?;
-        let cmdline = format!("{} paddock.root=/dev/vda", text("cmdline")?);
         let mut full = base.clone();
-        let fields = [
-            ("hash", serde_json::json!(hash)),
-            ("kind", serde_json::json!("full")),
-            ("cmdline", serde_json::json!(cmdline)),
-            (
-                "root_disk",
-                serde_json::json!(dir.join("rootfs.qcow2").to_string_lossy()),
-            ),
-            ("root_disk_bytes", serde_json::json!(bytes)),
-            ("base_image", serde_json::json!(base_hash)),
-            ("debian_suite", serde_json::json!(SUITE)),
-            ("debian_packages", serde_json::json!(PACKAGES)),
-        ];
-        if let Some(object) = full.as_object_mut() {
-            for (name, value) in fields {
-                object.insert(name.to_owned(), value);
-            }
+        full.hash.clone_from(&hash);
+        full.cmdline = format!("{} paddock.root=/dev/vda", base.cmdline);
+        full.root_disk = Some(dir.join("rootfs.qcow2"));
+        if let Some(build) = &mut full.build {
+            build.full = Some(FullImageBuild {
+                base_image: base_hash.clone(),
+                root_disk_bytes: bytes,
+                debian_suite: SUITE.into(),
+                debian_packages: PACKAGES.iter().map(|&p| p.to_owned()).collect(),
+            });
         }
-        let text = serde_json::to_string_pretty(&full)? + "\n";
-        std::fs::write(out.join("manifest.json"), text)?;
+        full.write(&out.join("manifest.json"))?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }

@@ -67,6 +67,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use paddock_image::{GuestImage, ImageBuild};
 use sha2::{Digest as _, Sha256};
 
 use crate::host;
@@ -512,27 +513,24 @@ fn build(inputs: &Inputs, root: &Path, dir: &Path) -> anyhow::Result<()> {
         .run()
         .with_context(|| format!("compressing {}", archive.display()))?;
 
-    let path_text = |name: &str| {
-        let path = dir.join(name);
-        path.to_str()
-            .map(str::to_owned)
-            .with_context(|| format!("{} is not UTF-8", path.display()))
+    let image = GuestImage {
+        hash: inputs.hash.clone(),
+        kernel: dir.join("vmlinuz"),
+        initramfs: dir.join("initramfs.cpio.gz"),
+        cmdline: CMDLINE.into(),
+        agent_serial_port: SERIAL_PORT_NAME.into(),
+        agent_vsock_port: VSOCK_PORT,
+        root_disk: None,
+        build: Some(ImageBuild {
+            kernel_version: kernel.version.clone(),
+            kernel_package: format!("{}={}", inputs.kernel.name, inputs.kernel.version),
+            busybox_version: inputs.busybox_version.clone(),
+            modules: modules.iter().map(|m| m.name.clone()).collect(),
+            agent_bytes: u64::try_from(agent.len()).unwrap_or(u64::MAX),
+            full: None,
+        }),
     };
-    let manifest = serde_json::json!({
-        "hash": inputs.hash,
-        "kernel": path_text("vmlinuz")?,
-        "initramfs": path_text("initramfs.cpio.gz")?,
-        "cmdline": CMDLINE,
-        "kernel_version": kernel.version,
-        "agent_serial_port": SERIAL_PORT_NAME,
-        "agent_vsock_port": VSOCK_PORT,
-        "kernel_package": format!("{}={}", inputs.kernel.name, inputs.kernel.version),
-        "busybox_version": inputs.busybox_version,
-        "modules": modules.iter().map(|m| &m.name).collect::<Vec<_>>(),
-        "agent_bytes": agent.len(),
-    });
-    let text = serde_json::to_string_pretty(&manifest).context("encoding the manifest")? + "\n";
-    std::fs::write(out.join("manifest.json"), text).context("writing the manifest")?;
+    image.write(&out.join("manifest.json"))?;
 
     match std::fs::rename(&out, dir) {
         Ok(()) => Ok(()),

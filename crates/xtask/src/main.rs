@@ -1,6 +1,13 @@
 //! `cargo xtask <task>`: the project's entry points.
 //!
-//! - `demo`: Paddock's main job end to end (see [`demo`]).
+//! xtask sets the host up (Debian packages, libvirtd), builds what is
+//! needed (the static agent, the guest image) and runs the product's own
+//! code: it links nothing of libvirt, QEMU or the product, so that it builds
+//! on a new machine where libvirt-dev is not installed yet. A test below
+//! keeps it that way.
+//!
+//! - `demo`: Paddock's main job end to end (the `paddock` crate's `demo`
+//!   example, run once the host is set up and the image built).
 //! - `test`: every check CI runs: formatting, clippy, the whole test suite,
 //!   docs, the static guest-agent build and the guest image.
 //! - `image`: the default guest image (see [`image`]).
@@ -9,7 +16,6 @@
 //! - `bench-slo`: the pool's SLO figures on real VMs.
 //! - `fuzz`: the cargo-fuzz targets under `fuzz/` for a while each.
 
-mod demo;
 mod full_image;
 mod host;
 mod image;
@@ -71,7 +77,7 @@ enum Task {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Demo => demo::run(),
+        Task::Demo => demo(),
         Task::Test { quick } => test(quick),
         Task::Bench { args } => {
             // The agent benchmarks run the release agent binary.
@@ -104,9 +110,32 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Sets the host up, builds the image, then runs the `paddock` crate's
+/// demo example on it.
+fn demo() -> anyhow::Result<()> {
+    // Before the product builds: the `virt` crate links against libvirt-dev,
+    // and the demo drives a running libvirtd.
+    host::ensure_libvirt()?;
+    let manifest = image::ensure_image()?;
+    Cmd::cargo([
+        "run",
+        "--quiet",
+        "--locked",
+        "-p",
+        "paddock",
+        "--example",
+        "demo",
+        "--",
+    ])
+    .arg(&manifest)
+    .run()
+    .context("the demo failed")
+}
+
 fn test(quick: bool) -> anyhow::Result<()> {
-    // Before anything builds: the `virt` crate links against libvirt-dev, and
-    // the libvirt tests need a running libvirtd.
+    // Before the product builds: the `virt` crate links against libvirt-dev,
+    // and the libvirt tests need a running libvirtd. xtask itself links no
+    // libvirt, so it got this far on a machine without it.
     host::ensure_libvirt()?;
     if !quick {
         Cmd::cargo(["fmt", "--all", "--check"])

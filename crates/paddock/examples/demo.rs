@@ -1,14 +1,21 @@
-//! `cargo xtask demo`: Paddock's main job end to end.
+//! Paddock's main job end to end: what `cargo xtask demo` runs once the
+//! host is set up and the guest image built.
 //!
-//! Sets the host up (packages, libvirtd, the guest image), boots a sandbox VM
-//! through libvirt (TCG on a machine without KVM), and drives it through the
-//! guest agent: a command, streamed output, files both ways, a timeout that
-//! kills a process tree. Then it takes a golden snapshot, changes the guest,
-//! resets it to the golden state and shows the change is gone, saves the
-//! guest to a file and restores it, and tears it down. Last, a pool of two
-//! warm sandboxes serves four jobs in a row, each reset to the pool's golden
-//! after its lease. Every step prints its timings; at the end the demo
-//! checks that nothing is left: no domain, no socket, no file.
+//! Boots a sandbox VM through libvirt (TCG on a machine without KVM) and
+//! drives it through the guest agent: a command, streamed output, files both
+//! ways, a timeout that kills a process tree. Then it takes a golden
+//! snapshot, changes the guest, resets it to the golden state and shows the
+//! change is gone, saves the guest to a file and restores it, and tears it
+//! down. Last, a pool of two warm sandboxes serves four jobs in a row, each
+//! reset to the pool's golden after its lease. Every step prints its
+//! timings; at the end the demo checks that nothing is left: no domain, no
+//! socket, no file.
+//!
+//! Run it by hand (as root, with libvirtd running and the image built):
+//!
+//! ```sh
+//! cargo run -p paddock --example demo -- target/paddock-image/current.json
+//! ```
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,8 +24,6 @@ use anyhow::{Context as _, bail, ensure};
 use paddock::agent::{AgentClient, Execute};
 use paddock::libvirt::{Libvirt, RestoreMode, SnapshotSpec};
 use paddock::{GuestImage, Paddock, PaddockConfig, PoolConfig, Sandbox, SandboxConfig, VmPoolSpec};
-
-use crate::{host, image};
 
 /// The libvirt daemon the demo uses.
 const URI: &str = "qemu:///system";
@@ -29,11 +34,13 @@ const MEMORY_MIB: u64 = 256;
 /// How many `true` round trips the timing uses.
 const ROUND_TRIPS: usize = 30;
 
-/// Runs the demo.
-pub fn run() -> anyhow::Result<()> {
-    host::ensure_libvirt()?;
-    let manifest = image::ensure_image()?;
-    let image = GuestImage::load(&manifest)?;
+fn main() -> anyhow::Result<()> {
+    let manifest = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "target/paddock-image/current.json".into());
+    let image = GuestImage::load(manifest.as_ref()).with_context(|| {
+        format!("loading the guest image {manifest} (build it with `cargo xtask image`)")
+    })?;
     let work = tempfile::Builder::new().prefix("paddock-demo-").tempdir()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
