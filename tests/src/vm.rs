@@ -2,7 +2,7 @@
 //! the image `cargo xtask image` built, on the real libvirtd
 //! (`qemu:///system`, TCG here).
 //!
-//! [`Sandbox::boot`] gives each test domain a unique name and the tests'
+//! [`TestSandbox::boot`] gives each test domain a unique name and the tests'
 //! pool name, so that leak checks can find them. A sandbox dropped by a
 //! failing test still destroys its domain and removes its files.
 
@@ -109,7 +109,7 @@ pub fn full_image() -> anyhow::Result<GuestImage> {
 
 /// How to boot a test sandbox.
 #[derive(Debug, Clone)]
-pub struct SandboxOptions {
+pub struct TestSandboxOptions {
     /// The guest's network.
     pub network: NetworkMode,
     /// How the host reaches the agent.
@@ -126,7 +126,7 @@ pub struct SandboxOptions {
     pub image: Option<GuestImage>,
 }
 
-impl Default for SandboxOptions {
+impl Default for TestSandboxOptions {
     fn default() -> Self {
         Self {
             network: NetworkMode::Isolated,
@@ -140,14 +140,15 @@ impl Default for SandboxOptions {
     }
 }
 
-/// A booted test sandbox and the libvirt connection it came from.
+/// A [`paddock::Sandbox`] booted for a test, and the libvirt connection it
+/// came from. It dereferences to the sandbox.
 #[derive(Debug)]
-pub struct Sandbox {
+pub struct TestSandbox {
     libvirt: Libvirt,
     inner: paddock::Sandbox,
 }
 
-impl std::ops::Deref for Sandbox {
+impl std::ops::Deref for TestSandbox {
     type Target = paddock::Sandbox;
 
     fn deref(&self) -> &paddock::Sandbox {
@@ -155,12 +156,12 @@ impl std::ops::Deref for Sandbox {
     }
 }
 
-impl Sandbox {
+impl TestSandbox {
     /// Boots a sandbox with a unique name from the test image.
     ///
     /// # Errors
     /// As [`paddock::Sandbox::boot`], or no image.
-    pub async fn boot(options: SandboxOptions) -> anyhow::Result<Self> {
+    pub async fn boot(options: TestSandboxOptions) -> anyhow::Result<Self> {
         let image = match options.image {
             Some(image) => image,
             None => test_image()?,
@@ -216,7 +217,7 @@ pub async fn test_domains(libvirt: &Libvirt) -> anyhow::Result<Vec<String>> {
 /// When it cannot be created.
 pub fn domain_dir(name: &str) -> anyhow::Result<PathBuf> {
     let dir = Path::new(SANDBOX_ROOT).join(name);
-    paddock::sandbox::create_qemu_dir(&dir)?;
+    paddock::vm::create_qemu_dir(&dir)?;
     Ok(dir)
 }
 

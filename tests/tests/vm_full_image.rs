@@ -2,7 +2,7 @@
 #![cfg(test)]
 
 use paddock_agent_client::Execute;
-use paddock_tests::vm::{Sandbox, SandboxOptions, enabled, full_image};
+use paddock_tests::vm::{TestSandbox, TestSandboxOptions, enabled, full_image};
 
 type TestResult = anyhow::Result<()>;
 
@@ -11,10 +11,10 @@ async fn python_git_and_curl_run_in_the_full_image() -> TestResult {
     if !enabled("python_git_and_curl_run_in_the_full_image") {
         return Ok(());
     }
-    let sandbox = Sandbox::boot(SandboxOptions {
+    let sandbox = TestSandbox::boot(TestSandboxOptions {
         image: Some(full_image()?),
         memory_mib: 512,
-        ..SandboxOptions::default()
+        ..TestSandboxOptions::default()
     })
     .await?;
     eprintln!(

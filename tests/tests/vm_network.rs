@@ -16,7 +16,9 @@ use paddock_libvirt::{
     Libvirt, NatAttachment, NetworkKind, NetworkMode, NetworkSpec, load_filters,
 };
 use paddock_tests::netns::{NetnsHost, TEST_HOST, http_body, page};
-use paddock_tests::vm::{POOL_ROOT, SYSTEM_URI, Sandbox, SandboxOptions, enabled, test_paddock};
+use paddock_tests::vm::{
+    POOL_ROOT, SYSTEM_URI, TestSandbox, TestSandboxOptions, enabled, test_paddock,
+};
 use paddock_tests::{test_config, unique_marker};
 
 type TestResult = anyhow::Result<()>;
@@ -100,9 +102,9 @@ async fn nat_filtered_guest_reaches_allowed_ports_only() -> TestResult {
         .attachment(0, "paddock-egress")
         .context("slot 0 has a lease")?;
     let guest_ip = attachment.ip;
-    let sandbox = Sandbox::boot(SandboxOptions {
+    let sandbox = TestSandbox::boot(TestSandboxOptions {
         network: NetworkMode::NatFiltered(attachment),
-        ..SandboxOptions::default()
+        ..TestSandboxOptions::default()
     })
     .await?;
     let client = sandbox.client();

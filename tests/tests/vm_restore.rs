@@ -4,7 +4,7 @@
 
 use paddock_agent_client::{AgentClient, Continuity, Execute, Transport};
 use paddock_libvirt::{AgentChannel, RestoreMode, SnapshotSpec, Uuid};
-use paddock_tests::vm::{DomainGuard, Sandbox, SandboxOptions, domain_dir, enabled};
+use paddock_tests::vm::{DomainGuard, TestSandbox, TestSandboxOptions, domain_dir, enabled};
 use paddock_tests::{test_config, unique_marker};
 
 type TestResult = anyhow::Result<()>;
@@ -23,11 +23,11 @@ async fn agent_survives_snapshot_revert_and_save_restore() -> TestResult {
     if !enabled("agent_survives_snapshot_revert_and_save_restore") {
         return Ok(());
     }
-    let options = SandboxOptions {
+    let options = TestSandboxOptions {
         scratch_disk_mib: Some(64),
-        ..SandboxOptions::default()
+        ..TestSandboxOptions::default()
     };
-    let sandbox = Sandbox::boot(options).await?;
+    let sandbox = TestSandbox::boot(options).await?;
     let client = sandbox.client();
     client
         .exec_collect(Execute::shell("touch /tmp/golden"))
@@ -110,7 +110,7 @@ async fn one_saved_image_becomes_many_domains() -> TestResult {
     if !enabled("one_saved_image_becomes_many_domains") {
         return Ok(());
     }
-    let sandbox = Sandbox::boot(SandboxOptions::default()).await?;
+    let sandbox = TestSandbox::boot(TestSandboxOptions::default()).await?;
     let client = sandbox.client();
     client
         .exec_collect(Execute::shell("echo golden > /tmp/state"))

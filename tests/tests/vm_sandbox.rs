@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use paddock::ChannelConfig;
 use paddock_agent_client::{ClientError, Execute};
-use paddock_tests::vm::{Sandbox, SandboxOptions, enabled, hybrid_vsock_backend};
+use paddock_tests::vm::{TestSandbox, TestSandboxOptions, enabled, hybrid_vsock_backend};
 use paddock_tests::write_random_file;
 
 type TestResult = anyhow::Result<()>;
@@ -32,9 +32,9 @@ async fn exec_stream_files_and_status_over_hybrid_vsock() -> TestResult {
 /// output, a timeout that kills a tree in the guest, files both ways, status.
 async fn exec_stream_files_and_status(channel: ChannelConfig) -> TestResult {
     let hybrid = matches!(channel, ChannelConfig::HybridVsock { .. });
-    let sandbox = Sandbox::boot(SandboxOptions {
+    let sandbox = TestSandbox::boot(TestSandboxOptions {
         channel,
-        ..SandboxOptions::default()
+        ..TestSandboxOptions::default()
     })
     .await?;
     eprintln!("boot to agent ready: {:?}", sandbox.boot_to_ready());
@@ -122,9 +122,9 @@ async fn three_vms_at_once() -> TestResult {
         return Ok(());
     }
     let (a, b, c) = tokio::join!(
-        Sandbox::boot(SandboxOptions::default()),
-        Sandbox::boot(SandboxOptions::default()),
-        Sandbox::boot(SandboxOptions::default()),
+        TestSandbox::boot(TestSandboxOptions::default()),
+        TestSandbox::boot(TestSandboxOptions::default()),
+        TestSandbox::boot(TestSandboxOptions::default()),
     );
     let sandboxes = [a?, b?, c?];
     let work = |i: usize| {
@@ -152,7 +152,7 @@ async fn isolated_mode_has_only_loopback() -> TestResult {
     if !enabled("isolated_mode_has_only_loopback") {
         return Ok(());
     }
-    let sandbox = Sandbox::boot(SandboxOptions::default()).await?;
+    let sandbox = TestSandbox::boot(TestSandboxOptions::default()).await?;
     let out = sandbox
         .client()
         .exec_collect(Execute::argv(["ls", "/sys/class/net"]))
@@ -171,7 +171,7 @@ async fn a_destroyed_vm_fails_its_execution_with_a_typed_error() -> TestResult {
     if !enabled("a_destroyed_vm_fails_its_execution_with_a_typed_error") {
         return Ok(());
     }
-    let sandbox = Sandbox::boot(SandboxOptions::default()).await?;
+    let sandbox = TestSandbox::boot(TestSandboxOptions::default()).await?;
     let execution = sandbox
         .client()
         .exec(Execute::argv(["sleep", "600"]))
@@ -193,12 +193,12 @@ async fn a_vm_that_never_gets_ready_reports_its_console() -> TestResult {
         return Ok(());
     }
     // No such init: the kernel panics, so no agent ever answers.
-    let options = SandboxOptions {
+    let options = TestSandboxOptions {
         ready_timeout: Duration::from_secs(20),
         cmdline: Some("console=ttyS0 rdinit=/paddock-no-such-init panic=-1".into()),
-        ..SandboxOptions::default()
+        ..TestSandboxOptions::default()
     };
-    let err = Sandbox::boot(options)
+    let err = TestSandbox::boot(options)
         .await
         .expect_err("must not become ready");
     let text = format!("{err:#}");

@@ -6,10 +6,15 @@
 //! - [`Paddock`] connects to libvirt with a guest image; [`Paddock::create_pool`]
 //!   builds a golden state (boot, warm-up, capture) and starts a [`VmPool`].
 //! - [`Pool::acquire`] hands out a [`Lease`] (at once when a slot is ready);
-//!   the lease gives the slot's agent client ([`VmSlot::client`]): exec,
+//!   the lease gives the slot's agent client ([`Guest::client`]): exec,
 //!   files, status. [`Lease::release`], or dropping the lease, resets the
 //!   slot in the background. See [`pool`] for the rules.
 //! - [`Sandbox`] is a single VM without a pool.
+//!
+//! The crate has two halves: [`pool`], the pool's logic, which knows nothing
+//! of VMs and works on any [`SlotBackend`]; and [`vm`], the VMs themselves
+//! (a [`Guest`] core, [`Sandbox`], [`Golden`], and [`VmBackend`], the pool's
+//! backend of real VMs). This module joins them.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,22 +33,23 @@
 //! # }
 //! ```
 
-pub mod image;
 pub mod pool;
-pub mod sandbox;
-pub mod slot_network;
-pub mod vm_backend;
-
-pub use image::{GuestImage, ImageError};
-pub use pool::{Lease, Pool, PoolConfig, PoolError, PoolStats, SlotBackend};
-pub use sandbox::{ChannelConfig, DEFAULT_STATE_ROOT, Sandbox, SandboxConfig, SandboxError};
-pub use slot_network::PoolNetwork;
-pub use vm_backend::{Golden, GoldenId, ResetPhases, ResetStrategy, VmBackend, VmPoolSpec, VmSlot};
+pub mod vm;
 
 use std::path::PathBuf;
 
+pub use paddock_image::{GuestImage, ImageError};
+pub use pool::{Lease, Pool, PoolConfig, PoolError, PoolStats, SlotBackend, SlotFailure};
+pub use vm::{
+    ChannelConfig, DEFAULT_STATE_ROOT, Golden, GoldenId, Guest, PoolNetwork, ResetPhases,
+    ResetStrategy, Sandbox, SandboxConfig, VmBackend, VmError, VmPoolSpec, VmSlot,
+};
+
 /// A pool of real VMs.
 pub type VmPool = Pool<VmBackend>;
+
+/// A lease on a slot of a [`VmPool`].
+pub type VmLease = Lease<VmBackend>;
 
 /// What [`Paddock::connect`] needs.
 #[derive(Debug, Clone)]
@@ -81,7 +87,7 @@ impl Paddock {
     ///
     /// # Errors
     /// libvirt cannot be reached.
-    pub async fn connect(config: PaddockConfig) -> Result<Self, PoolError> {
+    pub async fn connect(config: PaddockConfig) -> Result<Self, libvirt::LibvirtError> {
         let libvirt = libvirt::Libvirt::open(&config.libvirt_uri).await?;
         Ok(Self { libvirt, config })
     }
@@ -92,22 +98,31 @@ impl Paddock {
         &self.libvirt
     }
 
-    /// Creates the pool `spec` describes: removes what an earlier process
-    /// left of a pool of that name, builds its golden (boot, warm-up,
-    /// capture), and starts filling it. Returns before `min_ready` slots
-    /// are ready ([`Pool::wait_ready`] waits for them).
+    /// Creates the pool `spec` describes: checks the configuration, defines
+    /// its network and filters, removes what an earlier process left of a
+    /// pool of that name (once, before anything of the new pool exists),
+    /// builds its golden (boot, warm-up, capture), and starts filling it.
+    /// Returns before `min_ready` slots are ready ([`Pool::wait_ready`]
+    /// waits for them).
     ///
     /// # Errors
-    /// The golden cannot be built, or the configuration is invalid.
+    /// [`VmError::Pool`] or [`VmError::Config`] for an invalid
+    /// configuration; otherwise why the network or the golden could not be
+    /// made.
     pub async fn create_pool(
         &self,
         spec: VmPoolSpec,
         config: PoolConfig,
-    ) -> Result<VmPool, PoolError> {
+    ) -> Result<VmPool, VmError> {
         config.validate()?;
-        let capacity = spec.network.addresses()?.map(|a| a.capacity());
-        if capacity.is_some_and(|capacity| config.max_size > capacity) {
-            return Err(PoolError::Config(
+        // The one derivation of the pool's reservations: the golden takes
+        // the last, the backend hands out the others.
+        let addresses = spec.network.addresses()?;
+        if addresses
+            .as_ref()
+            .is_some_and(|addresses| config.max_size > addresses.capacity())
+        {
+            return Err(VmError::Config(
                 "a NAT-filtered pool's network needs more reservations than max_size \
                  (one is the golden's)",
             ));
@@ -122,37 +137,25 @@ impl Paddock {
             self.libvirt.apply_network(network).await?;
         }
         let pool_dir = self.config.state_root.join(&spec.name);
-        vm_backend::recover_pool(&self.libvirt, &spec.name, &pool_dir, None).await?;
-        let golden = Golden::build(&self.libvirt, &self.config.image, &spec, &pool_dir).await?;
-        let backend = VmBackend::new(self.libvirt.clone(), golden, spec, pool_dir)?;
-        Pool::start(backend, config).await
-    }
-}
-
-impl Pool<VmBackend> {
-    /// Shuts the pool down ([`Pool::shutdown`]) and removes its files: the
-    /// golden's, the blank base disk, and the pool's directory once empty.
-    ///
-    /// # Errors
-    /// A golden file or the blank disk cannot be removed.
-    pub async fn close(&self) -> Result<(), PoolError> {
-        self.shutdown().await;
-        vm_backend::remove_golden(self.backend().golden()).await?;
-        let dir = self.backend().pool_dir();
-        let blank = dir.join("blank.qcow2");
-        match tokio::fs::remove_file(&blank).await {
-            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
-                return Err(PoolError::Io {
-                    action: "remove",
-                    path: blank,
-                    source,
-                });
-            }
-            _ => {}
+        let recovered = vm::recover_pool(&self.libvirt, &spec.name, &pool_dir).await?;
+        if recovered > 0 {
+            tracing::info!(
+                pool = spec.name,
+                recovered,
+                "removed domains an earlier process left behind"
+            );
         }
-        // Only if empty: anything else there is not the pool's.
-        let _ = tokio::fs::remove_dir(dir).await;
-        Ok(())
+        let golden_identity = addresses.as_ref().map(vm::network::SlotAddresses::golden);
+        let golden = Golden::build(
+            &self.libvirt,
+            &self.config.image,
+            &spec,
+            &pool_dir,
+            golden_identity.as_ref(),
+        )
+        .await?;
+        let backend = VmBackend::new(self.libvirt.clone(), golden, spec, pool_dir, addresses);
+        Ok(Pool::start(backend, config).await?)
     }
 }
 

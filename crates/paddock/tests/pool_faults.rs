@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use paddock::{Pool, PoolConfig, PoolError, SlotBackend};
+use paddock::{Pool, PoolConfig, PoolError, SlotBackend, VmError};
 use paddock_libvirt::{
-    Acceleration, AgentChannel, Boot, DomainSpec, DomainState, Libvirt, NetworkMode,
+    Acceleration, AgentChannel, Boot, DomainSpec, DomainState, Libvirt, LibvirtError, NetworkMode,
     PaddockMetadata, Profile, Uuid, Vm,
 };
 
@@ -31,6 +31,17 @@ fn take(counter: &AtomicU32) -> bool {
     counter
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
+}
+
+/// Why a test-driver slot operation failed.
+#[derive(Debug, thiserror::Error)]
+enum TestDriverError {
+    #[error("Injected {0} failure")]
+    Injected(&'static str),
+    #[error("Libvirt failed")]
+    Libvirt(#[from] LibvirtError),
+    #[error("The domain is {0:?}")]
+    NotRunning(DomainState),
 }
 
 /// Slots as test-driver domains.
@@ -80,10 +91,11 @@ fn spec(index: u32) -> DomainSpec {
 
 impl SlotBackend for TestDriverBackend {
     type Slot = TestSlot;
+    type Error = TestDriverError;
 
-    async fn create(&self, index: u32) -> Result<TestSlot, PoolError> {
+    async fn create(&self, index: u32) -> Result<TestSlot, TestDriverError> {
         if take(&self.faults.creates) {
-            return Err(PoolError::Slot("injected creation failure".into()));
+            return Err(TestDriverError::Injected("creation"));
         }
         let vm = self.libvirt.define(&spec(index)).await?;
         vm.start().await?;
@@ -93,10 +105,10 @@ impl SlotBackend for TestDriverBackend {
         })
     }
 
-    async fn reset(&self, slot: &mut TestSlot) -> Result<(), PoolError> {
+    async fn reset(&self, slot: &mut TestSlot) -> Result<(), TestDriverError> {
         self.resets.fetch_add(1, Ordering::SeqCst);
         if take(&self.faults.resets) {
-            return Err(PoolError::Slot("injected reset failure".into()));
+            return Err(TestDriverError::Injected("reset"));
         }
         slot.vm.destroy().await?;
         slot.vm.start().await?;
@@ -104,20 +116,20 @@ impl SlotBackend for TestDriverBackend {
         Ok(())
     }
 
-    async fn check(&self, slot: &TestSlot) -> Result<(), PoolError> {
+    async fn check(&self, slot: &TestSlot) -> Result<(), TestDriverError> {
         if self.faults.hang_checks.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
         if take(&self.faults.checks) {
-            return Err(PoolError::Slot("injected check failure".into()));
+            return Err(TestDriverError::Injected("check"));
         }
         match slot.vm.status().await?.state {
             DomainState::Running => Ok(()),
-            other => Err(PoolError::Slot(format!("domain is {other:?}"))),
+            other => Err(TestDriverError::NotRunning(other)),
         }
     }
 
-    async fn destroy(&self, slot: TestSlot) -> Result<(), PoolError> {
+    async fn destroy(&self, slot: TestSlot) -> Result<(), TestDriverError> {
         let _ = slot.vm.destroy().await;
         slot.vm.undefine().await?;
         Ok(())
@@ -126,24 +138,12 @@ impl SlotBackend for TestDriverBackend {
     fn discard_blocking(&self, slot: TestSlot) {
         let _ = slot.vm.discard_blocking();
     }
-
-    async fn recover(&self) -> Result<usize, PoolError> {
-        let mut removed = 0;
-        for (vm, meta) in self.libvirt.paddock_domains().await? {
-            if meta.pool == POOL {
-                let _ = vm.destroy().await;
-                vm.undefine().await?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
 }
 
 struct Harness {
     libvirt: Libvirt,
     faults: Arc<Faults>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn harness() -> Harness {
@@ -156,7 +156,7 @@ async fn harness() -> Harness {
     Harness {
         libvirt,
         faults: Arc::new(Faults::default()),
-        _dir: dir,
+        dir,
     }
 }
 
@@ -382,7 +382,33 @@ async fn leftovers_of_a_crashed_process_are_removed_at_start() {
         let vm = h.libvirt.define(&spec(100 + index)).await.expect("define");
         vm.start().await.expect("start");
     }
+    let mut other = spec(7);
+    other.name = "paddock-other-7".into();
+    other.metadata.pool = "other".into();
+    h.libvirt
+        .define(&other)
+        .await
+        .expect("another pool's domain");
+    let pool_dir = h.dir.path().join(POOL);
+    for dir in ["slot-100", "golden-0123abcd"] {
+        std::fs::create_dir_all(pool_dir.join(dir).join("inner")).expect("a leftover directory");
+    }
+    std::fs::write(pool_dir.join("notes.txt"), b"not the pool's").expect("a foreign file");
     assert_eq!(h.domains().await, 3);
+    // What `Paddock::create_pool` runs, once, before it builds the golden.
+    let removed = paddock::vm::recover_pool(&h.libvirt, POOL, &pool_dir)
+        .await
+        .expect("recovery");
+    assert_eq!((removed, h.domains().await), (3, 0));
+    assert!(
+        h.libvirt.lookup("paddock-other-7").await.is_ok(),
+        "another pool's domain stays"
+    );
+    assert!(!pool_dir.join("slot-100").exists() && !pool_dir.join("golden-0123abcd").exists());
+    assert!(
+        pool_dir.join("notes.txt").exists(),
+        "what is not the pool's stays"
+    );
     let pool = h.pool(config(1, 1)).await;
     assert_eq!(h.domains().await, 1, "only the new pool's slot");
     pool.shutdown().await;
@@ -442,6 +468,7 @@ async fn a_nat_filtered_pool_needs_a_reservation_per_slot_and_one_for_the_golden
         agent_serial_port: "org.paddock.agent.0".into(),
         agent_vsock_port: 1024,
         root_disk: None,
+        build: None,
     };
     let mut settings = paddock::PaddockConfig::new(image);
     settings.libvirt_uri = "test:///default".into();
@@ -464,5 +491,5 @@ async fn a_nat_filtered_pool_needs_a_reservation_per_slot_and_one_for_the_golden
         .create_pool(spec, config(1, 3))
         .await
         .expect_err("three slots and a golden need four reservations");
-    assert!(matches!(err, PoolError::Config(_)), "{err}");
+    assert!(matches!(err, VmError::Config(_)), "{err}");
 }

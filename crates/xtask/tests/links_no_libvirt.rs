@@ -5,6 +5,7 @@
 //! manifest crate, which links neither, is the one product crate it shares.
 //! And the pure half of the libvirt layer must build without libvirt, so
 //! that fuzzing, the render benchmark and the XML tests do.
+#![cfg(test)]
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -20,14 +20,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use paddock_agent_client::{AgentClient, ClientConfig, ClientError, Continuity, Transport};
+use paddock_agent_client::{AgentClient, ClientConfig, Transport};
+use paddock_image::GuestImage;
 use paddock_libvirt::{
-    Acceleration, AgentChannel, Boot, DomainSpec, ImageFormat, Libvirt, LibvirtError, NetworkMode,
-    OverlayDisk, OverlayError, PaddockMetadata, Profile, Resources, SnapshotInfo, SnapshotSpec,
-    Uuid, Vm, create_blank_qcow2, create_overlay,
+    Acceleration, AgentChannel, Boot, DomainSpec, ImageFormat, Libvirt, NetworkMode, OverlayDisk,
+    PaddockMetadata, Profile, Resources, SnapshotInfo, SnapshotSpec, Uuid, Vm, create_blank_qcow2,
+    create_overlay,
 };
 
-use crate::image::GuestImage;
+use super::VmError;
+use super::guest::{Guest, console_tail, create_qemu_dir, discard_on_thread};
 
 /// Where sandboxes keep their files unless configured otherwise: under
 /// libvirt's own state directory, which QEMU (user `libvirt-qemu`) can reach.
@@ -35,68 +37,6 @@ pub const DEFAULT_STATE_ROOT: &str = "/var/lib/libvirt/qemu/paddock";
 
 /// How many console lines a not-ready error carries.
 const CONSOLE_TAIL_LINES: usize = 30;
-
-/// Why a sandbox operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
-    /// A libvirt call failed.
-    #[error("Libvirt failed")]
-    Libvirt(#[from] LibvirtError),
-    /// The agent could not be reached or a request to it failed.
-    #[error("The agent failed")]
-    Agent(#[from] ClientError),
-    /// The agent did not answer within the ready timeout.
-    #[error("Sandbox {name} was not ready: {source}\n--- console tail ---\n{console_tail}")]
-    NotReady {
-        /// The domain's name.
-        name: String,
-        /// The last lines of the guest's serial console.
-        console_tail: String,
-        /// Why the agent could not be reached.
-        source: ClientError,
-    },
-    /// A sandbox file or directory could not be created or removed.
-    #[error("Cannot {action} {path}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A disk image could not be created or removed.
-    #[error("Disk image operation failed")]
-    Disk(#[from] OverlayError),
-    /// The hybrid-vsock backend could not be started.
-    #[error("Cannot start the vsock backend {program}: {problem}")]
-    VsockBackend {
-        /// The backend program.
-        program: PathBuf,
-        /// What went wrong.
-        problem: String,
-    },
-    /// After a revert or restore the agent did not report a restored guest.
-    #[error("After {reset} the agent reports {found:?}, not a restored guest")]
-    NotRestored {
-        /// What should have restored the guest.
-        reset: String,
-        /// What the agent's session showed instead.
-        found: Option<Continuity>,
-    },
-}
-
-impl SandboxError {
-    fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
-        let path = path.to_owned();
-        move |source| Self::Io {
-            action,
-            path,
-            source,
-        }
-    }
-}
 
 /// How the host reaches the guest agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,32 +119,38 @@ impl SandboxConfig {
     }
 }
 
-/// A running sandbox VM with a connected agent client.
+/// A running sandbox VM with a connected agent client. It dereferences to
+/// its [`Guest`]: client, domain, name, directory, console.
 #[derive(Debug)]
 pub struct Sandbox {
-    vm: Vm,
-    client: AgentClient,
+    /// Declared first: a drop destroys the domain before the hybrid-vsock
+    /// backend it uses is stopped.
+    guest: Guest,
     /// The hybrid-vsock backend process, if the sandbox has one.
     backend: Option<BackendProcess>,
-    spec: DomainSpec,
-    dir: PathBuf,
-    /// Set once the domain and files are gone.
-    discarded: bool,
     boot_to_ready: Duration,
+}
+
+impl std::ops::Deref for Sandbox {
+    type Target = Guest;
+
+    fn deref(&self) -> &Guest {
+        &self.guest
+    }
 }
 
 impl Sandbox {
     /// Boots a sandbox from `image` and waits for its agent.
     ///
     /// # Errors
-    /// [`SandboxError::NotReady`] (with the console tail) when the agent does
+    /// [`VmError::NotReady`] (with the console tail) when the agent does
     /// not answer in time; otherwise the failing step's error. Whatever was
     /// created is removed again.
     pub async fn boot(
         libvirt: &Libvirt,
         image: &GuestImage,
         config: SandboxConfig,
-    ) -> Result<Self, SandboxError> {
+    ) -> Result<Self, VmError> {
         let dir = config.state_root.join(&config.name);
         prepare_dirs(&config.state_root, &dir)?;
         let mut files = FilesGuard(Some(dir.clone()));
@@ -291,7 +237,7 @@ impl Sandbox {
         let client = match AgentClient::connect(transport, client_config).await {
             Ok(client) => client,
             Err(source) => {
-                return Err(SandboxError::NotReady {
+                return Err(VmError::NotReady {
                     name: config.name,
                     console_tail: console_tail(&spec.console_log, CONSOLE_TAIL_LINES),
                     source,
@@ -302,51 +248,10 @@ impl Sandbox {
         domain.0 = None;
         files.0 = None;
         Ok(Self {
-            vm,
-            client,
+            guest: Guest::new(vm, client, spec, dir),
             backend,
-            spec,
-            dir,
-            discarded: false,
             boot_to_ready,
         })
-    }
-
-    /// The agent client.
-    #[must_use]
-    pub fn client(&self) -> &AgentClient {
-        &self.client
-    }
-
-    /// The libvirt domain.
-    #[must_use]
-    pub fn vm(&self) -> &Vm {
-        &self.vm
-    }
-
-    /// The domain's name.
-    #[must_use]
-    pub fn name(&self) -> &str {
-        &self.spec.name
-    }
-
-    /// The spec the domain was defined from.
-    #[must_use]
-    pub fn spec(&self) -> &DomainSpec {
-        &self.spec
-    }
-
-    /// The sandbox's directory on the host (console log, socket, disks).
-    #[must_use]
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The host side of the agent's channel: the virtio-serial socket, or
-    /// the hybrid-vsock backend's socket.
-    #[must_use]
-    pub fn agent_socket(&self) -> PathBuf {
-        self.dir.join("agent.sock")
     }
 
     /// Time from starting the domain to the agent's HELLO_ACK.
@@ -355,21 +260,16 @@ impl Sandbox {
         self.boot_to_ready
     }
 
-    /// The last `lines` lines of the guest's serial console.
-    #[must_use]
-    pub fn console_tail(&self, lines: usize) -> String {
-        console_tail(&self.spec.console_log, lines)
-    }
-
     /// Takes an internal snapshot of the running guest (memory and disk),
     /// then opens a new agent session, so that after a later revert the
-    /// agent's session shows the guest as [`Continuity::Restored`].
+    /// agent's session shows the guest as
+    /// [`paddock_agent_client::Continuity::Restored`].
     ///
     /// # Errors
     /// libvirt refuses (no state disk...), or the agent does not answer.
-    pub async fn snapshot(&self, spec: &SnapshotSpec) -> Result<SnapshotInfo, SandboxError> {
-        let info = self.vm.create_snapshot(spec).await?;
-        self.client.reconnect().await?;
+    pub async fn snapshot(&self, spec: &SnapshotSpec) -> Result<SnapshotInfo, VmError> {
+        let info = self.vm().create_snapshot(spec).await?;
+        self.client().reconnect().await?;
         Ok(info)
     }
 
@@ -377,10 +277,12 @@ impl Sandbox {
     /// fails unless the agent's session shows a restored guest.
     ///
     /// # Errors
-    /// libvirt's or the agent's error, or [`SandboxError::NotRestored`].
-    pub async fn revert_to_snapshot(&self, name: &str) -> Result<(), SandboxError> {
-        self.vm.revert_to_snapshot(name).await?;
-        reconnect_restored(&self.client, || format!("reverting to {name}")).await
+    /// libvirt's or the agent's error, or [`VmError::NotRestored`].
+    pub async fn revert_to_snapshot(&self, name: &str) -> Result<(), VmError> {
+        self.vm().revert_to_snapshot(name).await?;
+        self.guest
+            .reconnect_restored(|| format!("reverting to {name}"))
+            .await
     }
 
     /// Loads the snapshot `name` inside the running QEMU
@@ -391,16 +293,14 @@ impl Sandbox {
     ///
     /// # Errors
     /// libvirt's, QEMU's or the agent's error, or
-    /// [`SandboxError::NotRestored`].
-    pub async fn load_snapshot_in_place(&self, name: &str) -> Result<(), SandboxError> {
-        // Nothing may be in flight while the guest is rewound.
-        self.client.close().await;
-        self.vm.load_snapshot_in_place(name).await?;
-        reconnect_restored(&self.client, || format!("loading {name} in place")).await
+    /// [`VmError::NotRestored`].
+    pub async fn load_snapshot_in_place(&self, name: &str) -> Result<(), VmError> {
+        self.guest.load_snapshot_in_place(name).await
     }
 
     /// Captures the guest as a golden state: opens a new agent session (so a
-    /// guest restored from the capture shows as [`Continuity::Restored`]),
+    /// guest restored from the capture shows as
+    /// [`paddock_agent_client::Continuity::Restored`]),
     /// saves the memory to `memory` (the domain stops), moves the disk
     /// overlay to `disk`, and removes the domain and the rest of the
     /// sandbox. Returns the spec the domain had, which slots derive theirs
@@ -409,15 +309,15 @@ impl Sandbox {
     /// # Errors
     /// The agent, libvirt or a file operation fails; the sandbox is removed
     /// either way.
-    pub async fn capture(self, memory: &Path, disk: &Path) -> Result<DomainSpec, SandboxError> {
-        self.client.reconnect().await?;
-        self.vm.save(memory).await?;
-        if let Some(overlay) = self.spec.disk.as_ref().map(|d| d.overlay.clone()) {
+    pub async fn capture(self, memory: &Path, disk: &Path) -> Result<DomainSpec, VmError> {
+        self.client().reconnect().await?;
+        self.vm().save(memory).await?;
+        if let Some(overlay) = self.spec().disk.as_ref().map(|d| d.overlay.clone()) {
             tokio::fs::rename(&overlay, disk)
                 .await
-                .map_err(SandboxError::io("move the disk of", &overlay))?;
+                .map_err(VmError::io("move the disk of", &overlay))?;
         }
-        let spec = self.spec.clone();
+        let spec = self.spec().clone();
         self.destroy().await?;
         Ok(spec)
     }
@@ -426,20 +326,10 @@ impl Sandbox {
     ///
     /// # Errors
     /// libvirt refuses to undefine the domain, or a file cannot be removed.
-    pub async fn destroy(mut self) -> Result<(), SandboxError> {
-        self.client.close().await;
-        self.discarded = true;
-        self.vm.discard().await?;
+    pub async fn destroy(mut self) -> Result<(), VmError> {
+        let result = self.guest.discard().await;
         drop(self.backend.take());
-        remove_dir(&self.dir).await
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        if !self.discarded {
-            discard_blocking(Some(self.vm.clone()), Some(self.dir.clone()));
-        }
+        result
     }
 }
 
@@ -451,8 +341,8 @@ impl BackendProcess {
     /// Starts the backend for a sandbox in `dir`: QEMU connects to
     /// `dir/vhost-user.sock`, the host to `dir/agent.sock`. Both sockets are
     /// created with umask 0, because QEMU runs as another user.
-    async fn start(program: &Path, dir: &Path) -> Result<Self, SandboxError> {
-        let failed = |problem: String| SandboxError::VsockBackend {
+    async fn start(program: &Path, dir: &Path) -> Result<Self, VmError> {
+        let failed = |problem: String| VmError::VsockBackend {
             program: program.to_owned(),
             problem,
         };
@@ -502,7 +392,7 @@ struct DomainGuard(Option<Vm>);
 impl Drop for DomainGuard {
     fn drop(&mut self) {
         if self.0.is_some() {
-            discard_blocking(self.0.take(), None);
+            discard_on_thread(self.0.take(), None);
         }
     }
 }
@@ -518,75 +408,18 @@ impl Drop for FilesGuard {
     }
 }
 
-/// Discards a domain and a directory from a `Drop`: on a thread of its own
-/// (libvirt calls block, and a drop may run on an async worker), waited for
-/// so that the process does not exit with the domain still there.
-pub(crate) fn discard_blocking(vm: Option<Vm>, dir: Option<PathBuf>) {
-    let work = move || {
-        if let Some(vm) = vm {
-            let _ = vm.discard_blocking();
-        }
-        if let Some(dir) = dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    };
-    if let Ok(thread) = std::thread::Builder::new()
-        .name("paddock-discard".into())
-        .spawn(work)
-    {
-        let _ = thread.join();
-    }
-}
-
-/// Reconnects the agent after a reset and checks that its session shows a
-/// restored guest; `reset` names the reset for the error.
-pub(crate) async fn reconnect_restored(
-    client: &AgentClient,
-    reset: impl FnOnce() -> String,
-) -> Result<(), SandboxError> {
-    client.reconnect().await?;
-    match client.continuity() {
-        Some(Continuity::Restored) => Ok(()),
-        found => Err(SandboxError::NotRestored {
-            reset: reset(),
-            found,
-        }),
-    }
-}
-
 /// Creates the state root (traversable by QEMU's user) and the sandbox's
 /// directory.
-fn prepare_dirs(root: &Path, dir: &Path) -> Result<(), SandboxError> {
+fn prepare_dirs(root: &Path, dir: &Path) -> Result<(), VmError> {
     use std::os::unix::fs::PermissionsExt as _;
     create_qemu_dir(dir)?;
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))
-        .map_err(SandboxError::io("set the permissions of", root))
-}
-
-/// Creates `dir` (and its parents) as a directory QEMU can create files in:
-/// QEMU runs as `libvirt-qemu` and makes sockets there, so it is mode 0777.
-///
-/// # Errors
-/// [`SandboxError::Io`] when it cannot be created or its mode set.
-pub fn create_qemu_dir(dir: &Path) -> Result<(), SandboxError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::create_dir_all(dir).map_err(SandboxError::io("create", dir))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
-        .map_err(SandboxError::io("set the permissions of", dir))
-}
-
-async fn remove_dir(dir: &Path) -> Result<(), SandboxError> {
-    match tokio::fs::remove_dir_all(dir).await {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            Err(SandboxError::io("remove", dir)(err))
-        }
-        _ => Ok(()),
-    }
+        .map_err(VmError::io("set the permissions of", root))
 }
 
 /// A blank qcow2 base of `mib` MiB and an overlay on it, in `dir`: the
 /// overlay is the guest's disk and holds internal snapshots.
-async fn state_disk(dir: &Path, mib: u64) -> Result<OverlayDisk, SandboxError> {
+async fn state_disk(dir: &Path, mib: u64) -> Result<OverlayDisk, VmError> {
     let base = dir.join("base.qcow2");
     create_blank_qcow2(&base, mib).await?;
     let disk = OverlayDisk {
@@ -596,11 +429,4 @@ async fn state_disk(dir: &Path, mib: u64) -> Result<OverlayDisk, SandboxError> {
     };
     create_overlay(&disk).await?;
     Ok(disk)
-}
-
-/// The last `lines` lines of a console log (empty if there is none yet).
-fn console_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -20,10 +20,11 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use paddock_agent_client::{AgentClient, Execute};
+use paddock_agent_client::AgentClient;
 use paddock_libvirt::{FilterDefinition, NatAttachment, NetworkSpec};
 
-use crate::pool::PoolError;
+use super::VmError;
+use super::backend::run_commands;
 
 /// The network of a pool's slots.
 #[derive(Debug, Clone, Default)]
@@ -65,8 +66,8 @@ impl PoolNetwork {
     /// a network.
     ///
     /// # Errors
-    /// [`PoolError::Config`] when the network has fewer than two.
-    pub(crate) fn addresses(&self) -> Result<Option<SlotAddresses>, PoolError> {
+    /// [`VmError::Config`] when the network has fewer than two.
+    pub(crate) fn addresses(&self) -> Result<Option<SlotAddresses>, VmError> {
         match self {
             Self::Isolated => Ok(None),
             Self::NatFiltered {
@@ -80,11 +81,11 @@ impl SlotAddresses {
     /// The reservations of `network`, the last kept for the golden.
     ///
     /// # Errors
-    /// [`PoolError::Config`] when the network has fewer than two.
-    pub(crate) fn new(network: NetworkSpec, filter: String) -> Result<Self, PoolError> {
+    /// [`VmError::Config`] when the network has fewer than two.
+    pub(crate) fn new(network: NetworkSpec, filter: String) -> Result<Self, VmError> {
         let count = network.slots.min(paddock_libvirt::MAX_NETWORK_SLOTS);
         if count < 2 {
-            return Err(PoolError::Config(
+            return Err(VmError::Config(
                 "a NAT-filtered pool's network needs at least two reservations",
             ));
         }
@@ -109,19 +110,16 @@ impl SlotAddresses {
     /// Takes a free reservation.
     ///
     /// # Errors
-    /// [`PoolError::Slot`] when every reservation is held (slots being
+    /// [`VmError::NoFreeAddress`] when every reservation is held (slots being
     /// destroyed still hold theirs); the pool retries later.
-    pub(crate) fn take(&self) -> Result<(u16, NatAttachment), PoolError> {
+    pub(crate) fn take(&self) -> Result<(u16, NatAttachment), VmError> {
         let taken = self
             .free
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop_first();
-        let n = taken.ok_or_else(|| {
-            PoolError::Slot(format!(
-                "every address of network {} is held by a slot",
-                self.network.name
-            ))
+        let n = taken.ok_or_else(|| VmError::NoFreeAddress {
+            network: self.network.name.clone(),
         })?;
         Ok((n, self.attachment(n)))
     }
@@ -173,21 +171,9 @@ pub(crate) async fn configure_guest(
     client: &AgentClient,
     attachment: &NatAttachment,
     stop_dhcp: bool,
-) -> Result<(), PoolError> {
-    let out = client
-        .exec_collect(Execute::shell(identity_script(attachment, stop_dhcp)))
-        .await?;
-    if out.result.exit_code == Some(0) {
-        Ok(())
-    } else {
-        Err(PoolError::Slot(format!(
-            "could not give the guest address {} and MAC {} ({:?}): {}",
-            attachment.ip,
-            attachment.mac,
-            out.result.exit_code,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+) -> Result<(), VmError> {
+    let script = identity_script(attachment, stop_dhcp);
+    run_commands(client, std::slice::from_ref(&script), "network identity").await
 }
 
 #[cfg(test)]
@@ -219,7 +205,10 @@ mod tests {
             (first.ip, second.ip),
             (Ipv4Addr::new(10, 9, 8, 2), Ipv4Addr::new(10, 9, 8, 3))
         );
-        assert!(matches!(addresses.take(), Err(PoolError::Slot(_))));
+        assert!(matches!(
+            addresses.take(),
+            Err(VmError::NoFreeAddress { .. })
+        ));
         addresses.give_back(b);
         assert_eq!(addresses.take().expect("given back").1.ip, second.ip);
         addresses.give_back(a);
@@ -230,7 +219,7 @@ mod tests {
     fn a_network_without_room_for_a_slot_is_refused() {
         assert!(matches!(
             SlotAddresses::new(network(1), "f".into()),
-            Err(PoolError::Config(_))
+            Err(VmError::Config(_))
         ));
     }
 

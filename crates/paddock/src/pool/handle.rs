@@ -1,0 +1,272 @@
+//! What users hold: the [`Pool`] handle and the [`Lease`] of a slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::slots::{Entry, Inner, health_checks};
+use super::{PoolConfig, PoolError, PoolStats, SlotBackend};
+
+/// A pool of slots. Cheap to clone; every clone is the same pool.
+///
+/// Shut it down with [`Pool::shutdown`] (or `close` for VM pools). If the
+/// last handle is dropped without that (a panic, an early return), the drop
+/// closes the pool and destroys its ready slots on a helper thread that it
+/// waits for; slots out on lease are destroyed when their lease ends.
+pub struct Pool<B: SlotBackend> {
+    inner: Arc<Inner<B>>,
+    /// Shared by the clones handed to users (not by the pool's own tasks):
+    /// its drop is the drop of the last handle.
+    _handle: Arc<LastHandle<B>>,
+}
+
+impl<B: SlotBackend> Clone for Pool<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            _handle: Arc::clone(&self._handle),
+        }
+    }
+}
+
+/// Abandons the pool when the last user handle goes.
+struct LastHandle<B: SlotBackend>(Arc<Inner<B>>);
+
+impl<B: SlotBackend> Drop for LastHandle<B> {
+    fn drop(&mut self) {
+        let ready = {
+            let mut state = self.0.lock();
+            if state.closed {
+                return;
+            }
+            state.closed = true;
+            state.waiters.clear();
+            let ready = std::mem::take(&mut state.ready);
+            state.destroyed += u64::try_from(ready.len()).unwrap_or(u64::MAX);
+            ready
+        };
+        if ready.is_empty() {
+            return;
+        }
+        let inner = Arc::clone(&self.0);
+        // A thread of its own: the backend blocks, and this drop may run on
+        // an async worker.
+        let discard = std::thread::Builder::new()
+            .name("paddock-pool-drop".into())
+            .spawn(move || {
+                for entry in ready {
+                    inner.backend.discard_blocking(entry.slot);
+                }
+            });
+        if let Ok(thread) = discard {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl<B: SlotBackend> std::fmt::Debug for Pool<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl<B: SlotBackend> Pool<B> {
+    /// Starts a pool on `backend`: the refill starts making `min_ready`
+    /// slots in the background, so this returns before they are ready
+    /// ([`Pool::wait_ready`] waits for them). Must be called within a tokio
+    /// runtime.
+    ///
+    /// # Errors
+    /// [`PoolError::Config`] for an invalid configuration.
+    pub async fn start(backend: B, config: PoolConfig) -> Result<Self, PoolError> {
+        config.validate()?;
+        let inner = Inner::new(backend, config);
+        {
+            let mut state = inner.lock();
+            inner.refill(&mut state);
+        }
+        if let Some(interval) = inner.config.health_check_interval {
+            let weak = Arc::downgrade(&inner);
+            inner.tasks.spawn(health_checks(weak, interval));
+        }
+        Ok(Self {
+            _handle: Arc::new(LastHandle(Arc::clone(&inner))),
+            inner,
+        })
+    }
+
+    /// Waits until `min_ready` slots are ready, or `timeout` passes.
+    ///
+    /// # Errors
+    /// [`PoolError::AcquireTimeout`] (with the last slot failure) on timeout.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), PoolError> {
+        // The runtime's clock, like the sleep below (and paused in tests).
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (ready, last_failure) = {
+                let state = self.inner.lock();
+                (state.ready.len(), state.last_failure.clone())
+            };
+            if ready >= self.inner.config.min_ready {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(PoolError::AcquireTimeout {
+                    after: timeout,
+                    last_failure,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Takes a ready slot, waiting up to the acquire timeout for one.
+    ///
+    /// # Errors
+    /// [`PoolError::AcquireTimeout`] or [`PoolError::Closed`].
+    pub async fn acquire(&self) -> Result<Lease<B>, PoolError> {
+        let timeout = self.inner.config.acquire_timeout;
+        let mut receiver = {
+            let mut state = self.inner.lock();
+            if state.closed {
+                return Err(PoolError::Closed);
+            }
+            state.waiters.retain(|waiter| !waiter.is_closed());
+            if state.waiters.is_empty() {
+                if let Some(entry) = state.ready.pop_front() {
+                    state.leased += 1;
+                    self.inner.refill(&mut state);
+                    drop(state);
+                    return Ok(self.lease(entry));
+                }
+            }
+            let (sender, receiver) = oneshot::channel();
+            state.waiters.push_back(sender);
+            self.inner.refill(&mut state);
+            receiver
+        };
+        let mut delivered = match tokio::time::timeout(timeout, &mut receiver).await {
+            Ok(Ok(delivery)) => delivery,
+            Ok(Err(_)) => return Err(PoolError::Closed),
+            Err(_) => {
+                // A slot may have arrived just as the time ran out: take it.
+                receiver.close();
+                match receiver.try_recv() {
+                    Ok(delivery) => delivery,
+                    Err(_) => {
+                        return Err(PoolError::AcquireTimeout {
+                            after: timeout,
+                            last_failure: self.inner.lock().last_failure.clone(),
+                        });
+                    }
+                }
+            }
+        };
+        let entry = delivered.entry.take().ok_or(PoolError::Closed)?;
+        Ok(self.lease(entry))
+    }
+
+    fn lease(&self, entry: Entry<B::Slot>) -> Lease<B> {
+        Lease {
+            entry: Some(entry),
+            pool: Arc::clone(&self.inner),
+        }
+    }
+
+    /// The pool's counters.
+    #[must_use]
+    pub fn stats(&self) -> PoolStats {
+        self.inner.lock().stats()
+    }
+
+    /// The pool's configuration.
+    #[must_use]
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.config
+    }
+
+    /// The backend.
+    #[must_use]
+    pub fn backend(&self) -> &B {
+        &self.inner.backend
+    }
+
+    /// Stops the pool: waiting acquires fail with [`PoolError::Closed`],
+    /// ready slots are destroyed, creations and resets in flight end with
+    /// their slot destroyed, and leases still out are destroyed when
+    /// released. Returns once all of that but the outstanding leases is done.
+    pub async fn shutdown(&self) {
+        let ready = {
+            let mut state = self.inner.lock();
+            state.closed = true;
+            state.waiters.clear();
+            std::mem::take(&mut state.ready)
+        };
+        for entry in ready {
+            self.inner.destroy(entry).await;
+        }
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}
+
+/// A slot on loan. Dereferences to the backend's slot (for VMs: the
+/// sandbox with its agent client). Releasing or dropping it sends the slot
+/// back to be reset in the background.
+pub struct Lease<B: SlotBackend> {
+    entry: Option<Entry<B::Slot>>,
+    pool: Arc<Inner<B>>,
+}
+
+impl<B: SlotBackend> std::fmt::Debug for Lease<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("slot", &self.entry.as_ref().map(|e| e.index))
+            .finish()
+    }
+}
+
+impl<B: SlotBackend> Lease<B> {
+    /// The slot's number in its pool.
+    #[must_use]
+    pub fn index(&self) -> u32 {
+        self.entry.as_ref().map_or(0, |e| e.index)
+    }
+
+    /// How many leases this slot served before this one.
+    #[must_use]
+    pub fn uses(&self) -> u32 {
+        self.entry.as_ref().map_or(0, |e| e.uses)
+    }
+
+    /// Gives the slot back; it is reset in the background. Returns at once.
+    pub fn release(mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.pool.recycle(entry);
+        }
+    }
+}
+
+impl<B: SlotBackend> std::ops::Deref for Lease<B> {
+    type Target = B::Slot;
+
+    fn deref(&self) -> &B::Slot {
+        match &self.entry {
+            Some(entry) => &entry.slot,
+            // Only `release` and `drop` take the entry, and both consume
+            // the lease.
+            None => unreachable!("a lease holds its slot until it is released"),
+        }
+    }
+}
+
+impl<B: SlotBackend> Drop for Lease<B> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.pool.recycle(entry);
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! The pool's bookkeeping: which slots are ready, leased or being prepared,
+//! who waits, and the background work that creates, resets, checks and
+//! destroys slots.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, oneshot};
+use tokio_util::task::TaskTracker;
+
+use super::{PoolConfig, PoolStats, SlotBackend, SlotFailure};
+
+/// A slot with its bookkeeping.
+pub(super) struct Entry<S> {
+    pub(super) slot: S,
+    pub(super) index: u32,
+    created: Instant,
+    pub(super) uses: u32,
+}
+
+/// A slot on its way to an acquire. If the acquire is gone by the time it
+/// arrives (its future dropped), dropping the delivery returns the slot.
+pub(super) struct Delivery<B: SlotBackend> {
+    pub(super) entry: Option<Entry<B::Slot>>,
+    pool: Weak<Inner<B>>,
+}
+
+impl<B: SlotBackend> Drop for Delivery<B> {
+    fn drop(&mut self) {
+        if let (Some(entry), Some(pool)) = (self.entry.take(), self.pool.upgrade()) {
+            let mut state = pool.lock();
+            state.leased -= 1;
+            pool.offer(&mut state, entry);
+        }
+    }
+}
+
+pub(super) struct State<B: SlotBackend> {
+    pub(super) ready: VecDeque<Entry<B::Slot>>,
+    pub(super) waiters: VecDeque<oneshot::Sender<Delivery<B>>>,
+    pub(super) leased: usize,
+    preparing: usize,
+    next_index: u32,
+    pub(super) closed: bool,
+    pub(super) last_failure: Option<SlotFailure>,
+    created: u64,
+    pub(super) destroyed: u64,
+    failed_resets: u64,
+}
+
+impl<B: SlotBackend> State<B> {
+    /// Slots that exist or are being created: every slot is ready, leased
+    /// or being prepared (created, reset or checked).
+    fn total(&self) -> usize {
+        self.ready.len() + self.leased + self.preparing
+    }
+
+    pub(super) fn stats(&self) -> PoolStats {
+        PoolStats {
+            total: self.total(),
+            ready: self.ready.len(),
+            leased: self.leased,
+            preparing: self.preparing,
+            waiting: self.waiters.iter().filter(|w| !w.is_closed()).count(),
+            created: self.created,
+            destroyed: self.destroyed,
+            failed_resets: self.failed_resets,
+        }
+    }
+}
+
+pub(super) struct Inner<B: SlotBackend> {
+    pub(super) backend: B,
+    pub(super) config: PoolConfig,
+    state: Mutex<State<B>>,
+    prepares: Semaphore,
+    pub(super) tasks: TaskTracker,
+    runtime: tokio::runtime::Handle,
+    me: Weak<Inner<B>>,
+}
+
+impl<B: SlotBackend> Inner<B> {
+    /// A pool with no slots yet; the caller starts the refill. Must be
+    /// called within a tokio runtime, whose handle the background work uses.
+    pub(super) fn new(backend: B, config: PoolConfig) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            prepares: Semaphore::new(config.max_concurrent_prepares),
+            backend,
+            config,
+            state: Mutex::new(State {
+                ready: VecDeque::new(),
+                waiters: VecDeque::new(),
+                leased: 0,
+                preparing: 0,
+                next_index: 0,
+                closed: false,
+                last_failure: None,
+                created: 0,
+                destroyed: 0,
+                failed_resets: 0,
+            }),
+            tasks: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
+            me: me.clone(),
+        })
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, State<B>> {
+        // The state is consistent between statements; a panic elsewhere
+        // does not make it unusable.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A weak handle, for deliveries.
+    pub(super) fn delivery(&self, entry: Entry<B::Slot>) -> Delivery<B> {
+        Delivery {
+            entry: Some(entry),
+            pool: self.me.clone(),
+        }
+    }
+
+    /// Hands `entry` to the first live waiter, or makes it ready.
+    pub(super) fn offer(&self, state: &mut State<B>, entry: Entry<B::Slot>) {
+        if state.closed {
+            state.destroyed += 1;
+            self.spawn_destroy(entry);
+            return;
+        }
+        let mut entry = entry;
+        while let Some(waiter) = state.waiters.pop_front() {
+            state.leased += 1;
+            match waiter.send(self.delivery(entry)) {
+                Ok(()) => return,
+                Err(mut returned) => {
+                    state.leased -= 1;
+                    match returned.entry.take() {
+                        Some(back) => entry = back,
+                        None => return,
+                    }
+                }
+            }
+        }
+        state.ready.push_back(entry);
+    }
+
+    /// Starts creations until `min_ready` plus the waiters are covered.
+    pub(super) fn refill(&self, state: &mut State<B>) {
+        if state.closed {
+            return;
+        }
+        let waiting = state.waiters.iter().filter(|w| !w.is_closed()).count();
+        let wanted = self.config.min_ready + waiting;
+        let coming = state.ready.len() + state.preparing;
+        let room = self.config.max_size.saturating_sub(state.total());
+        for _ in 0..wanted.saturating_sub(coming).min(room) {
+            state.preparing += 1;
+            let index = state.next_index;
+            state.next_index = state.next_index.wrapping_add(1);
+            if let Some(me) = self.me.upgrade() {
+                self.tasks.spawn(async move { me.create(index).await });
+            }
+        }
+    }
+
+    async fn create(self: Arc<Self>, index: u32) {
+        // The semaphore is never closed, so a permit always comes.
+        let permit = self.prepares.acquire().await.ok();
+        let result = limited(
+            "creation",
+            self.config.create_timeout,
+            self.backend.create(index),
+        )
+        .await;
+        drop(permit);
+        let failed = {
+            let mut state = self.lock();
+            state.preparing -= 1;
+            match result {
+                Ok(slot) => {
+                    state.created += 1;
+                    let entry = Entry {
+                        slot,
+                        index,
+                        created: Instant::now(),
+                        uses: 0,
+                    };
+                    self.offer(&mut state, entry);
+                    false
+                }
+                Err(failure) => {
+                    tracing::warn!(index, error = %error_chain(&failure), "slot creation failed");
+                    state.last_failure = Some(failure);
+                    true
+                }
+            }
+        };
+        if failed {
+            // Not at once: a backend that cannot create now (a missing
+            // image, a dead libvirtd) would otherwise be hammered.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let mut state = self.lock();
+        self.refill(&mut state);
+    }
+
+    /// Takes a slot back from a lease: reset it, or destroy it if it is
+    /// worn out, in the background.
+    pub(super) fn recycle(&self, mut entry: Entry<B::Slot>) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        entry.uses += 1;
+        let worn_out = self.config.max_uses.is_some_and(|max| entry.uses >= max)
+            || self
+                .config
+                .ttl
+                .is_some_and(|ttl| entry.created.elapsed() >= ttl);
+        {
+            let mut state = self.lock();
+            state.leased -= 1;
+            if state.closed || worn_out {
+                state.destroyed += 1;
+                self.refill(&mut state);
+                drop(state);
+                self.spawn_destroy(entry);
+                return;
+            }
+            state.preparing += 1;
+        }
+        let task = async move {
+            let permit = me.prepares.acquire().await.ok();
+            let result = limited(
+                "reset",
+                me.config.operation_timeout,
+                me.backend.reset(&mut entry.slot),
+            )
+            .await;
+            drop(permit);
+            let failed = me.settle(entry, result, Settle::Reset);
+            if let Some(entry) = failed {
+                me.destroy_now(entry).await;
+            }
+        };
+        // Tracked even after `shutdown` closed the tracker: its wait then
+        // covers this task too.
+        self.tasks.spawn_on(task, &self.runtime);
+    }
+
+    /// Ends a reset or a health check: the slot goes to a waiter or ready,
+    /// or, when `result` failed, is counted out and returned for
+    /// destruction (and the refill replaces it).
+    fn settle(
+        &self,
+        entry: Entry<B::Slot>,
+        result: Result<(), SlotFailure>,
+        what: Settle,
+    ) -> Option<Entry<B::Slot>> {
+        let mut state = self.lock();
+        state.preparing -= 1;
+        match result {
+            Ok(()) => {
+                self.offer(&mut state, entry);
+                None
+            }
+            Err(failure) => {
+                let error = error_chain(&failure);
+                tracing::warn!(index = entry.index, %error, "slot {} failed; replacing it", what.name());
+                if what == Settle::Reset {
+                    state.failed_resets += 1;
+                }
+                state.last_failure = Some(failure);
+                state.destroyed += 1;
+                self.refill(&mut state);
+                Some(entry)
+            }
+        }
+    }
+
+    fn spawn_destroy(&self, entry: Entry<B::Slot>) {
+        if let Some(me) = self.me.upgrade() {
+            self.tasks
+                .spawn_on(async move { me.destroy_now(entry).await }, &self.runtime);
+        }
+    }
+
+    /// Destroys a slot already taken out of the counts.
+    async fn destroy_now(&self, entry: Entry<B::Slot>) {
+        let index = entry.index;
+        let result = tokio::time::timeout(
+            self.config.operation_timeout,
+            self.backend.destroy(entry.slot),
+        )
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(index, error = %error_chain(&err), "slot destruction failed");
+            }
+            Err(_) => tracing::warn!(index, "slot destruction timed out"),
+        }
+    }
+
+    /// Destroys a ready slot (shutdown, failed check).
+    pub(super) async fn destroy(&self, entry: Entry<B::Slot>) {
+        self.lock().destroyed += 1;
+        self.destroy_now(entry).await;
+    }
+}
+
+/// Checks every ready slot each `interval`, one at a time; a slot that
+/// fails is destroyed and replaced.
+pub(super) async fn health_checks<B: SlotBackend>(pool: Weak<Inner<B>>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(inner) = pool.upgrade() else {
+            return;
+        };
+        let count = inner.lock().ready.len();
+        for _ in 0..count {
+            let entry = {
+                let mut state = inner.lock();
+                if state.closed {
+                    return;
+                }
+                match state.ready.pop_front() {
+                    Some(entry) => {
+                        state.preparing += 1;
+                        entry
+                    }
+                    None => break,
+                }
+            };
+            let result = limited(
+                "health check",
+                inner.config.operation_timeout,
+                inner.backend.check(&entry.slot),
+            )
+            .await;
+            let failed = inner.settle(entry, result, Settle::Check);
+            if let Some(entry) = failed {
+                inner.destroy_now(entry).await;
+            }
+        }
+        if inner.lock().closed {
+            return;
+        }
+    }
+}
+
+/// What [`Inner::settle`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Reset,
+    Check,
+}
+
+impl Settle {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Reset => "reset",
+            Self::Check => "health check",
+        }
+    }
+}
+
+/// Runs a backend operation with a time limit.
+async fn limited<T, E>(
+    operation: &'static str,
+    after: Duration,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, SlotFailure>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(after, work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(SlotFailure::Backend {
+            operation,
+            source: Arc::new(err),
+        }),
+        Err(_) => Err(SlotFailure::Timeout { operation, after }),
+    }
+}
+
+/// An error and its sources, on one line.
+pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

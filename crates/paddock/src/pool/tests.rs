@@ -1,0 +1,225 @@
+//! The pool's rules on the in-memory backend: what it asks of a backend,
+//! in which order, and what it does when the backend fails or hangs. Time is
+//! paused where the rules involve time limits, so these run in milliseconds.
+//! `tests/pool_faults.rs` runs the same kind of pool on libvirt's test
+//! driver.
+
+use std::error::Error as _;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::test_backend::{Call, FakeBackend, Injected};
+use super::{Pool, PoolConfig, PoolError, PoolStats, SlotFailure};
+
+fn config(min_ready: usize, max_size: usize) -> PoolConfig {
+    PoolConfig {
+        min_ready,
+        max_size,
+        max_concurrent_prepares: 2,
+        ttl: None,
+        max_uses: None,
+        health_check_interval: None,
+        acquire_timeout: Duration::from_secs(5),
+        create_timeout: Duration::from_secs(5),
+        operation_timeout: Duration::from_secs(2),
+    }
+}
+
+async fn started(config: PoolConfig) -> Pool<FakeBackend> {
+    let min_ready = config.min_ready;
+    let pool = Pool::start(FakeBackend::default(), config)
+        .await
+        .expect("valid configuration");
+    settle(&pool, |s| s.ready == min_ready).await;
+    pool
+}
+
+/// Waits (in the runtime's time, paused or not) up to 30 s until
+/// `condition` holds.
+async fn settle(pool: &Pool<FakeBackend>, condition: impl Fn(&PoolStats) -> bool) -> PoolStats {
+    for _ in 0..3000 {
+        let stats = pool.stats();
+        if condition(&stats) {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the pool did not settle: {:?}", pool.stats());
+}
+
+/// How often the pool destroyed (or discarded) each slot.
+fn destructions(backend: &FakeBackend, index: u32) -> usize {
+    backend
+        .calls()
+        .iter()
+        .filter(|call| matches!(call, Call::Destroy(i) | Call::Discard(i) if *i == index))
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_is_reset_before_it_is_leased_again() {
+    let pool = started(config(1, 1)).await;
+    let lease = pool.acquire().await.expect("a ready slot");
+    lease.dirty.store(true, Ordering::SeqCst);
+    let index = lease.index();
+    lease.release();
+    let again = pool.acquire().await.expect("the same slot, reset");
+    assert_eq!((again.index(), again.uses()), (index, 1));
+    assert!(!again.dirty.load(Ordering::SeqCst), "the reset cleared it");
+    assert_eq!(
+        pool.backend().calls(),
+        [Call::Create(index), Call::Reset(index)]
+    );
+    drop(again);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_destroys_each_slot_once_and_a_lease_out_at_its_release() {
+    let pool = started(config(2, 3)).await;
+    let lease = pool.acquire().await.expect("slot");
+    let leased = lease.index();
+    settle(&pool, |s| s.ready == 2 && s.leased == 1).await;
+    pool.shutdown().await;
+    assert_eq!(
+        pool.backend().live().into_iter().collect::<Vec<_>>(),
+        [leased]
+    );
+    drop(lease);
+    settle(&pool, |s| s.total == 0).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let backend = pool.backend();
+    assert!(backend.live().is_empty(), "{:?}", backend.calls());
+    for index in 0..3 {
+        assert_eq!(destructions(backend, index), 1, "{:?}", backend.calls());
+    }
+    assert!(
+        !backend.calls().contains(&Call::Reset(leased)),
+        "a lease released after the shutdown is destroyed, not reset"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_reset_is_cut_off_at_its_limit_and_the_slot_replaced() {
+    let pool = started(config(1, 1)).await;
+    pool.backend()
+        .faults
+        .hang_resets
+        .store(true, Ordering::SeqCst);
+    let first = pool.acquire().await.expect("slot").index();
+    // Dropped: the reset starts and hangs until the operation timeout.
+    let stats = settle(&pool, |s| s.failed_resets == 1).await;
+    assert_eq!(stats.destroyed, 1, "{stats:?}");
+    pool.backend()
+        .faults
+        .hang_resets
+        .store(false, Ordering::SeqCst);
+    let fresh = pool.acquire().await.expect("a replacement");
+    assert_ne!(fresh.index(), first);
+    assert_eq!(fresh.uses(), 0);
+    assert_eq!(destructions(pool.backend(), first), 1);
+    drop(fresh);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acquire_that_times_out_carries_the_backends_error() {
+    let mut cfg = config(0, 1);
+    cfg.acquire_timeout = Duration::from_secs(3);
+    let pool = started(cfg).await;
+    pool.backend()
+        .faults
+        .creates
+        .store(u32::MAX, Ordering::SeqCst);
+    let err = pool.acquire().await.expect_err("no slot can be made");
+    let PoolError::AcquireTimeout {
+        after,
+        last_failure: Some(SlotFailure::Backend { operation, source }),
+    } = &err
+    else {
+        panic!("not a timeout with the creation's failure: {err:?}");
+    };
+    assert_eq!((*after, *operation), (Duration::from_secs(3), "creation"));
+    assert!(source.downcast_ref::<Injected>().is_some(), "{source}");
+    // The failure is the error's source, not part of its message.
+    assert_eq!(err.to_string(), "No sandbox was free within 3s");
+    assert!(err.source().is_some());
+    // The refill retried, once a second rather than in a tight loop.
+    let creations = pool
+        .backend()
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, Call::Create(_)))
+        .count();
+    assert!((2..=4).contains(&creations), "{creations} creations in 3 s");
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_health_check_is_cut_off_and_kept_as_the_last_failure() {
+    let mut cfg = config(1, 1);
+    cfg.health_check_interval = Some(Duration::from_secs(10));
+    let pool = started(cfg).await;
+    let faults = &pool.backend().faults;
+    faults.hang_checks.store(true, Ordering::SeqCst);
+    // The replacement's creation hangs too, so the check's failure is the
+    // last one when the wait below gives up.
+    faults.hang_creates.store(true, Ordering::SeqCst);
+    let stats = settle(&pool, |s| s.destroyed == 1).await;
+    assert_eq!(stats.failed_resets, 0, "a check is not a reset: {stats:?}");
+    let err = pool
+        .wait_ready(Duration::from_millis(100))
+        .await
+        .expect_err("the replacement hangs");
+    assert!(
+        matches!(
+            err,
+            PoolError::AcquireTimeout {
+                last_failure: Some(SlotFailure::Timeout {
+                    operation: "health check",
+                    after,
+                }),
+                ..
+            } if after == Duration::from_secs(2)
+        ),
+        "{err:?}"
+    );
+    faults.hang_checks.store(false, Ordering::SeqCst);
+    faults.hang_creates.store(false, Ordering::SeqCst);
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_discards_the_ready_slots_before_it_returns() {
+    let pool = started(config(2, 2)).await;
+    let record = pool.backend().record();
+    let clone = pool.clone();
+    drop(pool);
+    assert_eq!(record.live().len(), 2, "a clone still holds the pool");
+    drop(clone);
+    assert!(record.live().is_empty(), "{:?}", record.calls());
+    let mut discarded: Vec<u32> = record
+        .calls()
+        .iter()
+        .filter_map(|call| match call {
+            Call::Discard(index) => Some(*index),
+            _ => None,
+        })
+        .collect();
+    discarded.sort_unstable();
+    assert_eq!(discarded, [0, 1], "{:?}", record.calls());
+}
+
+#[tokio::test]
+async fn invalid_configurations_are_refused() {
+    for (min_ready, max_size, prepares) in [(0, 0, 1), (3, 2, 1), (1, 1, 0)] {
+        let mut cfg = config(min_ready, max_size);
+        cfg.max_concurrent_prepares = prepares;
+        let err = Pool::start(FakeBackend::default(), cfg)
+            .await
+            .expect_err("invalid");
+        assert!(matches!(err, PoolError::Config(_)), "{err}");
+    }
+}

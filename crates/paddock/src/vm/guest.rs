@@ -1,0 +1,191 @@
+//! One running guest: its libvirt domain, the agent client connected to it,
+//! the spec it was defined from and its directory on the host. A single
+//! [`crate::Sandbox`] and a pool's [`crate::VmSlot`] are both a [`Guest`]
+//! with a little more; both dereference to it.
+//!
+//! A guest dropped without being discarded (a panicking caller, a reset task
+//! dropped with its runtime) still destroys its domain and removes its
+//! directory, on a helper thread that the drop waits for.
+
+use std::path::{Path, PathBuf};
+
+use paddock_agent_client::{AgentClient, Continuity};
+use paddock_libvirt::{DomainSpec, Vm};
+
+use super::VmError;
+
+/// A running domain and its connected agent.
+#[derive(Debug)]
+pub struct Guest {
+    vm: Vm,
+    client: AgentClient,
+    spec: DomainSpec,
+    dir: PathBuf,
+    /// Set once the domain and files are gone; until then the drop removes
+    /// them.
+    discarded: bool,
+}
+
+impl Guest {
+    /// A guest whose domain runs and whose agent answers; it owns `dir`.
+    pub(crate) fn new(vm: Vm, client: AgentClient, spec: DomainSpec, dir: PathBuf) -> Self {
+        Self {
+            vm,
+            client,
+            spec,
+            dir,
+            discarded: false,
+        }
+    }
+
+    /// The agent client: exec, files, status.
+    #[must_use]
+    pub fn client(&self) -> &AgentClient {
+        &self.client
+    }
+
+    /// The libvirt domain.
+    #[must_use]
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// The domain's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The spec the domain was defined from.
+    #[must_use]
+    pub fn spec(&self) -> &DomainSpec {
+        &self.spec
+    }
+
+    /// The guest's directory on the host (console log, socket, disks).
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The host side of the agent's channel: the virtio-serial socket, or
+    /// the hybrid-vsock backend's socket.
+    #[must_use]
+    pub fn agent_socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    /// The last `lines` lines of the guest's serial console.
+    #[must_use]
+    pub fn console_tail(&self, lines: usize) -> String {
+        console_tail(&self.spec.console_log, lines)
+    }
+
+    /// Puts the handle of a domain restored into a new QEMU in place.
+    pub(crate) fn replace_vm(&mut self, vm: Vm) {
+        self.vm = vm;
+    }
+
+    /// Reconnects the agent after a reset and checks that its session shows
+    /// a restored guest; `reset` names the reset for the error.
+    pub(crate) async fn reconnect_restored(
+        &self,
+        reset: impl FnOnce() -> String,
+    ) -> Result<(), VmError> {
+        self.client.reconnect().await?;
+        match self.client.continuity() {
+            Some(Continuity::Restored) => Ok(()),
+            found => Err(VmError::NotRestored {
+                reset: reset(),
+                found,
+            }),
+        }
+    }
+
+    /// Loads the internal snapshot `name` inside the running QEMU and
+    /// reconnects the agent, which must report a restored guest.
+    pub(crate) async fn load_snapshot_in_place(&self, name: &str) -> Result<(), VmError> {
+        // Nothing may be in flight while the guest is rewound.
+        self.client.close().await;
+        self.vm.load_snapshot_in_place(name).await?;
+        self.reconnect_restored(|| format!("loading {name} in place"))
+            .await
+    }
+
+    /// Closes the agent session, destroys and undefines the domain, and
+    /// removes the directory. A domain libvirt could not remove is tried
+    /// again by the drop.
+    pub(crate) async fn discard(&mut self) -> Result<(), VmError> {
+        self.client.close().await;
+        let domain = self.vm.discard().await;
+        let files = remove_dir(&self.dir).await;
+        self.discarded = domain.is_ok();
+        domain?;
+        files
+    }
+
+    /// [`Guest::discard`] on the calling thread, best effort: for drops,
+    /// when the runtime may be going away.
+    pub(crate) fn discard_blocking(&mut self) {
+        let _ = self.vm.discard_blocking();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.discarded = true;
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if !self.discarded {
+            discard_on_thread(Some(self.vm.clone()), Some(self.dir.clone()));
+        }
+    }
+}
+
+/// Discards a domain and a directory from a `Drop`: on a thread of its own
+/// (libvirt calls block, and a drop may run on an async worker), waited for
+/// so that the process does not exit with the domain still there.
+pub(crate) fn discard_on_thread(vm: Option<Vm>, dir: Option<PathBuf>) {
+    let work = move || {
+        if let Some(vm) = vm {
+            let _ = vm.discard_blocking();
+        }
+        if let Some(dir) = dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    };
+    if let Ok(thread) = std::thread::Builder::new()
+        .name("paddock-discard".into())
+        .spawn(work)
+    {
+        let _ = thread.join();
+    }
+}
+
+/// Creates `dir` (and its parents) as a directory QEMU can create files in:
+/// QEMU runs as `libvirt-qemu` and makes sockets there, so it is mode 0777.
+///
+/// # Errors
+/// [`VmError::Io`] when it cannot be created or its mode set.
+pub fn create_qemu_dir(dir: &Path) -> Result<(), VmError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).map_err(VmError::io("create", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+        .map_err(VmError::io("set the permissions of", dir))
+}
+
+/// Removes `dir` and everything in it; a missing one is fine.
+pub(crate) async fn remove_dir(dir: &Path) -> Result<(), VmError> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(VmError::io("remove", dir)(err))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The last `lines` lines of a console log (empty if there is none yet).
+pub(crate) fn console_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,27 @@
+//! Real VMs: single [`Sandbox`]es, and pools of them ([`VmBackend`]) made
+//! from a [`Golden`] state.
+//!
+//! - [`guest`]: the core both share, a running domain with its connected
+//!   agent ([`Guest`]), and how it is discarded.
+//! - [`sandbox`]: one VM booted from the image.
+//! - [`golden`]: a pool's golden state and its files.
+//! - [`backend`]: the pool's [`crate::pool::SlotBackend`] of VMs: slots
+//!   restored from the golden and the three reset strategies.
+//! - [`network`]: each slot's address on a NAT-filtered network.
+//! - [`recover`]: removing what a crashed process left of a pool.
+
+pub mod backend;
+mod error;
+pub mod golden;
+pub mod guest;
+pub mod network;
+pub mod recover;
+pub mod sandbox;
+
+pub use backend::{ResetPhases, ResetStrategy, VmBackend, VmPoolSpec, VmSlot};
+pub use error::VmError;
+pub use golden::{Golden, GoldenId};
+pub use guest::{Guest, create_qemu_dir};
+pub use network::{PoolNetwork, identity_script};
+pub use recover::recover_pool;
+pub use sandbox::{ChannelConfig, DEFAULT_STATE_ROOT, Sandbox, SandboxConfig};
