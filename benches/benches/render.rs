@@ -6,7 +6,9 @@
 //! boot with a disk overlay), no network with kernel vsock, and hybrid vsock
 //! (shared memory backing and `<qemu:commandline>`).
 //!
-//! Run with `cargo bench -p paddock-benches --bench render`.
+//! Run with `cargo bench -p paddock-benches --bench render`. It uses
+//! `paddock-spec` only, so with `--no-default-features` it builds on a
+//! machine without libvirt-dev.
 
 // `criterion_group!` and `criterion_main!` generate public items without docs.
 #![allow(missing_docs)]
@@ -15,7 +17,7 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use paddock_libvirt::{
+use paddock_spec::{
     Acceleration, AgentChannel, Boot, DomainSpec, ImageFormat, NetworkKind, NetworkMode,
     NetworkSpec, OverlayDisk, PaddockMetadata, Profile, Uuid, VsockCid, render_domain,
 };

@@ -3,6 +3,11 @@
 //! The criterion benchmarks are under `benches/` (run them with
 //! `cargo xtask bench`); `vm` and `slo` measure real VMs (`cargo xtask
 //! bench-vm`, `cargo xtask bench-slo`). What they share is here.
+//!
+//! `agent`, `vm` and `slo` link libvirt (through `paddock` and
+//! `paddock-tests`) and need the default feature `libvirt`; `codec` and
+//! `render` do not, so `--no-default-features` builds them without
+//! libvirt-dev.
 
 use std::future::Future;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use paddock_libvirt::SavedImageHeader;
+use paddock_spec::SavedImageHeader;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(header) = SavedImageHeader::read_from(&mut &data[..]) else {

@@ -4,14 +4,13 @@
 use std::path::Path;
 use std::sync::{Arc, Once};
 
+use paddock_spec::saved_image::derive_saved_image;
+use paddock_spec::{DomainSpec, PaddockMetadata, parse_metadata, render_domain};
 use virt::connect::Connect;
 
 use crate::domain::Vm;
-use crate::domain_xml::{parse_metadata, render_domain};
 use crate::error::{LibvirtError, blocking};
 use crate::network::{self, Applied, ApplyError, FilterDefinition, NetworkSpec, render_network};
-use crate::saved_image::derive_saved_image;
-use crate::spec::{DomainSpec, PaddockMetadata};
 use crate::stats::{self, DomainStats};
 
 /// Seconds between keepalive probes on a daemon connection.

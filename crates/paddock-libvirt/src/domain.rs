@@ -11,12 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use paddock_spec::{PaddockMetadata, parse_metadata};
 use virt::domain::Domain;
 use virt::error::Error as VirtError;
 
-use crate::domain_xml::parse_metadata;
 use crate::error::{LibvirtError, blocking};
-use crate::spec::PaddockMetadata;
 
 /// How often [`Vm::wait_for_state`] looks at the domain.
 pub const STATE_POLL: Duration = Duration::from_millis(50);

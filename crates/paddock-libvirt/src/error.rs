@@ -9,10 +9,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use paddock_spec::XmlError;
 use virt::error::{ErrorDomain, ErrorNumber};
 
 use crate::domain::DomainState;
-use crate::xml::XmlError;
 
 /// A libvirt operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ pub enum LibvirtError {
         object: String,
         /// Why.
         #[source]
-        source: crate::saved_image::SavedImageError,
+        source: paddock_spec::SavedImageError,
     },
     /// The blocking-pool task running the call panicked or was cancelled.
     #[error("The worker running libvirt {op} for {object} failed")]

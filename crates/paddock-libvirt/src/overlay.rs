@@ -15,9 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use paddock_spec::OverlayDisk;
 use tokio::process::Command;
-
-use crate::spec::OverlayDisk;
 
 /// How long `qemu-img create` may take (it writes a few KiB of metadata).
 pub const QEMU_IMG_TIMEOUT: Duration = Duration::from_secs(30);

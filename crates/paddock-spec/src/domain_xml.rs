@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use crate::spec::{
+use crate::domain::{
     AgentChannel, Boot, DomainSpec, METADATA_NAMESPACE, NetworkMode, PaddockMetadata, Tuning,
     VsockCid,
 };

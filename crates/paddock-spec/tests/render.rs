@@ -1,7 +1,7 @@
 //! Golden-file and schema tests of every XML document Paddock generates.
 //!
 //! Golden files live in `tests/golden/`; `PADDOCK_BLESS=1 cargo test -p
-//! paddock-libvirt --test render` rewrites them from the current rendering.
+//! paddock-spec --test render` rewrites them from the current rendering.
 //! Schema checks run libvirt's own `virt-xml-validate` (package
 //! libvirt-clients) and fail if it is missing.
 #![cfg(test)]
@@ -12,7 +12,7 @@ mod sample;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use paddock_libvirt::{
+use paddock_spec::{
     Boot, NetworkKind, SnapshotSpec, Tuning, load_filters, render_domain, render_network,
     render_snapshot,
 };

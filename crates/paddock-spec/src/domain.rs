@@ -232,7 +232,8 @@ pub enum Boot {
     Disk,
 }
 
-/// A qcow2 overlay on a base image that is never written (see [`crate::overlay`]).
+/// A qcow2 overlay on a base image that is never written (`paddock-libvirt`'s
+/// `overlay` module makes and removes them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlayDisk {
     /// The qcow2 overlay the guest writes to.

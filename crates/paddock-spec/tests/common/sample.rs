@@ -1,10 +1,11 @@
 //! The sample domain and networks rendered by the golden and schema tests and
-//! by the `render` example.
+//! by the `render` example, and defined by `paddock-libvirt`'s test-driver
+//! tests (which include this file by path).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use paddock_libvirt::{
+use paddock_spec::{
     Acceleration, AgentChannel, Boot, DomainSpec, ImageFormat, MacAddress, NetworkKind,
     NetworkMode, NetworkSpec, OverlayDisk, PaddockMetadata, Profile, Uuid, VsockCid,
 };

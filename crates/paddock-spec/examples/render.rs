@@ -1,5 +1,5 @@
 //! Prints the domain XML of a sample sandbox, e.g.
-//! `cargo run -p paddock-libvirt --example render -- --network isolated --channel vsock`,
+//! `cargo run -p paddock-spec --example render -- --network isolated --channel vsock`,
 //! so a rendering can be checked with `virt-xml-validate`.
 
 #[path = "../tests/common/sample.rs"]
@@ -18,11 +18,11 @@ struct Args {
     channel: sample::Chan,
 }
 
-fn main() -> Result<(), paddock_libvirt::XmlError> {
+fn main() -> Result<(), paddock_spec::XmlError> {
     let args = Args::parse();
     print!(
         "{}",
-        paddock_libvirt::render_domain(&sample::domain(args.network, args.channel))?
+        paddock_spec::render_domain(&sample::domain(args.network, args.channel))?
     );
     Ok(())
 }
