@@ -18,8 +18,8 @@ use std::net::Ipv4Addr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use paddock_spec::{
-    Acceleration, AgentChannel, Boot, DomainSpec, ImageFormat, NetworkKind, NetworkMode,
-    NetworkSpec, OverlayDisk, PaddockMetadata, Profile, Uuid, VsockCid, render_domain,
+    Acceleration, AgentChannel, Boot, DomainRole, DomainSpec, ImageFormat, NetworkKind,
+    NetworkMode, NetworkSpec, OverlayDisk, PaddockMetadata, Profile, Uuid, VsockCid, render_domain,
 };
 
 fn spec(channel: AgentChannel, network: NetworkMode) -> DomainSpec {
@@ -29,7 +29,7 @@ fn spec(channel: AgentChannel, network: NetworkMode) -> DomainSpec {
         uuid: Uuid::from_u128(0x5ad0_c0de_0000_4000_8000_0000_0000_0017),
         metadata: PaddockMetadata {
             pool: "web".into(),
-            slot: 17,
+            role: DomainRole::Slot(17),
             image: "debian-12-agent".into(),
             golden: Some("web-golden-1".into()),
             created_unix: 1_767_225_600,

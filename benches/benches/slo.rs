@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use paddock::agent::Execute;
-use paddock::libvirt::{NetworkKind, NetworkSpec, load_filters};
+use paddock::libvirt::{NetworkKind, NetworkSpec, builtin_filters};
 use paddock::{
     Paddock, PaddockConfig, PoolConfig, PoolNetwork, ResetStrategy, Sandbox, SandboxConfig, VmPool,
     VmPoolSpec,
@@ -248,8 +248,7 @@ async fn run() -> anyhow::Result<()> {
         subnet: std::net::Ipv4Addr::new(10, 216, u8::try_from(pid % 200)? + 20, 0),
         slots: 3,
     };
-    let filters =
-        load_filters(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../nwfilters"))?;
+    let filters = builtin_filters();
     let nat = async {
         let pool = make_pool_on(
             &paddock,

@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use paddock::{PoolConfig, PoolNetwork, ResetStrategy, VmPoolSpec};
 use paddock_agent_client::{AgentClient, Execute};
 use paddock_libvirt::{
-    Libvirt, NatAttachment, NetworkKind, NetworkMode, NetworkSpec, load_filters,
+    Libvirt, NatAttachment, NetworkKind, NetworkMode, NetworkSpec, builtin_filters,
 };
 use paddock_tests::netns::{NetnsHost, TEST_HOST, http_body, page};
 use paddock_tests::vm::{
@@ -79,8 +79,7 @@ async fn nat_filtered_guest_reaches_allowed_ports_only() -> TestResult {
         return Ok(());
     }
     let libvirt = Libvirt::open(SYSTEM_URI).await?;
-    let filters = Path::new(env!("CARGO_MANIFEST_DIR")).join("../nwfilters");
-    for filter in load_filters(&filters)? {
+    for filter in builtin_filters() {
         libvirt.apply_filter(&filter).await?;
     }
     let pid = std::process::id();
@@ -170,7 +169,7 @@ async fn nat_filtered_pool(strategy: ResetStrategy) -> TestResult {
     spec.client = test_config();
     spec.network = PoolNetwork::NatFiltered {
         network: network.clone(),
-        filters: load_filters(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../nwfilters"))?,
+        filters: builtin_filters(),
         filter: "paddock-egress".into(),
     };
     let pool = paddock

@@ -132,7 +132,7 @@ async fn one_saved_image_becomes_many_domains() -> TestResult {
         let mut spec = sandbox.spec().clone();
         spec.name = name;
         spec.uuid = Uuid::new_v4();
-        spec.metadata.slot = slot;
+        spec.metadata.role = paddock_libvirt::DomainRole::Slot(slot);
         spec.console_log = dir.join("console.log");
         if let AgentChannel::VirtioSerial { socket, .. } = &mut spec.channel {
             *socket = dir.join("agent.sock");

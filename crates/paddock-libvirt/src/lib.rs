@@ -55,10 +55,10 @@ pub use network::{
 };
 pub use overlay::{OverlayError, create_blank_qcow2, create_overlay, remove_overlay};
 pub use paddock_spec::{
-    Acceleration, AgentChannel, Boot, CpuQuota, DomainSpec, ImageFormat, METADATA_NAMESPACE,
-    MacAddress, NatAttachment, NetworkMode, OverlayDisk, PaddockMetadata, Profile,
-    QEMU_OVERHEAD_MIB, Resources, SavedImageError, SavedImageHeader, Tuning, Uuid, VsockCid,
-    XmlError, derive_saved_image, kvm_usable, parse_metadata, read_saved_image_header,
+    Acceleration, AgentChannel, Boot, CpuQuota, DomainRole, DomainSpec, ImageFormat,
+    METADATA_NAMESPACE, MacAddress, NatAttachment, NetworkMode, OverlayDisk, PaddockMetadata,
+    Profile, QEMU_OVERHEAD_MIB, Resources, SavedImageError, SavedImageHeader, Tuning, Uuid,
+    VsockCid, XmlError, derive_saved_image, kvm_usable, parse_metadata, read_saved_image_header,
     render_domain,
 };
 pub use snapshot::{SnapshotInfo, SnapshotSpec, render_snapshot};

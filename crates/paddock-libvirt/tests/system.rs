@@ -14,10 +14,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use paddock_libvirt::{
-    Acceleration, AgentChannel, Applied, Boot, DomainSpec, DomainState, FilterDefinition,
-    ImageFormat, Libvirt, LibvirtError, NetworkKind, NetworkMode, NetworkSpec, OverlayDisk,
-    PaddockMetadata, Profile, Resources, RestoreMode, SnapshotSpec, Uuid, create_overlay,
-    load_filters, remove_overlay,
+    Acceleration, AgentChannel, Applied, Boot, DomainRole, DomainSpec, DomainState,
+    FilterDefinition, ImageFormat, Libvirt, LibvirtError, NetworkKind, NetworkMode, NetworkSpec,
+    OverlayDisk, PaddockMetadata, Profile, Resources, RestoreMode, SnapshotSpec, Uuid,
+    create_overlay, load_filters, remove_overlay,
 };
 use tempfile::TempDir;
 
@@ -84,7 +84,7 @@ fn tiny(name: &str, slot: u32, dir: &Path, network: NetworkMode) -> DomainSpec {
         uuid: Uuid::new_v4(),
         metadata: PaddockMetadata {
             pool: "systest".into(),
-            slot,
+            role: DomainRole::Slot(slot),
             image: "empty".into(),
             golden: None,
             created_unix: 1_767_225_600,
@@ -292,7 +292,8 @@ async fn snapshots_then_save_and_restore_with_edited_xml() {
         .expect("runs");
     let ours = lv.paddock_domains().await.expect("list");
     assert!(
-        ours.iter().any(|(vm, m)| vm.name() == name && m.slot == 5),
+        ours.iter()
+            .any(|(vm, m)| vm.name() == name && m.role == DomainRole::Slot(5)),
         "recovered by metadata"
     );
 

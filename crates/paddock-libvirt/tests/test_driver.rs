@@ -9,7 +9,7 @@ mod sample;
 use std::time::Duration;
 
 use paddock_libvirt::{
-    Applied, DomainSpec, DomainState, Libvirt, LibvirtError, NetworkKind, RestoreMode,
+    Applied, DomainRole, DomainSpec, DomainState, Libvirt, LibvirtError, NetworkKind, RestoreMode,
     ShutdownOutcome, SnapshotSpec, Uuid, render_domain,
 };
 use sample::{Chan, Net};
@@ -242,7 +242,7 @@ async fn metadata_round_trips_and_finds_paddock_domains() {
     let a = spec("pad-a");
     let mut b = spec("pad-b");
     b.uuid = Uuid::new_v4();
-    b.metadata.slot = 1;
+    b.metadata.role = DomainRole::Golden;
     b.metadata.golden = None;
     let vm = lv.define(&a).await.expect("define a");
     lv.define(&b).await.expect("define b");

@@ -49,14 +49,37 @@ pub struct DomainSpec {
 pub struct PaddockMetadata {
     /// The pool the domain belongs to.
     pub pool: String,
-    /// The slot it fills in that pool.
-    pub slot: u32,
+    /// What it is in that pool.
+    pub role: DomainRole,
     /// The guest image it runs.
     pub image: String,
     /// The golden snapshot or saved image it was reset or restored from, if any.
     pub golden: Option<String>,
     /// When it was created, in seconds since the Unix epoch.
     pub created_unix: u64,
+}
+
+/// What a Paddock domain is to its pool. Stored as the metadata's `role`
+/// attribute (`sandbox`, `golden` or `slot`, with `slot="<n>"` for a slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DomainRole {
+    /// A single sandbox, outside any pool's slots.
+    Sandbox,
+    /// A pool's golden template, while it is booted, warmed up and captured.
+    Golden,
+    /// Slot `n` of its pool.
+    Slot(u32),
+}
+
+impl DomainRole {
+    /// The slot's number, for a slot.
+    #[must_use]
+    pub fn slot(self) -> Option<u32> {
+        match self {
+            Self::Slot(n) => Some(n),
+            Self::Sandbox | Self::Golden => None,
+        }
+    }
 }
 
 /// vCPUs and memory.

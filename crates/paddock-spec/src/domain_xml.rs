@@ -11,8 +11,8 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use crate::domain::{
-    AgentChannel, Boot, DomainSpec, METADATA_NAMESPACE, NetworkMode, PaddockMetadata, Tuning,
-    VsockCid,
+    AgentChannel, Boot, DomainRole, DomainSpec, METADATA_NAMESPACE, NetworkMode, PaddockMetadata,
+    Tuning, VsockCid,
 };
 use crate::xml::{Element, XmlError, XmlWriter};
 
@@ -104,14 +104,22 @@ pub fn render_domain(spec: &DomainSpec) -> Result<String, XmlError> {
 }
 
 fn render_metadata(w: &mut XmlWriter, m: &PaddockMetadata) -> Result<(), XmlError> {
-    let slot = m.slot.to_string();
+    let slot = m.role.slot().map(|n| n.to_string());
     let created = m.created_unix.to_string();
+    let role = match m.role {
+        DomainRole::Sandbox => "sandbox",
+        DomainRole::Golden => "golden",
+        DomainRole::Slot(_) => "slot",
+    };
     let mut attrs = vec![
         ("xmlns:paddock", METADATA_NAMESPACE),
         ("pool", m.pool.as_str()),
-        ("slot", slot.as_str()),
-        ("image", m.image.as_str()),
+        ("role", role),
     ];
+    if let Some(slot) = &slot {
+        attrs.push(("slot", slot));
+    }
+    attrs.push(("image", m.image.as_str()));
     if let Some(golden) = &m.golden {
         attrs.push(("golden", golden));
     }
@@ -317,14 +325,35 @@ pub fn parse_metadata(domain_xml: &str) -> Result<Option<PaddockMetadata>, XmlEr
                 value: value.to_owned(),
             })
     };
-    let slot = number("slot")?;
-    Ok(Some(PaddockMetadata {
-        pool: required("pool")?.to_owned(),
-        slot: u32::try_from(slot).map_err(|_| XmlError::InvalidAttribute {
+    let slot = || {
+        let slot = number("slot")?;
+        u32::try_from(slot).map_err(|_| XmlError::InvalidAttribute {
             element: "paddock:domain",
             attribute: "slot",
             value: slot.to_string(),
-        })?,
+        })
+    };
+    let role = match el.attr("role") {
+        Some("sandbox") => DomainRole::Sandbox,
+        Some("golden") => DomainRole::Golden,
+        Some("slot") => DomainRole::Slot(slot()?),
+        Some(other) => {
+            return Err(XmlError::InvalidAttribute {
+                element: "paddock:domain",
+                attribute: "role",
+                value: other.to_owned(),
+            });
+        }
+        // Written before roles existed: a slot number, with the largest
+        // one standing for the golden template.
+        None => match slot()? {
+            u32::MAX => DomainRole::Golden,
+            n => DomainRole::Slot(n),
+        },
+    };
+    Ok(Some(PaddockMetadata {
+        pool: required("pool")?.to_owned(),
+        role,
         image: required("image")?.to_owned(),
         golden: el.attr("golden").map(str::to_owned),
         created_unix: number("created")?,
@@ -344,7 +373,7 @@ mod tests {
           </metadata></domain>"#;
         let m = parse_metadata(xml).expect("parses").expect("has metadata");
         assert_eq!(m.pool, "web");
-        assert_eq!(m.slot, 7);
+        assert_eq!(m.role, DomainRole::Slot(7));
         assert_eq!(m.golden, None);
         assert_eq!(
             parse_metadata("<domain><name>x</name></domain>").expect("parses"),
@@ -361,7 +390,20 @@ mod tests {
         };
         let ok = r#"pool="p" slot="1" image="i" created="5""#;
         assert!(parse_metadata(&with(ok)).expect("parses").is_some());
+        for (attrs, role) in [
+            (r#"role="slot" slot="1""#, DomainRole::Slot(1)),
+            (r#"role="golden""#, DomainRole::Golden),
+            (r#"role="sandbox""#, DomainRole::Sandbox),
+            (r#"slot="4294967295""#, DomainRole::Golden),
+        ] {
+            let xml = with(&format!(r#"pool="p" {attrs} image="i" created="5""#));
+            let m = parse_metadata(&xml).expect("parses").expect("has metadata");
+            assert_eq!(m.role, role, "{attrs}");
+        }
         for bad in [
+            r#"pool="p" role="slot" image="i" created="5""#,
+            r#"pool="p" role="pet" image="i" created="5""#,
+            r#"pool="p" image="i" created="5""#,
             r#"slot="1" image="i" created="5""#,
             r#"pool="p" slot="-1" image="i" created="5""#,
             r#"pool="p" slot="4294967296" image="i" created="5""#,

@@ -34,9 +34,9 @@ mod xml;
 
 pub use definition::{DefinitionUpdate, definition_update};
 pub use domain::{
-    Acceleration, AgentChannel, Boot, CpuQuota, DomainSpec, ImageFormat, METADATA_NAMESPACE,
-    MacAddress, NatAttachment, NetworkMode, OverlayDisk, PaddockMetadata, Profile,
-    QEMU_OVERHEAD_MIB, Resources, Tuning, VsockCid, kvm_usable,
+    Acceleration, AgentChannel, Boot, CpuQuota, DomainRole, DomainSpec, ImageFormat,
+    METADATA_NAMESPACE, MacAddress, NatAttachment, NetworkMode, OverlayDisk, PaddockMetadata,
+    Profile, QEMU_OVERHEAD_MIB, Resources, Tuning, VsockCid, kvm_usable,
 };
 pub use domain_xml::{parse_metadata, render_domain};
 pub use network::{

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use paddock::{Pool, PoolConfig, PoolError, SlotBackend, VmError};
 use paddock_libvirt::{
-    Acceleration, AgentChannel, Boot, DomainSpec, DomainState, Libvirt, LibvirtError, NetworkMode,
-    PaddockMetadata, Profile, Uuid, Vm,
+    Acceleration, AgentChannel, Boot, DomainRole, DomainSpec, DomainState, Libvirt, LibvirtError,
+    NetworkMode, PaddockMetadata, Profile, Uuid, Vm,
 };
 
 const POOL: &str = "faults";
@@ -66,7 +66,7 @@ fn spec(index: u32) -> DomainSpec {
         uuid: Uuid::new_v4(),
         metadata: PaddockMetadata {
             pool: POOL.into(),
-            slot: index,
+            role: DomainRole::Slot(index),
             image: "test".into(),
             golden: Some("golden".into()),
             created_unix: 0,

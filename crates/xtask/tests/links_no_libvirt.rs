@@ -56,3 +56,15 @@ fn xtask_links_neither_libvirt_nor_the_product() {
          libvirt-dev (`cargo tree -p xtask -e normal,build -i virt-sys` shows the path)"
     );
 }
+
+#[test]
+fn the_pure_half_of_the_libvirt_layer_links_no_libvirt() {
+    let tree = dependency_tree("paddock-spec");
+    assert!(tree.contains("quick-xml"), "{tree:?}");
+    let linked: Vec<&String> = tree.iter().filter(|name| is_libvirt(name)).collect();
+    assert!(
+        linked.is_empty(),
+        "paddock-spec depends on {linked:?}: fuzzing, the render benchmark and the XML tests \
+         would need libvirt-dev"
+    );
+}

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use paddock_spec::{
-    Acceleration, AgentChannel, Boot, DomainSpec, ImageFormat, MacAddress, NetworkKind,
+    Acceleration, AgentChannel, Boot, DomainRole, DomainSpec, ImageFormat, MacAddress, NetworkKind,
     NetworkMode, NetworkSpec, OverlayDisk, PaddockMetadata, Profile, Uuid, VsockCid,
 };
 
@@ -57,7 +57,7 @@ pub fn domain(net: Net, chan: Chan) -> DomainSpec {
         uuid: Uuid::from_u128(0x5ad0_c0de_0000_4000_8000_0000_0000_0003),
         metadata: PaddockMetadata {
             pool: "web".into(),
-            slot,
+            role: DomainRole::Slot(slot),
             image: "debian-12-agent".into(),
             golden: Some("web-golden-1".into()),
             created_unix: 1_767_225_600,

@@ -43,8 +43,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use paddock_agent_client::{AgentClient, ClientConfig, Execute, Transport};
 use paddock_libvirt::{
-    AgentChannel, DomainSpec, ImageFormat, Libvirt, NatAttachment, NetworkMode, OverlayDisk,
-    RestoreMode, SnapshotSpec, Uuid, create_overlay,
+    AgentChannel, DomainRole, DomainSpec, ImageFormat, Libvirt, NatAttachment, NetworkMode,
+    OverlayDisk, RestoreMode, SnapshotSpec, Uuid, create_overlay,
 };
 
 use super::VmError;
@@ -237,7 +237,7 @@ impl VmBackend {
         }
         spec.name = slot_name(&self.spec.name, index);
         spec.uuid = Uuid::new_v4();
-        spec.metadata.slot = index;
+        spec.metadata.role = DomainRole::Slot(index);
         spec.metadata.golden = Some(self.golden.id.id.clone());
         spec.metadata.created_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use paddock_image::GuestImage;
-use paddock_libvirt::{DomainSpec, Libvirt, NatAttachment, NetworkMode, Uuid, create_blank_qcow2};
+use paddock_libvirt::{
+    DomainRole, DomainSpec, Libvirt, NatAttachment, NetworkMode, Uuid, create_blank_qcow2,
+};
 
 use super::backend::{VmPoolSpec, run_commands};
 use super::guest::{create_qemu_dir, remove_dir};
@@ -98,7 +100,7 @@ impl Golden {
         let mut config = SandboxConfig::new(format!("paddock-{}-golden-{}", spec.name, &id[..8]));
         config.state_root = dir.to_path_buf();
         config.pool = spec.name.clone();
-        config.slot = u32::MAX;
+        config.role = DomainRole::Golden;
         config.memory_mib = spec.memory_mib;
         config.vcpus = spec.vcpus;
         config.ready_timeout = spec.boot_timeout;

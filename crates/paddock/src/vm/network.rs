@@ -42,7 +42,8 @@ pub enum PoolNetwork {
         /// `max_size`: the last one is the golden's.
         network: NetworkSpec,
         /// Filters to define or update first (e.g. the repository's
-        /// `nwfilters/`, read with [`paddock_libvirt::load_filters`]).
+        /// filters built into the library, [`paddock_libvirt::builtin_filters`],
+        /// or a folder of them read with [`paddock_libvirt::load_filters`]).
         filters: Vec<FilterDefinition>,
         /// The filter every slot's interface references, with the `IP` and
         /// `GATEWAY` parameters (e.g. `paddock-egress`).

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use paddock_agent_client::{AgentClient, ClientConfig, Transport};
 use paddock_image::GuestImage;
 use paddock_libvirt::{
-    Acceleration, AgentChannel, Boot, DomainSpec, ImageFormat, Libvirt, NetworkMode, OverlayDisk,
-    PaddockMetadata, Profile, Resources, SnapshotInfo, SnapshotSpec, Uuid, Vm, create_blank_qcow2,
-    create_overlay,
+    Acceleration, AgentChannel, Boot, DomainRole, DomainSpec, ImageFormat, Libvirt, NetworkMode,
+    OverlayDisk, PaddockMetadata, Profile, Resources, SnapshotInfo, SnapshotSpec, Uuid, Vm,
+    create_blank_qcow2, create_overlay,
 };
 
 use super::VmError;
@@ -87,10 +87,11 @@ pub struct SandboxConfig {
     /// Boot from a fresh overlay on this qcow2 disk instead (a golden's
     /// frozen disk); it wins over the image's root disk and `state_disk_mib`.
     pub base_disk: Option<PathBuf>,
-    /// Recorded in the domain's Paddock metadata.
+    /// The pool recorded in the domain's Paddock metadata (recovery and
+    /// leak checks find domains by it).
     pub pool: String,
-    /// Recorded in the domain's Paddock metadata.
-    pub slot: u32,
+    /// What the domain is to that pool, recorded in its metadata.
+    pub role: DomainRole,
     /// The agent client's timeouts and limits (its connect timeout is
     /// replaced by `ready_timeout` for the first connection).
     pub client: ClientConfig,
@@ -113,7 +114,7 @@ impl SandboxConfig {
             state_disk_mib: Some(64),
             base_disk: None,
             pool: "default".into(),
-            slot: 0,
+            role: DomainRole::Sandbox,
             client: ClientConfig::default(),
         }
     }
@@ -179,7 +180,7 @@ impl Sandbox {
             uuid: Uuid::new_v4(),
             metadata: PaddockMetadata {
                 pool: config.pool.clone(),
-                slot: config.slot,
+                role: config.role,
                 image: image.hash.clone(),
                 golden: None,
                 created_unix: SystemTime::now()
