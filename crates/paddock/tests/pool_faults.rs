@@ -390,7 +390,11 @@ async fn leftovers_of_a_crashed_process_are_removed_at_start() {
         .await
         .expect("another pool's domain");
     let pool_dir = h.dir.path().join(POOL);
-    for dir in ["slot-100", "golden-0123abcd"] {
+    for dir in [
+        "slot-100",
+        "golden-0123abcd",
+        "paddock-faults-golden-0123abcd",
+    ] {
         std::fs::create_dir_all(pool_dir.join(dir).join("inner")).expect("a leftover directory");
     }
     std::fs::write(pool_dir.join("notes.txt"), b"not the pool's").expect("a foreign file");
@@ -404,7 +408,13 @@ async fn leftovers_of_a_crashed_process_are_removed_at_start() {
         h.libvirt.lookup("paddock-other-7").await.is_ok(),
         "another pool's domain stays"
     );
-    assert!(!pool_dir.join("slot-100").exists() && !pool_dir.join("golden-0123abcd").exists());
+    for dir in [
+        "slot-100",
+        "golden-0123abcd",
+        "paddock-faults-golden-0123abcd",
+    ] {
+        assert!(!pool_dir.join(dir).exists(), "{dir} is left");
+    }
     assert!(
         pool_dir.join("notes.txt").exists(),
         "what is not the pool's stays"

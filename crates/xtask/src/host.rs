@@ -35,7 +35,7 @@ const PACKAGES: [&str; 12] = [
     "tini",
 ];
 
-/// What building the guest image takes from the host (see `image.rs`): the
+/// What building the guest image takes from the host (see `image/`): the
 /// static busybox that becomes the guest's userland, and `strip` for the
 /// agent binary.
 const IMAGE_PACKAGES: [&str; 2] = ["busybox-static", "binutils"];

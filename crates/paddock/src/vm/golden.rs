@@ -9,8 +9,12 @@
 //!   blank.qcow2        the empty base disk (an image without a root disk)
 //!   memory.img         the template's saved memory
 //!   disk.qcow2         the template's disk overlay, frozen; slots' overlays sit on it
-//!   paddock-<pool>-golden-<id>/   the template's own directory while it runs
 //! ```
+//!
+//! The template itself runs as a [`Sandbox`] in `<pool dir>/paddock-<pool>-golden-<id>/`
+//! (beside the golden's directory, not in it: its agent socket's path must
+//! stay within the 108 bytes of a Unix socket address), which it removes
+//! when it is captured or fails.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -98,7 +102,7 @@ impl Golden {
             }
         };
         let mut config = SandboxConfig::new(format!("paddock-{}-golden-{}", spec.name, &id[..8]));
-        config.state_root = dir.to_path_buf();
+        config.state_root = dir.parent().unwrap_or(dir).to_path_buf();
         config.pool = spec.name.clone();
         config.role = DomainRole::Golden;
         config.memory_mib = spec.memory_mib;

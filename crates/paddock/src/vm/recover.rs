@@ -1,5 +1,5 @@
 //! Removing what a crashed process left of a pool: its domains, found by
-//! their Paddock metadata, and its slot and golden directories.
+//! their Paddock metadata, and its slot, golden and template directories.
 
 use std::path::Path;
 
@@ -9,7 +9,8 @@ use super::VmError;
 
 /// Destroys every domain of pool `pool` (slots and golden templates, found
 /// by their Paddock metadata) and removes the slot and golden directories
-/// under `pool_dir`. Returns how many domains it destroyed. A domain that
+/// under `pool_dir`, and the golden templates' (`paddock-*`). Returns how
+/// many domains it destroyed. A domain that
 /// cannot be removed is logged and left; its name stays taken.
 ///
 /// # Errors
@@ -34,7 +35,10 @@ pub async fn recover_pool(
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with("slot-") || name.starts_with("golden-") {
+            let ours = ["slot-", "golden-", "paddock-"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix));
+            if ours {
                 let _ = tokio::fs::remove_dir_all(entry.path()).await;
             }
         }

@@ -1,0 +1,384 @@
+//! The guest kernel: its Debian package, found through apt, downloaded
+//! and unpacked, and the modules the guest loads from it, in order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail, ensure};
+
+use super::{DOWNLOAD_TIMEOUT, KERNEL_META_PACKAGE, MODULES, QUERY_TIMEOUT, TOOL_TIMEOUT};
+use crate::host;
+use crate::shell::Cmd;
+
+/// The Debian package the guest kernel comes from.
+#[derive(Debug)]
+pub(super) struct KernelPackage {
+    /// E.g. `linux-image-6.1.0-56-cloud-amd64`.
+    pub(super) name: String,
+    /// The Debian version, e.g. `6.1.192-2`.
+    pub(super) version: String,
+    /// The Debian architecture, e.g. `amd64`.
+    pub(super) architecture: String,
+}
+
+/// Finds the kernel package `linux-image-cloud-amd64` depends on, with its
+/// candidate version. Refreshes apt's lists once when apt does not know the
+/// package (a fresh machine) and this runs as root.
+pub(super) fn resolve_kernel_package() -> anyhow::Result<KernelPackage> {
+    // apt-cache can take a second per call (hosts without a package cache
+    // file): the meta package's stanza names the exact version it wants.
+    let stanza = match package_stanza(KERNEL_META_PACKAGE) {
+        Ok(stanza) => stanza,
+        Err(err) if host::is_root() => {
+            eprintln!("xtask: {err:#}; refreshing apt's package lists");
+            host::apt_update()?;
+            package_stanza(KERNEL_META_PACKAGE)?
+        }
+        Err(err) => return Err(err.context("as root, run `apt-get update` and try again")),
+    };
+    let architecture = stanza_field(&stanza, "Architecture")
+        .with_context(|| format!("apt-cache show {KERNEL_META_PACKAGE} names no architecture"))?;
+    let depends = stanza_field(&stanza, "Depends").unwrap_or_default();
+    let (name, version) = depends
+        .split([',', '|'])
+        .map(str::trim)
+        .find(|dependency| dependency.starts_with("linux-image-"))
+        .map(parse_dependency)
+        .with_context(|| {
+            format!("apt knows no linux-image-* dependency of {KERNEL_META_PACKAGE}")
+        })?;
+    let version = match version {
+        Some(version) => version,
+        None => {
+            let stanza = package_stanza(&name)?;
+            stanza_field(&stanza, "Version")
+                .with_context(|| format!("apt-cache show {name} names no version"))?
+        }
+    };
+    Ok(KernelPackage {
+        name,
+        version,
+        architecture,
+    })
+}
+
+/// `apt-cache show` of the candidate version of `package`.
+pub(super) fn package_stanza(package: &str) -> anyhow::Result<String> {
+    Cmd::new("apt-cache")
+        .args(["show", "--no-all-versions", package])
+        .timeout(QUERY_TIMEOUT)
+        .read()
+        .with_context(|| format!("apt-cache show {package} failed"))
+}
+
+/// The value of `key` in a Debian control stanza.
+pub(super) fn stanza_field(stanza: &str, key: &str) -> Option<String> {
+    stanza
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+        .map(|value| value.trim().to_owned())
+}
+
+/// `name (= version)` or `name` (any other relation counts as none).
+pub(super) fn parse_dependency(dependency: &str) -> (String, Option<String>) {
+    let (name, relation) = dependency
+        .split_once('(')
+        .map_or((dependency, ""), |(name, rest)| (name, rest));
+    let version = relation
+        .trim_end_matches(')')
+        .trim()
+        .strip_prefix('=')
+        .filter(|version| !version.starts_with('='))
+        .map(|version| version.trim().to_owned());
+    (name.trim().to_owned(), version)
+}
+
+/// Puts the kernel at `out/vmlinuz` as a hard link to a copy in `cache`:
+/// images that differ only in their initramfs share one kernel file.
+pub(super) fn link_kernel(
+    vmlinuz: &Path,
+    package: &KernelPackage,
+    cache: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let cached = cache.join(format!(
+        "{}_{}_{}.vmlinuz",
+        package.name,
+        package.version.replace(':', "%3a"),
+        package.architecture
+    ));
+    if !cached.is_file() {
+        std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+        let partial = cached.with_extension(format!("partial-{}", std::process::id()));
+        std::fs::copy(vmlinuz, &partial)
+            .and_then(|_| std::fs::rename(&partial, &cached))
+            .with_context(|| format!("copying {} to {}", vmlinuz.display(), cached.display()))?;
+    }
+    let target = out.join("vmlinuz");
+    std::fs::hard_link(&cached, &target)
+        .or_else(|_| std::fs::copy(&cached, &target).map(|_| ()))
+        .with_context(|| format!("linking {} to {}", cached.display(), target.display()))
+}
+
+/// Downloads the kernel package into `cache` unless it is there, and returns
+/// its path.
+pub(super) fn fetch_kernel_package(
+    package: &KernelPackage,
+    cache: &Path,
+) -> anyhow::Result<PathBuf> {
+    // apt-get download's file name: an epoch's colon is escaped.
+    let file = format!(
+        "{}_{}_{}.deb",
+        package.name,
+        package.version.replace(':', "%3a"),
+        package.architecture
+    );
+    let path = cache.join(&file);
+    if path.is_file() {
+        eprintln!("xtask: using the cached {}", path.display());
+        return Ok(path);
+    }
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    // Download into a directory of its own, so that an interrupted download
+    // never looks like a cached package.
+    let partial = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(cache)
+        .with_context(|| format!("creating a download directory in {}", cache.display()))?;
+    Cmd::new("apt-get")
+        // Root's private directory is out of reach of apt's `_apt` sandbox
+        // user; say so instead of letting apt warn.
+        .args(["-o", "APT::Sandbox::User=root", "download"])
+        .arg(format!("{}={}", package.name, package.version))
+        .dir(partial.path())
+        .timeout(DOWNLOAD_TIMEOUT)
+        .run()
+        .with_context(|| {
+            format!(
+                "downloading {} {} failed (stale package lists? run `apt-get update`)",
+                package.name, package.version
+            )
+        })?;
+    let downloaded = partial.path().join(&file);
+    ensure!(
+        downloaded.is_file(),
+        "apt-get download did not write {file}"
+    );
+    std::fs::rename(&downloaded, &path)
+        .with_context(|| format!("moving {file} into {}", cache.display()))?;
+    Ok(path)
+}
+
+/// An unpacked kernel package.
+#[derive(Debug)]
+pub(super) struct KernelTree {
+    /// `/boot/vmlinuz-<version>`.
+    pub(super) vmlinuz: PathBuf,
+    /// The kernel release (`uname -r`), e.g. `6.1.0-56-cloud-amd64`.
+    pub(super) version: String,
+    /// `/lib/modules/<version>`.
+    pub(super) modules_dir: PathBuf,
+}
+
+/// A kernel module that goes into the image.
+#[derive(Debug)]
+pub(super) struct Module {
+    /// Its name, with `_` for `-` (what `/etc/paddock/modules` lists).
+    pub(super) name: String,
+    /// The uncompressed `.ko`.
+    pub(super) contents: Vec<u8>,
+}
+
+impl KernelTree {
+    /// Finds the kernel and its modules in the unpacked package at `dir`.
+    pub(super) fn open(dir: &Path) -> anyhow::Result<Self> {
+        let modules_root = dir.join("lib/modules");
+        let mut versions = std::fs::read_dir(&modules_root)
+            .with_context(|| {
+                format!(
+                    "the kernel package has no {}",
+                    Path::new("/lib/modules").display()
+                )
+            })?
+            .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("reading {}", modules_root.display()))?;
+        let version = match versions.len() {
+            1 => versions.remove(0),
+            _ => {
+                bail!("the kernel package should hold one /lib/modules/<version>, not {versions:?}")
+            }
+        };
+        let vmlinuz = dir.join(format!("boot/vmlinuz-{version}"));
+        ensure!(
+            vmlinuz.is_file(),
+            "the kernel package has no /boot/vmlinuz-{version}"
+        );
+        Ok(Self {
+            vmlinuz,
+            modules_dir: modules_root.join(&version),
+            version,
+        })
+    }
+
+    /// The modules of [`MODULES`] the package has as files, in order. Those
+    /// the kernel has built in are skipped and so are, with a warning, those
+    /// it has neither way; a module whose dependency would not be loaded
+    /// before it is an error.
+    pub(super) fn select_modules(&self) -> anyhow::Result<Vec<Module>> {
+        let files = module_files(&self.modules_dir.join("kernel"))?;
+        let builtin_list = self.modules_dir.join("modules.builtin");
+        let builtin: BTreeSet<String> = std::fs::read_to_string(&builtin_list)
+            .with_context(|| format!("reading {}", builtin_list.display()))?
+            .lines()
+            .filter_map(module_name)
+            .collect();
+        let mut selected: Vec<Module> = Vec::new();
+        for wanted in MODULES {
+            let name = wanted.replace('-', "_");
+            let Some(path) = files.get(&name) else {
+                if builtin.contains(&name) {
+                    eprintln!("xtask: module {name} is built into the kernel");
+                } else {
+                    eprintln!(
+                        "xtask: warning: module {name} is neither in the kernel package nor built in; left out"
+                    );
+                }
+                continue;
+            };
+            let contents = read_module(path)?;
+            for dependency in module_dependencies(&contents) {
+                ensure!(
+                    builtin.contains(&dependency) || selected.iter().any(|m| m.name == dependency),
+                    "module {name} needs {dependency}, which MODULES does not load before it"
+                );
+            }
+            selected.push(Module { name, contents });
+        }
+        Ok(selected)
+    }
+}
+
+/// Every module file under `dir` by module name.
+pub(super) fn module_files(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let entries = std::fs::read_dir(&current)
+            .with_context(|| format!("reading {}", current.display()))?;
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("reading {}", current.display()))?
+                .path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Some(name) = path.to_str().and_then(module_name) {
+                files.insert(name, path);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// The module name of a path like `kernel/drivers/char/hw_random/virtio-rng.ko`
+/// (also `.ko.xz`, `.ko.zst`, `.ko.gz`): `virtio_rng`.
+pub(super) fn module_name(path: &str) -> Option<String> {
+    let file = path.rsplit('/').next()?;
+    let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+        .iter()
+        .find_map(|suffix| file.strip_suffix(suffix))?;
+    Some(stem.replace('-', "_"))
+}
+
+/// Reads a module file, decompressed (the guest loads it with busybox's
+/// `insmod`, and needs no decompressor that way).
+pub(super) fn read_module(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let name = path.to_string_lossy();
+    let tool = if name.ends_with(".ko.xz") {
+        "xz"
+    } else if name.ends_with(".ko.zst") {
+        "zstd"
+    } else if name.ends_with(".ko.gz") {
+        "gzip"
+    } else {
+        return std::fs::read(path).with_context(|| format!("reading {name}"));
+    };
+    Cmd::new(tool)
+        .args(["--decompress", "--stdout"])
+        .arg(path)
+        .timeout(TOOL_TIMEOUT)
+        .read_bytes()
+        .with_context(|| format!("decompressing {name} with {tool} (is it installed?)"))
+}
+
+/// The `depends=` entry of a module's `.modinfo` section, as module names.
+pub(super) fn module_dependencies(module: &[u8]) -> Vec<String> {
+    const KEY: &[u8] = b"\0depends=";
+    let Some(start) = module
+        .windows(KEY.len())
+        .position(|window| window == KEY)
+        .map(|at| at + KEY.len())
+    else {
+        return Vec::new();
+    };
+    let rest = &module[start..];
+    let value = &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())];
+    String::from_utf8_lossy(value)
+        .split(',')
+        .filter(|name| !name.is_empty())
+        .map(|name| name.replace('-', "_"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_dependency_names_the_exact_version() {
+        let stanza = "Package: linux-image-cloud-amd64\nVersion: 6.1.192-2\n\
+                      Depends: linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)\n";
+        let depends = stanza_field(stanza, "Depends").unwrap_or_default();
+        assert_eq!(
+            parse_dependency(&depends),
+            (
+                "linux-image-6.1.0-56-cloud-amd64".to_owned(),
+                Some("6.1.192-2".to_owned())
+            )
+        );
+        assert_eq!(
+            parse_dependency("linux-image-x (>= 1)"),
+            ("linux-image-x".to_owned(), None)
+        );
+        assert_eq!(
+            parse_dependency("linux-image-x"),
+            ("linux-image-x".to_owned(), None)
+        );
+        assert_eq!(stanza_field(stanza, "Vers"), None);
+    }
+
+    #[test]
+    fn module_names_ignore_directories_suffixes_and_dashes() {
+        assert_eq!(
+            module_name("kernel/drivers/char/hw_random/virtio-rng.ko").as_deref(),
+            Some("virtio_rng")
+        );
+        assert_eq!(
+            module_name("a/virtio_net.ko.xz").as_deref(),
+            Some("virtio_net")
+        );
+        assert_eq!(module_name("modules.builtin"), None);
+    }
+
+    #[test]
+    fn dependencies_come_from_modinfo() {
+        let module =
+            b"\x7fELF...\0license=GPL\0depends=virtio,virtio_ring,net-failover\0intree=Y\0";
+        assert_eq!(
+            module_dependencies(module),
+            ["virtio", "virtio_ring", "net_failover"]
+        );
+        assert!(module_dependencies(b"\0depends=\0").is_empty());
+        assert!(module_dependencies(b"no modinfo").is_empty());
+    }
+}

@@ -1,0 +1,329 @@
+//! `cargo xtask image`: the default guest image, built from Debian packages
+//! only (nothing else can be downloaded on the project's machines).
+//!
+//! # What the image is
+//!
+//! A Debian cloud kernel, booted directly (no disk, no boot loader), and a
+//! gzip-compressed newc initramfs that is the guest's whole root file system:
+//!
+//! | in the guest | from |
+//! |---|---|
+//! | `/bin/busybox` and a symlink per applet | the host's `busybox-static` package |
+//! | `/init` | `guest-agent/image/rootfs/init`: starts busybox `init`, or with `paddock.root=` switches to the full image's disk |
+//! | `/usr/bin/paddock-agent` | the static agent ([`crate::build_static_agent`]), stripped |
+//! | `/lib/modules/<kernel version>/<module>.ko` | the kernel package: those of [`MODULES`] that are not built in |
+//! | `/etc/paddock/modules` | the order to load them in, written by the build |
+//! | `/etc/inittab`, `/etc/init.d/rcS`, `/etc/paddock/*`, ... | `guest-agent/image/rootfs/`, copied as they are |
+//! | `/dev/console` | a device node, so that init has a console before devtmpfs is mounted |
+//!
+//! The kernel is the package that `linux-image-cloud-amd64` depends on
+//! (`linux-image-6.1.0-*-cloud-amd64`), fetched with `apt-get download` and
+//! unpacked with `dpkg -x`. Busybox `init` runs as PID 1 (it reaps orphans and
+//! respawns the agent): `/etc/inittab` runs `/etc/init.d/rcS` once (mounts,
+//! modules, loopback, DHCP in the background when there is a NIC), then keeps
+//! `/etc/paddock/agent-run` running, which prints `paddock: agent starting` on
+//! the console and starts the agent on the channels the VM has: the
+//! virtio-serial port [`SERIAL_PORT_NAME`], vsock port [`VSOCK_PORT`].
+//!
+//! # Output
+//!
+//! ```text
+//! /var/lib/paddock/images/     the image store ($PADDOCK_IMAGE_STORE overrides)
+//!   <hash>/vmlinuz             the kernel
+//!   <hash>/initramfs.cpio.gz   the initramfs
+//!   <hash>/manifest.json       what a host needs to boot it (see below)
+//!   cache/debs/                downloaded kernel packages
+//!   cache/kernels/             their kernels: each <hash>/vmlinuz is a hard link
+//! target/paddock-image/
+//!   current.json               a copy of the manifest this checkout built last
+//! ```
+//!
+//! The store is outside the checkout because QEMU runs as `libvirt-qemu` and
+//! must reach the kernel through every parent directory: a checkout under a
+//! private directory (a `mktemp -d` clone, a home directory) would hide it.
+//!
+//! `manifest.json` is a [`paddock_image::GuestImage`], the struct Paddock
+//! reads it with: `hash`, `kernel` and `initramfs` (absolute paths),
+//! `cmdline`, `agent_serial_port`, `agent_vsock_port`, and `build`, what the
+//! image was built from (informational).
+//!
+//! # Caching rule
+//!
+//! `<hash>` is a SHA-256 (its first 20 hex digits) over every input: the
+//! kernel package's name and version, the module list, busybox's package
+//! version and binary, the agent binary, every file under
+//! `guest-agent/image/rootfs/` (path, executable bit, contents), and the
+//! source files of this module (which hold the command line and the
+//! layout). When
+//! `<hash>/manifest.json` exists, the image is up to date and nothing is
+//! built. Otherwise the image is built in a temporary directory that is renamed
+//! to `<hash>/` once complete, so a half-built image is never used. Either way
+//! `current.json` is then replaced atomically (a temporary file renamed over
+//! it). Older `<hash>/` directories (about 3 MB each: the kernel is shared)
+//! stay, since a VM may still use them, until removed by hand.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use paddock_image::{GuestImage, ImageBuild};
+
+use crate::host;
+use crate::shell::{Cmd, workspace_root};
+
+mod initramfs;
+mod inputs;
+mod kernel;
+
+use initramfs::{Contents, busybox_applets, write_initramfs};
+use inputs::Inputs;
+use kernel::{KernelTree, fetch_kernel_package, link_kernel};
+
+/// The virtio-serial port name the agent serves (set in
+/// `guest-agent/image/rootfs/etc/paddock/agent-run`).
+pub(crate) const SERIAL_PORT_NAME: &str = "org.paddock.agent.0";
+
+/// The vsock port the agent listens on when the VM has a vsock device (set
+/// in `guest-agent/image/rootfs/etc/paddock/agent-run`).
+pub(crate) const VSOCK_PORT: u32 = 1024;
+
+/// The kernel command line. `panic=-1` reboots at once on a panic, so a host
+/// sees a dead guest instead of a hung one; `quiet` keeps the console (and its
+/// slow emulated UART) for Paddock's own lines and errors; `init_on_free=1`
+/// zeroes freed pages, which QEMU leaves out of a saved state (a 256 MiB
+/// guest's went from 97 to 59 MiB, its save from 408 to 338 ms, a revert
+/// from 1046 to 857 ms) and which leaves no freed data of one lease for the
+/// next.
+const CMDLINE: &str = "console=ttyS0 panic=-1 quiet init_on_free=1";
+
+/// The Debian package whose dependency is the guest kernel's package.
+const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
+
+/// The kernel modules the guest loads, in this order (each needs only those
+/// before it or built-ins; the build checks that). Those the kernel has built
+/// in are left out; names compare with `-` and `_` alike.
+const MODULES: [&str; 15] = [
+    // PCI transport for every virtio device.
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    // vsock (kernel vsock or hybrid vsock).
+    "vsock",
+    "vmw_vsock_virtio_transport_common",
+    "vmw_vsock_virtio_transport",
+    // virtio-serial: the agent's default channel.
+    "virtio_console",
+    // Networking.
+    "failover",
+    "net_failover",
+    "virtio_net",
+    // Disks (overlays, snapshot state).
+    "virtio_blk",
+    // Entropy from the host.
+    "rng_core",
+    "virtio_rng",
+];
+
+/// The static busybox that becomes the guest's userland.
+const BUSYBOX: &str = "/bin/busybox";
+
+/// The Debian package that provides [`BUSYBOX`].
+const BUSYBOX_PACKAGE: &str = "busybox-static";
+
+/// The files copied into the initramfs as they are.
+const ROOTFS_DIR: &str = "guest-agent/image/rootfs";
+
+/// The script that starts the agent; it must name [`SERIAL_PORT_NAME`] and
+/// [`VSOCK_PORT`].
+const AGENT_RUN: &str = "etc/paddock/agent-run";
+
+/// How many hex digits of the SHA-256 name an image.
+const HASH_HEX_DIGITS: usize = 20;
+
+/// How long an `apt-cache` or `dpkg-query` query may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long downloading the kernel package may take.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long unpacking the kernel package may take.
+const UNPACK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long stripping the agent or decompressing a module may take.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Builds the default guest image unless it is up to date, and returns the
+/// path of its `manifest.json` (also copied to the checkout's
+/// `target/paddock-image/current.json`).
+///
+/// Installs `busybox-static` when missing and builds the static agent first.
+pub(crate) fn ensure_image() -> anyhow::Result<PathBuf> {
+    let started = Instant::now();
+    host::ensure_image_packages()?;
+    let agent = crate::build_static_agent()?;
+    crate::check_static(&agent)?;
+    let inputs = Inputs::gather(&agent)?;
+    let root = image_root();
+    let dir = root.join(&inputs.hash);
+    let manifest = dir.join("manifest.json");
+    let complete = ["manifest.json", "vmlinuz", "initramfs.cpio.gz"]
+        .iter()
+        .all(|file| dir.join(file).is_file());
+    if complete {
+        eprintln!(
+            "xtask: guest image {} is up to date, nothing to build ({})",
+            inputs.hash,
+            dir.display()
+        );
+    } else {
+        if dir.exists() {
+            // Only a hand-edited image dir is incomplete: builds rename
+            // whole directories into place.
+            eprintln!("xtask: {} is incomplete; rebuilding it", dir.display());
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        build(&inputs, &root, &dir)
+            .with_context(|| format!("building the guest image {} failed", inputs.hash))?;
+        eprintln!(
+            "xtask: built guest image {} in {:.1?} ({})",
+            inputs.hash,
+            started.elapsed(),
+            dir.display()
+        );
+    }
+    let checkout = checkout_image_dir();
+    std::fs::create_dir_all(&checkout)
+        .with_context(|| format!("creating {}", checkout.display()))?;
+    publish_current(&checkout, &manifest, "current.json")?;
+    Ok(manifest)
+}
+
+/// Where images are built and kept: see the module docs.
+pub(crate) fn image_root() -> PathBuf {
+    std::env::var_os("PADDOCK_IMAGE_STORE")
+        .map_or_else(|| PathBuf::from("/var/lib/paddock/images"), PathBuf::from)
+}
+
+/// `target/paddock-image` in the workspace, which holds `current.json`.
+pub(crate) fn checkout_image_dir() -> PathBuf {
+    workspace_root().join("target/paddock-image")
+}
+
+/// Builds the image into `dir` (which does not exist yet).
+fn build(inputs: &Inputs, root: &Path, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(root)
+        .with_context(|| format!("creating a build directory in {}", root.display()))?;
+
+    let deb = fetch_kernel_package(&inputs.kernel, &root.join("cache/debs"))?;
+    let unpacked = work.path().join("kernel-package");
+    Cmd::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&unpacked)
+        .timeout(UNPACK_TIMEOUT)
+        .run()
+        .with_context(|| format!("unpacking {}", deb.display()))?;
+    let kernel = KernelTree::open(&unpacked)?;
+    let modules = kernel.select_modules()?;
+
+    let agent = work.path().join("paddock-agent");
+    Cmd::new("strip")
+        .args(["--strip-all", "-o"])
+        .arg(&agent)
+        .arg(&inputs.agent)
+        .timeout(TOOL_TIMEOUT)
+        .run()
+        .with_context(|| format!("stripping {}", inputs.agent.display()))?;
+    let agent = std::fs::read(&agent).with_context(|| format!("reading {}", agent.display()))?;
+    let applets = busybox_applets()?;
+
+    let out = work.path().join("out");
+    std::fs::create_dir(&out).with_context(|| format!("creating {}", out.display()))?;
+    link_kernel(
+        &kernel.vmlinuz,
+        &inputs.kernel,
+        &root.join("cache/kernels"),
+        &out,
+    )?;
+    let archive = out.join("initramfs.cpio");
+    let contents = Contents {
+        inputs,
+        kernel_version: &kernel.version,
+        modules: &modules,
+        agent: &agent,
+        applets: &applets,
+    };
+    write_initramfs(&archive, &contents)
+        .with_context(|| format!("writing {}", archive.display()))?;
+    // gzip replaces it with `initramfs.cpio.gz`; `-n` leaves out the name
+    // and time, so equal archives compress to equal files.
+    Cmd::new("gzip")
+        .args(["-9", "-n"])
+        .arg(&archive)
+        .timeout(TOOL_TIMEOUT)
+        .run()
+        .with_context(|| format!("compressing {}", archive.display()))?;
+
+    let image = GuestImage {
+        hash: inputs.hash.clone(),
+        kernel: dir.join("vmlinuz"),
+        initramfs: dir.join("initramfs.cpio.gz"),
+        cmdline: CMDLINE.into(),
+        agent_serial_port: SERIAL_PORT_NAME.into(),
+        agent_vsock_port: VSOCK_PORT,
+        root_disk: None,
+        build: Some(ImageBuild {
+            kernel_version: kernel.version.clone(),
+            kernel_package: format!("{}={}", inputs.kernel.name, inputs.kernel.version),
+            busybox_version: inputs.busybox_version.clone(),
+            modules: modules.iter().map(|m| m.name.clone()).collect(),
+            agent_bytes: u64::try_from(agent.len()).unwrap_or(u64::MAX),
+            full: None,
+        }),
+    };
+    image.write(&out.join("manifest.json"))?;
+
+    match std::fs::rename(&out, dir) {
+        Ok(()) => Ok(()),
+        // Another build of the same inputs finished first: same image.
+        Err(_) if dir.join("manifest.json").is_file() => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("renaming the image to {}", dir.display())),
+    }
+}
+
+/// Copies `manifest` to `root/<name>` atomically (a temporary file renamed
+/// over it), unless it holds that already.
+pub(crate) fn publish_current(root: &Path, manifest: &Path, name: &str) -> anyhow::Result<()> {
+    let contents =
+        std::fs::read(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let current = root.join(name);
+    if std::fs::read(&current).is_ok_and(|old| old == contents) {
+        return Ok(());
+    }
+    let mut temporary = tempfile::Builder::new()
+        .prefix(".current-")
+        .suffix(".json")
+        .tempfile_in(root)
+        .with_context(|| format!("creating a temporary file in {}", root.display()))?;
+    temporary
+        .write_all(&contents)
+        .and_then(|()| temporary.as_file().sync_all())
+        .context("writing the new current.json")?;
+    // tempfile creates 0600 files; readers need not be root.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(temporary.path(), std::fs::Permissions::from_mode(0o644))
+            .context("making current.json readable")?;
+    }
+    temporary
+        .persist(&current)
+        .with_context(|| format!("replacing {}", current.display()))?;
+    eprintln!("xtask: {} -> {}", current.display(), manifest.display());
+    Ok(())
+}
