@@ -1,8 +1,8 @@
 //! EXECUTE: runs a process in its own process group and streams its output.
 //!
 //! One request task polls four things at once: the supervisor (the process,
-//! its timeout, the host's STDIN / SIGNAL / STOP), one pump per output pipe,
-//! and the stdin feeder.
+//! its timeout, the host's STDIN / SIGNAL / STOP; `supervise`), one pump per
+//! output pipe, and the stdin feeder (`pipes`).
 //!
 //! - A pump reads its pipe only while the host's window is open, so a process
 //!   that prints without end blocks in `write`. Past the stream's cap it reads
@@ -11,34 +11,32 @@
 //!   grace period. When the leader exits, whatever is left in its group gets
 //!   SIGKILL: nothing of a request outlives its RESULT.
 //! - After the leader exits, the pumps forward what is still in the pipes,
-//!   then wait at most [`DRAIN_TIMEOUT`] for the end of the pipe, so a process
-//!   that escaped the group (`setsid`) and keeps the pipe open cannot hold the
-//!   request. Data already in a pipe is forwarded however long the host takes
-//!   to open its window; only waiting for new data is bounded.
+//!   then wait at most [`DRAIN_TIMEOUT`](pipes::DRAIN_TIMEOUT) for the end of
+//!   the pipe, so a process that escaped the group (`setsid`) and keeps the
+//!   pipe open cannot hold the request. Data already in a pipe is forwarded
+//!   however long the host takes to open its window; only waiting for new
+//!   data is bounded.
 //! - RESULT is sent after the last STDOUT / STDERR frame.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use paddock_proto::{
-    Command as Program, ErrorCode, ExecResult, Execute, Message, MessageKind, Stop, StopScope,
-};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin, Command};
+use paddock_proto::{Command as Program, ErrorCode, ExecResult, Execute, Message, MessageKind};
+use tokio::process::Command;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::Gauge;
-use crate::session::{Input, Inputs, Interrupted, Rejection, RequestCtx, WireError};
+use crate::request::{Flow, Handler, Inputs, Interrupted, Rejection, RequestCtx, WireError};
+use pipes::{feed_stdin, pump};
+use supervise::{Limits, ProcessGroup, supervise};
 
-/// How long the pumps wait for the end of a pipe once the leader exited and
-/// the pipe is empty.
-pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
+mod pipes;
+mod supervise;
 
 /// Why an execution failed (as opposed to the process failing).
 #[derive(Debug, thiserror::Error)]
@@ -82,11 +80,24 @@ impl WireError for ExecError {
     }
 }
 
-/// Runs one EXECUTE request to its RESULT or ERROR.
-pub(crate) async fn serve(ctx: RequestCtx, execute: Execute, inputs: Inputs) {
-    let outcome = do_execute(&ctx, &execute, inputs).await;
-    ctx.finish(outcome.map(Message::ExecResult).map_err(|err| err.report()))
-        .await;
+/// An execution: the process's output goes to the host, and its stdin comes
+/// from the host if the request asks for it.
+impl Handler for Execute {
+    type Error = ExecError;
+
+    fn flow(&self) -> Flow {
+        Flow {
+            sends: true,
+            takes: self.stdin,
+        }
+    }
+
+    /// Runs the process to its RESULT.
+    async fn handle(self, ctx: &RequestCtx, inputs: Inputs) -> Result<Message, ExecError> {
+        do_execute(ctx, &self, inputs)
+            .await
+            .map(Message::ExecResult)
+    }
 }
 
 async fn do_execute(
@@ -200,306 +211,13 @@ fn command(execute: &Execute) -> Result<(Command, String), ExecError> {
     Ok((command, program))
 }
 
-/// A process group, named by its leader's pid.
-#[derive(Debug, Clone, Copy)]
-struct ProcessGroup(libc::pid_t);
-
-impl ProcessGroup {
-    fn signal(self, signal: i32) {
-        // SAFETY: kill(2) takes no pointers; a negative pid names the group.
-        let rc = unsafe { libc::kill(-self.0, signal) };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::ESRCH) {
-                warn!(%err, signal, "Could not signal the process group");
-            }
-        }
-    }
-}
-
-/// What the supervisor enforces.
-#[derive(Debug, Clone, Copy)]
-struct Limits {
-    group: ProcessGroup,
-    timeout: Option<Duration>,
-    grace: Duration,
-}
-
-/// How the leader ended.
-#[derive(Debug)]
-struct Ended {
-    status: ExitStatus,
-    exited: Instant,
-    timed_out: bool,
-    stopped: bool,
-}
-
-/// Waits for the leader while applying the timeout and the host's inputs;
-/// then kills what is left of the group and lets the pumps drain.
-async fn supervise(
-    ctx: &RequestCtx,
-    child: &mut Child,
-    limits: Limits,
-    inputs: &mut Inputs,
-    mut stdin: Option<mpsc::UnboundedSender<Vec<u8>>>,
-    exited: &CancellationToken,
-    abandon: &CancellationToken,
-) -> Result<Ended, ExecError> {
-    let group = limits.group;
-    // A limit too far away to represent is no limit.
-    let mut deadline = limits
-        .timeout
-        .and_then(|timeout| Instant::now().checked_add(timeout));
-    let mut kill_at = None;
-    let (mut timed_out, mut stopped) = (false, false);
-    let (mut session_over, mut inputs_open) = (false, true);
-    let mut terminating = false;
-    let mut failure: Option<ExecError> = None;
-    let waited = loop {
-        let terminate = tokio::select! {
-            status = child.wait() => break status,
-            () = at(deadline) => {
-                deadline = None;
-                timed_out = true;
-                true
-            }
-            () = at(kill_at) => {
-                kill_at = None;
-                group.signal(libc::SIGKILL);
-                false
-            }
-            () = ctx.ended(), if !session_over => {
-                session_over = true;
-                true
-            }
-            input = inputs.recv(), if inputs_open && failure.is_none() => match input {
-                Some(Input::Frame(Message::Stdin(data))) => match &stdin {
-                    Some(stdin) => {
-                        // Fails only once the feeder stopped: the leader exited.
-                        let _ = stdin.send(data);
-                        false
-                    }
-                    None => {
-                        failure = Some(Rejection::Unexpected(MessageKind::Stdin).into());
-                        true
-                    }
-                },
-                Some(Input::Frame(Message::StdinClose)) => {
-                    stdin = None;
-                    false
-                }
-                Some(Input::Frame(Message::Signal(request))) => {
-                    group.signal(request.signal);
-                    false
-                }
-                Some(Input::Frame(Message::Stop(Stop { scope: StopScope::Execution }))) => {
-                    stopped = true;
-                    true
-                }
-                Some(Input::Frame(message)) => {
-                    failure = Some(Rejection::Unexpected(message.kind()).into());
-                    true
-                }
-                Some(Input::Reject(report)) => {
-                    failure = Some(Rejection::Report(report).into());
-                    true
-                }
-                // The session ended; `ctx.ended()` handles that.
-                None => {
-                    inputs_open = false;
-                    false
-                }
-            },
-        };
-        if failure.is_some() {
-            abandon.cancel();
-        }
-        if terminate && !terminating {
-            terminating = true;
-            group.signal(libc::SIGTERM);
-            kill_at = Instant::now().checked_add(limits.grace);
-        }
-    };
-    let exited_at = Instant::now();
-    group.signal(libc::SIGKILL);
-    exited.cancel();
-    if let Some(failure) = failure {
-        return Err(failure);
-    }
-    let status = waited.map_err(ExecError::Wait)?;
-    debug!(?status, timed_out, stopped, "Leader exited");
-    Ok(Ended {
-        status,
-        exited: exited_at,
-        timed_out,
-        stopped,
-    })
-}
-
-/// Completes at `instant`, or never.
-async fn at(instant: Option<Instant>) {
-    match instant {
-        Some(instant) => sleep_until(instant).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Writes the host's STDIN to the process and returns its credit as the
-/// process takes it. Stops when the host closes stdin or the leader exits.
-async fn feed_stdin(
-    ctx: &RequestCtx,
-    pipe: Option<ChildStdin>,
-    mut chunks: mpsc::UnboundedReceiver<Vec<u8>>,
-    exited: &CancellationToken,
-) {
-    let Some(pipe) = pipe else {
-        return;
-    };
-    let feeding = async {
-        let mut pipe = Some(pipe);
-        while let Some(chunk) = chunks.recv().await {
-            if let Some(open) = &mut pipe {
-                if let Err(err) = open.write_all(&chunk).await {
-                    // The process closed its stdin: the rest is discarded.
-                    debug!(%err, "Stdin closed by the process");
-                    pipe = None;
-                }
-            }
-            if ctx.consumed(chunk.len()).await.is_err() {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        () = feeding => {}
-        () = exited.cancelled() => {}
-    }
-}
-
-/// What a pump saw of one output stream.
-#[derive(Debug, Default, Clone, Copy)]
-struct Captured {
-    /// Bytes the process wrote (forwarded or not).
-    bytes: u64,
-    /// Bytes were discarded past the cap.
-    truncated: bool,
-}
-
-/// Once the leader exited: the bytes that were in the pipe then (forwarded
-/// whenever the host allows), and how long to wait for more.
-#[derive(Debug, Clone, Copy)]
-struct Drain {
-    pending: u64,
-    deadline: Instant,
-}
-
-/// Forwards one output pipe as frames of `kind`, up to `cap` bytes.
-async fn pump<P>(
-    ctx: &RequestCtx,
-    pipe: Option<P>,
-    kind: MessageKind,
-    cap: Option<u64>,
-    exited: &CancellationToken,
-    abandon: &CancellationToken,
-) -> Captured
-where
-    P: AsyncRead + AsFd + Unpin,
-{
-    let mut captured = Captured::default();
-    let Some(mut pipe) = pipe else {
-        return captured;
-    };
-    let cap = cap.unwrap_or(u64::MAX);
-    let mut buf = vec![0u8; ctx.chunk()];
-    let mut drain = None;
-    let pumping = async {
-        loop {
-            let forwarded = captured.bytes.min(cap);
-            let want = if forwarded < cap {
-                let Ok(available) = ctx.credit_available().await else {
-                    return;
-                };
-                available.min(buf.len())
-            } else {
-                buf.len()
-            };
-            let read = match read_pipe(&mut pipe, &mut buf[..want], exited, &mut drain).await {
-                Ok(0) => return,
-                Ok(read) => read,
-                Err(err) => {
-                    warn!(%err, ?kind, "Could not read the output pipe");
-                    return;
-                }
-            };
-            let room = usize::try_from(cap - forwarded).unwrap_or(usize::MAX);
-            let keep = read.min(room);
-            captured.bytes = captured.bytes.saturating_add(read as u64);
-            captured.truncated |= keep < read;
-            if keep > 0 && ctx.send_data(kind, &buf[..keep]).await.is_err() {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        () = pumping => {}
-        () = abandon.cancelled() => {}
-    }
-    captured
-}
-
-/// Reads from an output pipe. Once the leader exited, reads what was in the
-/// pipe then, and waits for more only until the drain deadline (0 = done).
-async fn read_pipe<P>(
-    pipe: &mut P,
-    buf: &mut [u8],
-    exited: &CancellationToken,
-    drain: &mut Option<Drain>,
-) -> io::Result<usize>
-where
-    P: AsyncRead + AsFd + Unpin,
-{
-    let state = match drain {
-        Some(state) => state,
-        None => {
-            tokio::select! {
-                biased;
-                () = exited.cancelled() => {}
-                read = pipe.read(buf) => return read,
-            }
-            drain.insert(Drain {
-                pending: pipe_pending(pipe.as_fd()),
-                deadline: Instant::now() + DRAIN_TIMEOUT,
-            })
-        }
-    };
-    let read = tokio::select! {
-        biased;
-        () = sleep_until(state.deadline), if state.pending == 0 => return Ok(0),
-        read = pipe.read(buf) => read?,
-    };
-    state.pending = state.pending.saturating_sub(read as u64);
-    Ok(read)
-}
-
-/// Bytes waiting in a pipe (FIONREAD); 0 if the pipe cannot tell.
-fn pipe_pending(fd: BorrowedFd<'_>) -> u64 {
-    let mut pending: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid
-    // for the duration of the call.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut pending) };
-    if rc == 0 {
-        u64::try_from(pending).unwrap_or(0)
-    } else {
-        0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
-    use paddock_proto::{ErrorCode, SignalRequest};
+    use paddock_proto::{ErrorCode, SignalRequest, Stop, StopScope};
 
+    use super::pipes::DRAIN_TIMEOUT;
     use super::*;
     use crate::test_host::{
         Collected, TEST_WINDOW, TestHost, assert_no_process_with, processes_with, wait_for_process,

@@ -23,7 +23,9 @@ use tokio::io::AsyncReadExt;
 use tracing::debug;
 
 use crate::Gauge;
-use crate::session::{Input, Inputs, Interrupted, Rejection, RequestCtx, WireError, rejection};
+use crate::request::{
+    Flow, Handler, Input, Inputs, Interrupted, Rejection, RequestCtx, WireError, rejection,
+};
 
 /// Permission bits a put may set.
 const MODE_MASK: u32 = 0o7777;
@@ -107,11 +109,21 @@ fn absolute(path: &str) -> Result<PathBuf, FileError> {
     }
 }
 
-/// Runs one FILE_PUT request to its FILE_DONE or ERROR.
-pub(crate) async fn put(ctx: RequestCtx, put: FilePut, inputs: Inputs) {
-    let outcome = do_put(&ctx, &put, inputs).await;
-    ctx.finish(outcome.map(Message::FileDone).map_err(|err| err.report()))
-        .await;
+/// A put: the host sends the content, the agent only answers.
+impl Handler for FilePut {
+    type Error = FileError;
+
+    fn flow(&self) -> Flow {
+        Flow {
+            sends: false,
+            takes: true,
+        }
+    }
+
+    /// Writes and verifies the file, up to FILE_DONE.
+    async fn handle(self, ctx: &RequestCtx, inputs: Inputs) -> Result<Message, FileError> {
+        do_put(ctx, &self, inputs).await.map(Message::FileDone)
+    }
 }
 
 async fn do_put(
@@ -234,13 +246,26 @@ async fn receive_chunks(
     }
 }
 
-pub(crate) async fn get(ctx: RequestCtx, get: FileGet, mut inputs: Inputs) {
-    let outcome = tokio::select! {
-        outcome = do_get(&ctx, &get) => outcome,
-        rejection = rejection(&mut inputs) => Err(rejection.into()),
-    };
-    ctx.finish(outcome.map(Message::FileEnd).map_err(|err| err.report()))
-        .await;
+/// A get: the agent sends the content, the host only returns credit.
+impl Handler for FileGet {
+    type Error = FileError;
+
+    fn flow(&self) -> Flow {
+        Flow {
+            sends: true,
+            takes: false,
+        }
+    }
+
+    /// Sends the file, up to FILE_END; any frame of the host but credit ends
+    /// it.
+    async fn handle(self, ctx: &RequestCtx, mut inputs: Inputs) -> Result<Message, FileError> {
+        let outcome = tokio::select! {
+            outcome = do_get(ctx, &self) => outcome,
+            rejection = rejection(&mut inputs) => Err(rejection.into()),
+        };
+        outcome.map(Message::FileEnd)
+    }
 }
 
 async fn do_get(ctx: &RequestCtx, get: &FileGet) -> Result<FileEnd, FileError> {

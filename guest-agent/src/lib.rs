@@ -24,6 +24,31 @@
 //!   A put writes through one blocking task fed by a bounded queue, not one
 //!   hand-off per chunk.
 //!
+//! # Requests
+//!
+//! The code is layered so that nothing calls upward:
+//!
+//! ```text
+//!   listen ─▶ connection (router: reader, HELLO, dispatch, writer)
+//!                 │ opens requests, routes their frames, runs the pipeline
+//!                 ▼
+//!             exec · files · status (handlers)
+//!                 │ each knows only the request layer
+//!                 ▼
+//!             request (RequestCtx, Inputs, Handler, WireError, Session)
+//! ```
+//!
+//! A request is opened by a message that implements the request layer's
+//! `Handler` trait (`Execute`, `FilePut`, `FileGet`, `StatusRequest`), which
+//! says which flow-controlled directions it uses and does the work. Its
+//! handler gets a context to send frames and return credit, and the inputs
+//! the router forwards to it; it never sees the router. The router runs
+//! every request through one pipeline, in the kata agent's order: a tracing
+//! span for the request (its id and kind), the policy gate (a place kept for
+//! it; there is no gate yet), the handler, then the mapping of its error to
+//! an ERROR frame with the error's wire code. The handler's result, or that
+//! ERROR, is the request's last frame.
+//!
 //! # Sessions
 //!
 //! A HELLO starts a session on its connection; a second HELLO ends the first
@@ -48,24 +73,25 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod clock;
+mod connection;
 mod exec;
 mod files;
 mod listen;
-mod session;
+mod request;
 mod status;
 #[cfg(test)]
 mod test_host;
 
+pub use connection::serve_connection;
 pub use listen::{Endpoint, ListenError, Listener, resolve_serial_port, run};
-pub use session::serve_connection;
 
 /// The agent's own version, as announced in HELLO_ACK and STATUS_REPORT.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -79,7 +105,9 @@ pub struct Config {
     pub window: u32,
     /// Most requests open at once on one session.
     pub max_requests: usize,
-    /// Time between SIGTERM and SIGKILL when an execution does not say.
+    /// Time between SIGTERM and SIGKILL when an execution does not say
+    /// (by default the protocol's [`paddock_proto::DEFAULT_KILL_GRACE_MS`],
+    /// which hosts count on).
     pub kill_grace: Duration,
     /// Step the wall clock to the host's time in HELLO when it is off (in a
     /// guest; never for an agent running on the host).
@@ -92,7 +120,7 @@ impl Default for Config {
             max_payload: paddock_proto::DEFAULT_MAX_PAYLOAD,
             window: paddock_proto::DEFAULT_WINDOW,
             max_requests: 256,
-            kill_grace: Duration::from_secs(1),
+            kill_grace: Duration::from_millis(paddock_proto::DEFAULT_KILL_GRACE_MS),
             set_clock: false,
         }
     }
@@ -132,7 +160,7 @@ pub struct Agent {
     /// inside the agent (the writer drops frames of ended sessions).
     sessions: AtomicU64,
     /// What HELLO_ACK announces: the session number and the tokens.
-    ledger: std::sync::Mutex<SessionLedger>,
+    ledger: Mutex<SessionLedger>,
     running_executions: AtomicU32,
     active_transfers: AtomicU32,
     shutdown: CancellationToken,
@@ -154,7 +182,7 @@ impl Agent {
             boot_id: id.iter().map(|byte| format!("{byte:02x}")).collect(),
             started: Instant::now(),
             sessions: AtomicU64::new(0),
-            ledger: std::sync::Mutex::new(SessionLedger::default()),
+            ledger: Mutex::new(SessionLedger::default()),
             running_executions: AtomicU32::new(0),
             active_transfers: AtomicU32::new(0),
             shutdown: CancellationToken::new(),
@@ -164,12 +192,7 @@ impl Agent {
 
     /// Records a session opened with `token` (see [`SessionLedger::accept`]).
     fn accept_session(&self, token: &str) -> (u64, String) {
-        // A poisoned lock still holds consistent data: `accept` cannot panic
-        // half way.
-        self.ledger
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .accept(token)
+        lock(&self.ledger).accept(token)
     }
 
     /// The random id chosen when the agent started (32 hex digits).
@@ -192,6 +215,13 @@ impl Agent {
     fn uptime_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
+}
+
+/// Locks `mutex`, recovering it if a thread panicked while holding it: every
+/// value the agent guards is left consistent between statements (no update
+/// can panic half way), so a poisoned lock still holds good data.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Counts one running execution or transfer for as long as it lives.

@@ -43,7 +43,7 @@ struct Cli {
           value_parser = clap::value_parser!(u32).range(1..))]
     max_requests: u32,
     /// Milliseconds between SIGTERM and SIGKILL when ending an execution.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    #[arg(long, value_name = "MS", default_value_t = paddock_proto::DEFAULT_KILL_GRACE_MS)]
     kill_grace_ms: u64,
     /// Step the guest's wall clock to the host's time sent in HELLO when it
     /// is off (a restored guest wakes with its saved clock). Needs root; for

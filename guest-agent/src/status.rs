@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use paddock_proto::{ErrorCode, Message, StatusReport};
 use tokio::task::JoinError;
 
-use crate::session::{Inputs, Rejection, RequestCtx, WireError, rejection};
+use crate::request::{Flow, Handler, Inputs, Rejection, RequestCtx, WireError, rejection};
 use crate::{AGENT_VERSION, Agent};
 
 /// The file system whose size is reported.
@@ -53,18 +53,29 @@ impl WireError for StatusError {
     }
 }
 
-/// Runs one STATUS_REQUEST to its STATUS_REPORT or ERROR.
-pub(crate) async fn serve(ctx: RequestCtx, mut inputs: Inputs) {
-    let outcome = tokio::select! {
-        outcome = do_status(Arc::clone(ctx.agent())) => outcome,
-        rejection = rejection(&mut inputs) => Err(rejection.into()),
-    };
-    ctx.finish(
-        outcome
-            .map(Message::StatusReport)
-            .map_err(|err| err.report()),
-    )
-    .await;
+/// STATUS_REQUEST, which has no payload.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StatusRequest;
+
+impl Handler for StatusRequest {
+    type Error = StatusError;
+
+    fn flow(&self) -> Flow {
+        Flow {
+            sends: false,
+            takes: false,
+        }
+    }
+
+    /// Gathers the status, up to STATUS_REPORT; any frame of the host ends
+    /// the request.
+    async fn handle(self, ctx: &RequestCtx, mut inputs: Inputs) -> Result<Message, StatusError> {
+        let outcome = tokio::select! {
+            outcome = do_status(Arc::clone(ctx.agent())) => outcome,
+            rejection = rejection(&mut inputs) => Err(rejection.into()),
+        };
+        outcome.map(Message::StatusReport)
+    }
 }
 
 async fn do_status(agent: Arc<Agent>) -> Result<StatusReport, StatusError> {
@@ -147,6 +158,7 @@ fn disk_space() -> Result<(u64, u64), StatusError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_host::TestHost;
 
     #[test]
     fn parses_proc_formats() {
@@ -173,5 +185,20 @@ mod tests {
         assert!(report.disk_total_bytes >= report.disk_available_bytes);
         assert!(report.disk_total_bytes > 0);
         assert_eq!(report.boot_id, agent.boot_id());
+    }
+
+    #[tokio::test]
+    async fn status_request_is_answered() {
+        let mut host = TestHost::ready().await;
+        host.send(3, &Message::StatusRequest).await;
+        match host.recv().await {
+            (3, Message::StatusReport(report)) => {
+                assert_eq!(report.boot_id, host.agent.boot_id());
+                assert_eq!(report.agent_version, AGENT_VERSION);
+                assert_eq!(report.running_executions, 0);
+                assert!(report.mem_total_bytes > 0);
+            }
+            other => panic!("expected STATUS_REPORT, got {other:?}"),
+        }
     }
 }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use paddock_proto::{
-    DEFAULT_MAX_PAYLOAD, FrameDecoder, Hello, HelloAck, Message, MessageKind, PROTOCOL_VERSION,
-    decode_message, encode_frame, encode_message,
+    DEFAULT_MAX_PAYLOAD, ErrorCode, FrameDecoder, Hello, HelloAck, Message, MessageKind,
+    PROTOCOL_VERSION, decode_message, encode_frame, encode_message,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
@@ -41,6 +41,14 @@ pub(crate) fn test_config() -> Config {
         window: TEST_WINDOW,
         kill_grace: Duration::from_millis(300),
         ..Config::default()
+    }
+}
+
+/// The request id and code of an ERROR frame; panics on any other frame.
+pub(crate) fn error_code(frame: (u64, Message)) -> (u64, ErrorCode) {
+    match frame {
+        (id, Message::Error(report)) => (id, report.code),
+        other => panic!("expected ERROR, got {other:?}"),
     }
 }
 

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use paddock_proto::{
-    DEFAULT_MAX_PAYLOAD, DEFAULT_WINDOW, Execute, FileDone, HelloAck, Message, StatusReport, Stop,
-    StopScope,
+    DEFAULT_KILL_GRACE_MS, DEFAULT_MAX_PAYLOAD, DEFAULT_WINDOW, Execute, FileDone, HelloAck,
+    Message, StatusReport, Stop, StopScope,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
@@ -36,7 +36,9 @@ pub struct ClientConfig {
     /// Timeout sent with executions that set none: every execution has one.
     pub default_exec_timeout: Duration,
     /// Extra time the client waits for a result beyond the execution's own
-    /// timeout and kill grace period, before it gives up on the agent.
+    /// timeout and kill grace period, before it gives up on the agent. The
+    /// grace counted is the request's `kill_grace_ms`, or else
+    /// [`paddock_proto::DEFAULT_KILL_GRACE_MS`], the agent's default.
     pub exec_timeout_margin: Duration,
     /// Largest payload accepted from the agent.
     pub max_payload: u32,
@@ -384,7 +386,10 @@ impl AgentClient {
         let timeout_ms = *request.timeout_ms.get_or_insert(
             u64::try_from(config.default_exec_timeout.as_millis()).unwrap_or(u64::MAX),
         );
-        let grace = Duration::from_millis(request.kill_grace_ms.unwrap_or(5_000));
+        // The grace the agent applies: the request's, or the protocol's
+        // default. An agent started with a longer default needs a larger
+        // `exec_timeout_margin`.
+        let grace = Duration::from_millis(request.kill_grace_ms.unwrap_or(DEFAULT_KILL_GRACE_MS));
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(timeout_ms)
                 .saturating_add(grace)

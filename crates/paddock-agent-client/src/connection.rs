@@ -1,6 +1,6 @@
-//! One established session with an agent: the HELLO handshake, a reader task
-//! that demultiplexes frames by request id, a writer task, and per-request
-//! flow-control credit.
+//! One established session with an agent: the HELLO handshake (`handshake`),
+//! a reader task that demultiplexes frames by request id, a writer task, and
+//! per-request flow-control credit (`credit`).
 //!
 //! Tasks and ownership:
 //!
@@ -18,138 +18,31 @@
 //! discarded and its credit returned at once, so it never stalls the agent.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use paddock_proto::{
-    DEFAULT_CHUNK, FRAME_READ_CHUNK, Frame, FrameDecoder, FrameError, Hello, HelloAck,
-    MIN_PROTOCOL_VERSION, Message, MessageKind, PROTOCOL_VERSION, RecvWindow, SendWindow,
-    decode_message, encode_frame, encode_message, is_supported_version,
+    DEFAULT_CHUNK, FRAME_READ_CHUNK, Frame, FrameDecoder, FrameError, HelloAck, Message,
+    MessageKind, decode_message, encode_frame, encode_message,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::ClientError;
 use crate::transport::Stream;
 
+mod credit;
+mod handshake;
+
+pub(crate) use credit::{RecvCredit, SendCredit};
+use handshake::{Handshake, handshake};
+pub(crate) use handshake::{SessionParams, new_session_token};
+
 /// An item of a request's control channel.
 pub(crate) type Event = Result<Message, ClientError>;
 /// An item of an output stream.
 pub(crate) type Chunk = Result<Vec<u8>, ClientError>;
-
-/// Settings a connection needs from the client configuration.
-#[derive(Debug, Clone)]
-pub(crate) struct SessionParams {
-    pub client_name: String,
-    pub max_payload: u32,
-    pub window: u32,
-    pub handshake_timeout: Duration,
-    /// Sent in HELLO (and in every resent HELLO of this connection).
-    pub session_token: String,
-}
-
-/// Credit this side grants the agent for one request's incoming data.
-#[derive(Debug)]
-pub(crate) struct RecvCredit {
-    window: Mutex<RecvWindow>,
-    request_id: u64,
-    writer: mpsc::UnboundedSender<Vec<u8>>,
-    buffered: Arc<AtomicU64>,
-}
-
-impl RecvCredit {
-    fn receive(&self, len: usize) -> Result<(), ClientError> {
-        lock(&self.window)
-            .receive(len)
-            .map_err(ClientError::FlowControl)?;
-        self.buffered.fetch_add(len as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Returns credit for `len` bytes the consumer took (or discarded).
-    pub(crate) fn consumed(&self, len: usize) {
-        self.buffered.fetch_sub(len as u64, Ordering::Relaxed);
-        let increment = lock(&self.window).consume(len);
-        if let Some(increment) = increment {
-            // A closed writer means the connection is gone; nothing to return.
-            let _ = send_frame(
-                &self.writer,
-                self.request_id,
-                &Message::WindowUpdate(increment),
-            );
-        }
-    }
-}
-
-/// Credit the agent granted this side for one request's outgoing data.
-#[derive(Debug)]
-pub(crate) struct SendCredit {
-    window: Mutex<SendWindow>,
-    notify: Notify,
-    closed: AtomicBool,
-}
-
-impl SendCredit {
-    fn new(initial: u32) -> Self {
-        Self {
-            window: Mutex::new(SendWindow::new(initial)),
-            notify: Notify::new(),
-            closed: AtomicBool::new(false),
-        }
-    }
-
-    /// Waits until at least one byte may be sent; returns how many (<= want).
-    /// Fails when the request ended (answered, or its connection failed).
-    pub(crate) async fn acquire(
-        &self,
-        want: usize,
-        timeout: Duration,
-    ) -> Result<usize, ClientError> {
-        let wait = async {
-            loop {
-                let notified = self.notify.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if self.closed.load(Ordering::Acquire) {
-                    return None;
-                }
-                let granted = lock(&self.window).take(want);
-                if granted > 0 {
-                    return Some(granted);
-                }
-                notified.await;
-            }
-        };
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Some(granted)) => Ok(granted),
-            Ok(None) => Err(ClientError::lost(None)),
-            Err(_) => Err(ClientError::Timeout {
-                what: "flow-control credit",
-                after: timeout,
-            }),
-        }
-    }
-
-    fn grant(&self, increment: u32) -> Result<(), ClientError> {
-        lock(&self.window)
-            .grant(increment)
-            .map_err(ClientError::FlowControl)?;
-        self.notify.notify_waiters();
-        Ok(())
-    }
-
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
-
-    /// Whether the request this credit belongs to has ended.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-}
 
 /// The demultiplexer's record of one open request.
 #[derive(Debug)]
@@ -231,61 +124,13 @@ impl Connection {
     ) -> Result<Arc<Self>, ClientError> {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut decoder = FrameDecoder::new(params.max_payload);
-        // Request ids start at a random offset so that stale frames of an
-        // earlier session on a virtio-serial stream cannot match new requests.
-        let first_id = random_id_base();
-        let mut hello = Hello {
-            min_version: MIN_PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
-            client: params.client_name.clone(),
-            max_payload: params.max_payload,
-            initial_window: params.window,
-            session_token: params.session_token.clone(),
-            host_time_unix_ms: 0,
-        };
-        // HELLO is sent again every HELLO_RESEND until answered: on a
-        // virtio-serial port a HELLO written while the guest's agent was not
-        // reading (still booting, or restarting) can be lost. The stream is
-        // ordered, so every HELLO reaches the agent before any request that
-        // follows; answers to the extra ones find no open request.
-        let mut hello_id = first_id;
-        let handshake = async {
-            loop {
-                let mut bytes = Vec::new();
-                // The time is taken per send: a restored guest's agent sets
-                // its clock from it.
-                hello.host_time_unix_ms = paddock_proto::unix_time_ms();
-                let message = Message::Hello(hello.clone());
-                encode_message(&mut bytes, hello_id, &message).map_err(|e| {
-                    ClientError::InvalidRequest(format!("HELLO could not be encoded: {e}"))
-                })?;
-                writer
-                    .write_all(&bytes)
-                    .await
-                    .map_err(|e| ClientError::lost(Some(e)))?;
-                let answer = await_hello_ack(&mut reader, &mut decoder, first_id..=hello_id);
-                if let Ok(result) = tokio::time::timeout(HELLO_RESEND, answer).await {
-                    break result;
-                }
-                hello_id += 1;
-            }
-        };
-        let session = tokio::time::timeout(params.handshake_timeout, handshake)
-            .await
-            .map_err(|_| ClientError::Timeout {
-                what: "the agent's HELLO_ACK",
-                after: params.handshake_timeout,
-            })??;
-        if !is_supported_version(session.version) {
-            return Err(ClientError::UnsupportedVersion {
-                message: format!("agent chose version {}", session.version),
-            });
-        }
+        let Handshake { session, next_id } =
+            handshake(&mut reader, &mut writer, &mut decoder, params).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             writer: tx,
-            next_id: AtomicU64::new(hello_id + 1),
+            next_id: AtomicU64::new(next_id),
             agent_window: session.initial_window,
             our_window: params.window,
             buffered,
@@ -329,12 +174,12 @@ impl Connection {
                 *rx = Some(r);
             }
         }
-        let recv = Arc::new(RecvCredit {
-            window: Mutex::new(RecvWindow::new(self.shared.our_window)),
-            request_id: id,
-            writer: self.shared.writer.clone(),
-            buffered: Arc::clone(&self.shared.buffered),
-        });
+        let recv = Arc::new(RecvCredit::new(
+            self.shared.our_window,
+            id,
+            self.shared.writer.clone(),
+            Arc::clone(&self.shared.buffered),
+        ));
         let send = Arc::new(SendCredit::new(self.shared.agent_window));
         let mut state = lock(&self.shared.state);
         if let Some(failure) = &state.failure {
@@ -395,51 +240,6 @@ fn send_frame(
     writer.send(bytes).map_err(|_| ClientError::lost(None))
 }
 
-/// Reads frames until HELLO_ACK. Anything before it (stale output of an
-/// earlier session on a virtio-serial stream, garbage) is skipped.
-async fn await_hello_ack(
-    reader: &mut ReadHalf<Stream>,
-    decoder: &mut FrameDecoder,
-    hello_ids: std::ops::RangeInclusive<u64>,
-) -> Result<HelloAck, ClientError> {
-    loop {
-        loop {
-            match decoder.next_frame() {
-                Ok(Some(frame)) => {
-                    let id = frame.request_id;
-                    match decode_message(frame) {
-                        Ok(Message::HelloAck(ack)) => return Ok(ack),
-                        Ok(Message::Error(report)) if hello_ids.contains(&id) || id == 0 => {
-                            return Err(match report.code {
-                                paddock_proto::ErrorCode::UnsupportedVersion => {
-                                    ClientError::UnsupportedVersion {
-                                        message: report.message,
-                                    }
-                                }
-                                code => ClientError::Agent {
-                                    code,
-                                    message: report.message,
-                                },
-                            });
-                        }
-                        Ok(other) => {
-                            tracing::debug!(kind = ?other.kind(), id, "skipping frame before HELLO_ACK");
-                        }
-                        Err(err) => tracing::debug!(%err, "skipping bad frame before HELLO_ACK"),
-                    }
-                }
-                Ok(None) => break,
-                Err(err) => tracing::debug!(%err, "skipping garbage before HELLO_ACK"),
-            }
-        }
-        match reader.read(decoder.spare(FRAME_READ_CHUNK)).await {
-            Ok(0) => return Err(ClientError::lost(None)),
-            Ok(n) => decoder.commit(n),
-            Err(err) => return Err(ClientError::lost(Some(err))),
-        }
-    }
-}
-
 async fn read_loop(shared: Arc<Shared>, mut reader: ReadHalf<Stream>, mut decoder: FrameDecoder) {
     let failure = 'session: loop {
         loop {
@@ -466,9 +266,6 @@ async fn read_loop(shared: Arc<Shared>, mut reader: ReadHalf<Stream>, mut decode
     tracing::debug!(error = %failure, "agent session ended");
     shared.fail_all(&failure);
 }
-
-/// How long to wait for HELLO_ACK before sending HELLO again.
-const HELLO_RESEND: Duration = Duration::from_secs(1);
 
 /// Frames at least this large are written on their own instead of being
 /// copied into a batch with their neighbours.
@@ -521,11 +318,14 @@ impl Shared {
             }
             return Ok(());
         };
+        let kind = message.kind();
+        if !kind.direction().agent_may_send() {
+            // A kind only the host sends: the agent broke the protocol.
+            return Err(ClientError::Unexpected { kind });
+        }
         match message {
             Message::Stdout(_) | Message::Stderr(_) if slot.outputs.iter().all(Option::is_none) => {
-                Err(ClientError::Unexpected {
-                    kind: message.kind(),
-                })
+                Err(ClientError::Unexpected { kind })
             }
             Message::Stdout(data) => route_output(slot, 0, data),
             Message::Stderr(data) => route_output(slot, 1, data),
@@ -560,6 +360,8 @@ impl Shared {
                 }
                 Ok(())
             }
+            // HELLO_ACK once the handshake is over; kinds only the host
+            // sends were refused above.
             other => Err(ClientError::Unexpected { kind: other.kind() }),
         }
     }
@@ -591,31 +393,6 @@ fn route_output(slot: &Slot, index: usize, data: Vec<u8>) -> Result<(), ClientEr
         slot.recv.consumed(len);
     }
     Ok(())
-}
-
-/// A per-connection random starting request id (48 bits of entropy from the
-/// std hasher's per-process random keys and the clock; ids stay below 2^63).
-/// A token for HELLO that no other connection of this process (nor, very
-/// likely, of any other) uses.
-pub(crate) fn new_session_token() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{:012x}-{:x}-{:x}",
-        random_id_base(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn random_id_base() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    (hasher.finish() >> 16).max(1)
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (the

@@ -29,6 +29,12 @@
 //! stdout, stderr, file contents) is carried as raw bytes, never re-encoded.
 //! [`MessageKind`] documents which is which.
 //!
+//! Each kind is sent by the host, by the agent, or by either
+//! ([`MessageKind::direction`], one table both sides check). A kind arriving
+//! from a side that may not send it is a protocol error: the agent answers it
+//! with `ERROR unknown_kind`, the host ends the session if it names one of its
+//! open requests.
+//!
 //! A receiver checks, in this order: the magic, the version, the payload length
 //! against its maximum (default [`DEFAULT_MAX_PAYLOAD`], 1 MiB) *before* it
 //! buffers or allocates for the payload, then the CRC, then the kind. A bad
@@ -84,8 +90,8 @@
 //! Executions and transfers belong to their session. When the session ends
 //! (the connection closes, or a new `HELLO` arrives on the same stream) the
 //! agent ends every execution of it (SIGTERM to the process group, SIGKILL
-//! after the grace period) and discards every unfinished put. Nothing a
-//! session started outlives it.
+//! after the execution's grace period, see below) and discards every
+//! unfinished put. Nothing a session started outlives it.
 //!
 //! `STOP {scope: agent}` is acknowledged by a `STOP {scope: agent}` frame with
 //! the same request id; the agent then ends every execution of every session,
@@ -113,10 +119,17 @@
 //! a cap is read and discarded, so the process never blocks on a full pipe, and
 //! `RESULT` says so (`stdout_truncated`, `stderr_truncated`, with the byte
 //! counts the process really wrote). On a timeout or `STOP` the agent sends
-//! SIGTERM to the whole process group, then SIGKILL after a grace period.
+//! SIGTERM to the whole process group, then SIGKILL after a grace period:
+//! `EXECUTE`'s `kill_grace_ms`, or else the agent's default,
+//! [`DEFAULT_KILL_GRACE_MS`] (1 s) unless the agent was started with another.
 //! An execution ends when its leader exits: whatever it left running in its
 //! process group is killed, so no process of a request outlives its `RESULT`.
 //! `SIGNAL` is not acknowledged; its effect shows in `RESULT`.
+//!
+//! So a `RESULT` is due at most `timeout_ms` plus the grace period after
+//! `EXECUTE`, plus the time to drain the pipes and deliver the frame. A host
+//! that waits for it counts the same grace (`kill_grace_ms`, or
+//! [`DEFAULT_KILL_GRACE_MS`]) and adds its own margin for the rest.
 //!
 //! # A file transfer
 //!
@@ -157,11 +170,11 @@ pub use frame::{
     HEADER_LEN, MAGIC, decode_frame, encode_frame, encode_frame_header,
 };
 pub use io::{ReadFrameError, read_frame, write_frame};
-pub use message::{CLOCK_TOLERANCE_MS, unix_time_ms};
+pub use message::{CLOCK_TOLERANCE_MS, DEFAULT_KILL_GRACE_MS, unix_time_ms};
 pub use message::{
-    Command, DecodeError, EncodeError, ErrorCode, ErrorReport, ExecResult, Execute, FileDone,
-    FileEnd, FileGet, FileInfo, FilePut, Hello, HelloAck, Message, MessageKind, SignalRequest,
-    StatusReport, Stop, StopScope, capability, decode_message, encode_message,
+    Command, DecodeError, Direction, EncodeError, ErrorCode, ErrorReport, ExecResult, Execute,
+    FileDone, FileEnd, FileGet, FileInfo, FilePut, Hello, HelloAck, Message, MessageKind,
+    SignalRequest, StatusReport, Stop, StopScope, capability, decode_message, encode_message,
 };
 
 /// The protocol version this crate writes.
