@@ -35,7 +35,7 @@ pub(super) fn busybox_applets() -> anyhow::Result<Vec<String>> {
 /// What goes into the initramfs besides [`Inputs`].
 #[derive(Debug)]
 pub(super) struct Contents<'a> {
-    /// Busybox and the files of [`ROOTFS_DIR`].
+    /// Busybox and the files of [`super::ROOTFS_DIR`].
     pub(super) inputs: &'a Inputs,
     /// The kernel release: the modules' directory name.
     pub(super) kernel_version: &'a str,

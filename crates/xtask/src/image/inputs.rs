@@ -23,13 +23,13 @@ pub(super) struct Inputs {
     pub(super) busybox: Vec<u8>,
     /// The static agent, as built (not stripped).
     pub(super) agent: PathBuf,
-    /// The files of [`ROOTFS_DIR`].
+    /// The files of [`super::ROOTFS_DIR`].
     pub(super) rootfs: Vec<RootfsFile>,
     /// The image's name: see the module docs' caching rule.
     pub(super) hash: String,
 }
 
-/// A file of [`ROOTFS_DIR`].
+/// A file of [`super::ROOTFS_DIR`].
 #[derive(Debug)]
 pub(super) struct RootfsFile {
     /// Its path relative to the directory, with `/` separators.
