@@ -5,6 +5,7 @@
 //! probes read `/proc` so tests can check what really happened to processes
 //! and memory, not what the code under test reports about itself.
 
+pub mod libvirtd;
 pub mod netns;
 pub mod vm;
 

@@ -1,8 +1,10 @@
 //! The connection to libvirt: domains by spec or name, restore from a saved
-//! image, bulk statistics, and applying networks and filters.
+//! image, bulk statistics, and applying networks and filters. The
+//! connection heals itself when libvirtd restarts ([`crate::link`]).
 
 use std::path::Path;
 use std::sync::{Arc, Once};
+use std::time::Instant;
 
 use paddock_spec::saved_image::derive_saved_image;
 use paddock_spec::{DomainSpec, PaddockMetadata, parse_metadata, render_domain};
@@ -10,14 +12,9 @@ use virt::connect::Connect;
 
 use crate::domain::Vm;
 use crate::error::{LibvirtError, blocking};
+use crate::link::{ConnectionHealth, Link, ReconnectPolicy, Repeat};
 use crate::network::{self, Applied, ApplyError, FilterDefinition, NetworkSpec, render_network};
 use crate::stats::{self, DomainStats};
-
-/// Seconds between keepalive probes on a daemon connection.
-pub const KEEPALIVE_INTERVAL_S: i32 = 5;
-
-/// Unanswered keepalive probes after which libvirt closes the connection.
-pub const KEEPALIVE_COUNT: u32 = 3;
 
 /// What state a restored domain is left in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,27 +29,35 @@ pub enum RestoreMode {
 }
 
 /// A connection to libvirt (`qemu:///system`, or `test:///<file>.xml` in
-/// tests). Cheap to clone; every call runs on tokio's blocking pool.
+/// tests). Cheap to clone; every call runs on tokio's blocking pool. It
+/// survives libvirtd restarts: see [`crate::link`].
 #[derive(Debug, Clone)]
 pub struct Libvirt {
-    conn: Arc<Connect>,
-    uri: Arc<str>,
+    link: Arc<Link>,
 }
 
 impl Libvirt {
-    /// Connects to `uri`.
+    /// Connects to `uri` with the default [`ReconnectPolicy`].
     ///
     /// The first call also stops libvirt from printing every error to stderr
     /// (errors are returned, not printed) and starts a thread running
     /// libvirt's event loop, which keepalive needs: on a daemon connection,
-    /// libvirt probes every [`KEEPALIVE_INTERVAL_S`] seconds and closes the
-    /// connection after [`KEEPALIVE_COUNT`] unanswered probes, so no call
-    /// waits for a hung or vanished libvirtd much longer than that; the call
-    /// then fails with [`LibvirtError::should_reconnect`] true.
+    /// libvirt probes every [`crate::KEEPALIVE_INTERVAL_S`] seconds and
+    /// closes the connection after [`crate::KEEPALIVE_COUNT`] unanswered
+    /// probes, so no call waits for a hung libvirtd much longer than that.
+    /// A watchdog task on the current runtime then reconnects.
     ///
     /// # Errors
     /// libvirt cannot connect (daemon not running, bad URI...).
     pub async fn open(uri: &str) -> Result<Self, LibvirtError> {
+        Self::open_with(uri, ReconnectPolicy::default()).await
+    }
+
+    /// [`Libvirt::open`] with a given reconnect policy.
+    ///
+    /// # Errors
+    /// As [`Libvirt::open`].
+    pub async fn open_with(uri: &str, policy: ReconnectPolicy) -> Result<Self, LibvirtError> {
         static INIT: Once = Once::new();
         INIT.call_once(|| {
             virt::error::clear_error_callback();
@@ -63,33 +68,97 @@ impl Libvirt {
                     .spawn(|| while virt::event::event_run_default_impl().is_ok() {});
             }
         });
-        let owned = uri.to_owned();
-        let conn = blocking("connect to", uri.to_owned(), move || {
-            let conn = Connect::open(Some(&owned))?;
-            // In-process drivers (the test driver) have no keepalive and refuse.
-            let _ = conn.set_keep_alive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT);
-            Ok(conn)
-        })
-        .await?;
         Ok(Self {
-            conn: Arc::new(conn),
-            uri: uri.into(),
+            link: Link::open(uri, policy).await?,
         })
     }
 
     /// The URI this connection was opened with.
     #[must_use]
     pub fn uri(&self) -> &str {
-        &self.uri
+        self.link.uri()
     }
 
-    async fn call<T, F>(&self, op: &'static str, object: String, f: F) -> Result<T, LibvirtError>
+    /// How this connection watches and heals itself.
+    #[must_use]
+    pub fn policy(&self) -> ReconnectPolicy {
+        self.link.policy()
+    }
+
+    /// Whether libvirtd is reachable now, or since when it is not.
+    #[must_use]
+    pub fn health(&self) -> ConnectionHealth {
+        self.link.health()
+    }
+
+    /// Waits up to `timeout` for a connection.
+    ///
+    /// # Errors
+    /// [`LibvirtError::Unreachable`] when there is none by then.
+    pub async fn wait_connected(&self, timeout: std::time::Duration) -> Result<(), LibvirtError> {
+        let (_, generation) = self.link.current();
+        if self.link.health().is_connected() {
+            return Ok(());
+        }
+        self.link
+            .wait_newer(generation, Instant::now() + timeout)
+            .await
+    }
+
+    /// Runs `f` with the connection on the blocking pool. When it fails as
+    /// a dead connection does, the link is told; a [`Repeat::Safe`] call
+    /// then waits for the new connection and runs again on it.
+    pub(crate) async fn run<T, F>(
+        &self,
+        op: &'static str,
+        object: String,
+        repeat: Repeat,
+        f: F,
+    ) -> Result<T, LibvirtError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connect) -> Result<T, virt::error::Error> + Send + 'static,
+        F: Fn(&Connect) -> Result<T, virt::error::Error> + Send + Sync + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        blocking(op, object, move || f(&conn)).await
+        let f = Arc::new(f);
+        let deadline = Instant::now() + self.link.policy().call_wait;
+        loop {
+            let (conn, generation) = self.link.current();
+            let call = Arc::clone(&f);
+            match blocking(op, object.clone(), move || call(&conn)).await {
+                Err(err) if err.should_reconnect() => {
+                    self.link.report_dead(generation, &err);
+                    if repeat == Repeat::Never {
+                        return Err(err);
+                    }
+                    self.link.wait_newer(generation, deadline).await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The connection now and its generation, for [`Vm`]s.
+    pub(crate) fn current(&self) -> (Arc<Connect>, u64) {
+        self.link.current()
+    }
+
+    /// A call on connection `generation` saw it dead.
+    pub(crate) fn report_dead(&self, generation: u64, error: &LibvirtError) {
+        self.link.report_dead(generation, error);
+    }
+
+    /// Waits for a connection newer than `generation`, until `deadline`.
+    pub(crate) async fn wait_newer(
+        &self,
+        generation: u64,
+        deadline: Instant,
+    ) -> Result<(), LibvirtError> {
+        self.link.wait_newer(generation, deadline).await
+    }
+
+    /// How long a call that is safe to repeat waits for a lost connection.
+    pub(crate) fn call_wait(&self) -> std::time::Duration {
+        self.link.policy().call_wait
     }
 
     /// Defines (persistently) the domain `spec` describes, or redefines it if
@@ -105,9 +174,11 @@ impl Libvirt {
             source,
         })?;
         let dom = self
-            .call("define", object, move |c| c.define_domain_xml(&xml))
+            .run("define", object, Repeat::Safe, move |c| {
+                c.define_domain_xml(&xml)
+            })
             .await?;
-        Ok(Vm::new(&spec.name, dom))
+        Ok(Vm::new(self, &spec.name, dom))
     }
 
     /// The domain called `name`.
@@ -117,11 +188,14 @@ impl Libvirt {
     pub async fn lookup(&self, name: &str) -> Result<Vm, LibvirtError> {
         let owned = name.to_owned();
         let dom = self
-            .call("look up", format!("domain {name}"), move |c| {
-                c.lookup_domain_by_name(&owned)
-            })
+            .run(
+                "look up",
+                format!("domain {name}"),
+                Repeat::Safe,
+                move |c| c.lookup_domain_by_name(&owned),
+            )
             .await?;
-        Ok(Vm::new(name, dom))
+        Ok(Vm::new(self, name, dom))
     }
 
     /// Every domain, running or not, that carries Paddock metadata, with that
@@ -133,24 +207,29 @@ impl Libvirt {
     pub async fn paddock_domains(&self) -> Result<Vec<(Vm, PaddockMetadata)>, LibvirtError> {
         let op = "list the domains of";
         let found = self
-            .call(op, format!("connection {}", self.uri), |c| {
-                let mut found = Vec::new();
-                for dom in c.list_all_domains(0)? {
-                    // A domain that goes away between the listing and the
-                    // read (destroyed meanwhile) is not there: skip it.
-                    let read = dom.name().and_then(|name| Ok((name, dom.xml_desc(0)?)));
-                    match read {
-                        Ok((name, xml)) => found.push((name, xml, dom)),
-                        Err(err)
-                            if err.code()
-                                == virt::enumutil::Enum::Known(
-                                    virt::error::ErrorNumber::NoDomain,
-                                ) => {}
-                        Err(err) => return Err(err),
+            .run(
+                op,
+                format!("connection {}", self.uri()),
+                Repeat::Safe,
+                |c| {
+                    let mut found = Vec::new();
+                    for dom in c.list_all_domains(0)? {
+                        // A domain that goes away between the listing and the
+                        // read (destroyed meanwhile) is not there: skip it.
+                        let read = dom.name().and_then(|name| Ok((name, dom.xml_desc(0)?)));
+                        match read {
+                            Ok((name, xml)) => found.push((name, xml, dom)),
+                            Err(err)
+                                if err.code()
+                                    == virt::enumutil::Enum::Known(
+                                        virt::error::ErrorNumber::NoDomain,
+                                    ) => {}
+                            Err(err) => return Err(err),
+                        }
                     }
-                }
-                Ok(found)
-            })
+                    Ok(found)
+                },
+            )
             .await?;
         let mut ours = Vec::new();
         for (name, xml, dom) in found {
@@ -160,7 +239,7 @@ impl Libvirt {
                 source,
             })?;
             if let Some(metadata) = metadata {
-                ours.push((Vm::new(&name, dom), metadata));
+                ours.push((Vm::new(self, &name, dom), metadata));
             }
         }
         Ok(ours)
@@ -197,7 +276,7 @@ impl Libvirt {
             RestoreMode::Running => virt::sys::VIR_DOMAIN_SAVE_RUNNING,
             RestoreMode::Paused => virt::sys::VIR_DOMAIN_SAVE_PAUSED,
         };
-        self.call("restore", object, move |c| {
+        self.run("restore", object, Repeat::Never, move |c| {
             c.restore_domain_flags(&path, dxml.as_deref(), flags)
         })
         .await
@@ -258,9 +337,10 @@ impl Libvirt {
     /// # Errors
     /// libvirt refuses.
     pub async fn all_domain_stats(&self) -> Result<Vec<DomainStats>, LibvirtError> {
-        self.call(
+        self.run(
             "get statistics of",
-            format!("connection {}", self.uri),
+            format!("connection {}", self.uri()),
+            Repeat::Safe,
             stats::all_domain_stats,
         )
         .await
@@ -299,7 +379,9 @@ impl Libvirt {
     where
         F: FnOnce(&Connect, &str) -> Result<Applied, ApplyError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
+        // Applying is idempotent by design; a connection that died under it
+        // shows in the next call.
+        let (conn, _) = self.link.current();
         let object = format!("{kind} {name}");
         tokio::task::spawn_blocking(move || f(&conn, &name))
             .await

@@ -8,14 +8,16 @@ use std::ffi::CString;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use paddock_spec::{PaddockMetadata, parse_metadata};
 use virt::domain::Domain;
 use virt::error::Error as VirtError;
 
+use crate::connection::Libvirt;
 use crate::error::{LibvirtError, blocking};
+use crate::link::Repeat;
 
 /// How often [`Vm::wait_for_state`] looks at the domain.
 pub const STATE_POLL: Duration = Duration::from_millis(50);
@@ -104,17 +106,26 @@ pub enum ShutdownOutcome {
 }
 
 /// A handle on one domain. Cheap to clone.
+///
+/// It names the domain and keeps the libvirt handle it was last reached
+/// through; after libvirtd restarts, the next call looks the domain up again
+/// on the new connection ([`crate::link`]).
 #[derive(Debug, Clone)]
 pub struct Vm {
+    libvirt: Libvirt,
     name: Arc<str>,
-    dom: Arc<Domain>,
+    /// The handle and the connection generation it belongs to.
+    handle: Arc<Mutex<(u64, Arc<Domain>)>>,
 }
 
 impl Vm {
-    pub(crate) fn new(name: &str, dom: Domain) -> Self {
+    /// The domain `dom`, reached through `libvirt`'s current connection.
+    pub(crate) fn new(libvirt: &Libvirt, name: &str, dom: Domain) -> Self {
+        let (_, generation) = libvirt.current();
         Self {
+            libvirt: libvirt.clone(),
             name: name.into(),
-            dom: Arc::new(dom),
+            handle: Arc::new(Mutex::new((generation, Arc::new(dom)))),
         }
     }
 
@@ -128,14 +139,92 @@ impl Vm {
         format!("domain {}", self.name)
     }
 
-    /// Runs `f` on the domain on the blocking pool.
+    fn cached(&self) -> (u64, Arc<Domain>) {
+        let handle = self
+            .handle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (handle.0, Arc::clone(&handle.1))
+    }
+
+    /// The handle for the current connection: the cached one, or one
+    /// looked up again after a reconnect.
+    async fn domain(&self) -> Result<(u64, Arc<Domain>), LibvirtError> {
+        let cached = self.cached();
+        let (_, generation) = self.libvirt.current();
+        if cached.0 == generation {
+            return Ok(cached);
+        }
+        let fresh = self.libvirt.lookup(&self.name).await?;
+        let renewed = fresh.cached();
+        *self
+            .handle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = renewed.clone();
+        Ok(renewed)
+    }
+
+    /// Runs `f` on the domain on the blocking pool: a call that is safe to
+    /// repeat runs again on a new connection after the old one died under it.
     pub(crate) async fn call<T, F>(&self, op: &'static str, f: F) -> Result<T, LibvirtError>
     where
         T: Send + 'static,
-        F: FnOnce(&Domain) -> Result<T, VirtError> + Send + 'static,
+        F: Fn(&Domain) -> Result<T, VirtError> + Send + Sync + 'static,
     {
-        let dom = Arc::clone(&self.dom);
-        blocking(op, self.object(), move || f(&dom)).await
+        self.call_with(op, self.object(), Repeat::Safe, f).await
+    }
+
+    /// [`Vm::call`] for an operation that must not run twice.
+    pub(crate) async fn call_once<T, F>(&self, op: &'static str, f: F) -> Result<T, LibvirtError>
+    where
+        T: Send + 'static,
+        F: Fn(&Domain) -> Result<T, VirtError> + Send + Sync + 'static,
+    {
+        self.call_with(op, self.object(), Repeat::Never, f).await
+    }
+
+    /// [`Vm::call_once`], with the error naming `object` (e.g. the file a
+    /// save writes) instead of the domain alone.
+    pub(crate) async fn call_once_about<T, F>(
+        &self,
+        op: &'static str,
+        object: String,
+        f: F,
+    ) -> Result<T, LibvirtError>
+    where
+        T: Send + 'static,
+        F: Fn(&Domain) -> Result<T, VirtError> + Send + Sync + 'static,
+    {
+        self.call_with(op, object, Repeat::Never, f).await
+    }
+
+    async fn call_with<T, F>(
+        &self,
+        op: &'static str,
+        object: String,
+        repeat: Repeat,
+        f: F,
+    ) -> Result<T, LibvirtError>
+    where
+        T: Send + 'static,
+        F: Fn(&Domain) -> Result<T, VirtError> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let deadline = Instant::now() + self.libvirt.call_wait();
+        loop {
+            let (generation, dom) = self.domain().await?;
+            let call = Arc::clone(&f);
+            match blocking(op, object.clone(), move || call(&dom)).await {
+                Err(err) if err.should_reconnect() => {
+                    self.libvirt.report_dead(generation, &err);
+                    if repeat == Repeat::Never {
+                        return Err(err);
+                    }
+                    self.libvirt.wait_newer(generation, deadline).await?;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Starts the defined domain.
@@ -143,7 +232,7 @@ impl Vm {
     /// # Errors
     /// libvirt refuses (already running, QEMU failed...).
     pub async fn start(&self) -> Result<(), LibvirtError> {
-        self.call("start", |d| d.create().map(drop)).await
+        self.call_once("start", |d| d.create().map(drop)).await
     }
 
     /// Stops the domain at once, like pulling the plug.
@@ -215,35 +304,41 @@ impl Vm {
     /// # Errors
     /// libvirt refuses to undefine a domain that still exists.
     pub fn discard_blocking(&self) -> Result<(), LibvirtError> {
-        if self.dom.is_active().unwrap_or(false) {
-            // Undefining reports whatever made this fail.
-            let _ = self.dom.destroy();
-        }
-        let flags = virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-            | virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
-        match self.dom.undefine_flags(flags) {
-            Ok(()) => Ok(()),
-            Err(source) => {
-                let err = LibvirtError::call("undefine", self.object(), source);
-                if err.is_not_found() { Ok(()) } else { Err(err) }
+        let (generation, dom) = self.cached();
+        match discard_domain(&dom, &self.object()) {
+            Err(err) if err.should_reconnect() => {
+                self.libvirt.report_dead(generation, &err);
+                // The watchdog may have reconnected already: one more try on
+                // the connection there is now.
+                let (conn, now) = self.libvirt.current();
+                if now == generation {
+                    return Err(err);
+                }
+                let fresh = conn
+                    .lookup_domain_by_name(&self.name)
+                    .map_err(|source| LibvirtError::call("look up", self.object(), source));
+                match fresh {
+                    Ok(dom) => discard_domain(&dom, &self.object()),
+                    Err(err) if err.is_not_found() => Ok(()),
+                    Err(err) => Err(err),
+                }
             }
+            other => other,
         }
     }
 
-    /// [`Vm::discard_blocking`] on tokio's blocking pool: the end of a
-    /// domain, running or not, persistent or transient.
+    /// The end of a domain, running or not, persistent or transient, on
+    /// tokio's blocking pool. It waits for a lost connection to come back
+    /// (as a call that is safe to repeat does) and looks the domain up
+    /// again on it.
     ///
     /// # Errors
-    /// As [`Vm::discard_blocking`].
+    /// As [`Vm::discard_blocking`], or [`LibvirtError::Unreachable`].
     pub async fn discard(&self) -> Result<(), LibvirtError> {
-        let vm = self.clone();
-        tokio::task::spawn_blocking(move || vm.discard_blocking())
-            .await
-            .map_err(|source| LibvirtError::Worker {
-                op: "discard",
-                object: self.object(),
-                source,
-            })?
+        match self.call("undefine", discard_raw).await {
+            Err(err) if err.is_not_found() => Ok(()),
+            other => other,
+        }
     }
 
     /// The current state and its reason.
@@ -323,21 +418,49 @@ impl Vm {
     /// libvirt refuses (not running, unwritable path...).
     pub async fn save(&self, file: &Path) -> Result<(), LibvirtError> {
         let path = CString::new(file.as_os_str().as_bytes());
-        self.call("save", move |d| {
-            let path = path?;
-            // SAFETY: `d` is a live domain handle for the duration of the call,
-            // `path` is a NUL-terminated string that outlives it, a null
-            // `dxml` means "keep the domain's XML", and libvirt copies what
-            // it keeps.
-            let rc = unsafe {
-                virt::sys::virDomainSaveFlags(d.as_ptr(), path.as_ptr(), std::ptr::null(), 0)
-            };
-            if rc < 0 {
-                Err(VirtError::last_error())
-            } else {
-                Ok(())
-            }
-        })
+        let target = file.display().to_string();
+        self.call_once_about(
+            "save",
+            format!("domain {} to {target}", self.name),
+            move |d| {
+                let path = path.clone()?;
+                // SAFETY: `d` is a live domain handle for the duration of the call,
+                // `path` is a NUL-terminated string that outlives it, a null
+                // `dxml` means "keep the domain's XML", and libvirt copies what
+                // it keeps.
+                let rc = unsafe {
+                    virt::sys::virDomainSaveFlags(d.as_ptr(), path.as_ptr(), std::ptr::null(), 0)
+                };
+                if rc < 0 {
+                    Err(VirtError::last_error())
+                } else {
+                    Ok(())
+                }
+            },
+        )
         .await
     }
+}
+
+/// Destroys `dom` if it runs and undefines it, with its snapshot metadata
+/// and managed save (blocking). A domain already gone counts as done.
+fn discard_domain(dom: &Domain, object: &str) -> Result<(), LibvirtError> {
+    match discard_raw(dom) {
+        Ok(()) => Ok(()),
+        Err(source) => {
+            let err = LibvirtError::call("undefine", object.to_owned(), source);
+            if err.is_not_found() { Ok(()) } else { Err(err) }
+        }
+    }
+}
+
+/// [`discard_domain`]'s libvirt calls.
+fn discard_raw(dom: &Domain) -> Result<(), VirtError> {
+    if dom.is_active().unwrap_or(false) {
+        // Undefining reports whatever made this fail.
+        let _ = dom.destroy();
+    }
+    let flags = virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+        | virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
+    dom.undefine_flags(flags)
 }

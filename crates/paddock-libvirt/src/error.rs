@@ -81,6 +81,22 @@ pub enum LibvirtError {
         #[source]
         source: paddock_spec::SavedImageError,
     },
+    /// libvirtd could not be reached within the time a call waits for its
+    /// connection to come back ([`crate::ReconnectPolicy::call_wait`]): it
+    /// is stopped, restarting, or hung. Calls work again once it is back.
+    #[error(
+        "Libvirtd at {uri} is unreachable (down for {down_for:.1?}, {attempts} reconnect attempts failed; last: {last_error})"
+    )]
+    Unreachable {
+        /// The connection's URI.
+        uri: String,
+        /// How long the connection has been lost.
+        down_for: Duration,
+        /// Reconnect attempts that failed.
+        attempts: u32,
+        /// Why the last attempt failed, or how the connection was lost.
+        last_error: String,
+    },
     /// The blocking-pool task running the call panicked or was cancelled.
     #[error("The worker running libvirt {op} for {object} failed")]
     Worker {
@@ -140,6 +156,15 @@ impl LibvirtError {
                 code,
                 Some(ErrorNumber::SystemError | ErrorNumber::InternalError | ErrorNumber::Rpc)
             ))
+    }
+
+    /// Whether libvirtd itself is away (the connection died under the call,
+    /// or no connection could be had): an outage of the host's daemon, not
+    /// a failure of the object the call was about. The same call can succeed
+    /// once [`crate::Libvirt::health`] is connected again.
+    #[must_use]
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Unreachable { .. }) || self.should_reconnect()
     }
 
     fn virt_code(&self) -> Option<ErrorNumber> {

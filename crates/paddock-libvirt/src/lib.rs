@@ -36,6 +36,7 @@
 mod connection;
 pub mod domain;
 pub mod error;
+pub mod link;
 pub mod network;
 pub mod overlay;
 pub mod snapshot;
@@ -45,9 +46,10 @@ pub mod stats;
 pub use paddock_spec as spec;
 pub use paddock_spec::saved_image;
 
-pub use connection::{KEEPALIVE_COUNT, KEEPALIVE_INTERVAL_S, Libvirt, RestoreMode};
+pub use connection::{Libvirt, RestoreMode};
 pub use domain::{DomainState, DomainStatus, ShutdownOutcome, Vm};
 pub use error::LibvirtError;
+pub use link::{ConnectionHealth, KEEPALIVE_COUNT, KEEPALIVE_INTERVAL_S, ReconnectPolicy};
 pub use network::{
     Applied, ApplyError, DROP_ALL_FILTER, EGRESS_FILTER, FilterDefinition, FilterError,
     MAX_SLOTS as MAX_NETWORK_SLOTS, NetworkKind, NetworkSpec, Reservation, builtin_filters,

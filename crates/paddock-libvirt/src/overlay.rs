@@ -34,9 +34,12 @@ pub enum OverlayError {
     /// qemu-img did not finish in time; it was killed.
     #[error("qemu-img did not finish within {0:?}")]
     Timeout(Duration),
-    /// qemu-img failed.
-    #[error("qemu-img failed ({status}): {stderr}")]
+    /// qemu-img failed to create an image (a full disk shows here, with
+    /// qemu-img's "No space left on device").
+    #[error("qemu-img could not create {path:?} ({status}): {stderr}")]
     Failed {
+        /// The image it was creating.
+        path: PathBuf,
         /// Its exit status.
         status: ExitStatus,
         /// What it printed on stderr.
@@ -75,7 +78,7 @@ pub async fn create_overlay(disk: &OverlayDisk) -> Result<(), OverlayError> {
         ])
         .arg(&disk.base)
         .arg(&disk.overlay);
-    run_qemu_img(command).await
+    run_qemu_img(command, &disk.overlay).await
 }
 
 /// Creates `path` as a blank qcow2 image of `size_mib` MiB, replacing any
@@ -89,10 +92,10 @@ pub async fn create_blank_qcow2(path: &Path, size_mib: u64) -> Result<(), Overla
         .args(["create", "-q", "-f", "qcow2"])
         .arg(path)
         .arg(format!("{size_mib}M"));
-    run_qemu_img(command).await
+    run_qemu_img(command, path).await
 }
 
-async fn run_qemu_img(mut command: Command) -> Result<(), OverlayError> {
+async fn run_qemu_img(mut command: Command, creates: &Path) -> Result<(), OverlayError> {
     let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -106,6 +109,7 @@ async fn run_qemu_img(mut command: Command) -> Result<(), OverlayError> {
         .map_err(OverlayError::Spawn)?;
     if !output.status.success() {
         return Err(OverlayError::Failed {
+            path: creates.to_path_buf(),
             status: output.status,
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         });

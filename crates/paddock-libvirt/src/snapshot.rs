@@ -30,7 +30,7 @@ impl Vm {
         };
         let xml = render_snapshot(spec).map_err(bad_xml)?;
         let created = self
-            .call(op, move |d| d.create_snapshot_xml(&xml, 0)?.xml_desc(0))
+            .call_once(op, move |d| d.create_snapshot_xml(&xml, 0)?.xml_desc(0))
             .await?;
         parse_snapshot(&created).map_err(bad_xml)
     }

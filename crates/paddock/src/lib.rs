@@ -127,6 +127,8 @@ impl Paddock {
                  (one is the golden's)",
             ));
         }
+        // Files may have gone since the manifest was loaded.
+        self.config.image.check_files()?;
         if let PoolNetwork::NatFiltered {
             network, filters, ..
         } = &spec.network
@@ -154,7 +156,14 @@ impl Paddock {
             golden_identity.as_ref(),
         )
         .await?;
-        let backend = VmBackend::new(self.libvirt.clone(), golden, spec, pool_dir, addresses);
+        let backend = VmBackend::new(
+            self.libvirt.clone(),
+            self.config.image.clone(),
+            golden,
+            spec,
+            pool_dir,
+            addresses,
+        );
         Ok(Pool::start(backend, config).await?)
     }
 }

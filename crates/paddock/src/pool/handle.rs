@@ -41,6 +41,7 @@ impl<B: SlotBackend> Drop for LastHandle<B> {
                 return;
             }
             state.closed = true;
+            self.0.closing.cancel();
             state.waiters.clear();
             let ready = std::mem::take(&mut state.ready);
             state.destroyed += u64::try_from(ready.len()).unwrap_or(u64::MAX);
@@ -114,9 +115,16 @@ impl<B: SlotBackend> Pool<B> {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(PoolError::AcquireTimeout {
-                    after: timeout,
-                    last_failure,
+                return Err(if self.inner.backend.available() {
+                    PoolError::AcquireTimeout {
+                        after: timeout,
+                        last_failure,
+                    }
+                } else {
+                    PoolError::Unavailable {
+                        after: timeout,
+                        last_failure,
+                    }
                 });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -157,9 +165,17 @@ impl<B: SlotBackend> Pool<B> {
                 match receiver.try_recv() {
                     Ok(delivery) => delivery,
                     Err(_) => {
-                        return Err(PoolError::AcquireTimeout {
-                            after: timeout,
-                            last_failure: self.inner.lock().last_failure.clone(),
+                        let last_failure = self.inner.lock().last_failure.clone();
+                        return Err(if self.inner.backend.available() {
+                            PoolError::AcquireTimeout {
+                                after: timeout,
+                                last_failure,
+                            }
+                        } else {
+                            PoolError::Unavailable {
+                                after: timeout,
+                                last_failure,
+                            }
                         });
                     }
                 }
@@ -179,7 +195,8 @@ impl<B: SlotBackend> Pool<B> {
     /// The pool's counters.
     #[must_use]
     pub fn stats(&self) -> PoolStats {
-        self.inner.lock().stats()
+        let available = self.inner.backend.available();
+        self.inner.lock().stats(available)
     }
 
     /// The pool's configuration.
@@ -199,6 +216,7 @@ impl<B: SlotBackend> Pool<B> {
     /// their slot destroyed, and leases still out are destroyed when
     /// released. Returns once all of that but the outstanding leases is done.
     pub async fn shutdown(&self) {
+        self.inner.closing.cancel();
         let ready = {
             let mut state = self.inner.lock();
             state.closed = true;

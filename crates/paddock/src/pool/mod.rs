@@ -66,6 +66,19 @@ pub enum PoolError {
         #[source]
         last_failure: Option<SlotFailure>,
     },
+    /// No slot became free within the acquire timeout, and the slot
+    /// backend is unavailable (for VM pools: libvirtd is unreachable). The
+    /// source is the most recent slot failure, which says why. Ready slots
+    /// are still handed out while the backend is away; this is the error of
+    /// an acquire that had to wait for a new or reset slot.
+    #[error("No sandbox was free within {after:?}: the slot backend is unavailable")]
+    Unavailable {
+        /// The acquire timeout.
+        after: Duration,
+        /// The most recent slot failure.
+        #[source]
+        last_failure: Option<SlotFailure>,
+    },
     /// The pool has been shut down.
     #[error("The pool is shut down")]
     Closed,
@@ -79,8 +92,21 @@ pub enum PoolError {
 pub enum SlotFailure {
     /// The backend failed; the source is its error, which callers can
     /// downcast to the backend's error type.
-    #[error("Slot {operation} failed")]
+    #[error("Slot {operation} failed ({reason})")]
     Backend {
+        /// creation, reset or health check.
+        operation: &'static str,
+        /// The backend's short name for the cause
+        /// ([`SlotBackend::failure_reason`]).
+        reason: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// The backend itself was away ([`SlotBackend::is_outage`]): the slot
+    /// did not fail. A reset is tried again once the backend is back.
+    #[error("The slot backend was unavailable for a slot {operation}")]
+    Outage {
         /// creation, reset or health check.
         operation: &'static str,
         /// The backend's error.
@@ -95,6 +121,19 @@ pub enum SlotFailure {
         /// Its time limit.
         after: Duration,
     },
+}
+
+impl SlotFailure {
+    /// A short, bounded name for the cause, fit for a metrics label: the
+    /// backend's reason, `timeout`, or `backend_unavailable`.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Backend { reason, .. } => reason,
+            Self::Outage { .. } => "backend_unavailable",
+            Self::Timeout { .. } => "timeout",
+        }
+    }
 }
 
 /// How slots are made, reset, checked and destroyed.
@@ -120,6 +159,33 @@ pub trait SlotBackend: Send + Sync + 'static {
     /// a pool whose last handle is dropped without a shutdown (a panic, an
     /// early return), when the runtime may be going away. Best effort.
     fn discard_blocking(&self, slot: Self::Slot);
+
+    /// A short, bounded name for what `error` says went wrong with a slot
+    /// (`agent_lost`, `guest_crashed`...), kept with the failure and fit
+    /// for a metrics label. Default: `error`.
+    fn failure_reason(&self, error: &Self::Error) -> &'static str {
+        let _ = error;
+        "error"
+    }
+
+    /// Whether `error` says the backend itself is away (its daemon
+    /// restarting), rather than the slot failing: the pool then keeps the
+    /// slot and tries the reset again once the backend is available.
+    /// Default: never.
+    fn is_outage(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
+
+    /// Whether the backend can create and reset slots now. Default: always.
+    fn available(&self) -> bool {
+        true
+    }
+
+    /// Resolves once the backend is available again. Default: at once.
+    fn until_available(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// How a pool behaves.
@@ -199,6 +265,18 @@ pub struct PoolStats {
     pub created: u64,
     /// Slots destroyed since the pool started (failed, expired, shut down).
     pub destroyed: u64,
-    /// Resets that failed.
+    /// Resets that failed (the slot was replaced).
     pub failed_resets: u64,
+    /// Health checks that failed (the slot was replaced).
+    pub failed_checks: u64,
+    /// Slots retired at a release because of their TTL.
+    pub expired: u64,
+    /// Slots retired at a release because of their maximum number of uses.
+    pub worn_out: u64,
+    /// Resets that met the backend away and were tried again once it was
+    /// back (the slot was kept).
+    pub outage_retries: u64,
+    /// Whether the backend can create and reset slots now; `false` is a
+    /// degraded pool, which still hands out its ready slots.
+    pub backend_available: bool,
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{PoolConfig, PoolStats, SlotBackend, SlotFailure};
@@ -48,6 +49,10 @@ pub(super) struct State<B: SlotBackend> {
     created: u64,
     pub(super) destroyed: u64,
     failed_resets: u64,
+    failed_checks: u64,
+    expired: u64,
+    worn_out: u64,
+    outage_retries: u64,
 }
 
 impl<B: SlotBackend> State<B> {
@@ -57,7 +62,7 @@ impl<B: SlotBackend> State<B> {
         self.ready.len() + self.leased + self.preparing
     }
 
-    pub(super) fn stats(&self) -> PoolStats {
+    pub(super) fn stats(&self, backend_available: bool) -> PoolStats {
         PoolStats {
             total: self.total(),
             ready: self.ready.len(),
@@ -67,6 +72,11 @@ impl<B: SlotBackend> State<B> {
             created: self.created,
             destroyed: self.destroyed,
             failed_resets: self.failed_resets,
+            failed_checks: self.failed_checks,
+            expired: self.expired,
+            worn_out: self.worn_out,
+            outage_retries: self.outage_retries,
+            backend_available,
         }
     }
 }
@@ -77,6 +87,8 @@ pub(super) struct Inner<B: SlotBackend> {
     state: Mutex<State<B>>,
     prepares: Semaphore,
     pub(super) tasks: TaskTracker,
+    /// Cancelled by the shutdown: ends waits for the backend to come back.
+    pub(super) closing: CancellationToken,
     runtime: tokio::runtime::Handle,
     me: Weak<Inner<B>>,
 }
@@ -100,8 +112,13 @@ impl<B: SlotBackend> Inner<B> {
                 created: 0,
                 destroyed: 0,
                 failed_resets: 0,
+                failed_checks: 0,
+                expired: 0,
+                worn_out: 0,
+                outage_retries: 0,
             }),
             tasks: TaskTracker::new(),
+            closing: CancellationToken::new(),
             runtime: tokio::runtime::Handle::current(),
             me: me.clone(),
         })
@@ -170,13 +187,14 @@ impl<B: SlotBackend> Inner<B> {
         // The semaphore is never closed, so a permit always comes.
         let permit = self.prepares.acquire().await.ok();
         let result = limited(
+            &self.backend,
             "creation",
             self.config.create_timeout,
             self.backend.create(index),
         )
         .await;
         drop(permit);
-        let failed = {
+        let failure = {
             let mut state = self.lock();
             state.preparing -= 1;
             match result {
@@ -189,19 +207,23 @@ impl<B: SlotBackend> Inner<B> {
                         uses: 0,
                     };
                     self.offer(&mut state, entry);
-                    false
+                    None
                 }
                 Err(failure) => {
                     tracing::warn!(index, error = %error_chain(&failure), "slot creation failed");
+                    let outage = matches!(failure, SlotFailure::Outage { .. });
                     state.last_failure = Some(failure);
-                    true
+                    Some(outage)
                 }
             }
         };
-        if failed {
+        match failure {
             // Not at once: a backend that cannot create now (a missing
-            // image, a dead libvirtd) would otherwise be hammered.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // image) would otherwise be hammered.
+            Some(false) => tokio::time::sleep(Duration::from_secs(1)).await,
+            // Away: wait until it is back.
+            Some(true) => self.until_available().await,
+            None => {}
         }
         let mut state = self.lock();
         self.refill(&mut state);
@@ -214,16 +236,18 @@ impl<B: SlotBackend> Inner<B> {
             return;
         };
         entry.uses += 1;
-        let worn_out = self.config.max_uses.is_some_and(|max| entry.uses >= max)
-            || self
-                .config
-                .ttl
-                .is_some_and(|ttl| entry.created.elapsed() >= ttl);
+        let worn_out = self.config.max_uses.is_some_and(|max| entry.uses >= max);
+        let expired = self
+            .config
+            .ttl
+            .is_some_and(|ttl| entry.created.elapsed() >= ttl);
         {
             let mut state = self.lock();
             state.leased -= 1;
-            if state.closed || worn_out {
+            if state.closed || worn_out || expired {
                 state.destroyed += 1;
+                state.worn_out += u64::from(!state.closed && worn_out);
+                state.expired += u64::from(!state.closed && !worn_out && expired);
                 self.refill(&mut state);
                 drop(state);
                 self.spawn_destroy(entry);
@@ -232,14 +256,36 @@ impl<B: SlotBackend> Inner<B> {
             state.preparing += 1;
         }
         let task = async move {
-            let permit = me.prepares.acquire().await.ok();
-            let result = limited(
-                "reset",
-                me.config.operation_timeout,
-                me.backend.reset(&mut entry.slot),
-            )
-            .await;
-            drop(permit);
+            let result = loop {
+                let permit = me.prepares.acquire().await.ok();
+                let result = limited(
+                    &me.backend,
+                    "reset",
+                    me.config.operation_timeout,
+                    me.backend.reset(&mut entry.slot),
+                )
+                .await;
+                drop(permit);
+                match result {
+                    // The backend was away, not the slot broken: keep the
+                    // slot, and reset it again once the backend is back
+                    // (unless the pool is closing).
+                    Err(failure @ SlotFailure::Outage { .. }) if !me.closing.is_cancelled() => {
+                        tracing::warn!(
+                            index = entry.index,
+                            error = %error_chain(&failure),
+                            "slot reset met the backend away; retrying once it is back"
+                        );
+                        {
+                            let mut state = me.lock();
+                            state.outage_retries += 1;
+                            state.last_failure = Some(failure);
+                        }
+                        me.until_available().await;
+                    }
+                    other => break other,
+                }
+            };
             let failed = me.settle(entry, result, Settle::Reset);
             if let Some(entry) = failed {
                 me.destroy_now(entry).await;
@@ -269,8 +315,9 @@ impl<B: SlotBackend> Inner<B> {
             Err(failure) => {
                 let error = error_chain(&failure);
                 tracing::warn!(index = entry.index, %error, "slot {} failed; replacing it", what.name());
-                if what == Settle::Reset {
-                    state.failed_resets += 1;
+                match what {
+                    Settle::Reset => state.failed_resets += 1,
+                    Settle::Check => state.failed_checks += 1,
                 }
                 state.last_failure = Some(failure);
                 state.destroyed += 1;
@@ -301,6 +348,14 @@ impl<B: SlotBackend> Inner<B> {
                 tracing::warn!(index, error = %error_chain(&err), "slot destruction failed");
             }
             Err(_) => tracing::warn!(index, "slot destruction timed out"),
+        }
+    }
+
+    /// Waits until the backend is available or the pool closes.
+    async fn until_available(&self) {
+        tokio::select! {
+            () = self.backend.until_available() => {}
+            () = self.closing.cancelled() => {}
         }
     }
 
@@ -335,6 +390,7 @@ pub(super) async fn health_checks<B: SlotBackend>(pool: Weak<Inner<B>>, interval
                 }
             };
             let result = limited(
+                &inner.backend,
                 "health check",
                 inner.config.operation_timeout,
                 inner.backend.check(&entry.slot),
@@ -367,19 +423,22 @@ impl Settle {
     }
 }
 
-/// Runs a backend operation with a time limit.
-async fn limited<T, E>(
+/// Runs a backend operation with a time limit, and says what a failure was.
+async fn limited<T, B: SlotBackend>(
+    backend: &B,
     operation: &'static str,
     after: Duration,
-    work: impl Future<Output = Result<T, E>>,
-) -> Result<T, SlotFailure>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
+    work: impl Future<Output = Result<T, B::Error>>,
+) -> Result<T, SlotFailure> {
     match tokio::time::timeout(after, work).await {
         Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) if backend.is_outage(&err) => Err(SlotFailure::Outage {
+            operation,
+            source: Arc::new(err),
+        }),
         Ok(Err(err)) => Err(SlotFailure::Backend {
             operation,
+            reason: backend.failure_reason(&err),
             source: Arc::new(err),
         }),
         Err(_) => Err(SlotFailure::Timeout { operation, after }),

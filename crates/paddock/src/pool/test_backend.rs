@@ -27,12 +27,21 @@ pub(super) struct Faults {
     pub(super) resets: AtomicU32,
     pub(super) hang_resets: AtomicBool,
     pub(super) hang_checks: AtomicBool,
+    /// While set, the backend is away: creations and resets fail with
+    /// [`Injected::Outage`] and [`SlotBackend::available`] says no.
+    pub(super) outage: AtomicBool,
 }
 
 /// The error the fake returns when told to fail.
 #[derive(Debug, thiserror::Error)]
-#[error("Injected {0} failure")]
-pub(super) struct Injected(pub(super) &'static str);
+pub(super) enum Injected {
+    /// An operation told to fail.
+    #[error("Injected {0} failure")]
+    Failure(&'static str),
+    /// The backend is "away" ([`Faults::outage`]).
+    #[error("Injected outage")]
+    Outage,
+}
 
 /// A slot of the fake backend.
 #[derive(Debug)]
@@ -114,8 +123,11 @@ impl SlotBackend for FakeBackend {
     async fn create(&self, index: u32) -> Result<FakeSlot, Injected> {
         self.log(Call::Create(index));
         hang_while(&self.faults.hang_creates).await;
+        if self.faults.outage.load(Ordering::SeqCst) {
+            return Err(Injected::Outage);
+        }
         if take(&self.faults.creates) {
-            return Err(Injected("creation"));
+            return Err(Injected::Failure("creation"));
         }
         self.record.live.lock().expect("live").insert(index);
         Ok(FakeSlot {
@@ -127,8 +139,11 @@ impl SlotBackend for FakeBackend {
     async fn reset(&self, slot: &mut FakeSlot) -> Result<(), Injected> {
         self.log(Call::Reset(slot.index));
         hang_while(&self.faults.hang_resets).await;
+        if self.faults.outage.load(Ordering::SeqCst) {
+            return Err(Injected::Outage);
+        }
         if take(&self.faults.resets) {
-            return Err(Injected("reset"));
+            return Err(Injected::Failure("reset"));
         }
         slot.dirty.store(false, Ordering::SeqCst);
         Ok(())
@@ -149,5 +164,23 @@ impl SlotBackend for FakeBackend {
     fn discard_blocking(&self, slot: FakeSlot) {
         self.log(Call::Discard(slot.index));
         self.remove(slot.index);
+    }
+
+    fn failure_reason(&self, _: &Injected) -> &'static str {
+        "injected"
+    }
+
+    fn is_outage(&self, error: &Injected) -> bool {
+        matches!(error, Injected::Outage)
+    }
+
+    fn available(&self) -> bool {
+        !self.faults.outage.load(Ordering::SeqCst)
+    }
+
+    async fn until_available(&self) {
+        while self.faults.outage.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 }

@@ -136,7 +136,12 @@ async fn an_acquire_that_times_out_carries_the_backends_error() {
     let err = pool.acquire().await.expect_err("no slot can be made");
     let PoolError::AcquireTimeout {
         after,
-        last_failure: Some(SlotFailure::Backend { operation, source }),
+        last_failure:
+            Some(SlotFailure::Backend {
+                operation,
+                reason: "injected",
+                source,
+            }),
     } = &err
     else {
         panic!("not a timeout with the creation's failure: {err:?}");
@@ -210,6 +215,76 @@ async fn dropping_the_last_handle_discards_the_ready_slots_before_it_returns() {
         .collect();
     discarded.sort_unstable();
     assert_eq!(discarded, [0, 1], "{:?}", record.calls());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_during_an_outage_keeps_the_slot_and_runs_again_once_the_backend_is_back() {
+    let mut cfg = config(1, 1);
+    cfg.acquire_timeout = Duration::from_secs(2);
+    let pool = started(cfg).await;
+    let lease = pool.acquire().await.expect("a ready slot");
+    let index = lease.index();
+    pool.backend().faults.outage.store(true, Ordering::SeqCst);
+    drop(lease);
+    let stats = settle(&pool, |s| s.outage_retries >= 1).await;
+    assert!(!stats.backend_available, "{stats:?}");
+    assert_eq!((stats.failed_resets, stats.destroyed), (0, 0), "{stats:?}");
+    // An acquire that has to wait says the backend is away, with the
+    // outage as its source.
+    let err = pool
+        .acquire()
+        .await
+        .expect_err("the only slot is resetting");
+    assert!(
+        matches!(
+            err,
+            PoolError::Unavailable {
+                last_failure: Some(SlotFailure::Outage {
+                    operation: "reset",
+                    ..
+                }),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    pool.backend().faults.outage.store(false, Ordering::SeqCst);
+    let again = pool.acquire().await.expect("the same slot, reset");
+    assert_eq!((again.index(), again.uses()), (index, 1));
+    assert_eq!(destructions(pool.backend(), index), 0);
+    assert!(pool.stats().backend_available);
+    drop(again);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ready_slots_are_handed_out_while_the_backend_is_away() {
+    let pool = started(config(2, 2)).await;
+    pool.backend().faults.outage.store(true, Ordering::SeqCst);
+    let first = pool.acquire().await.expect("a ready slot");
+    let second = pool.acquire().await.expect("another ready slot");
+    assert_ne!(first.index(), second.index());
+    pool.backend().faults.outage.store(false, Ordering::SeqCst);
+    drop((first, second));
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_ends_a_reset_waiting_for_the_backend() {
+    let pool = started(config(1, 1)).await;
+    pool.backend().faults.outage.store(true, Ordering::SeqCst);
+    drop(pool.acquire().await.expect("slot"));
+    settle(&pool, |s| s.outage_retries >= 1).await;
+    // The backend never comes back; the shutdown still returns, and the
+    // slot is destroyed rather than left.
+    tokio::time::timeout(Duration::from_secs(60), pool.shutdown())
+        .await
+        .expect("the shutdown does not wait for the backend");
+    assert!(
+        pool.backend().live().is_empty(),
+        "{:?}",
+        pool.backend().calls()
+    );
 }
 
 #[tokio::test]

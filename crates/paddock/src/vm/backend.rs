@@ -39,9 +39,11 @@
 //! slot.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use paddock_agent_client::{AgentClient, ClientConfig, Execute, Transport};
+use paddock_image::GuestImage;
 use paddock_libvirt::{
     AgentChannel, DomainRole, DomainSpec, ImageFormat, Libvirt, NatAttachment, NetworkMode,
     OverlayDisk, RestoreMode, SnapshotSpec, Uuid, create_overlay,
@@ -51,6 +53,7 @@ use super::VmError;
 use super::golden::Golden;
 use super::guest::{Guest, create_qemu_dir};
 use super::network::{PoolNetwork, SlotAddresses, configure_guest};
+use super::recover::Leftovers;
 use crate::pool::{Pool, SlotBackend};
 
 /// How a used slot returns to the golden state.
@@ -187,17 +190,25 @@ impl VmSlot {
 #[derive(Debug)]
 pub struct VmBackend {
     libvirt: Libvirt,
-    golden: Golden,
+    image: GuestImage,
+    /// The golden slots are made from; replaced when its files vanish.
+    golden: RwLock<Arc<Golden>>,
+    /// Held while the golden is rebuilt, so that it is rebuilt once.
+    rebuilding: tokio::sync::Mutex<()>,
     spec: VmPoolSpec,
     pool_dir: PathBuf,
     addresses: Option<SlotAddresses>,
+    /// Domains and directories whose removal failed, tried again later.
+    leftovers: Leftovers,
 }
 
 impl VmBackend {
-    /// A backend for `spec`'s pool that makes slots from `golden` under
-    /// `pool_dir`, with `addresses` for a NAT-filtered pool.
+    /// A backend for `spec`'s pool that makes slots from `golden` (built
+    /// from `image`) under `pool_dir`, with `addresses` for a NAT-filtered
+    /// pool.
     pub(crate) fn new(
         libvirt: Libvirt,
+        image: GuestImage,
         golden: Golden,
         spec: VmPoolSpec,
         pool_dir: PathBuf,
@@ -205,17 +216,25 @@ impl VmBackend {
     ) -> Self {
         Self {
             libvirt,
-            golden,
+            image,
+            golden: RwLock::new(Arc::new(golden)),
+            rebuilding: tokio::sync::Mutex::new(()),
             spec,
             pool_dir,
             addresses,
+            leftovers: Leftovers::default(),
         }
     }
 
-    /// The golden the slots come from.
+    /// The golden slots are made from now.
     #[must_use]
-    pub fn golden(&self) -> &Golden {
-        &self.golden
+    pub fn golden(&self) -> Arc<Golden> {
+        Arc::clone(
+            &self
+                .golden
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// The pool's specification.
@@ -230,15 +249,70 @@ impl VmBackend {
         &self.pool_dir
     }
 
-    fn slot_spec(&self, index: u32, dir: &Path, network: Option<&NatAttachment>) -> DomainSpec {
-        let mut spec = self.golden.spec.clone();
+    /// The libvirt connection.
+    #[must_use]
+    pub fn libvirt(&self) -> &Libvirt {
+        &self.libvirt
+    }
+
+    /// The golden to make a slot from: the current one if its files are
+    /// all there, else a new one built from the image (never a slot from
+    /// missing files).
+    ///
+    /// # Errors
+    /// [`VmError::Image`] when the image's files are gone too, or why the
+    /// new golden could not be built.
+    async fn usable_golden(&self) -> Result<Arc<Golden>, VmError> {
+        let golden = self.golden();
+        if golden.missing_file().is_none() {
+            return Ok(golden);
+        }
+        let _rebuilding = self.rebuilding.lock().await;
+        let golden = self.golden();
+        let Some(missing) = golden.missing_file() else {
+            return Ok(golden);
+        };
+        tracing::warn!(
+            pool = self.spec.name,
+            missing = %missing.display(),
+            "a file of the pool's golden is gone; building a new golden"
+        );
+        self.image.check_files()?;
+        let identity = self.addresses.as_ref().map(SlotAddresses::golden);
+        let rebuilt = Golden::build(
+            &self.libvirt,
+            &self.image,
+            &self.spec,
+            &self.pool_dir,
+            identity.as_ref(),
+        )
+        .await?;
+        // What is left of the old one goes; slots made from it keep their
+        // open files until they are replaced.
+        let _ = golden.remove().await;
+        let rebuilt = Arc::new(rebuilt);
+        *self
+            .golden
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&rebuilt);
+        Ok(rebuilt)
+    }
+
+    fn slot_spec(
+        &self,
+        golden: &Golden,
+        index: u32,
+        dir: &Path,
+        network: Option<&NatAttachment>,
+    ) -> DomainSpec {
+        let mut spec = golden.spec.clone();
         if let Some(attachment) = network {
             spec.network = NetworkMode::NatFiltered(attachment.clone());
         }
         spec.name = slot_name(&self.spec.name, index);
         spec.uuid = Uuid::new_v4();
         spec.metadata.role = DomainRole::Slot(index);
-        spec.metadata.golden = Some(self.golden.id.id.clone());
+        spec.metadata.golden = Some(golden.id.id.clone());
         spec.metadata.created_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -248,7 +322,7 @@ impl VmBackend {
         }
         spec.disk = Some(OverlayDisk {
             overlay: dir.join("overlay.qcow2"),
-            base: self.golden.disk.clone(),
+            base: golden.disk.clone(),
             base_format: ImageFormat::Qcow2,
         });
         spec
@@ -265,6 +339,7 @@ impl VmBackend {
     /// discards the guest.
     async fn make_slot(
         &self,
+        golden: &Golden,
         spec: &DomainSpec,
         dir: &Path,
         address: Option<&NatAttachment>,
@@ -276,7 +351,7 @@ impl VmBackend {
         let vm = self
             .libvirt
             .restore_derived(
-                &self.golden.memory,
+                &golden.memory,
                 spec,
                 &dir.join("memory.img"),
                 RestoreMode::Running,
@@ -290,7 +365,7 @@ impl VmBackend {
         )
         .await?;
         let mut guest = Guest::new(vm, client, spec.clone(), dir.to_path_buf());
-        match self.prepare(&guest, address).await {
+        match self.prepare(golden, &guest, address).await {
             Ok(()) => Ok(guest),
             Err(err) => {
                 let _ = guest.discard().await;
@@ -301,7 +376,12 @@ impl VmBackend {
 
     /// Gives a new slot's guest its network identity, takes the snapshot
     /// resets return to, and runs the rewarm commands.
-    async fn prepare(&self, guest: &Guest, address: Option<&NatAttachment>) -> Result<(), VmError> {
+    async fn prepare(
+        &self,
+        golden: &Golden,
+        guest: &Guest,
+        address: Option<&NatAttachment>,
+    ) -> Result<(), VmError> {
         if let Some(attachment) = address {
             // Before the snapshot, so that resets to it keep the slot's
             // identity.
@@ -312,7 +392,7 @@ impl VmBackend {
                 .vm()
                 .create_snapshot(&SnapshotSpec {
                     name: GOLDEN_SNAPSHOT.into(),
-                    description: format!("golden {}", self.golden.id.id),
+                    description: format!("golden {}", golden.id.id),
                     tags: vec!["golden".into()],
                 })
                 .await?;
@@ -339,17 +419,19 @@ impl SlotBackend for VmBackend {
     type Error = VmError;
 
     async fn create(&self, index: u32) -> Result<VmSlot, VmError> {
+        // A creation means libvirt answers: a good time to finish removals
+        // that failed before.
+        self.leftovers.sweep(&self.libvirt).await;
+        let golden = self.usable_golden().await?;
         let address = self
             .addresses
             .as_ref()
             .map(SlotAddresses::take)
             .transpose()?;
         let dir = self.pool_dir.join(format!("slot-{index}"));
-        let spec = self.slot_spec(index, &dir, address.as_ref().map(|(_, a)| a));
-        match self
-            .make_slot(&spec, &dir, address.as_ref().map(|(_, a)| a))
-            .await
-        {
+        let network = address.as_ref().map(|(_, a)| a);
+        let spec = self.slot_spec(&golden, index, &dir, network);
+        match self.make_slot(&golden, &spec, &dir, network).await {
             Ok(guest) => Ok(VmSlot {
                 guest,
                 address,
@@ -358,10 +440,18 @@ impl SlotBackend for VmBackend {
             Err(err) => {
                 // A guest discarded itself; this covers a domain restored
                 // before its agent answered, and the files of any failure.
-                if let Ok(vm) = self.libvirt.lookup(&spec.name).await {
-                    let _ = vm.discard().await;
+                // What cannot be removed now is remembered.
+                let removed = match self.libvirt.lookup(&spec.name).await {
+                    Ok(vm) => vm.discard().await,
+                    Err(lookup) if lookup.is_not_found() => Ok(()),
+                    Err(lookup) => Err(lookup),
+                };
+                let files = tokio::fs::remove_dir_all(&dir).await;
+                if removed.is_err()
+                    || files.is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
+                {
+                    self.leftovers.remember(&spec.name, &dir);
                 }
-                let _ = tokio::fs::remove_dir_all(&dir).await;
                 self.give_back(address.as_ref());
                 Err(err)
             }
@@ -421,12 +511,31 @@ impl SlotBackend for VmBackend {
     }
 
     async fn check(&self, slot: &VmSlot) -> Result<(), VmError> {
-        slot.client().ping().await?;
-        Ok(())
+        // STATUS, not PING: an agent that restarted (killed in the guest,
+        // respawned by init) answers PING but knows no session, and a new
+        // agent has a new boot id.
+        let session = slot.client().session().await;
+        match slot.client().status().await {
+            Ok(report) => match session {
+                Some(session) if session.boot_id != report.boot_id => {
+                    Err(VmError::AgentRestarted {
+                        domain: slot.name().to_owned(),
+                    })
+                }
+                _ => Ok(()),
+            },
+            Err(err) => Err(guest_fault(slot, err).await),
+        }
     }
 
     async fn destroy(&self, mut slot: VmSlot) -> Result<(), VmError> {
         let result = slot.guest.discard().await;
+        if result.is_err() {
+            // Remembered and removed once libvirt answers; the guest's own
+            // drop must not block on it.
+            self.leftovers.remember(slot.name(), slot.dir());
+            slot.guest.forget();
+        }
         // Only once the domain is gone: its interface held the address.
         self.give_back(slot.address.as_ref());
         result
@@ -436,22 +545,111 @@ impl SlotBackend for VmBackend {
         slot.guest.discard_blocking();
         self.give_back(slot.address.as_ref());
     }
+
+    fn failure_reason(&self, error: &VmError) -> &'static str {
+        error.reason()
+    }
+
+    fn is_outage(&self, error: &VmError) -> bool {
+        error.is_libvirt_outage()
+    }
+
+    fn available(&self) -> bool {
+        self.libvirt.health().is_connected()
+    }
+
+    async fn until_available(&self) {
+        while self
+            .libvirt
+            .wait_connected(Duration::from_secs(3600))
+            .await
+            .is_err()
+        {}
+    }
+}
+
+/// Why a slot's agent did not answer: a guest that stopped (crashed,
+/// rebooted and was destroyed, QEMU killed) or an agent that failed.
+async fn guest_fault(slot: &VmSlot, err: paddock_agent_client::ClientError) -> VmError {
+    match slot.vm().status().await {
+        Ok(status) if status.state != paddock_libvirt::DomainState::Running => {
+            VmError::GuestStopped {
+                domain: slot.name().to_owned(),
+                state: status.state,
+                reason: status.reason,
+            }
+        }
+        Err(libvirt) if libvirt.is_not_found() => VmError::GuestStopped {
+            domain: slot.name().to_owned(),
+            state: paddock_libvirt::DomainState::Shutoff,
+            reason: "gone".into(),
+        },
+        _ => VmError::Agent(err),
+    }
 }
 
 impl Pool<VmBackend> {
-    /// Shuts the pool down ([`Pool::shutdown`]) and removes its files: the
-    /// golden's, and the pool's directory once empty.
+    /// Shuts the pool down ([`Pool::shutdown`]) and removes all it made:
+    /// its slots, removals that failed earlier (waiting up to
+    /// [`CLOSE_WAIT`] for libvirtd if it is away), the golden's files, and
+    /// the pool's directory. Returns `Ok` only when no domain and no file
+    /// of the pool is left.
     ///
     /// # Errors
-    /// A golden file cannot be removed.
+    /// [`VmError::NotClosed`] listing what is left, or a golden file that
+    /// cannot be removed.
     pub async fn close(&self) -> Result<(), VmError> {
+        self.close_within(CLOSE_WAIT).await
+    }
+
+    /// [`Pool::close`], waiting up to `wait` for an unreachable libvirtd.
+    ///
+    /// # Errors
+    /// As [`Pool::close`].
+    pub async fn close_within(&self, wait: Duration) -> Result<(), VmError> {
         self.shutdown().await;
-        self.backend().golden().remove().await?;
+        let backend = self.backend();
+        let reachable = backend.libvirt.wait_connected(wait).await;
+        let mut left = backend.leftovers.sweep(&backend.libvirt).await;
+        backend.golden().remove().await?;
         // Only if empty: anything else there is not the pool's.
-        let _ = tokio::fs::remove_dir(self.backend().pool_dir()).await;
-        Ok(())
+        let _ = tokio::fs::remove_dir(&backend.pool_dir).await;
+        let listed = match reachable {
+            Ok(()) => backend.libvirt.paddock_domains().await,
+            Err(unreachable) => Err(unreachable),
+        };
+        let cause = match listed {
+            Ok(domains) => {
+                left.extend(
+                    domains
+                        .into_iter()
+                        .filter(|(_, metadata)| metadata.pool == backend.spec.name)
+                        .map(|(vm, _)| vm.name().to_owned()),
+                );
+                None
+            }
+            Err(err) => Some(Box::new(err)),
+        };
+        left.sort();
+        left.dedup();
+        let paths: Vec<PathBuf> = std::fs::read_dir(&backend.pool_dir)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if left.is_empty() && paths.is_empty() && cause.is_none() {
+            Ok(())
+        } else {
+            Err(VmError::NotClosed {
+                domains: left,
+                paths,
+                cause,
+            })
+        }
     }
 }
+
+/// How long [`Pool::close`] waits for an unreachable libvirtd before it
+/// reports what it could not remove.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs shell `commands` in order through `client`; each must exit 0.
 pub(crate) async fn run_commands(

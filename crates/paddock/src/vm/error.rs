@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use paddock_agent_client::{ClientError, Continuity};
-use paddock_libvirt::{ApplyError, LibvirtError, OverlayError};
+use paddock_image::ImageError;
+use paddock_libvirt::{ApplyError, DomainState, LibvirtError, OverlayError};
 
 use crate::pool::PoolError;
 
@@ -82,6 +83,40 @@ pub enum VmError {
     /// The pool's network or filters could not be defined.
     #[error("Cannot set up the pool's network")]
     Network(#[from] ApplyError),
+    /// The slot's agent answers but is not the one its session began with:
+    /// it was restarted in the guest (killed and respawned), so whatever ran
+    /// in the lease is gone with it.
+    #[error("The agent of {domain} was restarted")]
+    AgentRestarted {
+        /// The domain.
+        domain: String,
+    },
+    /// The guest is not running: it crashed or rebooted (and was destroyed:
+    /// sandbox domains do not restart), or its QEMU was killed.
+    #[error("The guest {domain} is {state} ({reason})")]
+    GuestStopped {
+        /// The domain.
+        domain: String,
+        /// Its state.
+        state: DomainState,
+        /// libvirt's reason for it.
+        reason: String,
+    },
+    /// The guest image cannot be used (its files are gone).
+    #[error("The guest image cannot be used")]
+    Image(#[from] ImageError),
+    /// A closed pool left domains or files behind: removing them failed,
+    /// or libvirtd could not be asked.
+    #[error("The pool left {} domains and {} paths behind: {domains:?} {paths:?}", domains.len(), paths.len())]
+    NotClosed {
+        /// Domains of the pool that still exist (or could not be removed).
+        domains: Vec<String>,
+        /// Files and directories left in the pool's directory.
+        paths: Vec<PathBuf>,
+        /// Why the domains could not be listed, if they could not.
+        #[source]
+        cause: Option<Box<LibvirtError>>,
+    },
     /// The VM pool's specification is unusable.
     #[error("Invalid VM pool specification: {0}")]
     Config(&'static str),
@@ -91,6 +126,44 @@ pub enum VmError {
 }
 
 impl VmError {
+    /// Whether the error is libvirtd being away (restarting, stopped, hung)
+    /// rather than a fault of the guest: the same operation can succeed once
+    /// it is back.
+    #[must_use]
+    pub fn is_libvirt_outage(&self) -> bool {
+        match self {
+            Self::Libvirt(err) => err.is_unreachable(),
+            Self::Network(ApplyError::Libvirt(err)) => err.is_unreachable(),
+            _ => false,
+        }
+    }
+
+    /// A short, bounded name for the cause, fit for a metrics label.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        match self {
+            _ if self.is_libvirt_outage() => "libvirt_unreachable",
+            Self::Libvirt(_) => "libvirt",
+            Self::Agent(ClientError::ConnectionLost { .. }) => "agent_lost",
+            Self::Agent(ClientError::Timeout { .. }) => "agent_timeout",
+            Self::Agent(_) => "agent_error",
+            Self::NotReady { .. } => "not_ready",
+            Self::Io { .. } => "io",
+            Self::Disk(_) => "disk",
+            Self::VsockBackend { .. } => "vsock_backend",
+            Self::NotRestored { .. } => "not_restored",
+            Self::CommandFailed { .. } => "command_failed",
+            Self::NoFreeAddress { .. } => "no_free_address",
+            Self::Network(_) => "network",
+            Self::AgentRestarted { .. } => "agent_restarted",
+            Self::GuestStopped { .. } => "guest_stopped",
+            Self::Image(_) => "image_missing",
+            Self::NotClosed { .. } => "not_closed",
+            Self::Config(_) => "config",
+            Self::Pool(_) => "pool",
+        }
+    }
+
     /// A closure that wraps an I/O error on `path`.
     pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.to_owned();

@@ -51,6 +51,8 @@ pub struct Golden {
     pub memory: PathBuf,
     /// The frozen disk (a qcow2 that slot overlays sit on).
     pub disk: PathBuf,
+    /// The disk's own base: the blank disk, or the image's root disk.
+    pub base: PathBuf,
     /// The template's domain spec; slots change only names and paths.
     pub spec: DomainSpec,
     /// How long the template took from start to agent ready.
@@ -109,7 +111,7 @@ impl Golden {
         config.vcpus = spec.vcpus;
         config.ready_timeout = spec.boot_timeout;
         config.client = spec.client.clone();
-        config.base_disk = Some(base_disk);
+        config.base_disk = Some(base_disk.clone());
         if let Some(attachment) = identity {
             config.network = NetworkMode::NatFiltered(attachment.clone());
         }
@@ -134,9 +136,20 @@ impl Golden {
             dir: dir.to_path_buf(),
             memory,
             disk,
+            base: base_disk,
             spec: template_spec,
             boot_to_ready,
         })
+    }
+
+    /// The first of the golden's files that is gone (the memory image, the
+    /// frozen disk or its base), if any: slots cannot be made from it then.
+    #[must_use]
+    pub fn missing_file(&self) -> Option<&Path> {
+        [&self.memory, &self.disk, &self.base]
+            .into_iter()
+            .find(|file| !file.is_file())
+            .map(PathBuf::as_path)
     }
 
     /// Removes the golden's files. Slots made from it must be gone first:

@@ -124,6 +124,12 @@ impl Guest {
         files
     }
 
+    /// Gives up on removing the guest here: its removal is someone else's
+    /// (the pool remembers it), and the drop must not block on it.
+    pub(crate) fn forget(&mut self) {
+        self.discarded = true;
+    }
+
     /// [`Guest::discard`] on the calling thread, best effort: for drops,
     /// when the runtime may be going away.
     pub(crate) fn discard_blocking(&mut self) {

@@ -1,7 +1,10 @@
-//! Removing what a crashed process left of a pool: its domains, found by
-//! their Paddock metadata, and its slot, golden and template directories.
+//! What a pool leaves behind, and removing it: what a crashed process
+//! left (found by the domains' Paddock metadata and the directories'
+//! names), and what a live pool failed to remove (remembered and tried
+//! again).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use paddock_libvirt::Libvirt;
 
@@ -44,4 +47,65 @@ pub async fn recover_pool(
         }
     }
     Ok(removed)
+}
+
+/// A domain and its directory whose removal failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Leftover {
+    domain: String,
+    dir: PathBuf,
+}
+
+/// What a live pool could not remove (libvirtd away, a file busy), tried
+/// again by [`Leftovers::sweep`] so that nothing is forgotten.
+#[derive(Debug, Default)]
+pub(crate) struct Leftovers(Mutex<Vec<Leftover>>);
+
+impl Leftovers {
+    /// Remembers a domain and directory to remove later.
+    pub(crate) fn remember(&self, domain: &str, dir: &Path) {
+        tracing::warn!(domain, dir = %dir.display(), "could not remove a slot; trying again later");
+        let leftover = Leftover {
+            domain: domain.to_owned(),
+            dir: dir.to_path_buf(),
+        };
+        let mut list = self.lock();
+        if !list.contains(&leftover) {
+            list.push(leftover);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Leftover>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Tries to remove everything remembered; returns the domains still
+    /// left (they stay remembered).
+    pub(crate) async fn sweep(&self, libvirt: &Libvirt) -> Vec<String> {
+        let pending = std::mem::take(&mut *self.lock());
+        let mut left = Vec::new();
+        for leftover in pending {
+            let domain = match libvirt.lookup(&leftover.domain).await {
+                Ok(vm) => vm.discard().await,
+                Err(err) if err.is_not_found() => Ok(()),
+                Err(err) => Err(err),
+            };
+            let files = match tokio::fs::remove_dir_all(&leftover.dir).await {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+                _ => Ok(()),
+            };
+            if domain.is_ok() && files.is_ok() {
+                tracing::info!(
+                    domain = leftover.domain,
+                    "removed a slot whose removal had failed"
+                );
+            } else {
+                left.push(leftover.domain.clone());
+                self.lock().push(leftover);
+            }
+        }
+        left
+    }
 }

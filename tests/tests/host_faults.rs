@@ -1,0 +1,281 @@
+//! Faults of the host under a live pool: libvirtd stopped and started again
+//! the way the set-up starts it. The pool must go on serving, lose no slot
+//! to the outage, forget no domain it could not remove, and leave nothing
+//! behind. These tests restart the host's libvirtd, so they run only with
+//! `PADDOCK_HOST_FAULT_TESTS` set, alone (`cargo xtask test` does that).
+#![cfg(test)]
+
+use std::error::Error as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use paddock::agent::Execute;
+use paddock::{PoolConfig, PoolError, PoolStats, SlotFailure, VmError, VmPool, VmPoolSpec};
+use paddock_tests::libvirtd::{self, Restarter, host_fault_tests_enabled};
+use paddock_tests::vm::{POOL_ROOT, test_paddock};
+use paddock_tests::{test_config, unique_marker};
+
+type TestResult = anyhow::Result<()>;
+
+async fn pool(
+    paddock: &paddock::Paddock,
+    name: &str,
+    config: PoolConfig,
+) -> anyhow::Result<VmPool> {
+    let mut spec = VmPoolSpec::new(name);
+    spec.client = test_config();
+    let pool = paddock.create_pool(spec, config).await?;
+    pool.wait_ready(Duration::from_secs(180)).await?;
+    Ok(pool)
+}
+
+fn config(min_ready: usize, max_size: usize) -> PoolConfig {
+    PoolConfig {
+        min_ready,
+        max_size,
+        acquire_timeout: Duration::from_secs(5),
+        health_check_interval: None,
+        ..PoolConfig::default()
+    }
+}
+
+/// Waits up to `timeout` until `condition` holds on the pool's stats.
+async fn settle(
+    pool: &VmPool,
+    timeout: Duration,
+    condition: impl Fn(&PoolStats) -> bool,
+) -> anyhow::Result<PoolStats> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let stats = pool.stats();
+        if condition(&stats) {
+            return Ok(stats);
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the pool did not settle within {timeout:?}: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn stop_libvirtd() -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(libvirtd::stop).await?
+}
+
+async fn start_libvirtd() -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(libvirtd::start).await?
+}
+
+/// The domains of pool `name` that libvirt knows.
+async fn pool_domains(paddock: &paddock::Paddock, name: &str) -> anyhow::Result<Vec<String>> {
+    Ok(paddock
+        .libvirt()
+        .paddock_domains()
+        .await?
+        .into_iter()
+        .filter(|(_, metadata)| metadata.pool == name)
+        .map(|(vm, _)| vm.name().to_owned())
+        .collect())
+}
+
+async fn exec_true(lease: &paddock::VmLease) -> anyhow::Result<()> {
+    let out = lease.client().exec_collect(Execute::argv(["true"])).await?;
+    ensure!(
+        out.result.exit_code == Some(0),
+        "true failed: {:?}",
+        out.result
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_serves_through_a_libvirtd_restart() -> TestResult {
+    if !host_fault_tests_enabled("a_pool_serves_through_a_libvirtd_restart") {
+        return Ok(());
+    }
+    let _restarter = Restarter;
+    let paddock = test_paddock().await?;
+    let name = format!("hf{}", unique_marker());
+    let pool = pool(&paddock, &name, config(2, 2)).await?;
+    let held = pool.acquire().await?;
+    let slot_vm = held.vm().clone();
+
+    stop_libvirtd().await?;
+    paddock_tests::wait_until_async(Duration::from_secs(20), || {
+        !paddock.libvirt().health().is_connected()
+    })
+    .await;
+    ensure!(
+        !pool.stats().backend_available,
+        "the pool reports the outage: {:?}",
+        pool.stats()
+    );
+    // The ready slot is still handed out, and its agent works: it does not
+    // go through libvirtd.
+    let ready = pool
+        .acquire()
+        .await
+        .context("a ready slot during the outage")?;
+    exec_true(&ready).await?;
+    exec_true(&held).await?;
+    // Its reset meets the outage: the slot is kept, not failed.
+    drop(held);
+    settle(&pool, Duration::from_secs(60), |s| s.outage_retries >= 1).await?;
+    // An acquire that must wait says why it failed.
+    let err = pool
+        .acquire()
+        .await
+        .expect_err("the only other slot is waiting for libvirtd");
+    let PoolError::Unavailable {
+        last_failure: Some(SlotFailure::Outage { source, .. }),
+        ..
+    } = &err
+    else {
+        anyhow::bail!("not an outage: {err:?}");
+    };
+    let vm_error = source
+        .downcast_ref::<VmError>()
+        .context("the source is the VM backend's error")?;
+    ensure!(vm_error.is_libvirt_outage(), "{vm_error:?}");
+    ensure!(
+        vm_error
+            .source()
+            .is_some_and(|s| s.to_string().contains("qemu:///system")),
+        "the error names libvirtd's URI: {err}"
+    );
+
+    start_libvirtd().await?;
+    paddock
+        .libvirt()
+        .wait_connected(Duration::from_secs(30))
+        .await?;
+    drop(ready);
+    let stats = settle(&pool, Duration::from_secs(120), |s| s.ready == 2).await?;
+    ensure!(
+        stats.failed_resets == 0 && stats.destroyed == 0 && stats.backend_available,
+        "no slot was lost to the outage: {stats:?}"
+    );
+    // A handle taken before the restart works on the new connection.
+    slot_vm
+        .status()
+        .await
+        .context("a Vm from before the restart")?;
+    // And the pool goes on: a full cycle with a reset.
+    for _ in 0..3 {
+        let lease = pool.acquire().await?;
+        exec_true(&lease).await?;
+        lease.release();
+    }
+    settle(&pool, Duration::from_secs(60), |s| s.ready == 2).await?;
+    pool.close().await?;
+    ensure!(pool_domains(&paddock, &name).await?.is_empty());
+    ensure!(!Path::new(POOL_ROOT).join(&name).exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_that_failed_in_an_outage_is_done_once_libvirtd_is_back() -> TestResult {
+    if !host_fault_tests_enabled("a_removal_that_failed_in_an_outage_is_done_once_libvirtd_is_back")
+    {
+        return Ok(());
+    }
+    let _restarter = Restarter;
+    let paddock = test_paddock().await?;
+    let name = format!("hf{}", unique_marker());
+    let mut cfg = config(1, 1);
+    // Every slot serves one lease, so a release destroys it.
+    cfg.max_uses = Some(1);
+    let pool = pool(&paddock, &name, cfg).await?;
+    let lease = pool.acquire().await?;
+    let worn_out = lease.name().to_owned();
+    stop_libvirtd().await?;
+    paddock_tests::wait_until_async(Duration::from_secs(20), || {
+        !paddock.libvirt().health().is_connected()
+    })
+    .await;
+    drop(lease);
+    // The destruction waits for libvirtd, then gives up and is remembered.
+    settle(&pool, Duration::from_secs(60), |s| s.worn_out == 1).await?;
+    tokio::time::sleep(paddock.libvirt().policy().call_wait + Duration::from_secs(2)).await;
+    start_libvirtd().await?;
+    paddock
+        .libvirt()
+        .wait_connected(Duration::from_secs(30))
+        .await?;
+    ensure!(
+        pool_domains(&paddock, &name).await?.contains(&worn_out),
+        "the worn-out slot's domain outlived the outage"
+    );
+    // The replacement's creation finishes the removal.
+    settle(&pool, Duration::from_secs(120), |s| s.ready == 1).await?;
+    let domains = pool_domains(&paddock, &name).await?;
+    ensure!(
+        !domains.contains(&worn_out),
+        "{worn_out} was forgotten: {domains:?}"
+    );
+    pool.close().await?;
+    ensure!(pool_domains(&paddock, &name).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_without_libvirtd_lists_what_is_left_and_a_new_pool_removes_it() -> TestResult {
+    if !host_fault_tests_enabled(
+        "a_close_without_libvirtd_lists_what_is_left_and_a_new_pool_removes_it",
+    ) {
+        return Ok(());
+    }
+    let _restarter = Restarter;
+    let paddock = test_paddock().await?;
+    let name = format!("hf{}", unique_marker());
+    let pool = pool(&paddock, &name, config(2, 2)).await?;
+    let slots = pool_domains(&paddock, &name).await?;
+    ensure!(slots.len() == 2, "{slots:?}");
+    stop_libvirtd().await?;
+    let err = pool
+        .close_within(Duration::from_secs(2))
+        .await
+        .expect_err("nothing can be removed without libvirtd");
+    let VmError::NotClosed { domains, cause, .. } = &err else {
+        anyhow::bail!("not a NotClosed: {err:?}");
+    };
+    let mut listed = domains.clone();
+    listed.sort();
+    let mut expected = slots.clone();
+    expected.sort();
+    ensure!(
+        listed == expected,
+        "it lists the slots it could not remove: {err}"
+    );
+    ensure!(
+        cause.as_ref().is_some_and(|c| c.is_unreachable()),
+        "and says why: {err:?}"
+    );
+    start_libvirtd().await?;
+    paddock
+        .libvirt()
+        .wait_connected(Duration::from_secs(30))
+        .await?;
+    ensure!(pool_domains(&paddock, &name).await?.len() == 2);
+    // A pool of the same name removes what the closed one left: its
+    // domains (slot names are reused) all come from the new golden.
+    let again = self::pool(&paddock, &name, config(1, 1)).await?;
+    let golden = again.backend().golden().id.id.clone();
+    let metadata: Vec<_> = paddock
+        .libvirt()
+        .paddock_domains()
+        .await?
+        .into_iter()
+        .filter(|(_, metadata)| metadata.pool == name)
+        .map(|(_, metadata)| metadata)
+        .collect();
+    ensure!(
+        metadata.len() == 1 && metadata[0].golden.as_deref() == Some(golden.as_str()),
+        "only the new pool's slot is left: {metadata:?}"
+    );
+    again.close().await?;
+    ensure!(pool_domains(&paddock, &name).await?.is_empty());
+    Ok(())
+}
