@@ -167,40 +167,61 @@ fn test(quick: bool) -> anyhow::Result<()> {
     // The full image (debootstrap: about a minute the first time).
     let full = full_image::ensure_full_image()?;
     Cmd::cargo(["test", "--workspace", "--doc", "--locked"]).run()?;
-    // libvirtd runs now, so the tests against qemu:///system run too. The
-    // test runner goes last: its summary is the run's closing line.
-    let system = ("PADDOCK_LIBVIRT_SYSTEM_TESTS", "1");
-    if have_command("cargo-nextest") {
-        Cmd::cargo([
-            "nextest",
-            "run",
-            "--workspace",
-            "--locked",
-            "--no-fail-fast",
-        ])
-        .env(system.0, system.1)
-        .env("PADDOCK_IMAGE", &image)
-        .env("PADDOCK_VHOST_DEVICE_VSOCK", &vhost_vsock)
-        .env("PADDOCK_FULL_IMAGE", &full)
-        .run()?;
+    // libvirtd runs now, so the tests against qemu:///system run too.
+    let env = [
+        ("PADDOCK_LIBVIRT_SYSTEM_TESTS", "1".as_ref()),
+        ("PADDOCK_IMAGE", image.as_os_str()),
+        ("PADDOCK_VHOST_DEVICE_VSOCK", vhost_vsock.as_os_str()),
+        ("PADDOCK_FULL_IMAGE", full.as_os_str()),
+    ];
+    let everything = run_tests(&["--workspace"], &env, false);
+    // Then, alone, the tests that restart libvirtd (every other test talks
+    // to it): they skip themselves in the run above. The test runner goes
+    // last: its summary is the run's closing line.
+    let mut alone = env.to_vec();
+    alone.push(("PADDOCK_HOST_FAULT_TESTS", "1".as_ref()));
+    let host_faults = run_tests(
+        &["-p", "paddock-tests", "--test", "host_faults"],
+        &alone,
+        true,
+    );
+    everything.context("the test run failed")?;
+    host_faults.context("the host-fault tests failed")?;
+    Ok(())
+}
+
+/// Runs the tests `selection` picks (cargo-nextest, or cargo test where
+/// nextest is missing) with `env`, one at a time if `serially`.
+fn run_tests(
+    selection: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+    serially: bool,
+) -> anyhow::Result<()> {
+    let mut cmd = if have_command("cargo-nextest") {
+        let cmd = Cmd::cargo(["nextest", "run", "--locked", "--no-fail-fast"]).args(selection);
+        if serially {
+            cmd.args(["--test-threads", "1"])
+        } else {
+            cmd
+        }
     } else {
         eprintln!("xtask: cargo-nextest not found, running cargo test");
-        Cmd::cargo([
-            "test",
-            "--workspace",
-            "--lib",
-            "--bins",
-            "--tests",
-            "--locked",
-            "--no-fail-fast",
-        ])
-        .env(system.0, system.1)
-        .env("PADDOCK_IMAGE", &image)
-        .env("PADDOCK_VHOST_DEVICE_VSOCK", &vhost_vsock)
-        .env("PADDOCK_FULL_IMAGE", &full)
-        .run()?;
+        let cmd = Cmd::cargo(["test", "--locked", "--no-fail-fast"]).args(selection);
+        let cmd = if selection.contains(&"--workspace") {
+            cmd.args(["--lib", "--bins", "--tests"])
+        } else {
+            cmd
+        };
+        if serially {
+            cmd.args(["--", "--test-threads", "1"])
+        } else {
+            cmd
+        }
+    };
+    for (key, value) in env {
+        cmd = cmd.env(key, value);
     }
-    Ok(())
+    cmd.run()
 }
 
 /// Runs the real-VM benchmark `bench` after setting the host up.

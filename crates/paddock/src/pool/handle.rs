@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::slots::{Entry, Inner, health_checks};
-use super::{PoolConfig, PoolError, PoolStats, SlotBackend};
+use super::{PoolConfig, PoolError, PoolStats, SlotBackend, SlotFailure};
 
 /// A pool of slots. Cheap to clone; every clone is the same pool.
 ///
@@ -197,6 +197,13 @@ impl<B: SlotBackend> Pool<B> {
     pub fn stats(&self) -> PoolStats {
         let available = self.inner.backend.available();
         self.inner.lock().stats(available)
+    }
+
+    /// The most recent failure to make or keep a slot (creation, reset or
+    /// health check), with its reason ([`SlotFailure::reason`]).
+    #[must_use]
+    pub fn last_failure(&self) -> Option<SlotFailure> {
+        self.inner.lock().last_failure.clone()
     }
 
     /// The pool's configuration.

@@ -408,6 +408,58 @@ impl VmBackend {
         }
         run_commands(guest.client(), &self.spec.rewarm, "rewarm").await
     }
+    /// The reset's steps, each timed into the slot's [`ResetPhases`].
+    async fn reset_phases(&self, slot: &mut VmSlot) -> Result<(), VmError> {
+        let mut phases = ResetPhases::default();
+        let mut clock = Instant::now();
+        let mut lap = || {
+            let now = Instant::now();
+            std::mem::replace(&mut clock, now).elapsed()
+        };
+        let strategy = self.spec.reset;
+        match strategy {
+            ResetStrategy::Restore => {
+                slot.client().close().await;
+                // Not running (it crashed, or was destroyed) is fine.
+                let _ = slot.vm().destroy().await;
+                phases.stop_or_revert = lap();
+                if let Some(disk) = &slot.spec().disk {
+                    create_overlay(disk).await?;
+                }
+                phases.overlay = lap();
+                self.libvirt
+                    .restore(&slot.dir().join("memory.img"), None, RestoreMode::Running)
+                    .await?;
+                let vm = self.libvirt.lookup(slot.name()).await?;
+                slot.guest.replace_vm(vm);
+                phases.restore = lap();
+            }
+            ResetStrategy::Revert => {
+                slot.vm().revert_to_snapshot(GOLDEN_SNAPSHOT).await?;
+                phases.stop_or_revert = lap();
+            }
+            ResetStrategy::InPlace => {
+                // Nothing may be in flight while the guest is rewound.
+                slot.client().close().await;
+                slot.vm().load_snapshot_in_place(GOLDEN_SNAPSHOT).await?;
+                phases.stop_or_revert = lap();
+            }
+        }
+        slot.guest
+            .reconnect_restored(|| format!("a {strategy:?} reset"))
+            .await?;
+        phases.agent = lap();
+        if let (ResetStrategy::Restore, Some((_, attachment))) = (strategy, &slot.address) {
+            // The restored guest is the golden again, identity included;
+            // snapshots were taken with the slot's own.
+            configure_guest(slot.client(), attachment, false).await?;
+            phases.network = lap();
+        }
+        run_commands(slot.client(), &self.spec.rewarm, "rewarm").await?;
+        phases.rewarm = lap();
+        slot.last_reset = phases;
+        Ok(())
+    }
 }
 
 fn slot_name(pool: &str, index: u32) -> String {
@@ -459,55 +511,13 @@ impl SlotBackend for VmBackend {
     }
 
     async fn reset(&self, slot: &mut VmSlot) -> Result<(), VmError> {
-        let mut phases = ResetPhases::default();
-        let mut clock = Instant::now();
-        let mut lap = || {
-            let now = Instant::now();
-            std::mem::replace(&mut clock, now).elapsed()
-        };
-        let strategy = self.spec.reset;
-        match strategy {
-            ResetStrategy::Restore => {
-                slot.client().close().await;
-                // Not running (it crashed, or was destroyed) is fine.
-                let _ = slot.vm().destroy().await;
-                phases.stop_or_revert = lap();
-                if let Some(disk) = &slot.spec().disk {
-                    create_overlay(disk).await?;
-                }
-                phases.overlay = lap();
-                self.libvirt
-                    .restore(&slot.dir().join("memory.img"), None, RestoreMode::Running)
-                    .await?;
-                let vm = self.libvirt.lookup(slot.name()).await?;
-                slot.guest.replace_vm(vm);
-                phases.restore = lap();
+        match self.reset_phases(slot).await {
+            Err(err) if !err.is_libvirt_outage() => {
+                // A reset fails on a guest that died under its lease; say so.
+                Err(stopped_guest(slot).await.unwrap_or(err))
             }
-            ResetStrategy::Revert => {
-                slot.vm().revert_to_snapshot(GOLDEN_SNAPSHOT).await?;
-                phases.stop_or_revert = lap();
-            }
-            ResetStrategy::InPlace => {
-                // Nothing may be in flight while the guest is rewound.
-                slot.client().close().await;
-                slot.vm().load_snapshot_in_place(GOLDEN_SNAPSHOT).await?;
-                phases.stop_or_revert = lap();
-            }
+            other => other,
         }
-        slot.guest
-            .reconnect_restored(|| format!("a {strategy:?} reset"))
-            .await?;
-        phases.agent = lap();
-        if let (ResetStrategy::Restore, Some((_, attachment))) = (strategy, &slot.address) {
-            // The restored guest is the golden again, identity included;
-            // snapshots were taken with the slot's own.
-            configure_guest(slot.client(), attachment, false).await?;
-            phases.network = lap();
-        }
-        run_commands(slot.client(), &self.spec.rewarm, "rewarm").await?;
-        phases.rewarm = lap();
-        slot.last_reset = phases;
-        Ok(())
     }
 
     async fn check(&self, slot: &VmSlot) -> Result<(), VmError> {
@@ -571,20 +581,25 @@ impl SlotBackend for VmBackend {
 /// Why a slot's agent did not answer: a guest that stopped (crashed,
 /// rebooted and was destroyed, QEMU killed) or an agent that failed.
 async fn guest_fault(slot: &VmSlot, err: paddock_agent_client::ClientError) -> VmError {
+    stopped_guest(slot).await.unwrap_or(VmError::Agent(err))
+}
+
+/// [`VmError::GuestStopped`] if the slot's domain is not running (or gone).
+async fn stopped_guest(slot: &VmSlot) -> Option<VmError> {
+    let stopped = |state, reason| VmError::GuestStopped {
+        domain: slot.name().to_owned(),
+        state,
+        reason,
+    };
     match slot.vm().status().await {
         Ok(status) if status.state != paddock_libvirt::DomainState::Running => {
-            VmError::GuestStopped {
-                domain: slot.name().to_owned(),
-                state: status.state,
-                reason: status.reason,
-            }
+            Some(stopped(status.state, status.reason))
         }
-        Err(libvirt) if libvirt.is_not_found() => VmError::GuestStopped {
-            domain: slot.name().to_owned(),
-            state: paddock_libvirt::DomainState::Shutoff,
-            reason: "gone".into(),
-        },
-        _ => VmError::Agent(err),
+        Err(libvirt) if libvirt.is_not_found() => Some(stopped(
+            paddock_libvirt::DomainState::Shutoff,
+            "gone".into(),
+        )),
+        _ => None,
     }
 }
 
