@@ -279,3 +279,217 @@ async fn a_close_without_libvirtd_lists_what_is_left_and_a_new_pool_removes_it()
     ensure!(pool_domains(&paddock, &name).await?.is_empty());
     Ok(())
 }
+
+/// The faults the soak injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    QemuKilled,
+    AgentKilled,
+    LibvirtdRestarted,
+    GuestPanic,
+}
+
+const FAULTS: [Fault; 4] = [
+    Fault::QemuKilled,
+    Fault::AgentKilled,
+    Fault::LibvirtdRestarted,
+    Fault::GuestPanic,
+];
+
+/// A small deterministic generator (xorshift64*), so a seed replays a run.
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// Kills the QEMU of `domain` with SIGKILL.
+fn kill_qemu(domain: &str) -> anyhow::Result<()> {
+    let pids = paddock_tests::processes_matching(&format!("guest={domain},"));
+    ensure!(pids.len() == 1, "one QEMU for {domain}: {pids:?}");
+    std::process::Command::new("kill")
+        .args(["-KILL", &pids[0].to_string()])
+        .status()?;
+    Ok(())
+}
+
+/// The soak: `PADDOCK_SOAK_CYCLES` (default 60) acquire/exec/release cycles
+/// on a pool of two while faults are injected at random at a fixed seed
+/// (`PADDOCK_SOAK_SEED`), one cycle in `PADDOCK_SOAK_FAULT_EVERY` (default
+/// 10) on average. Every exec succeeds or fails with a typed error within
+/// its bound; the pool is back at `min_ready` after each fault (the time it
+/// took is its recovery); nothing is left after `close()`; the process's
+/// file descriptors and memory do not grow. It prints its figures as one
+/// JSON object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_soak() -> TestResult {
+    if !host_fault_tests_enabled("fault_soak") {
+        return Ok(());
+    }
+    let _restarter = Restarter;
+    let cycles = env_number("PADDOCK_SOAK_CYCLES", 60);
+    let seed = env_number("PADDOCK_SOAK_SEED", 42);
+    let every = env_number("PADDOCK_SOAK_FAULT_EVERY", 10).max(1);
+    let mut dice = Dice(seed.max(1));
+    let paddock = test_paddock().await?;
+    let name = format!("soak{}", unique_marker());
+    let mut cfg = config(2, 2);
+    cfg.acquire_timeout = Duration::from_secs(180);
+    let pool = pool(&paddock, &name, cfg).await?;
+    // Warm the process up before its baseline is taken.
+    for _ in 0..4 {
+        let lease = pool.acquire().await?;
+        exec_true(&lease).await?;
+    }
+    settle(&pool, Duration::from_secs(120), |s| s.ready == 2).await?;
+    let fds_before = open_fds();
+    let rss_before = paddock_tests::proc_status_kib(std::process::id(), "VmRSS").unwrap_or(0);
+
+    let mut injected: std::collections::BTreeMap<Fault, u32> = Default::default();
+    let mut recovery: std::collections::BTreeMap<Fault, Vec<Duration>> = Default::default();
+    let mut outcomes: std::collections::BTreeMap<String, u32> = Default::default();
+    let started = std::time::Instant::now();
+    for cycle in 0..cycles {
+        let lease = tokio::time::timeout(Duration::from_secs(200), pool.acquire())
+            .await
+            .context("an acquire hung past its timeout")?
+            .with_context(|| format!("cycle {cycle}: acquire"))?;
+        let fault =
+            (dice.below(every) == 0).then(|| FAULTS[usize::try_from(dice.below(4)).unwrap_or(0)]);
+        let t0 = std::time::Instant::now();
+        let mut request = Execute::shell(match fault {
+            Some(Fault::GuestPanic) => "echo c > /proc/sysrq-trigger".to_owned(),
+            Some(Fault::QemuKilled) => "sleep 30".to_owned(),
+            Some(Fault::AgentKilled) => "setsid sh -c 'sleep 0.5; kill -9 $(pidof paddock-agent)' \
+                 >/dev/null 2>&1 & until ps -o args | grep -q '^sleep 0.5$'; do sleep 0.05; done; \
+                 sleep 20"
+                .to_owned(),
+            _ => format!("echo {cycle}"),
+        });
+        request.timeout_ms = Some(30_000);
+        let exec = lease.client().exec_collect(request);
+        let killer = async {
+            match fault {
+                Some(Fault::QemuKilled) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    kill_qemu(lease.name())
+                }
+                Some(Fault::LibvirtdRestarted) => stop_libvirtd().await,
+                _ => Ok(()),
+            }
+        };
+        let (out, killed) =
+            tokio::join!(tokio::time::timeout(Duration::from_secs(60), exec), killer);
+        killed?;
+        let outcome = match out.context("an exec hung past its bound")? {
+            Ok(out) if out.result.exit_code == Some(0) => "ok".to_owned(),
+            Ok(out) if out.result.timed_out => "timed_out".to_owned(),
+            Ok(out) => format!(
+                "exit_{:?}_signal_{:?}",
+                out.result.exit_code, out.result.signal
+            ),
+            Err(err) => format!("error: {}", client_error_kind(&err)),
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+        drop(lease);
+        if let Some(fault) = fault {
+            *injected.entry(fault).or_default() += 1;
+            if fault == Fault::LibvirtdRestarted {
+                tokio::time::sleep(Duration::from_millis(dice.below(3000))).await;
+                start_libvirtd().await?;
+            }
+            settle(&pool, Duration::from_secs(300), |s| s.ready == 2)
+                .await
+                .with_context(|| format!("cycle {cycle}: recovery from {fault:?}"))?;
+            recovery.entry(fault).or_default().push(t0.elapsed());
+        }
+    }
+    settle(&pool, Duration::from_secs(300), |s| s.ready == 2).await?;
+    // Give the pool's background work a moment to drop what it held.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fds_after = open_fds();
+    let rss_after = paddock_tests::proc_status_kib(std::process::id(), "VmRSS").unwrap_or(0);
+    let stats = pool.stats();
+    pool.close().await?;
+    let left = pool_domains(&paddock, &name).await?;
+    let dir_left = Path::new(POOL_ROOT).join(&name).exists();
+
+    let quantile = |samples: &mut Vec<Duration>, q: usize| {
+        samples.sort();
+        samples
+            .get((samples.len() * q / 100).min(samples.len().saturating_sub(1)))
+            .map_or(0, |d| d.as_millis())
+    };
+    let mut recovery_ms = serde_json::Map::new();
+    for (fault, samples) in &mut recovery {
+        recovery_ms.insert(
+            format!("{fault:?}"),
+            serde_json::json!({
+                "n": samples.len(),
+                "p50": quantile(samples, 50),
+                "p99": quantile(samples, 99),
+            }),
+        );
+    }
+    let report = serde_json::json!({
+        "cycles": cycles,
+        "seed": seed,
+        "seconds": started.elapsed().as_secs(),
+        "faults": injected.iter().map(|(f, n)| (format!("{f:?}"), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+        "exec_outcomes": outcomes,
+        "recovery_ms": recovery_ms,
+        "pool": {
+            "created": stats.created,
+            "destroyed": stats.destroyed,
+            "failed_resets": stats.failed_resets,
+            "outage_retries": stats.outage_retries,
+        },
+        "fds": [fds_before, fds_after],
+        "rss_kib": [rss_before, rss_after],
+        "domains_left": left.len(),
+        "pool_dir_left": dir_left,
+    });
+    println!("{report}");
+    ensure!(left.is_empty() && !dir_left, "nothing is left: {report}");
+    ensure!(
+        fds_after <= fds_before + 8,
+        "file descriptors did not grow: {fds_before} -> {fds_after}"
+    );
+    ensure!(
+        rss_after <= rss_before + 32 * 1024,
+        "memory did not grow: {rss_before} -> {rss_after} KiB"
+    );
+    Ok(())
+}
+
+/// A short name for how an exec failed.
+fn client_error_kind(err: &paddock::agent::ClientError) -> String {
+    use paddock::agent::ClientError;
+    match err {
+        ClientError::ConnectionLost { .. } => "connection_lost".into(),
+        ClientError::Timeout { .. } => "timeout".into(),
+        ClientError::Agent { code, .. } => format!("agent_{code:?}"),
+        other => format!("{other}"),
+    }
+}
