@@ -378,10 +378,24 @@ async fn worn_out_slots_are_recycled() {
 #[tokio::test]
 async fn leftovers_of_a_crashed_process_are_removed_at_start() {
     let h = harness().await;
-    for index in 0..3 {
-        let vm = h.libvirt.define(&spec(100 + index)).await.expect("define");
-        vm.start().await.expect("start");
-    }
+    // What a crash leaves, in each state: a golden template defined but not
+    // started yet, a slot running, and a slot running with a snapshot taken.
+    let mut golden = spec(100);
+    golden.name = format!("paddock-{POOL}-golden-0123abcd");
+    golden.metadata.role = DomainRole::Golden;
+    h.libvirt.define(&golden).await.expect("define the golden");
+    let running = h.libvirt.define(&spec(101)).await.expect("define");
+    running.start().await.expect("start");
+    let snapshotted = h.libvirt.define(&spec(102)).await.expect("define");
+    snapshotted.start().await.expect("start");
+    snapshotted
+        .create_snapshot(&paddock_libvirt::SnapshotSpec {
+            name: "golden".into(),
+            description: String::new(),
+            tags: Vec::new(),
+        })
+        .await
+        .expect("snapshot");
     let mut other = spec(7);
     other.name = "paddock-other-7".into();
     other.metadata.pool = "other".into();
@@ -398,6 +412,9 @@ async fn leftovers_of_a_crashed_process_are_removed_at_start() {
         std::fs::create_dir_all(pool_dir.join(dir).join("inner")).expect("a leftover directory");
     }
     std::fs::write(pool_dir.join("notes.txt"), b"not the pool's").expect("a foreign file");
+    // A slot whose restore was cut short: half of its memory image.
+    std::fs::write(pool_dir.join("slot-100").join("memory.img"), [0u8; 4096])
+        .expect("a half image");
     assert_eq!(h.domains().await, 3);
     // What `Paddock::create_pool` runs, once, before it builds the golden.
     let removed = paddock::vm::recover_pool(&h.libvirt, POOL, &pool_dir)
