@@ -170,7 +170,10 @@ pub use frame::{
     HEADER_LEN, MAGIC, decode_frame, encode_frame, encode_frame_header,
 };
 pub use io::{ReadFrameError, read_frame, write_frame};
-pub use message::{CLOCK_TOLERANCE_MS, DEFAULT_KILL_GRACE_MS, unix_time_ms};
+pub use message::{
+    CLOCK_TOLERANCE_MS, DEFAULT_FILE_MODE, DEFAULT_KILL_GRACE_MS, MAX_KILL_GRACE_MS, MAX_SIGNAL,
+    unix_time_ms,
+};
 pub use message::{
     Command, DecodeError, Direction, EncodeError, ErrorCode, ErrorReport, ExecResult, Execute,
     FileDone, FileEnd, FileGet, FileInfo, FilePut, Hello, HelloAck, Message, MessageKind,
@@ -189,6 +192,15 @@ pub const DEFAULT_WINDOW: u32 = 256 * 1024;
 
 /// The size of data chunks senders cut bulk data into (64 KiB).
 pub const DEFAULT_CHUNK: usize = 64 * 1024;
+
+/// The smallest `max_payload` a side may announce in HELLO or HELLO_ACK
+/// (4 KiB): every control message must fit in one frame.
+pub const MIN_MAX_PAYLOAD: u32 = 4096;
+
+/// The most control frames (STDIN_CLOSE, SIGNAL, STOP, FILE_END) an agent
+/// holds unread for one request; past it the request ends with ERROR
+/// `flow_control`. Data frames are bounded by the window instead.
+pub const MAX_QUEUED_CONTROL: usize = 128;
 
 /// Whether a frame written in `version` can be read by this crate.
 #[must_use]

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::nullable::or_default;
+
 /// Wire error codes. Unknown codes from a newer peer decode as
 /// [`ErrorCode::Unknown`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -39,6 +41,8 @@ pub enum ErrorCode {
     ChecksumMismatch,
     /// The agent is shutting down.
     ShuttingDown,
+    /// The agent serves as many connections as it may; it closes this one.
+    TooManyConnections,
     /// A bug or unexpected state in the agent.
     Internal,
     /// A code this side does not know.
@@ -52,7 +56,7 @@ pub struct ErrorReport {
     /// What kind of failure.
     pub code: ErrorCode,
     /// Human-readable detail.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub message: String,
 }
 
