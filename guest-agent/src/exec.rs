@@ -1,15 +1,22 @@
-//! EXECUTE: runs a process in its own process group and streams its output.
+//! EXECUTE: runs a process and streams its output.
 //!
 //! One request task polls four things at once: the supervisor (the process,
 //! its timeout, the host's STDIN / SIGNAL / STOP; `supervise`), one pump per
 //! output pipe, and the stdin feeder (`pipes`).
 //!
+//! - The process runs in a process group of its own and, when the agent
+//!   contains executions in cgroups (`crate::cgroup`), in a cgroup of its
+//!   own, which it joins before it execs: then every process it starts,
+//!   those that leave the group included, is the execution's.
 //! - A pump reads its pipe only while the host's window is open, so a process
 //!   that prints without end blocks in `write`. Past the stream's cap it reads
 //!   and discards without waiting, so the process never blocks on a cap.
-//! - Ending the group means SIGTERM to the whole group, then SIGKILL after the
-//!   grace period. When the leader exits, whatever is left in its group gets
-//!   SIGKILL: nothing of a request outlives its RESULT.
+//! - Ending the execution means SIGTERM to the whole group, then SIGKILL to
+//!   the group and the cgroup after the grace period. When the leader exits,
+//!   whatever is left in its group and its cgroup gets SIGKILL, and RESULT
+//!   waits until the cgroup is empty: nothing of a request outlives its
+//!   RESULT. Without a cgroup, a process that left the group is beyond
+//!   reach.
 //! - After the leader exits, the pumps forward what is still in the pipes,
 //!   then wait at most [`DRAIN_TIMEOUT`](pipes::DRAIN_TIMEOUT) for the end of
 //!   the pipe, so a process that escaped the group (`setsid`) and keeps the
@@ -23,16 +30,18 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use paddock_proto::{Command as Program, ErrorCode, ExecResult, Execute, Message, MessageKind};
+use paddock_proto::{
+    Command as Program, ErrorCode, ExecResult, Execute, MAX_KILL_GRACE_MS, Message, MessageKind,
+};
 use tokio::process::Command;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::Gauge;
+use crate::cgroup::{CgroupError, ExecCgroup};
 use crate::request::{Flow, Handler, Inputs, Interrupted, Rejection, RequestCtx, WireError};
-use pipes::{feed_stdin, pump};
+use pipes::{StdinQueue, feed_stdin, pump};
 use supervise::{Limits, ProcessGroup, supervise};
 
 mod pipes;
@@ -44,6 +53,22 @@ pub(crate) enum ExecError {
     /// `argv` has no program.
     #[error("The argument vector is empty")]
     EmptyArgv,
+    /// `timeout_ms` is 0 (no limit is written by leaving it out).
+    #[error("timeout_ms must be at least 1")]
+    ZeroTimeout,
+    /// `cwd` is not a directory the process can start in.
+    #[error("Cannot use `{path}` as the working directory")]
+    WorkingDirectory {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// SIGNAL with a number that names no signal.
+    #[error("{0} is not a signal number (1..={max})", max = paddock_proto::MAX_SIGNAL)]
+    BadSignal(i32),
+    /// The execution's cgroup could not be made.
+    #[error("Could not contain the execution")]
+    Cgroup(#[source] CgroupError),
     /// The process could not be started.
     #[error("Could not start `{program}`")]
     Spawn {
@@ -68,11 +93,20 @@ pub(crate) enum ExecError {
 impl WireError for ExecError {
     fn code(&self) -> ErrorCode {
         match self {
-            Self::EmptyArgv => ErrorCode::InvalidArgument,
-            Self::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => {
-                ErrorCode::NotFound
-            }
-            Self::Spawn { .. } => ErrorCode::SpawnFailed,
+            Self::EmptyArgv | Self::ZeroTimeout | Self::BadSignal(_) => ErrorCode::InvalidArgument,
+            Self::WorkingDirectory { source, .. } => match source.kind() {
+                io::ErrorKind::NotFound => ErrorCode::NotFound,
+                io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
+                io::ErrorKind::NotADirectory => ErrorCode::InvalidArgument,
+                _ => ErrorCode::Io,
+            },
+            Self::Cgroup(_) => ErrorCode::SpawnFailed,
+            Self::Spawn { source, .. } => match source.kind() {
+                io::ErrorKind::NotFound => ErrorCode::NotFound,
+                // A NUL byte in an argument, a variable or the directory.
+                io::ErrorKind::InvalidInput => ErrorCode::InvalidArgument,
+                _ => ErrorCode::SpawnFailed,
+            },
             Self::NoPid | Self::Wait(_) => ErrorCode::Internal,
             Self::Rejected(rejection) => rejection.code(),
             Self::Interrupted(interrupted) => interrupted.code(),
@@ -105,13 +139,24 @@ async fn do_execute(
     execute: &Execute,
     mut inputs: Inputs,
 ) -> Result<ExecResult, ExecError> {
-    let (mut command, program) = command(execute)?;
+    if execute.timeout_ms == Some(0) {
+        return Err(ExecError::ZeroTimeout);
+    }
+    let cgroup = ctx
+        .agent()
+        .cgroups
+        .as_ref()
+        .map(|root| root.create(&format!("paddock-exec-{}", ctx.unique_name())))
+        .transpose()
+        .map_err(ExecError::Cgroup)?;
+    let (mut command, program) = command(execute, cgroup.as_ref())?;
     let mut child = command
         .spawn()
         .map_err(|source| ExecError::Spawn { program, source })?;
     let started = Instant::now();
     let _running = Gauge::new(&ctx.agent().running_executions);
-    // kill_on_drop covers the leader if this returns early.
+    // kill_on_drop covers the leader if this returns early, and dropping
+    // the cgroup the rest.
     let group = child
         .id()
         .and_then(|pid| libc::pid_t::try_from(pid).ok())
@@ -119,20 +164,23 @@ async fn do_execute(
         .ok_or(ExecError::NoPid)?;
     debug!(pid = group.0, "Started");
 
+    let grace = execute
+        .kill_grace_ms
+        .map_or(ctx.config().kill_grace, Duration::from_millis)
+        .min(Duration::from_millis(MAX_KILL_GRACE_MS));
     let limits = Limits {
         group,
+        cgroup: cgroup.as_ref(),
         timeout: execute.timeout_ms.map(Duration::from_millis),
-        grace: execute
-            .kill_grace_ms
-            .map_or(ctx.config().kill_grace, Duration::from_millis),
+        grace,
     };
     // `exited`: the leader is gone, pumps drain. `abandon`: output is no
     // longer wanted (the request failed, or the session ended).
     let exited = CancellationToken::new();
     let abandon = ctx.child_token();
     let stdin_pipe = child.stdin.take();
-    let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
-    let stdin_tx = stdin_pipe.is_some().then_some(stdin_tx);
+    let stdin = StdinQueue::default();
+    let stdin_queue = stdin_pipe.is_some().then_some(&stdin);
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let (end, (), out, err) = tokio::join!(
         supervise(
@@ -140,11 +188,11 @@ async fn do_execute(
             &mut child,
             limits,
             &mut inputs,
-            stdin_tx,
+            stdin_queue,
             &exited,
             &abandon
         ),
-        feed_stdin(ctx, stdin_pipe, stdin_rx, &exited),
+        feed_stdin(ctx, stdin_pipe, &stdin, &exited),
         pump(
             ctx,
             stdout,
@@ -162,6 +210,10 @@ async fn do_execute(
             &abandon
         ),
     );
+    if let Some(cgroup) = cgroup {
+        // Nothing of the execution may outlive its RESULT.
+        cgroup.end().await;
+    }
     let status = end?;
     Ok(ExecResult {
         exit_code: status.status.code(),
@@ -176,8 +228,9 @@ async fn do_execute(
     })
 }
 
-/// The command for `execute` and the program name for errors.
-fn command(execute: &Execute) -> Result<(Command, String), ExecError> {
+/// The command for `execute`, in `cgroup` if any, and the program name for
+/// errors.
+fn command(execute: &Execute, cgroup: Option<&ExecCgroup>) -> Result<(Command, String), ExecError> {
     let (mut command, program) = match &execute.command {
         Program::Argv(argv) => {
             let (program, args) = argv.split_first().ok_or(ExecError::EmptyArgv)?;
@@ -196,6 +249,19 @@ fn command(execute: &Execute) -> Result<(Command, String), ExecError> {
     }
     command.envs(&execute.env);
     if let Some(cwd) = &execute.cwd {
+        // Checked here so that the error names the directory, not the
+        // program (the child's chdir fails with the same errno).
+        let checked = std::fs::metadata(cwd).and_then(|metadata| {
+            if metadata.is_dir() {
+                Ok(())
+            } else {
+                Err(io::ErrorKind::NotADirectory.into())
+            }
+        });
+        checked.map_err(|source| ExecError::WorkingDirectory {
+            path: cwd.clone(),
+            source,
+        })?;
         command.current_dir(cwd);
     }
     command
@@ -208,6 +274,14 @@ fn command(execute: &Execute) -> Result<(Command, String), ExecError> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(cgroup) = cgroup {
+        let procs = cgroup.procs();
+        // SAFETY: the closure runs in the child between fork and exec;
+        // `join` makes only async-signal-safe calls and allocates nothing.
+        unsafe {
+            command.pre_exec(move || crate::cgroup::join(&procs));
+        }
+    }
     Ok((command, program))
 }
 
@@ -220,7 +294,8 @@ mod tests {
     use super::pipes::DRAIN_TIMEOUT;
     use super::*;
     use crate::test_host::{
-        Collected, TEST_WINDOW, TestHost, assert_no_process_with, processes_with, wait_for_process,
+        Collected, TEST_WINDOW, TestHost, assert_no_process_with, hello, processes_with,
+        test_config, wait_for_process,
     };
 
     fn exec_result(collected: &Collected) -> &ExecResult {
@@ -496,7 +571,12 @@ mod tests {
         assert_eq!(out.stdout, b"done\n");
         assert_no_process_with("1000.104").await;
 
-        // `setsid` leaves the group but keeps the output pipe open.
+        // Contained by its process group only, `setsid` leaves the group but
+        // keeps the output pipe open: it cannot hold the request either.
+        let mut config = test_config();
+        config.containment = crate::Containment::ProcessGroup;
+        let mut host = TestHost::start(config);
+        host.hello(hello()).await;
         let started = std::time::Instant::now();
         let out = run(
             &mut host,

@@ -223,10 +223,10 @@ async fn receive_chunks(
     loop {
         let input = tokio::select! {
             input = inputs.recv() => input,
-            () = ctx.ended() => None,
+            () = ctx.ended() => return Err(Interrupted::SessionEnded.into()),
         };
         match input {
-            Some(Input::Frame(Message::FileData(data))) => {
+            Input::Frame(Message::FileData(data)) => {
                 crc.update(&data);
                 let len = data.len();
                 size += len as u64;
@@ -236,12 +236,11 @@ async fn receive_chunks(
                 }
                 ctx.consumed(len).await?;
             }
-            Some(Input::Frame(Message::FileEnd(end))) => return Ok((size, crc.finalize(), end)),
-            Some(Input::Frame(message)) => {
+            Input::Frame(Message::FileEnd(end)) => return Ok((size, crc.finalize(), end)),
+            Input::Frame(message) => {
                 return Err(Rejection::Unexpected(message.kind()).into());
             }
-            Some(Input::Reject(report)) => return Err(Rejection::Report(report).into()),
-            None => return Err(Interrupted::SessionEnded.into()),
+            Input::Reject(report) => return Err(Rejection::Report(report).into()),
         }
     }
 }
