@@ -26,10 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use paddock_proto::{
-    DecodeError, ErrorCode, FRAME_READ_CHUNK, Frame, FrameDecoder, FrameError, Message,
-    MessageKind, Stop, StopScope, WindowError, decode_message, encode_message,
+    DecodeError, ErrorCode, ErrorReport, FRAME_READ_CHUNK, Frame, FrameDecoder, FrameError,
+    Message, MessageKind, Stop, StopScope, WindowError, decode_message, encode_message,
 };
-
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -291,12 +290,13 @@ impl Connection {
     /// `id` names an open request, the request ends with that ERROR;
     /// otherwise the ERROR goes on `id` or on 0, as `answer` says.
     async fn reject(&mut self, id: u64, answer: Answer, err: &SessionError) -> Step {
-        let mut report = err.report();
+        let report = err.report();
         match self.session.as_ref().and_then(|s| s.handle(id)) {
             Some(handle) if id != 0 => handle.reject(report),
             _ if answer == Answer::OnItsId => self.send(id, &Message::Error(report)).await,
             _ => {
-                report.message = format!("A frame for request {id}: {}", report.message);
+                let message = format!("A frame for request {id}: {}", report.message);
+                let report = ErrorReport::new(report.code, message);
                 self.send(0, &Message::Error(report)).await;
             }
         }

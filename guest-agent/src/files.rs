@@ -81,6 +81,8 @@ impl WireError for FileError {
             Self::Io { source, .. } => match source.kind() {
                 io::ErrorKind::NotFound => ErrorCode::NotFound,
                 io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
+                // A NUL byte in the path.
+                io::ErrorKind::InvalidInput => ErrorCode::InvalidArgument,
                 _ => ErrorCode::Io,
             },
             Self::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,

@@ -345,7 +345,19 @@ impl Drop for Gauge<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::SessionLedger;
+    use super::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS, SessionLedger};
+
+    #[test]
+    fn the_protocol_documents_the_agents_defaults() {
+        let doc = include_str!("../../crates/paddock-proto/PROTOCOL.md");
+        for (option, value) in [
+            ("--max-requests", DEFAULT_MAX_REQUESTS),
+            ("--max-connections", DEFAULT_MAX_CONNECTIONS),
+        ] {
+            let row = format!("| `{option}` | {value} |");
+            assert!(doc.contains(&row), "PROTOCOL.md has no row {row:?}");
+        }
+    }
 
     #[test]
     fn the_ledger_counts_sessions_and_ignores_resent_hellos() {

@@ -118,6 +118,13 @@ fn a_refused_hello_leaves_the_session_as_it_was() -> TestResult {
     };
     peer.send(2, &Message::Hello(small))?;
     assert_eq!(peer.expect_error(ErrorCode::InvalidArgument)?, 2);
+    // A token longer than 256 bytes is refused too.
+    let long_token = Hello {
+        session_token: "t".repeat(paddock_proto::MAX_SESSION_TOKEN_LEN + 1),
+        ..raw_hello()
+    };
+    peer.send(4, &Message::Hello(long_token))?;
+    assert_eq!(peer.expect_error(ErrorCode::InvalidArgument)?, 4);
     let last = stop_execution(&mut peer, 5)?;
     assert!(
         matches!(last, Message::ExecResult(ref r) if r.stopped),

@@ -17,7 +17,7 @@ mod kind;
 mod nullable;
 mod status;
 
-pub use error::{ErrorCode, ErrorReport};
+pub use error::{ErrorCode, ErrorReport, MAX_ERROR_MESSAGE_LEN};
 pub use exec::{
     Command, DEFAULT_KILL_GRACE_MS, ExecResult, Execute, MAX_KILL_GRACE_MS, MAX_SIGNAL,
     SignalRequest, Stop, StopScope,

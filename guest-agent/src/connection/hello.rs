@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use paddock_proto::{
-    ErrorCode, Hello, HelloAck, MIN_MAX_PAYLOAD, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION,
-    capability, negotiate_version,
+    ErrorCode, Hello, HelloAck, MAX_SESSION_TOKEN_LEN, MIN_MAX_PAYLOAD, MIN_PROTOCOL_VERSION,
+    Message, PROTOCOL_VERSION, capability, negotiate_version,
 };
 use tracing::{info, warn};
 
@@ -44,13 +44,16 @@ enum HelloError {
     /// HELLO announced a payload limit too small for the agent's messages.
     #[error("The host's max_payload of {0} bytes is below the minimum of {MIN_MAX_PAYLOAD}")]
     HostPayloadTooSmall(u32),
+    /// HELLO's token is too long to be repeated to a later host.
+    #[error("The session token of {0} bytes is longer than {MAX_SESSION_TOKEN_LEN}")]
+    TokenTooLong(usize),
 }
 
 impl WireError for HelloError {
     fn code(&self) -> ErrorCode {
         match self {
             Self::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
-            Self::HostPayloadTooSmall(_) => ErrorCode::InvalidArgument,
+            Self::HostPayloadTooSmall(_) | Self::TokenTooLong(_) => ErrorCode::InvalidArgument,
         }
     }
 }
@@ -68,8 +71,14 @@ impl Connection {
             self.send(id, &Message::Error(err.report())).await;
             return Step::Close;
         };
-        if hello.max_payload < MIN_MAX_PAYLOAD {
-            let err = HelloError::HostPayloadTooSmall(hello.max_payload);
+        let refused = if hello.max_payload < MIN_MAX_PAYLOAD {
+            Some(HelloError::HostPayloadTooSmall(hello.max_payload))
+        } else if hello.session_token.len() > MAX_SESSION_TOKEN_LEN {
+            Some(HelloError::TokenTooLong(hello.session_token.len()))
+        } else {
+            None
+        };
+        if let Some(err) = refused {
             self.send(id, &Message::Error(err.report())).await;
             return Step::Continue;
         }

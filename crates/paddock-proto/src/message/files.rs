@@ -13,7 +13,8 @@ pub struct FilePut {
     /// written `420`); [`DEFAULT_FILE_MODE`] when absent.
     #[serde(default = "default_mode", deserialize_with = "or_default_mode")]
     pub mode: u32,
-    /// Create missing parent directories (with mode `0o755`).
+    /// Create missing parent directories (mode `0o777` less the agent's
+    /// umask).
     #[serde(default, deserialize_with = "or_default")]
     pub create_parents: bool,
 }
