@@ -26,6 +26,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tracing::{debug, warn};
@@ -89,7 +90,10 @@ impl CgroupRoot {
             return Err(CgroupError::NotWritable(procs));
         }
         let root = Self { dir };
-        let probe = root.create(&format!("paddock-probe-{}", std::process::id()))?;
+        // Unique among the agents of this process too (tests start many).
+        static PROBES: AtomicU64 = AtomicU64::new(0);
+        let probe = PROBES.fetch_add(1, Ordering::Relaxed);
+        let probe = root.create(&format!("paddock-probe-{}-{probe}", std::process::id()))?;
         let has_kill = probe.dir.join("cgroup.kill").exists();
         let probe_dir = probe.dir.clone();
         drop(probe);

@@ -1,7 +1,9 @@
 //! Test infrastructure shared by Paddock's end-to-end tests.
 //!
 //! [`AgentProcess`] runs the real `paddock-agent` binary on this host over a
-//! Unix socket in a private temporary directory and kills it on drop. The
+//! Unix socket in a private temporary directory and stops it on drop;
+//! [`RawPeer`] drives it frame by frame, as a client written from the
+//! protocol's documentation alone would. The
 //! probes read `/proc` so tests can check what really happened to processes
 //! and memory, not what the code under test reports about itself.
 
@@ -49,7 +51,7 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// A `paddock-agent` process listening on a Unix socket; killed on drop.
+/// A `paddock-agent` process listening on a Unix socket; stopped on drop.
 #[derive(Debug)]
 pub struct AgentProcess {
     child: Child,
@@ -184,7 +186,13 @@ impl AgentProcess {
 }
 
 impl Drop for AgentProcess {
+    /// Stops the agent as an init system would (SIGTERM), so that it ends
+    /// its executions and removes their cgroups, and kills it if it is
+    /// still there after 5 s.
     fn drop(&mut self) {
+        if self.signal(libc::SIGTERM).is_ok() && self.wait_exit(Duration::from_secs(5)).is_some() {
+            return;
+        }
         self.kill();
     }
 }

@@ -241,6 +241,21 @@ fn edge_values_of_execute_are_defined() -> TestResult {
     peer.send(5, &Message::Execute(execute))?;
     let (_, last) = finish(&mut peer, 5)?;
     assert_eq!(error_code(&last), Some(ErrorCode::NotFound), "{last:?}");
+    // A working directory that is a file, or holds a NUL byte.
+    for (id, cwd) in [
+        (51, plain.display().to_string()),
+        (52, format!("{}\0x", agent.dir().display())),
+    ] {
+        let mut execute = Execute::argv(["true"]);
+        execute.cwd = Some(cwd);
+        peer.send(id, &Message::Execute(execute))?;
+        let (_, last) = finish(&mut peer, id)?;
+        assert_eq!(
+            error_code(&last),
+            Some(ErrorCode::InvalidArgument),
+            "{last:?}"
+        );
+    }
     // The shell form runs the shell, which reports a missing program itself.
     peer.send(
         6,
