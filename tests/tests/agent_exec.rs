@@ -293,6 +293,18 @@ async fn dropping_an_execution_stops_it() -> TestResult {
 async fn processes_that_leave_the_group_end_with_the_execution() -> TestResult {
     let agent = AgentProcess::start(&[])?;
     let client = agent.client().await?;
+    // The agent contains whole trees where it finds a cgroup v2 hierarchy
+    // it may use, as in the guest; the hosts these tests run on have one
+    // (here at /sys/fs/cgroup/unified).
+    let session = client.session().await.expect("session");
+    assert!(
+        session
+            .capabilities
+            .iter()
+            .any(|c| c == paddock_proto::capability::CONTAIN_TREE),
+        "the agent found no cgroup v2 hierarchy to use on this host: {:?}",
+        session.capabilities
+    );
     // A new session and process group, keeping the output pipe open (the
     // pause lets `setsid` leave the group before the leader exits).
     let marker = unique_marker();
@@ -322,17 +334,6 @@ async fn processes_that_leave_the_group_end_with_the_execution() -> TestResult {
         all_gone(&marker).await,
         "a double-forked daemon outlived its execution: {:?}",
         processes_matching(&marker)
-    );
-    // This host has a cgroup v2 hierarchy, so the agent says it contains
-    // whole trees.
-    let session = client.session().await.expect("session");
-    assert!(
-        session
-            .capabilities
-            .iter()
-            .any(|c| c == paddock_proto::capability::CONTAIN_TREE),
-        "{:?}",
-        session.capabilities
     );
     Ok(())
 }
