@@ -38,7 +38,7 @@ struct Cli {
     serial_path: Option<PathBuf>,
     /// Largest frame payload accepted from the host, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = paddock_proto::DEFAULT_MAX_PAYLOAD,
-          value_parser = clap::value_parser!(u32).range(4096..))]
+          value_parser = clap::value_parser!(u32).range(i64::from(paddock_proto::MIN_MAX_PAYLOAD)..))]
     max_payload: u32,
     /// Flow-control window granted to the host per request, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = paddock_proto::DEFAULT_WINDOW,
