@@ -30,7 +30,8 @@
 //!   write 0), and `decode_message` on it does not panic;
 //! - the sequence of frames and errors (ignoring the `skipped` count of
 //!   `BadMagic`, which depends on what was buffered) is the same whether the
-//!   stream is fed at once or in chunks.
+//!   stream is fed at once or in chunks, with `shrink_to` called between
+//!   chunks as an idle reader does.
 
 #![no_main]
 
@@ -93,6 +94,12 @@ fn run(stream: &[u8], max: u32, chunks: &[usize]) -> Vec<Event> {
                     // What is left is a partial magic, header or frame.
                     let bound = HEADER_LEN as u64 + u64::from(max);
                     assert!((after as u64) < bound.max(MAGIC.len() as u64));
+                    // A reader gives storage back between reads: that must
+                    // keep every buffered byte (the results are compared
+                    // with the stream fed at once, which never shrinks).
+                    dec.shrink_to(len % 64);
+                    assert_eq!(dec.buffered(), after, "shrinking lost bytes");
+                    assert!(dec.capacity() >= after);
                     break;
                 }
                 Ok(Some(frame)) => {

@@ -5,24 +5,29 @@
 //! PING, request ids, the accounting of the flow-control windows, and errors
 //! about frames. A frame that opens a request starts the request's task,
 //! which runs the request through the pipeline every request takes
-//! (`dispatch`). Later frames for an open request go to its task through an
-//! unbounded channel; the data queued there stays within the request's
-//! window, because data frames are checked against it here, before they are
-//! queued.
+//! (`dispatch`). Later frames for an open request go to its task through its
+//! inbox (`crate::request::inbox`), which never makes the reader wait and
+//! never grows without bound.
 //!
-//! Every frame is written by one writer task (`writer`), fed through a
-//! bounded channel. Each queued frame is tagged with the session that
-//! produced it, and the writer drops frames of a session that is no longer
-//! current, so nothing of an ended session follows the HELLO_ACK of the next
-//! one.
-
+//! The reader asks the stream for little at first and for more while reads
+//! fill what it asked for, and gives the buffer back when the connection
+//! goes quiet: a connection that sends nothing holds a few KiB.
+//!
+//! An ERROR about a frame goes where the host will look for it without
+//! mistaking it for the answer of another request: to the request the frame
+//! names when that request is open (ending it), on the frame's own id when
+//! the frame would have opened a request or is answered on its id anyway
+//! (HELLO, PING, an unknown kind), and otherwise on request id 0 with the
+//! frame's id in the message. So no frame with a request's id ever follows
+//! its last frame, even when the host's frames for it cross that last frame.
+//!
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use paddock_proto::{
-    DecodeError, ErrorCode, FRAME_READ_CHUNK, Frame, FrameDecoder, FrameError, Message,
-    MessageKind, Stop, StopScope, WindowError, decode_message, encode_message,
+    DecodeError, ErrorCode, ErrorReport, FRAME_READ_CHUNK, Frame, FrameDecoder, FrameError,
+    Message, MessageKind, Stop, StopScope, WindowError, decode_message, encode_message,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
@@ -30,13 +35,17 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info};
 
 use crate::Agent;
-use crate::request::{Input, OpenError, Outgoing, Session, WireError};
+use crate::request::{OpenError, Outgoing, Session, WireError};
 use crate::status::StatusRequest;
 use writer::Writer;
 
 mod dispatch;
 mod hello;
 mod writer;
+
+/// The first read asks for this much, and a quiet connection shrinks back
+/// to it: a HELLO or a control frame fits.
+const MIN_READ: usize = 4096;
 
 /// A frame the reader refused.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +86,27 @@ impl WireError for SessionError {
             Self::Refused(refused) => refused.code(),
             Self::UnknownRequest(_) => ErrorCode::UnknownRequest,
             Self::FlowControl(_) => ErrorCode::FlowControl,
+        }
+    }
+}
+
+/// Where an ERROR about a frame goes when the frame names no open request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// On the frame's own id: it would have opened a request (so the host
+    /// waits on that id), or it is answered on its id anyway.
+    OnItsId,
+    /// On request id 0: the frame belongs to a request that is not open
+    /// (any more), whose id may already be the host's for something new.
+    OnConnection,
+}
+
+impl Answer {
+    fn for_kind(kind: MessageKind) -> Self {
+        if kind.opens_request() || matches!(kind, MessageKind::Hello | MessageKind::Ping) {
+            Self::OnItsId
+        } else {
+            Self::OnConnection
         }
     }
 }
@@ -132,9 +162,10 @@ where
 impl Connection {
     async fn read_frames<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> io::Result<()> {
         let mut decoder = FrameDecoder::new(self.agent.config.max_payload);
+        let mut want = MIN_READ;
         loop {
             let read = tokio::select! {
-                read = reader.read(decoder.spare(FRAME_READ_CHUNK)) => read?,
+                read = reader.read(decoder.spare(want)) => read?,
                 () = self.agent.stopping() => return Ok(()),
                 () = self.outbox.closed() => return Ok(()),
             };
@@ -142,22 +173,37 @@ impl Connection {
                 return Ok(());
             }
             decoder.commit(read);
+            // Ask for more while the host sends more than was asked for;
+            // back off while it sends little.
+            if read == want {
+                want = (want * 2).min(FRAME_READ_CHUNK);
+            } else if read < want / 4 {
+                want = (want / 2).max(MIN_READ);
+            }
             loop {
                 let step = match decoder.next_frame() {
                     Ok(Some(frame)) => self.on_frame(frame).await,
                     Ok(None) => break,
                     Err(err) => {
                         debug!(%err, "Rejected bytes from the host");
-                        let id = match err {
-                            FrameError::UnknownKind { request_id, .. } => request_id,
-                            _ => 0,
-                        };
-                        self.reject(id, &SessionError::BadFrame(err)).await
+                        match err {
+                            FrameError::UnknownKind { request_id, .. } => {
+                                let err = SessionError::BadFrame(err);
+                                self.reject(request_id, Answer::OnItsId, &err).await
+                            }
+                            _ => {
+                                self.reject(0, Answer::OnItsId, &SessionError::BadFrame(err))
+                                    .await
+                            }
+                        }
                     }
                 };
                 if step == Step::Close {
                     return Ok(());
                 }
+            }
+            if want == MIN_READ {
+                decoder.shrink_to(MIN_READ);
             }
         }
     }
@@ -167,8 +213,11 @@ impl Connection {
     /// open ones.
     async fn on_frame(&mut self, frame: Frame) -> Step {
         let (id, kind) = (frame.request_id, frame.kind);
+        let answer = Answer::for_kind(kind);
         if !kind.direction().host_may_send() {
-            return self.reject(id, &SessionError::NotAccepted(kind)).await;
+            return self
+                .reject(id, answer, &SessionError::NotAccepted(kind))
+                .await;
         }
         if matches!(kind, MessageKind::Pong | MessageKind::Error) {
             // Answers to nothing the agent asked; answering them could loop.
@@ -176,11 +225,18 @@ impl Connection {
             return Step::Continue;
         }
         if self.session.is_none() && !matches!(kind, MessageKind::Ping | MessageKind::Hello) {
-            return self.reject(id, &SessionError::NotNegotiated).await;
+            // No request is open before HELLO: every frame is answered on its id.
+            return self
+                .reject(id, Answer::OnItsId, &SessionError::NotNegotiated)
+                .await;
         }
         let message = match decode_message(frame) {
             Ok(message) => message,
-            Err(err) => return self.reject(id, &SessionError::BadPayload(err)).await,
+            Err(err) => {
+                return self
+                    .reject(id, answer, &SessionError::BadPayload(err))
+                    .await;
+            }
         };
         match message {
             Message::Ping => self.send(id, &Message::Pong).await,
@@ -230,13 +286,19 @@ impl Connection {
         true
     }
 
-    /// Answers a refused frame with ERROR. If `id` names an open request, the
-    /// request ends with that ERROR instead.
-    async fn reject(&mut self, id: u64, err: &SessionError) -> Step {
+    /// Answers a frame refused with `err` (see the module documentation): if
+    /// `id` names an open request, the request ends with that ERROR;
+    /// otherwise the ERROR goes on `id` or on 0, as `answer` says.
+    async fn reject(&mut self, id: u64, answer: Answer, err: &SessionError) -> Step {
         let report = err.report();
         match self.session.as_ref().and_then(|s| s.handle(id)) {
-            Some(handle) if id != 0 => handle.deliver(Input::Reject(report)),
-            _ => self.send(id, &Message::Error(report)).await,
+            Some(handle) if id != 0 => handle.reject(report),
+            _ if answer == Answer::OnItsId => self.send(id, &Message::Error(report)).await,
+            _ => {
+                let message = format!("A frame for request {id}: {}", report.message);
+                let report = ErrorReport::new(report.code, message);
+                self.send(0, &Message::Error(report)).await;
+            }
         }
         Step::Continue
     }
@@ -248,7 +310,11 @@ impl Connection {
             error!(%err, "Could not encode a frame");
             return;
         }
-        let outgoing = Outgoing { session: 0, frame };
+        let outgoing = Outgoing {
+            session: 0,
+            frame,
+            closes: None,
+        };
         tokio::select! {
             sent = self.outbox.send(outgoing) => {
                 if sent.is_err() {
@@ -332,12 +398,15 @@ mod tests {
         .await;
         assert_eq!(error_code(host.recv().await), (8, ErrorCode::BadPayload));
 
+        // A kind only the agent sends, for no open request: the ERROR goes
+        // on id 0 and names the frame's id.
         host.send(9, &Message::Stdout(b"x".to_vec())).await;
         match host.recv().await {
-            (9, Message::Error(report)) => {
+            (0, Message::Error(report)) => {
                 assert_eq!(report.code, ErrorCode::UnknownKind);
                 assert!(
-                    report.message.contains("does not accept"),
+                    report.message.contains("does not accept")
+                        && report.message.contains("request 9"),
                     "{}",
                     report.message
                 );
@@ -370,7 +439,7 @@ mod tests {
         host.send(1, &Message::Stdin(b"x".to_vec())).await;
         assert_eq!(
             error_code(host.recv().await),
-            (1, ErrorCode::UnknownRequest)
+            (0, ErrorCode::UnknownRequest)
         );
     }
 

@@ -81,6 +81,8 @@ impl WireError for FileError {
             Self::Io { source, .. } => match source.kind() {
                 io::ErrorKind::NotFound => ErrorCode::NotFound,
                 io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
+                // A NUL byte in the path.
+                io::ErrorKind::InvalidInput => ErrorCode::InvalidArgument,
                 _ => ErrorCode::Io,
             },
             Self::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
@@ -223,10 +225,10 @@ async fn receive_chunks(
     loop {
         let input = tokio::select! {
             input = inputs.recv() => input,
-            () = ctx.ended() => None,
+            () = ctx.ended() => return Err(Interrupted::SessionEnded.into()),
         };
         match input {
-            Some(Input::Frame(Message::FileData(data))) => {
+            Input::Frame(Message::FileData(data)) => {
                 crc.update(&data);
                 let len = data.len();
                 size += len as u64;
@@ -236,12 +238,11 @@ async fn receive_chunks(
                 }
                 ctx.consumed(len).await?;
             }
-            Some(Input::Frame(Message::FileEnd(end))) => return Ok((size, crc.finalize(), end)),
-            Some(Input::Frame(message)) => {
+            Input::Frame(Message::FileEnd(end)) => return Ok((size, crc.finalize(), end)),
+            Input::Frame(message) => {
                 return Err(Rejection::Unexpected(message.kind()).into());
             }
-            Some(Input::Reject(report)) => return Err(Rejection::Report(report).into()),
-            None => return Err(Interrupted::SessionEnded.into()),
+            Input::Reject(report) => return Err(Rejection::Report(report).into()),
         }
     }
 }

@@ -1,11 +1,21 @@
 //! Listeners: Unix sockets, AF_VSOCK and serial ports.
 //!
 //! Unix and vsock listeners accept connections and serve each in its own
-//! task. A serial port (virtio-serial, or any tty or character device) is one
+//! task, at most [`Config::max_connections`](crate::Config) at once. A
+//! connection past that is answered with one ERROR `too_many_connections`
+//! on request id 0 and closed: the agent writes the ERROR, shuts its side
+//! down, and reads (and drops) what the host sends for up to
+//! [`REFUSAL_LINGER`], so that the host reads the ERROR and then the end of
+//! the stream rather than a reset.
+//!
+//! A serial port (virtio-serial, or any tty or character device) is one
 //! stream that outlives host connections: the agent opens it once and keeps
 //! reading it. At the end of the stream (virtio-serial reports that while no
 //! host is connected) or on a read error, the session ends, the agent waits
 //! [`SERIAL_RETRY_DELAY`] and reads on.
+//!
+//! When the agent stops, the listeners stop accepting and a Unix socket the
+//! agent created is removed, unless another socket has taken its path.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Read, Write};
@@ -18,12 +28,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use paddock_proto::{ErrorCode, ErrorReport, Message, encode_message};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::UnixListener;
 use tokio::task::JoinSet;
 use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{Agent, serve_connection};
 
@@ -35,6 +46,12 @@ const SERIAL_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// Pause after a failed accept (for instance, out of file descriptors).
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// How long a refused connection is read from after its ERROR, at most.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Bytes read from a refused connection after its ERROR, at most.
+const REFUSAL_DRAIN: usize = 64 * 1024;
 
 /// Why a listener could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -87,13 +104,51 @@ pub enum Endpoint {
 
 /// A bound listener or an open serial port.
 #[derive(Debug)]
-pub enum Listener {
-    /// A Unix socket.
-    Unix(UnixListener),
+pub struct Listener(Bound);
+
+#[derive(Debug)]
+enum Bound {
+    /// A Unix socket the agent created, and the file it created for it.
+    Unix(UnixListener, SocketFile),
     /// An AF_VSOCK socket.
     Vsock(VsockListener),
     /// A serial port.
     Serial(Arc<AsyncFd<File>>),
+}
+
+/// The file of a Unix socket the agent bound: its path, and the device and
+/// inode it had, so that the agent removes only its own.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    fn of(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let metadata = std::fs::symlink_metadata(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            id: (metadata.dev(), metadata.ino()),
+        })
+    }
+
+    /// Removes the file if it is still the socket the agent bound.
+    fn remove(&self) {
+        use std::os::unix::fs::MetadataExt as _;
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|metadata| (metadata.dev(), metadata.ino()) == self.id);
+        if !ours {
+            return;
+        }
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => debug!(path = %self.path.display(), "Removed the socket file"),
+            Err(err) => {
+                warn!(%err, path = %self.path.display(), "Could not remove the socket file")
+            }
+        }
+    }
 }
 
 impl Listener {
@@ -104,47 +159,45 @@ impl Listener {
     /// # Errors
     /// [`ListenError`] naming the endpoint.
     pub fn bind(endpoint: &Endpoint) -> Result<Self, ListenError> {
-        match endpoint {
-            Endpoint::Unix(path) => {
-                bind_unix(path)
-                    .map(Self::Unix)
-                    .map_err(|source| ListenError::Unix {
-                        path: path.clone(),
-                        source,
-                    })
-            }
+        let bound = match endpoint {
+            Endpoint::Unix(path) => bind_unix(path).map_err(|source| ListenError::Unix {
+                path: path.clone(),
+                source,
+            })?,
             Endpoint::Vsock(port) => VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, *port))
-                .map(Self::Vsock)
+                .map(Bound::Vsock)
                 .map_err(|source| ListenError::Vsock {
                     port: *port,
                     source,
-                }),
+                })?,
             Endpoint::Serial(path) => open_serial(path)
-                .map(|port| Self::Serial(Arc::new(port)))
+                .map(|port| Bound::Serial(Arc::new(port)))
                 .map_err(|source| ListenError::Serial {
                     path: path.clone(),
                     source,
-                }),
-        }
+                })?,
+        };
+        Ok(Self(bound))
     }
 
     async fn serve(self, agent: Arc<Agent>) {
-        match self {
-            Self::Unix(listener) => {
+        match self.0 {
+            Bound::Unix(listener, file) => {
+                let listener = &listener;
+                accept_loop(&agent, move || async move {
+                    listener.accept().await.map(|(stream, _)| stream)
+                })
+                .await;
+                file.remove();
+            }
+            Bound::Vsock(listener) => {
                 let listener = &listener;
                 accept_loop(&agent, move || async move {
                     listener.accept().await.map(|(stream, _)| stream)
                 })
                 .await;
             }
-            Self::Vsock(listener) => {
-                let listener = &listener;
-                accept_loop(&agent, move || async move {
-                    listener.accept().await.map(|(stream, _)| stream)
-                })
-                .await;
-            }
-            Self::Serial(port) => serve_serial(&agent, &port).await,
+            Bound::Serial(port) => serve_serial(&agent, &port).await,
         }
     }
 }
@@ -181,7 +234,7 @@ pub fn resolve_serial_port(name: &str) -> Result<PathBuf, ListenError> {
         .ok_or_else(not_found)
 }
 
-fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+fn bind_unix(path: &Path) -> io::Result<Bound> {
     match std::fs::symlink_metadata(path) {
         Ok(metadata) if metadata.file_type().is_socket() => std::fs::remove_file(path)?,
         // Anything else is left alone: bind reports it.
@@ -191,7 +244,7 @@ fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    Ok(Bound::Unix(listener, SocketFile::of(path)?))
 }
 
 async fn accept_loop<A, F, S>(agent: &Arc<Agent>, mut accept: A)
@@ -205,21 +258,70 @@ where
             accepted = accept() => accepted,
             () = agent.stopping() => return,
         };
-        match accepted {
-            Ok(stream) => {
-                let connection = serve_connection(Arc::clone(agent), stream);
-                agent.connections.spawn(async move {
-                    match connection.await {
-                        Ok(()) => info!("Connection closed"),
-                        Err(err) => warn!(%err, "Connection failed"),
-                    }
-                });
-            }
+        let stream = match accepted {
+            Ok(stream) => stream,
             Err(err) => {
                 warn!(%err, "Could not accept a connection");
                 tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&agent.connection_slots).try_acquire_owned() else {
+            warn!(
+                max = agent.config.max_connections,
+                "Refused a connection: too many connections"
+            );
+            // Closing politely takes up to a second; a flood of connections
+            // past the limit is closed at once instead.
+            if let Ok(refusal) = Arc::clone(&agent.refusal_slots).try_acquire_owned() {
+                let max = agent.config.max_connections;
+                agent.connections.spawn(async move {
+                    refuse(stream, max).await;
+                    drop(refusal);
+                });
+            }
+            continue;
+        };
+        let connection = serve_connection(Arc::clone(agent), stream);
+        agent.connections.spawn(async move {
+            match connection.await {
+                Ok(()) => info!("Connection closed"),
+                Err(err) => warn!(%err, "Connection failed"),
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Answers a connection past the limit with ERROR `too_many_connections`
+/// and closes it (see the module documentation).
+async fn refuse<S: AsyncRead + AsyncWrite>(stream: S, max: usize) {
+    let report = ErrorReport::new(
+        ErrorCode::TooManyConnections,
+        format!("The agent serves at most {max} connections at once"),
+    );
+    let mut frame = Vec::new();
+    if let Err(err) = encode_message(&mut frame, 0, &Message::Error(report)) {
+        warn!(%err, "Could not encode the refusal");
+        return;
+    }
+    let mut stream = std::pin::pin!(stream);
+    let closed = async {
+        stream.write_all(&frame).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 512];
+        let mut drained = 0;
+        while drained < REFUSAL_DRAIN {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                read => drained += read,
             }
         }
+        io::Result::Ok(())
+    };
+    match tokio::time::timeout(REFUSAL_LINGER, closed).await {
+        Ok(Ok(())) | Err(_) => {}
+        Ok(Err(err)) => debug!(%err, "Could not close a refused connection politely"),
     }
 }
 
@@ -395,6 +497,7 @@ mod tests {
         let mut rest = Vec::new();
         stream.read_to_end(&mut rest).await.expect("read");
         assert!(rest.is_empty(), "the agent closes its connections");
+        assert!(!path.exists(), "the agent removes its socket file");
 
         let file = dir.path().join("file");
         std::fs::write(&file, b"keep").expect("write");

@@ -10,9 +10,16 @@
 //! [`WireError::code`] and its whole source chain.
 //!
 //! The router (`crate::connection`) opens requests in a [`Session`], routes
-//! their later frames to their [`Handle`], and runs each through the pipeline
-//! every request takes. This module and the handlers know nothing of the
-//! router: they see only the context, the inputs and their errors.
+//! their later frames to their [`Handle`] (through a bounded [`inbox`]), and
+//! runs each through the pipeline every request takes. This module and the
+//! handlers know nothing of the router: they see only the context, the
+//! inputs and their errors.
+//!
+//! A request stays open until its last frame is on its way to the host: the
+//! writer closes it just before it writes that frame ([`Closing`]). So a
+//! frame the host sent for the request before it saw the last one still
+//! finds the request open (and is dropped, as the request has ended), and
+//! the router's answer to any later one cannot come before the last frame.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -20,14 +27,19 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex};
 
 use paddock_proto::{
-    DEFAULT_CHUNK, EncodeError, ErrorCode, ErrorReport, Hello, Message, MessageKind, RecvWindow,
-    SendWindow, WindowError, encode_frame, encode_message,
+    DEFAULT_CHUNK, EncodeError, ErrorCode, ErrorReport, Hello, HelloAck, Message, MessageKind,
+    RecvWindow, SendWindow, WindowError, encode_frame, encode_message,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::{Agent, Config, lock};
+
+pub(crate) mod inbox;
+
+use inbox::Inbox;
+pub(crate) use inbox::{Input, Inputs};
 
 /// A request the agent serves, implemented by the message that opens it.
 pub(crate) trait Handler: Send + 'static {
@@ -137,25 +149,12 @@ impl WireError for OpenError {
     }
 }
 
-/// What the reader hands to a request's task.
-#[derive(Debug)]
-pub(crate) enum Input {
-    /// A frame for the request, already accounted for flow control.
-    Frame(Message),
-    /// The request must end with this error.
-    Reject(ErrorReport),
-}
-
-/// The receiving end of a request's inputs.
-pub(crate) type Inputs = mpsc::UnboundedReceiver<Input>;
-
 /// Waits for the first input and turns it into the rejection that ends a
-/// request which takes no input. Pending forever once the inputs are closed.
+/// request which takes no input.
 pub(crate) async fn rejection(inputs: &mut Inputs) -> Rejection {
     match inputs.recv().await {
-        Some(Input::Frame(message)) => Rejection::Unexpected(message.kind()),
-        Some(Input::Reject(report)) => Rejection::Report(report),
-        None => std::future::pending().await,
+        Input::Frame(message) => Rejection::Unexpected(message.kind()),
+        Input::Reject(report) => Rejection::Report(report),
     }
 }
 
@@ -167,6 +166,27 @@ pub(crate) struct Outgoing {
     pub(crate) session: u64,
     /// The encoded frame.
     pub(crate) frame: Vec<u8>,
+    /// Set on a request's last frame: the request to close before the frame
+    /// is written (by dropping this).
+    pub(crate) closes: Option<Closing>,
+}
+
+/// The open requests of a session, by id.
+type RequestTable = Mutex<HashMap<u64, Handle>>;
+
+/// Closes a request when dropped: the writer drops it just before it writes
+/// the request's last frame, and a frame the writer never writes (the
+/// connection failed) closes its request all the same.
+#[derive(Debug)]
+pub(crate) struct Closing {
+    requests: Arc<RequestTable>,
+    id: u64,
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        lock(&self.requests).remove(&self.id);
+    }
 }
 
 /// The agent's credit for data it sends on one request (the host's window).
@@ -207,7 +227,7 @@ impl Credit {
 /// A request as the reader sees it: where its inputs go and its windows.
 #[derive(Debug, Clone)]
 pub(crate) struct Handle {
-    inputs: mpsc::UnboundedSender<Input>,
+    inbox: Arc<Inbox>,
     /// Set when the request sends flow-controlled data (takes WINDOW_UPDATE).
     credit: Option<Arc<Credit>>,
     /// Set when the request takes flow-controlled data (STDIN, FILE_DATA).
@@ -215,10 +235,18 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
-    /// Hands `input` to the request's task.
-    pub(crate) fn deliver(&self, input: Input) {
-        // The task may have just finished; then the input has nobody to go to.
-        let _ = self.inputs.send(input);
+    /// Hands a frame to the request's task, without waiting: a request
+    /// with too many control frames waiting ends with ERROR `flow_control`.
+    /// A request whose task has finished drops it.
+    pub(crate) fn deliver(&self, message: Message) {
+        if let Err(full) = self.inbox.push(message) {
+            self.reject(ErrorReport::new(ErrorCode::FlowControl, full.to_string()));
+        }
+    }
+
+    /// Ends the request with `report` (the first rejection wins).
+    pub(crate) fn reject(&self, report: ErrorReport) {
+        self.inbox.reject(report);
     }
 
     /// Counts `len` bytes of the host's data against the request's window;
@@ -241,19 +269,25 @@ pub(crate) struct Session {
     seq: u64,
     host_max_payload: u32,
     host_window: u32,
+    /// The HELLO_ACK that started the session, answered again (with a new
+    /// uptime) to a HELLO resent with the same token.
+    ack: HelloAck,
+    /// The token of the HELLO that started the session.
+    token: String,
     /// Cancelled when the session ends (a child of the agent's shutdown).
     ended: CancellationToken,
     outbox: mpsc::Sender<Outgoing>,
-    requests: Mutex<HashMap<u64, Handle>>,
+    requests: Arc<RequestTable>,
 }
 
 impl Session {
-    /// Session `seq` of `agent`, with the limits `hello` announced, writing
-    /// through `outbox`.
+    /// Session `seq` of `agent`, started by `hello` and answered with
+    /// `ack`, writing through `outbox`.
     pub(crate) fn new(
         agent: &Arc<Agent>,
         seq: u64,
         hello: &Hello,
+        ack: HelloAck,
         outbox: mpsc::Sender<Outgoing>,
     ) -> Self {
         Self {
@@ -261,10 +295,23 @@ impl Session {
             seq,
             host_max_payload: hello.max_payload,
             host_window: hello.initial_window,
+            ack,
+            token: hello.session_token.clone(),
             ended: agent.shutdown.child_token(),
             outbox,
-            requests: Mutex::new(HashMap::new()),
+            requests: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Whether `hello` is a resend of the HELLO that started this session:
+    /// it carries the same token, and the token is not empty.
+    pub(crate) fn is_resent(&self, hello: &Hello) -> bool {
+        !self.token.is_empty() && hello.session_token == self.token
+    }
+
+    /// The HELLO_ACK that started the session.
+    pub(crate) fn ack(&self) -> &HelloAck {
+        &self.ack
     }
 
     /// Ends the session: its requests wind down on their own.
@@ -287,9 +334,6 @@ impl Session {
         flow: Flow,
     ) -> Result<(RequestCtx, Inputs), OpenError> {
         let config = &self.agent.config;
-        let credit = Arc::new(Credit::new(self.host_window));
-        let intake = Arc::new(Mutex::new(RecvWindow::new(config.window)));
-        let (sender, inputs) = mpsc::unbounded_channel();
         let mut requests = lock(&self.requests);
         if id == 0 || requests.contains_key(&id) {
             return Err(OpenError::DuplicateRequest(id));
@@ -297,8 +341,11 @@ impl Session {
         if requests.len() >= config.max_requests {
             return Err(OpenError::TooManyRequests(requests.len()));
         }
+        let credit = Arc::new(Credit::new(self.host_window));
+        let intake = Arc::new(Mutex::new(RecvWindow::new(config.window)));
+        let (inbox, inputs) = Inbox::new();
         let handle = Handle {
-            inputs: sender,
+            inbox,
             credit: flow.sends.then(|| Arc::clone(&credit)),
             intake: flow.takes.then(|| Arc::clone(&intake)),
         };
@@ -359,16 +406,22 @@ impl RequestCtx {
         self.session.ended.cancelled().await;
     }
 
+    /// Whether the whole agent is stopping (not only this session).
+    pub(crate) fn agent_stopping(&self) -> bool {
+        self.session.agent.shutdown.is_cancelled()
+    }
+
     /// A token cancelled when the session ends, for tasks that may end earlier.
     pub(crate) fn child_token(&self) -> CancellationToken {
         self.session.ended.child_token()
     }
 
     /// Queues a frame for the writer, or fails once the session has ended.
-    async fn queue(&self, frame: Vec<u8>) -> Result<(), Interrupted> {
+    async fn queue(&self, frame: Vec<u8>, closes: Option<Closing>) -> Result<(), Interrupted> {
         let outgoing = Outgoing {
             session: self.session.seq,
             frame,
+            closes,
         };
         tokio::select! {
             biased;
@@ -381,7 +434,7 @@ impl RequestCtx {
     pub(crate) async fn send(&self, message: &Message) -> Result<(), Interrupted> {
         let mut frame = Vec::new();
         encode_message(&mut frame, self.id, message).map_err(Interrupted::Encode)?;
-        self.queue(frame).await
+        self.queue(frame, None).await
     }
 
     /// Waits for the host's credit and returns how much is available, without
@@ -411,7 +464,7 @@ impl RequestCtx {
             let (now, rest) = data.split_at(granted.min(want));
             let mut frame = Vec::new();
             encode_frame(&mut frame, kind, self.id, now).map_err(Interrupted::Encode)?;
-            self.queue(frame).await?;
+            self.queue(frame, None).await?;
             data = rest;
         }
         Ok(())
@@ -427,11 +480,14 @@ impl RequestCtx {
         }
     }
 
-    /// Ends the request: it is closed before its last frame is queued, so the
-    /// host may reuse the id as soon as it sees that frame. Nothing is sent
-    /// once the session has ended.
+    /// Ends the request with its last frame: the writer closes the request
+    /// just before it writes that frame (see the module documentation).
+    /// Nothing is sent once the session has ended.
     pub(crate) async fn finish(self, outcome: Result<Message, ErrorReport>) {
-        lock(&self.session.requests).remove(&self.id);
+        let closing = Closing {
+            requests: Arc::clone(&self.session.requests),
+            id: self.id,
+        };
         if self.session.ended.is_cancelled() {
             return;
         }
@@ -439,7 +495,12 @@ impl RequestCtx {
             debug!(code = ?report.code, message = %report.message, "Request failed");
             Message::Error(report)
         });
-        if let Err(err) = self.send(&message).await {
+        let mut frame = Vec::new();
+        if let Err(err) = encode_message(&mut frame, self.id, &message) {
+            debug!(%err, "Could not encode the request's last frame");
+            return;
+        }
+        if let Err(err) = self.queue(frame, Some(closing)).await {
             debug!(%err, "Could not send the request's last frame");
         }
     }

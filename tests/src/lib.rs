@@ -1,7 +1,9 @@
 //! Test infrastructure shared by Paddock's end-to-end tests.
 //!
 //! [`AgentProcess`] runs the real `paddock-agent` binary on this host over a
-//! Unix socket in a private temporary directory and kills it on drop. The
+//! Unix socket in a private temporary directory and stops it on drop;
+//! [`RawPeer`] drives it frame by frame, as a client written from the
+//! protocol's documentation alone would. The
 //! probes read `/proc` so tests can check what really happened to processes
 //! and memory, not what the code under test reports about itself.
 
@@ -9,13 +11,19 @@ pub mod libvirtd;
 pub mod netns;
 pub mod vm;
 
+use std::io::Write as _;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use paddock_agent_client::{AgentClient, ClientConfig, Execute, Execution, Transport};
+use paddock_proto::{
+    DEFAULT_MAX_PAYLOAD, ErrorCode, FrameDecoder, Hello, HelloAck, Message, PROTOCOL_VERSION,
+    ReadFrameError, decode_message, encode_message, read_frame,
+};
 
 /// Path of the `paddock-agent` binary under test: `$PADDOCK_AGENT_BIN`, or
 /// the one cargo built next to the test binary (`cargo test --workspace` and
@@ -44,7 +52,7 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// A `paddock-agent` process listening on a Unix socket; killed on drop.
+/// A `paddock-agent` process listening on a Unix socket; stopped on drop.
 #[derive(Debug)]
 pub struct AgentProcess {
     child: Child,
@@ -148,10 +156,44 @@ impl AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends `signal` to the agent process.
+    ///
+    /// # Errors
+    /// The error of kill(2).
+    pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id()).context("pid out of range")?;
+        // SAFETY: kill(2) takes no pointers.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("kill");
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or `None`
+    /// if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for AgentProcess {
+    /// Stops the agent as an init system would (SIGTERM), so that it ends
+    /// its executions and removes their cgroups, and kills it if it is
+    /// still there after 5 s.
     fn drop(&mut self) {
+        if self.signal(libc::SIGTERM).is_ok() && self.wait_exit(Duration::from_secs(5)).is_some() {
+            return;
+        }
         self.kill();
     }
 }
@@ -329,5 +371,136 @@ pub fn file_crc32(path: &Path) -> anyhow::Result<u32> {
             return Ok(crc.finalize());
         }
         crc.update(&block[..n]);
+    }
+}
+
+/// The HELLO a [`RawPeer`] sends: every version this crate speaks, the
+/// default payload limit, a 1 MiB window, no token.
+#[must_use]
+pub fn raw_hello() -> Hello {
+    Hello {
+        min_version: 1,
+        max_version: PROTOCOL_VERSION,
+        client: "raw-peer".into(),
+        max_payload: DEFAULT_MAX_PAYLOAD,
+        initial_window: 1 << 20,
+        session_token: String::new(),
+        host_time_unix_ms: 0,
+    }
+}
+
+/// A protocol peer for the agent driven frame by frame, as a client written
+/// from the protocol's documentation alone would: blocking reads with a 10 s
+/// limit, no flow-control bookkeeping of its own.
+#[derive(Debug)]
+pub struct RawPeer {
+    stream: UnixStream,
+    decoder: FrameDecoder,
+}
+
+impl RawPeer {
+    /// Connects to `agent`'s socket.
+    ///
+    /// # Errors
+    /// The socket's connect error.
+    pub fn connect(agent: &AgentProcess) -> anyhow::Result<Self> {
+        Self::connect_to(agent.socket())
+    }
+
+    /// Connects to the agent socket at `path`.
+    ///
+    /// # Errors
+    /// The socket's connect error.
+    pub fn connect_to(path: &Path) -> anyhow::Result<Self> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Self {
+            stream,
+            decoder: FrameDecoder::new(DEFAULT_MAX_PAYLOAD),
+        })
+    }
+
+    /// The stream, for writing raw bytes or closing it.
+    pub fn stream(&mut self) -> &mut UnixStream {
+        &mut self.stream
+    }
+
+    /// Sends one message on request `id`.
+    ///
+    /// # Errors
+    /// An encoding or write error.
+    pub fn send(&mut self, id: u64, message: &Message) -> anyhow::Result<()> {
+        let mut bytes = Vec::new();
+        encode_message(&mut bytes, id, message)?;
+        self.stream.write_all(&bytes)?;
+        Ok(())
+    }
+
+    /// Sends [`raw_hello`] on request id 1 and returns the HELLO_ACK.
+    ///
+    /// # Errors
+    /// Any other answer, or a read error.
+    pub fn hello(&mut self) -> anyhow::Result<HelloAck> {
+        self.hello_with(1, raw_hello())
+    }
+
+    /// Sends `hello` on request `id` and returns the HELLO_ACK, which must
+    /// carry the same id.
+    ///
+    /// # Errors
+    /// Any other answer, or a read error.
+    pub fn hello_with(&mut self, id: u64, hello: Hello) -> anyhow::Result<HelloAck> {
+        self.send(id, &Message::Hello(hello))?;
+        match self.recv()? {
+            (got, Message::HelloAck(ack)) if got == id => Ok(ack),
+            other => bail!("expected HELLO_ACK on request {id}, got {other:?}"),
+        }
+    }
+
+    /// The next frame, or `None` at the end of the stream.
+    ///
+    /// # Errors
+    /// A read error (a 10 s timeout included) or an invalid frame.
+    pub fn try_recv(&mut self) -> anyhow::Result<Option<(u64, Message)>> {
+        match read_frame(&mut self.stream, &mut self.decoder) {
+            Ok(frame) => {
+                let id = frame.request_id;
+                Ok(Some((id, decode_message(frame)?)))
+            }
+            Err(ReadFrameError::Eof { buffered: 0 }) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The next frame.
+    ///
+    /// # Errors
+    /// The end of the stream, a read error or an invalid frame.
+    pub fn recv(&mut self) -> anyhow::Result<(u64, Message)> {
+        self.try_recv()?.context("the agent closed the connection")
+    }
+
+    /// Reads the next frame, which must be an ERROR with `code`; returns its
+    /// request id.
+    ///
+    /// # Errors
+    /// Any other frame, or a read error.
+    pub fn expect_error(&mut self, code: ErrorCode) -> anyhow::Result<u64> {
+        match self.recv()? {
+            (id, Message::Error(report)) if report.code == code => Ok(id),
+            other => bail!("expected ERROR {code:?}, got {other:?}"),
+        }
+    }
+
+    /// Sends PING on `id` and expects its PONG next.
+    ///
+    /// # Errors
+    /// Any other frame, or a read error.
+    pub fn ping(&mut self, id: u64) -> anyhow::Result<()> {
+        self.send(id, &Message::Ping)?;
+        match self.recv()? {
+            (got, Message::Pong) if got == id => Ok(()),
+            other => bail!("expected PONG {id}, got {other:?}"),
+        }
     }
 }

@@ -288,3 +288,52 @@ async fn dropping_an_execution_stops_it() -> TestResult {
     client.ping().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_that_leave_the_group_end_with_the_execution() -> TestResult {
+    let agent = AgentProcess::start(&[])?;
+    let client = agent.client().await?;
+    // The agent contains whole trees where it finds a cgroup v2 hierarchy
+    // it may use, as in the guest; the hosts these tests run on have one
+    // (here at /sys/fs/cgroup/unified).
+    let session = client.session().await.expect("session");
+    assert!(
+        session
+            .capabilities
+            .iter()
+            .any(|c| c == paddock_proto::capability::CONTAIN_TREE),
+        "the agent found no cgroup v2 hierarchy to use on this host: {:?}",
+        session.capabilities
+    );
+    // A new session and process group, keeping the output pipe open (the
+    // pause lets `setsid` leave the group before the leader exits).
+    let marker = unique_marker();
+    let out = client
+        .exec_collect(Execute::shell(format!(
+            "setsid sleep 100.{marker} & sleep 0.2; echo started"
+        )))
+        .await?;
+    assert_eq!(out.stdout, b"started\n");
+    assert!(
+        all_gone(&marker).await,
+        "`setsid sleep &` outlived its execution: {:?}",
+        processes_matching(&marker)
+    );
+
+    // A double fork into a new session: the survivor's parent is gone
+    // before the leader exits.
+    let marker = unique_marker();
+    let out = client
+        .exec_collect(Execute::shell(format!(
+            "( setsid sh -c 'sleep 100.{marker} & exit 0' </dev/null >/dev/null 2>&1 & ); sleep 0.2; echo started"
+        )))
+        .await?;
+    assert_eq!(out.stdout, b"started\n");
+    assert_eq!(out.result.exit_code, Some(0));
+    assert!(
+        all_gone(&marker).await,
+        "a double-forked daemon outlived its execution: {:?}",
+        processes_matching(&marker)
+    );
+    Ok(())
+}

@@ -3,81 +3,16 @@
 #![cfg(test)]
 
 use std::io::{Read as _, Write as _};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use paddock_agent_client::{AgentClient, ClientError, ErrorCode, Transport};
 use paddock_proto::{
     DEFAULT_MAX_PAYLOAD, FrameDecoder, Hello, HelloAck, Message, MessageKind, PROTOCOL_VERSION,
-    decode_message, encode_frame, encode_message, read_frame,
+    encode_frame, encode_message, read_frame,
 };
-use paddock_tests::{AgentProcess, test_config};
+use paddock_tests::{AgentProcess, RawPeer, test_config};
 
 type TestResult = anyhow::Result<()>;
-
-/// A raw protocol peer for the agent.
-struct RawPeer {
-    stream: UnixStream,
-    decoder: FrameDecoder,
-}
-
-impl RawPeer {
-    fn connect(agent: &AgentProcess) -> anyhow::Result<Self> {
-        let stream = UnixStream::connect(agent.socket())?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(Self {
-            stream,
-            decoder: FrameDecoder::new(DEFAULT_MAX_PAYLOAD),
-        })
-    }
-
-    fn send(&mut self, id: u64, message: &Message) -> anyhow::Result<()> {
-        let mut bytes = Vec::new();
-        encode_message(&mut bytes, id, message)?;
-        self.stream.write_all(&bytes)?;
-        Ok(())
-    }
-
-    fn hello(&mut self) -> anyhow::Result<HelloAck> {
-        self.send(
-            1,
-            &Message::Hello(Hello {
-                min_version: 1,
-                max_version: PROTOCOL_VERSION,
-                client: "raw-peer".into(),
-                max_payload: DEFAULT_MAX_PAYLOAD,
-                initial_window: 1 << 20,
-                session_token: String::new(),
-                host_time_unix_ms: 0,
-            }),
-        )?;
-        match self.recv()? {
-            (_, Message::HelloAck(ack)) => Ok(ack),
-            other => anyhow::bail!("expected HELLO_ACK, got {other:?}"),
-        }
-    }
-
-    fn recv(&mut self) -> anyhow::Result<(u64, Message)> {
-        let frame = read_frame(&mut self.stream, &mut self.decoder)?;
-        let id = frame.request_id;
-        Ok((id, decode_message(frame)?))
-    }
-
-    fn expect_error(&mut self, code: ErrorCode) -> anyhow::Result<u64> {
-        match self.recv()? {
-            (id, Message::Error(report)) if report.code == code => Ok(id),
-            other => anyhow::bail!("expected ERROR {code:?}, got {other:?}"),
-        }
-    }
-
-    fn ping(&mut self, id: u64) -> anyhow::Result<()> {
-        self.send(id, &Message::Ping)?;
-        match self.recv()? {
-            (got, Message::Pong) if got == id => Ok(()),
-            other => anyhow::bail!("expected PONG {id}, got {other:?}"),
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_answers_garbage_with_typed_errors_and_keeps_serving() -> TestResult {
@@ -94,7 +29,7 @@ async fn agent_answers_garbage_with_typed_errors_and_keeps_serving() -> TestResu
     let mut bytes = Vec::new();
     encode_frame(&mut bytes, MessageKind::Ping, 10, b"")?;
     bytes[24] ^= 0xff;
-    peer.stream.write_all(&bytes)?;
+    peer.stream().write_all(&bytes)?;
     peer.expect_error(ErrorCode::BadFrame)?;
     peer.ping(11)?;
 
@@ -102,7 +37,7 @@ async fn agent_answers_garbage_with_typed_errors_and_keeps_serving() -> TestResu
     let mut bytes = Vec::new();
     encode_frame(&mut bytes, MessageKind::Stdin, 12, b"")?;
     bytes[20..24].copy_from_slice(&(DEFAULT_MAX_PAYLOAD + 1).to_le_bytes());
-    peer.stream.write_all(&bytes)?;
+    peer.stream().write_all(&bytes)?;
     peer.expect_error(ErrorCode::BadFrame)?;
     peer.ping(13)?;
 
@@ -112,29 +47,30 @@ async fn agent_answers_garbage_with_typed_errors_and_keeps_serving() -> TestResu
     bytes[6..8].copy_from_slice(&999u16.to_le_bytes());
     let crc = crc32fast::hash(&bytes[..24]);
     bytes[24..28].copy_from_slice(&crc.to_le_bytes());
-    peer.stream.write_all(&bytes)?;
+    peer.stream().write_all(&bytes)?;
     assert_eq!(peer.expect_error(ErrorCode::UnknownKind)?, 14);
 
-    // A kind only the agent sends.
+    // A kind only the agent sends, for no open request: answered on id 0.
     peer.send(15, &Message::Stdout(b"x".to_vec()))?;
-    assert_eq!(peer.expect_error(ErrorCode::UnknownKind)?, 15);
+    assert_eq!(peer.expect_error(ErrorCode::UnknownKind)?, 0);
 
     // Valid frame, invalid JSON.
     let mut bytes = Vec::new();
     encode_frame(&mut bytes, MessageKind::Execute, 16, b"{\"command\": 42}")?;
-    peer.stream.write_all(&bytes)?;
+    peer.stream().write_all(&bytes)?;
     assert_eq!(peer.expect_error(ErrorCode::BadPayload)?, 16);
 
     // Request id reuse and id 0.
     peer.send(0, &Message::StatusRequest)?;
     peer.expect_error(ErrorCode::DuplicateRequest)?;
 
-    // Data for a request that does not exist.
+    // Data for a request that does not exist: answered on id 0, so that it
+    // can never be taken for the answer of a request that reuses the id.
     peer.send(17, &Message::Stdin(b"x".to_vec()))?;
-    assert_eq!(peer.expect_error(ErrorCode::UnknownRequest)?, 17);
+    assert_eq!(peer.expect_error(ErrorCode::UnknownRequest)?, 0);
 
     // Random garbage, then a valid ping still works on the same stream.
-    peer.stream
+    peer.stream()
         .write_all(b"this is not a frame at all, not even close")?;
     peer.expect_error(ErrorCode::BadFrame)?;
     peer.ping(18)?;
@@ -142,7 +78,7 @@ async fn agent_answers_garbage_with_typed_errors_and_keeps_serving() -> TestResu
     // Truncated frame, then hang up mid-frame.
     let mut bytes = Vec::new();
     encode_message(&mut bytes, 19, &Message::Stdout(vec![7; 1000]))?;
-    peer.stream.write_all(&bytes[..500])?;
+    peer.stream().write_all(&bytes[..500])?;
     drop(peer);
 
     // The agent still serves new and existing connections.

@@ -14,13 +14,15 @@ mod exec;
 mod files;
 mod hello;
 mod kind;
+mod nullable;
 mod status;
 
-pub use error::{ErrorCode, ErrorReport};
+pub use error::{ErrorCode, ErrorReport, MAX_ERROR_MESSAGE_LEN};
 pub use exec::{
-    Command, DEFAULT_KILL_GRACE_MS, ExecResult, Execute, SignalRequest, Stop, StopScope,
+    Command, DEFAULT_KILL_GRACE_MS, ExecResult, Execute, MAX_KILL_GRACE_MS, MAX_SIGNAL,
+    SignalRequest, Stop, StopScope,
 };
-pub use files::{FileDone, FileEnd, FileGet, FileInfo, FilePut};
+pub use files::{DEFAULT_FILE_MODE, FileDone, FileEnd, FileGet, FileInfo, FilePut};
 pub use hello::{CLOCK_TOLERANCE_MS, Hello, HelloAck, capability, unix_time_ms};
 pub use kind::{Direction, MessageKind};
 pub use status::StatusReport;

@@ -4,8 +4,8 @@
 use paddock_proto::{Message, MessageKind};
 use tracing::{Instrument, debug, info_span};
 
-use super::{Connection, SessionError, Step};
-use crate::request::{Handler, Input, Inputs, RequestCtx, WireError};
+use super::{Answer, Connection, SessionError, Step};
+use crate::request::{Handler, Inputs, Rejection, RequestCtx, WireError};
 
 impl Connection {
     /// Opens request `id` for `request` and runs it through [`pipeline`] in a
@@ -17,34 +17,39 @@ impl Connection {
         request: H,
     ) -> Step {
         let Some(session) = self.session.clone() else {
-            return self.reject(id, &SessionError::NotNegotiated).await;
+            return self
+                .reject(id, Answer::OnItsId, &SessionError::NotNegotiated)
+                .await;
         };
         match session.open(id, request.flow()) {
             Ok((ctx, inputs)) => {
                 self.tasks.spawn(pipeline(ctx, kind, request, inputs));
                 Step::Continue
             }
-            Err(refused) => self.reject(id, &refused.into()).await,
+            Err(refused) => self.reject(id, Answer::OnItsId, &refused.into()).await,
         }
     }
 
     /// Routes a data frame of `len` bytes, checking it against the window.
+    /// Data for a request that takes none ends it at once: such frames are
+    /// not bounded by a window, so they are never queued.
     pub(super) async fn data(&mut self, id: u64, len: usize, message: Message) -> Step {
         let Some(handle) = self.session.as_ref().and_then(|s| s.handle(id)) else {
-            return self.reject(id, &SessionError::UnknownRequest(id)).await;
+            let err = SessionError::UnknownRequest(id);
+            return self.reject(id, Answer::OnConnection, &err).await;
         };
-        let input = match handle.receive(len) {
-            Some(Err(err)) => Input::Reject(SessionError::FlowControl(err).report()),
-            // A request that takes no data rejects the frame itself.
-            Some(Ok(())) | None => Input::Frame(message),
-        };
-        handle.deliver(input);
+        match handle.receive(len) {
+            Some(Ok(())) => handle.deliver(message),
+            Some(Err(err)) => handle.reject(SessionError::FlowControl(err).report()),
+            None => handle.reject(Rejection::Unexpected(message.kind()).report()),
+        }
         Step::Continue
     }
 
     /// Applies credit. Credit for a request that is not open is ignored: the
     /// host returns credit as it consumes data, which races with the
-    /// request's last frame, so such updates are normal.
+    /// request's last frame, so such updates are normal. Credit for a
+    /// request that sends no data ends it.
     pub(super) fn window_update(&mut self, id: u64, increment: u32) -> Step {
         let Some(handle) = self.session.as_ref().and_then(|s| s.handle(id)) else {
             debug!(id, "Ignored WINDOW_UPDATE for a request that is not open");
@@ -52,10 +57,8 @@ impl Connection {
         };
         match handle.grant(increment) {
             Some(Ok(())) => {}
-            Some(Err(err)) => {
-                handle.deliver(Input::Reject(SessionError::FlowControl(err).report()));
-            }
-            None => handle.deliver(Input::Frame(Message::WindowUpdate(increment))),
+            Some(Err(err)) => handle.reject(SessionError::FlowControl(err).report()),
+            None => handle.reject(Rejection::Unexpected(MessageKind::WindowUpdate).report()),
         }
         Step::Continue
     }
@@ -64,8 +67,11 @@ impl Connection {
     /// open request.
     pub(super) async fn forward(&mut self, id: u64, message: Message) -> Step {
         match self.session.as_ref().and_then(|s| s.handle(id)) {
-            Some(handle) => handle.deliver(Input::Frame(message)),
-            None => return self.reject(id, &SessionError::UnknownRequest(id)).await,
+            Some(handle) => handle.deliver(message),
+            None => {
+                let err = SessionError::UnknownRequest(id);
+                return self.reject(id, Answer::OnConnection, &err).await;
+            }
         }
         Step::Continue
     }
@@ -114,10 +120,11 @@ mod tests {
             error_code(host.recv().await),
             (0, ErrorCode::DuplicateRequest)
         );
+        // Frames of a request that is not open are answered on id 0.
         host.send(42, &Message::Stdin(b"x".to_vec())).await;
         assert_eq!(
             error_code(host.recv().await),
-            (42, ErrorCode::UnknownRequest)
+            (0, ErrorCode::UnknownRequest)
         );
         // Credit for a closed request races with its end: it is ignored.
         host.send(43, &Message::WindowUpdate(1)).await;

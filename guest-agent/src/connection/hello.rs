@@ -1,15 +1,20 @@
 //! HELLO: negotiating a version, starting a session, answering HELLO_ACK.
 //!
-//! A HELLO ends the connection's current session, if any, then starts a new
-//! one with the limits the host announced. The agent's clock is stepped to the
-//! host's time here, when the agent is allowed to (see `crate::clock`).
+//! A HELLO is checked first; one the agent refuses leaves the connection as
+//! it was (or closes it, when no version is common). A HELLO that repeats
+//! the token of the connection's current session is a resend (a host waiting
+//! on a virtio-serial port sends HELLO until it is answered): it is answered
+//! with the same HELLO_ACK and the session goes on. Any other HELLO ends the
+//! connection's current session, if any, and starts a new one with the
+//! limits the host announced. The agent's clock is stepped to the host's
+//! time here, when the agent is allowed to (see `crate::clock`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use paddock_proto::{
-    ErrorCode, Hello, HelloAck, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, capability,
-    negotiate_version,
+    ErrorCode, Hello, HelloAck, MAX_SESSION_TOKEN_LEN, MIN_MAX_PAYLOAD, MIN_PROTOCOL_VERSION,
+    Message, PROTOCOL_VERSION, capability, negotiate_version,
 };
 use tracing::{info, warn};
 
@@ -17,11 +22,8 @@ use super::{Connection, Step};
 use crate::AGENT_VERSION;
 use crate::request::{Session, WireError};
 
-/// The smallest `max_payload` a host may announce: every control message the
-/// agent sends must fit in it.
-const MIN_HOST_PAYLOAD: u32 = 4096;
-
-/// Features this agent announces in HELLO_ACK.
+/// Features every agent announces in HELLO_ACK; [`capability::CONTAIN_TREE`]
+/// is added when the agent contains executions in cgroups.
 const CAPABILITIES: [&str; 6] = [
     capability::EXEC,
     capability::STDIN,
@@ -40,26 +42,27 @@ enum HelloError {
     )]
     UnsupportedVersion { min: u16, max: u16 },
     /// HELLO announced a payload limit too small for the agent's messages.
-    #[error("The host's max_payload of {0} bytes is below the minimum of {MIN_HOST_PAYLOAD}")]
+    #[error("The host's max_payload of {0} bytes is below the minimum of {MIN_MAX_PAYLOAD}")]
     HostPayloadTooSmall(u32),
+    /// HELLO's token is too long to be repeated to a later host.
+    #[error("The session token of {0} bytes is longer than {MAX_SESSION_TOKEN_LEN}")]
+    TokenTooLong(usize),
 }
 
 impl WireError for HelloError {
     fn code(&self) -> ErrorCode {
         match self {
             Self::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
-            Self::HostPayloadTooSmall(_) => ErrorCode::InvalidArgument,
+            Self::HostPayloadTooSmall(_) | Self::TokenTooLong(_) => ErrorCode::InvalidArgument,
         }
     }
 }
 
 impl Connection {
-    /// Answers HELLO: a new session and HELLO_ACK, or ERROR. No common
-    /// version closes the connection.
+    /// Answers HELLO: a new session (or, for a resent HELLO, the current
+    /// one) and HELLO_ACK, or ERROR. No common version closes the
+    /// connection; a HELLO refused otherwise changes nothing.
     pub(super) async fn hello(&mut self, id: u64, hello: &Hello) -> Step {
-        if self.end_session() {
-            info!("A new HELLO ended the session");
-        }
         let Some(version) = negotiate_version(hello.min_version, hello.max_version) else {
             let err = HelloError::UnsupportedVersion {
                 min: hello.min_version,
@@ -68,31 +71,47 @@ impl Connection {
             self.send(id, &Message::Error(err.report())).await;
             return Step::Close;
         };
-        if hello.max_payload < MIN_HOST_PAYLOAD {
-            let err = HelloError::HostPayloadTooSmall(hello.max_payload);
+        let refused = if hello.max_payload < MIN_MAX_PAYLOAD {
+            Some(HelloError::HostPayloadTooSmall(hello.max_payload))
+        } else if hello.session_token.len() > MAX_SESSION_TOKEN_LEN {
+            Some(HelloError::TokenTooLong(hello.session_token.len()))
+        } else {
+            None
+        };
+        if let Some(err) = refused {
             self.send(id, &Message::Error(err.report())).await;
             return Step::Continue;
         }
-        let seq = self.agent.sessions.fetch_add(1, Ordering::Relaxed) + 1;
-        self.current.store(seq, Ordering::Release);
-        let (announced_seq, previous_token) = self.agent.accept_session(&hello.session_token);
-        self.session = Some(Arc::new(Session::new(
-            &self.agent,
-            seq,
-            hello,
-            self.outbox.clone(),
-        )));
-        info!(seq, version, client = %hello.client, "Session started");
-        let config = &self.agent.config;
-        let clock_step_ms = if config.set_clock {
+        let clock_step_ms = if self.agent.config.set_clock {
             step_clock(hello.host_time_unix_ms)
         } else {
             0
         };
+        if let Some(session) = self.session.as_ref().filter(|s| s.is_resent(hello)) {
+            info!("A resent HELLO: the session goes on");
+            let ack = HelloAck {
+                uptime_ms: self.agent.uptime_ms(),
+                clock_step_ms,
+                ..session.ack().clone()
+            };
+            self.send(id, &Message::HelloAck(ack)).await;
+            return Step::Continue;
+        }
+        if self.end_session() {
+            info!("A new HELLO ended the session");
+        }
+        let seq = self.agent.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        self.current.store(seq, Ordering::Release);
+        let (announced_seq, previous_token) = self.agent.accept_session(&hello.session_token);
+        let config = &self.agent.config;
+        let mut capabilities = CAPABILITIES.map(str::to_owned).to_vec();
+        if self.agent.contains_trees() {
+            capabilities.push(capability::CONTAIN_TREE.to_owned());
+        }
         let ack = HelloAck {
             version,
             agent_version: AGENT_VERSION.to_owned(),
-            capabilities: CAPABILITIES.map(str::to_owned).to_vec(),
+            capabilities,
             boot_id: self.agent.boot_id.clone(),
             session_seq: announced_seq,
             previous_token,
@@ -101,6 +120,14 @@ impl Connection {
             initial_window: config.window,
             clock_step_ms,
         };
+        self.session = Some(Arc::new(Session::new(
+            &self.agent,
+            seq,
+            hello,
+            ack.clone(),
+            self.outbox.clone(),
+        )));
+        info!(seq, version, client = %hello.client, "Session started");
         self.send(id, &Message::HelloAck(ack)).await;
         Step::Continue
     }
@@ -151,6 +178,28 @@ mod tests {
         // Sessions are counted across connections.
         let mut other = TestHost::connect_to(Arc::clone(&host.agent));
         assert_eq!(other.hello(hello()).await.session_seq, 3);
+    }
+
+    #[tokio::test]
+    async fn only_an_agent_with_cgroups_claims_to_contain_trees() {
+        let mut config = test_config();
+        config.containment = crate::Containment::ProcessGroup;
+        let mut host = TestHost::start(config);
+        let ack = host.hello(hello()).await;
+        assert!(!host.agent.contains_trees());
+        assert!(
+            !ack.capabilities
+                .iter()
+                .any(|c| c == capability::CONTAIN_TREE)
+        );
+        let mut host = TestHost::start(test_config());
+        let ack = host.hello(hello()).await;
+        assert_eq!(
+            ack.capabilities
+                .iter()
+                .any(|c| c == capability::CONTAIN_TREE),
+            host.agent.contains_trees()
+        );
     }
 
     #[tokio::test]

@@ -2,7 +2,8 @@
 //!
 //! It takes encoded frames from a bounded channel (so a host that does not
 //! read slows the agent down instead of growing a queue), writes them in
-//! order, and drops frames of a session that is no longer current.
+//! order, and drops frames of a session that is no longer current. It
+//! closes each request just before it writes the request's last frame.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -60,7 +61,16 @@ async fn write_frames<W: AsyncWrite>(
     current: Arc<AtomicU64>,
 ) {
     let mut writer = pin!(writer);
-    while let Some(Outgoing { session, frame }) = frames.recv().await {
+    while let Some(Outgoing {
+        session,
+        frame,
+        closes,
+    }) = frames.recv().await
+    {
+        // A request's last frame closes the request before the host can
+        // see the frame, so nothing the host sends after it finds the
+        // request open.
+        drop(closes);
         if session != 0 && session != current.load(Ordering::Acquire) {
             continue;
         }

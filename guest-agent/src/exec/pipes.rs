@@ -11,27 +11,82 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use paddock_proto::MessageKind;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::ChildStdin;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::lock;
 use crate::request::RequestCtx;
 
 /// How long the pumps wait for the end of a pipe once the leader exited and
 /// the pipe is empty.
 pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
+/// The host's stdin on its way from the supervisor to the feeder. Chunks
+/// are merged into one buffer, which holds at most one window of bytes:
+/// the feeder returns credit only for what the process took.
+#[derive(Debug, Default)]
+pub(super) struct StdinQueue {
+    state: Mutex<StdinState>,
+    ready: Notify,
+}
+
+#[derive(Debug, Default)]
+struct StdinState {
+    bytes: Vec<u8>,
+    closed: bool,
+}
+
+impl StdinQueue {
+    /// Appends bytes for the process.
+    pub(super) fn push(&self, data: Vec<u8>) {
+        let mut state = lock(&self.state);
+        if state.bytes.is_empty() {
+            state.bytes = data;
+        } else {
+            state.bytes.extend_from_slice(&data);
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// The host closed stdin: the process sees its end once the bytes
+    /// before it are written.
+    pub(super) fn close(&self) {
+        lock(&self.state).closed = true;
+        self.ready.notify_one();
+    }
+
+    /// The bytes that wait, or `None` once stdin is closed and drained.
+    async fn next(&self) -> Option<Vec<u8>> {
+        loop {
+            let ready = self.ready.notified();
+            {
+                let mut state = lock(&self.state);
+                if !state.bytes.is_empty() {
+                    return Some(std::mem::take(&mut state.bytes));
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            ready.await;
+        }
+    }
+}
+
 /// Writes the host's STDIN to the process and returns its credit as the
 /// process takes it. Stops when the host closes stdin or the leader exits.
 pub(super) async fn feed_stdin(
     ctx: &RequestCtx,
     pipe: Option<ChildStdin>,
-    mut chunks: mpsc::UnboundedReceiver<Vec<u8>>,
+    queue: &StdinQueue,
     exited: &CancellationToken,
 ) {
     let Some(pipe) = pipe else {
@@ -39,7 +94,7 @@ pub(super) async fn feed_stdin(
     };
     let feeding = async {
         let mut pipe = Some(pipe);
-        while let Some(chunk) = chunks.recv().await {
+        while let Some(chunk) = queue.next().await {
             if let Some(open) = &mut pipe {
                 if let Err(err) = open.write_all(&chunk).await {
                     // The process closed its stdin: the rest is discarded.

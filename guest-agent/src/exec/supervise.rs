@@ -1,9 +1,12 @@
 //! The supervisor of one execution: its process group, its timeout, and the
 //! host's STDIN, SIGNAL and STOP.
 //!
-//! Ending the group means SIGTERM to the whole group, then SIGKILL after the
-//! grace period. When the leader exits, whatever is left in its group gets
-//! SIGKILL: nothing of a request outlives its RESULT.
+//! Ending the execution means SIGTERM to the whole group, then SIGKILL to
+//! the group and its cgroup after the grace period. When the leader exits,
+//! whatever is left in its group and cgroup gets SIGKILL: nothing of a
+//! request outlives its RESULT. When the agent stops, the grace of every
+//! execution is cut to the agent's own (`Config::kill_grace`), so that
+//! stopping is bounded whatever an execution asked for.
 
 use std::io;
 use std::process::ExitStatus;
@@ -11,12 +14,13 @@ use std::time::Duration;
 
 use paddock_proto::{Message, MessageKind, Stop, StopScope};
 use tokio::process::Child;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::ExecError;
+use super::pipes::StdinQueue;
+use crate::cgroup::ExecCgroup;
 use crate::request::{Input, Inputs, Rejection, RequestCtx};
 
 /// A process group, named by its leader's pid.
@@ -38,10 +42,22 @@ impl ProcessGroup {
 
 /// What the supervisor enforces.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Limits {
+pub(super) struct Limits<'a> {
     pub(super) group: ProcessGroup,
+    /// The execution's cgroup, when the agent contains executions in them.
+    pub(super) cgroup: Option<&'a ExecCgroup>,
     pub(super) timeout: Option<Duration>,
     pub(super) grace: Duration,
+}
+
+impl Limits<'_> {
+    /// SIGKILL to the group and to the cgroup.
+    fn kill(&self) {
+        self.group.signal(libc::SIGKILL);
+        if let Some(cgroup) = self.cgroup {
+            cgroup.kill();
+        }
+    }
 }
 
 /// How the leader ended.
@@ -58,9 +74,9 @@ pub(super) struct Ended {
 pub(super) async fn supervise(
     ctx: &RequestCtx,
     child: &mut Child,
-    limits: Limits,
+    limits: Limits<'_>,
     inputs: &mut Inputs,
-    mut stdin: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    stdin: Option<&StdinQueue>,
     exited: &CancellationToken,
     abandon: &CancellationToken,
 ) -> Result<Ended, ExecError> {
@@ -69,9 +85,9 @@ pub(super) async fn supervise(
     let mut deadline = limits
         .timeout
         .and_then(|timeout| Instant::now().checked_add(timeout));
-    let mut kill_at = None;
+    let mut kill_at: Option<Instant> = None;
     let (mut timed_out, mut stopped) = (false, false);
-    let (mut session_over, mut inputs_open) = (false, true);
+    let (mut session_over, mut stdin_open) = (false, stdin.is_some());
     let mut terminating = false;
     let mut failure: Option<ExecError> = None;
     let waited = loop {
@@ -84,18 +100,22 @@ pub(super) async fn supervise(
             }
             () = at(kill_at) => {
                 kill_at = None;
-                group.signal(libc::SIGKILL);
+                limits.kill();
                 false
             }
             () = ctx.ended(), if !session_over => {
                 session_over = true;
+                if ctx.agent_stopping() {
+                    // Stopping the agent is bounded by its own grace.
+                    let cut = Instant::now().checked_add(ctx.config().kill_grace.min(limits.grace));
+                    kill_at = earliest(kill_at, cut);
+                }
                 true
             }
-            input = inputs.recv(), if inputs_open && failure.is_none() => match input {
-                Some(Input::Frame(Message::Stdin(data))) => match &stdin {
+            input = inputs.recv(), if failure.is_none() => match input {
+                Input::Frame(Message::Stdin(data)) => match stdin.filter(|_| stdin_open) {
                     Some(stdin) => {
-                        // Fails only once the feeder stopped: the leader exited.
-                        let _ = stdin.send(data);
+                        stdin.push(data);
                         false
                     }
                     None => {
@@ -103,30 +123,32 @@ pub(super) async fn supervise(
                         true
                     }
                 },
-                Some(Input::Frame(Message::StdinClose)) => {
-                    stdin = None;
+                Input::Frame(Message::StdinClose) => {
+                    if let Some(stdin) = stdin {
+                        stdin.close();
+                    }
+                    stdin_open = false;
                     false
                 }
-                Some(Input::Frame(Message::Signal(request))) => {
+                Input::Frame(Message::Signal(request)) if request.is_valid() => {
                     group.signal(request.signal);
                     false
                 }
-                Some(Input::Frame(Message::Stop(Stop { scope: StopScope::Execution }))) => {
+                Input::Frame(Message::Signal(request)) => {
+                    failure = Some(ExecError::BadSignal(request.signal));
+                    true
+                }
+                Input::Frame(Message::Stop(Stop { scope: StopScope::Execution })) => {
                     stopped = true;
                     true
                 }
-                Some(Input::Frame(message)) => {
+                Input::Frame(message) => {
                     failure = Some(Rejection::Unexpected(message.kind()).into());
                     true
                 }
-                Some(Input::Reject(report)) => {
+                Input::Reject(report) => {
                     failure = Some(Rejection::Report(report).into());
                     true
-                }
-                // The session ended; `ctx.ended()` handles that.
-                None => {
-                    inputs_open = false;
-                    false
                 }
             },
         };
@@ -136,11 +158,12 @@ pub(super) async fn supervise(
         if terminate && !terminating {
             terminating = true;
             group.signal(libc::SIGTERM);
-            kill_at = Instant::now().checked_add(limits.grace);
+            // The agent's stop may already have set an earlier kill.
+            kill_at = earliest(kill_at, Instant::now().checked_add(limits.grace));
         }
     };
     let exited_at = Instant::now();
-    group.signal(libc::SIGKILL);
+    limits.kill();
     exited.cancel();
     if let Some(failure) = failure {
         return Err(failure);
@@ -153,6 +176,14 @@ pub(super) async fn supervise(
         timed_out,
         stopped,
     })
+}
+
+/// The earlier of two optional instants (`None`: never).
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Completes at `instant`, or never.

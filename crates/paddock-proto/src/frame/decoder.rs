@@ -85,6 +85,27 @@ impl FrameDecoder {
         self.end = (self.end + len).min(self.buf.len());
     }
 
+    /// Bytes of storage the decoder holds (buffered or spare).
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Gives back storage beyond `keep` bytes or what is buffered, whichever
+    /// is more: a reader that goes quiet after a burst need not hold a
+    /// burst's worth of memory. Buffered bytes are kept.
+    pub fn shrink_to(&mut self, keep: usize) {
+        let target = keep.max(self.buffered());
+        if self.buf.capacity() <= target {
+            return;
+        }
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        self.buf.truncate(target);
+        self.buf.shrink_to(target);
+    }
+
     /// Returns the next complete frame, `Ok(None)` when more bytes are needed,
     /// or an error describing a corrupt or unknown frame. After an error the
     /// decoder has already moved on; call again to continue.
@@ -285,6 +306,25 @@ mod tests {
         }
         assert_eq!(frames, vec![(1, 70_000), (2, 4)]);
         assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn shrinking_keeps_buffered_bytes_and_gives_back_the_rest() {
+        let stream = frame_bytes(MessageKind::Stdout, 1, &[5; 10_000]);
+        let mut dec = FrameDecoder::default();
+        let spare = dec.spare(200_000);
+        spare[..100].copy_from_slice(&stream[..100]);
+        dec.commit(100);
+        assert!(dec.capacity() >= 200_000);
+        dec.shrink_to(1024);
+        assert_eq!(dec.buffered(), 100);
+        assert!(dec.capacity() < 200_000, "{}", dec.capacity());
+        dec.feed(&stream[100..]);
+        let frame = dec.next_frame().expect("clean").expect("whole frame");
+        assert_eq!(frame.payload.len(), 10_000);
+        dec.shrink_to(0);
+        assert_eq!(dec.capacity(), 0);
+        assert_eq!(dec.next_frame(), Ok(None));
     }
 
     #[test]

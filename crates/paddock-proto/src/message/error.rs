@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::nullable::or_default;
+
 /// Wire error codes. Unknown codes from a newer peer decode as
 /// [`ErrorCode::Unknown`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -39,6 +41,8 @@ pub enum ErrorCode {
     ChecksumMismatch,
     /// The agent is shutting down.
     ShuttingDown,
+    /// The agent serves as many connections as it may; it closes this one.
+    TooManyConnections,
     /// A bug or unexpected state in the agent.
     Internal,
     /// A code this side does not know.
@@ -46,23 +50,101 @@ pub enum ErrorCode {
     Unknown,
 }
 
+impl ErrorCode {
+    /// Every code, in declaration order.
+    pub const ALL: [Self; 19] = [
+        Self::BadFrame,
+        Self::UnknownKind,
+        Self::BadPayload,
+        Self::UnsupportedVersion,
+        Self::NotNegotiated,
+        Self::UnknownRequest,
+        Self::DuplicateRequest,
+        Self::TooManyRequests,
+        Self::FlowControl,
+        Self::SpawnFailed,
+        Self::NotFound,
+        Self::PermissionDenied,
+        Self::Io,
+        Self::InvalidArgument,
+        Self::ChecksumMismatch,
+        Self::ShuttingDown,
+        Self::TooManyConnections,
+        Self::Internal,
+        Self::Unknown,
+    ];
+}
+
+/// The longest [`ErrorReport::message`] [`ErrorReport::new`] makes, in
+/// bytes, so that an ERROR always fits in the smallest payload limit.
+pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
+
 /// A failed request (request id != 0) or connection (request id 0).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorReport {
     /// What kind of failure.
     pub code: ErrorCode,
     /// Human-readable detail.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub message: String,
 }
 
 impl ErrorReport {
-    /// An error report with `code` and `message`.
+    /// An error report with `code` and `message`, cut to
+    /// [`MAX_ERROR_MESSAGE_LEN`] bytes (at a character boundary).
     #[must_use]
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_MESSAGE_LEN {
+            let mut end = MAX_ERROR_MESSAGE_LEN;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
         }
+        Self { code, message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_code_once() {
+        // No wildcard: a new code must be given a place here and in ALL.
+        let index = |code: ErrorCode| match code {
+            ErrorCode::BadFrame => 0,
+            ErrorCode::UnknownKind => 1,
+            ErrorCode::BadPayload => 2,
+            ErrorCode::UnsupportedVersion => 3,
+            ErrorCode::NotNegotiated => 4,
+            ErrorCode::UnknownRequest => 5,
+            ErrorCode::DuplicateRequest => 6,
+            ErrorCode::TooManyRequests => 7,
+            ErrorCode::FlowControl => 8,
+            ErrorCode::SpawnFailed => 9,
+            ErrorCode::NotFound => 10,
+            ErrorCode::PermissionDenied => 11,
+            ErrorCode::Io => 12,
+            ErrorCode::InvalidArgument => 13,
+            ErrorCode::ChecksumMismatch => 14,
+            ErrorCode::ShuttingDown => 15,
+            ErrorCode::TooManyConnections => 16,
+            ErrorCode::Internal => 17,
+            ErrorCode::Unknown => 18,
+        };
+        for (at, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(index(*code), at, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let report = ErrorReport::new(ErrorCode::Io, "é".repeat(MAX_ERROR_MESSAGE_LEN));
+        assert!(report.message.len() <= MAX_ERROR_MESSAGE_LEN);
+        assert!(report.message.len() > MAX_ERROR_MESSAGE_LEN - 2);
+        assert!(report.message.chars().all(|c| c == 'é'));
+        assert_eq!(ErrorReport::new(ErrorCode::Io, "short").message, "short");
     }
 }

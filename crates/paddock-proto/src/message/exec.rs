@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::nullable::or_default;
+
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -20,32 +22,43 @@ pub struct Execute {
     /// What to run.
     pub command: Command,
     /// Variables to set (added to the agent's environment unless `clear_env`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub env: BTreeMap<String, String>,
     /// Start from an empty environment.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub clear_env: bool,
     /// Working directory; the agent's own when absent.
     #[serde(default)]
     pub cwd: Option<String>,
-    /// Wall-clock limit in milliseconds; the process group is killed past it.
+    /// Wall-clock limit in milliseconds, at least 1; the execution is ended
+    /// past it. Absent (or `null`): no limit. 0 is refused.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// Most stdout bytes to forward; the rest is read and discarded.
+    /// Most stdout bytes to forward; the rest is read, counted and
+    /// discarded (0 forwards nothing). Absent: no cap.
     #[serde(default)]
     pub stdout_cap: Option<u64>,
-    /// Most stderr bytes to forward; the rest is read and discarded.
+    /// Most stderr bytes to forward, as `stdout_cap`.
     #[serde(default)]
     pub stderr_cap: Option<u64>,
     /// Whether the host streams stdin; otherwise stdin is `/dev/null`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub stdin: bool,
-    /// Milliseconds between SIGTERM and SIGKILL when the group is ended;
-    /// the agent's default when absent ([`DEFAULT_KILL_GRACE_MS`] unless the
-    /// agent was started with another).
+    /// Milliseconds between SIGTERM and SIGKILL when the execution is
+    /// ended; the agent's default when absent ([`DEFAULT_KILL_GRACE_MS`]
+    /// unless the agent was started with another). Values above
+    /// [`MAX_KILL_GRACE_MS`] count as that maximum.
     #[serde(default)]
     pub kill_grace_ms: Option<u64>,
 }
+
+/// The longest grace period between SIGTERM and SIGKILL an agent applies
+/// (one minute): a larger [`Execute::kill_grace_ms`] is clamped to it, so
+/// ending an execution is always bounded.
+pub const MAX_KILL_GRACE_MS: u64 = 60_000;
+
+/// The highest signal number a SIGNAL may carry (Linux's `SIGRTMAX`).
+pub const MAX_SIGNAL: i32 = 64;
 
 /// The grace period between SIGTERM and SIGKILL, in milliseconds, that an
 /// agent applies when [`Execute::kill_grace_ms`] is absent: to a timeout, a
@@ -96,33 +109,42 @@ pub struct ExecResult {
     #[serde(default)]
     pub signal: Option<i32>,
     /// The agent ended the process group because `timeout_ms` passed.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub timed_out: bool,
     /// The agent ended the process group because of a STOP.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub stopped: bool,
     /// Stdout was longer than `stdout_cap`; only the first bytes were sent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub stdout_truncated: bool,
     /// Stderr was longer than `stderr_cap`; only the first bytes were sent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub stderr_truncated: bool,
     /// Bytes the process wrote to stdout (sent or not).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub stdout_bytes: u64,
     /// Bytes the process wrote to stderr (sent or not).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub stderr_bytes: u64,
     /// Wall-clock time from spawn to exit, in microseconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub duration_us: u64,
 }
 
 /// Sends a signal to a running execution's process group (host -> agent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalRequest {
-    /// Linux signal number.
+    /// Linux signal number, `1..=`[`MAX_SIGNAL`].
     pub signal: i32,
+}
+
+impl SignalRequest {
+    /// Whether the number names a signal (`1..=`[`MAX_SIGNAL`]); 0, the
+    /// "is it alive" probe of kill(2), is not a signal to send.
+    #[must_use]
+    pub fn is_valid(&self) -> bool {
+        (1..=MAX_SIGNAL).contains(&self.signal)
+    }
 }
 
 /// What a STOP ends.

@@ -2,21 +2,28 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::nullable::{or_default, or_default_mode};
+
 /// Starts writing a file in the guest (host -> agent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilePut {
     /// Absolute path of the file to create or replace.
     pub path: String,
-    /// Permission bits (e.g. `0o644`).
-    #[serde(default = "default_mode")]
+    /// Permission bits, `0o7777` at most (JSON has no octal: `0o644` is
+    /// written `420`); [`DEFAULT_FILE_MODE`] when absent.
+    #[serde(default = "default_mode", deserialize_with = "or_default_mode")]
     pub mode: u32,
-    /// Create missing parent directories.
-    #[serde(default)]
+    /// Create missing parent directories (mode `0o777` less the agent's
+    /// umask).
+    #[serde(default, deserialize_with = "or_default")]
     pub create_parents: bool,
 }
 
+/// The mode of a put that names none: `0o644`.
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+
 fn default_mode() -> u32 {
-    0o644
+    DEFAULT_FILE_MODE
 }
 
 /// Starts reading a file from the guest (host -> agent).

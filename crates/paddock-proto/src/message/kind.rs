@@ -127,6 +127,47 @@ impl MessageKind {
         Self::Error,
     ];
 
+    /// The kind's name as the protocol documentation writes it
+    /// (`EXECUTE`, `RESULT`, `WINDOW_UPDATE`...).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hello => "HELLO",
+            Self::HelloAck => "HELLO_ACK",
+            Self::Ping => "PING",
+            Self::Pong => "PONG",
+            Self::Execute => "EXECUTE",
+            Self::Stdin => "STDIN",
+            Self::StdinClose => "STDIN_CLOSE",
+            Self::Stdout => "STDOUT",
+            Self::Stderr => "STDERR",
+            Self::ExecResult => "RESULT",
+            Self::Signal => "SIGNAL",
+            Self::Stop => "STOP",
+            Self::StatusRequest => "STATUS_REQUEST",
+            Self::StatusReport => "STATUS_REPORT",
+            Self::FilePut => "FILE_PUT",
+            Self::FileGet => "FILE_GET",
+            Self::FileInfo => "FILE_INFO",
+            Self::FileData => "FILE_DATA",
+            Self::FileEnd => "FILE_END",
+            Self::FileDone => "FILE_DONE",
+            Self::WindowUpdate => "WINDOW_UPDATE",
+            Self::Error => "ERROR",
+        }
+    }
+
+    /// Whether a frame of this kind opens a request: it takes one of the
+    /// session's request slots, under a request id that is not 0 and not
+    /// in use, until the request's last frame.
+    #[must_use]
+    pub fn opens_request(self) -> bool {
+        matches!(
+            self,
+            Self::Execute | Self::FilePut | Self::FileGet | Self::StatusRequest
+        )
+    }
+
     /// Whether frames of this kind count against the flow-control window.
     #[must_use]
     pub fn is_flow_controlled(self) -> bool {
@@ -228,6 +269,20 @@ mod tests {
         for (kind, direction) in expected {
             assert_eq!(kind.direction(), direction, "{kind:?}");
         }
+    }
+
+    #[test]
+    fn names_are_unique_and_upper_case() {
+        let mut names: Vec<&str> = MessageKind::ALL.iter().map(|kind| kind.name()).collect();
+        assert!(
+            names
+                .iter()
+                .all(|name| { name.chars().all(|c| c.is_ascii_uppercase() || c == '_') })
+        );
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), MessageKind::ALL.len());
+        assert_eq!(MessageKind::ExecResult.name(), "RESULT");
     }
 
     #[test]

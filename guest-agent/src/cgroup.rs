@@ -1,0 +1,345 @@
+//! A cgroup v2 per execution, so that its whole process tree ends with it.
+//!
+//! A process group does not hold a tree: `setsid`, `setpgid` and every
+//! daemon's double fork leave it. A cgroup does: a process cannot leave its
+//! cgroup without writing to another one's `cgroup.procs`, and
+//! `cgroup.kill` (Linux 5.14) kills every member at once, those forking
+//! while it runs included.
+//!
+//! At start the agent looks for the cgroup v2 hierarchy it runs in
+//! ([`CgroupRoot::detect`]): its own cgroup, read from `/proc/self/cgroup`,
+//! under the mount point of the `cgroup2` file system, read from
+//! `/proc/self/mountinfo`. It makes a child cgroup there to check that it
+//! may, and that the kernel has `cgroup.kill`. In the guest the image's
+//! `rcS` mounts the hierarchy at `/sys/fs/cgroup`; a host that runs the
+//! agent (the tests do) usually has one, often at `/sys/fs/cgroup` or
+//! `/sys/fs/cgroup/unified`. Without one (not root, no cgroup2 mounted, an
+//! older kernel) the agent falls back to the process group, and says so by
+//! not announcing [`paddock_proto::capability::CONTAIN_TREE`].
+//!
+//! Each execution gets `<agent's cgroup>/paddock-exec-<unique name>`. The
+//! child joins it between fork and exec, so no process of the execution
+//! ever runs outside it. When the execution ends, the agent kills the
+//! cgroup, waits until it is empty and removes it.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+/// How long the agent waits for a killed cgroup to empty; the kernel
+/// empties it as fast as the processes can die, well within this.
+const EMPTY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the agent cannot, or could not, contain an execution in a cgroup.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CgroupError {
+    /// `/proc/self/cgroup` or `/proc/self/mountinfo` could not be read.
+    #[error("Could not read {path}")]
+    Proc {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// No cgroup v2 hierarchy holds the agent.
+    #[error("The agent is in no mounted cgroup v2 hierarchy")]
+    NoHierarchy,
+    /// The kernel has no `cgroup.kill` (before Linux 5.14).
+    #[error("The kernel cannot kill a cgroup (no cgroup.kill in `{0}`)")]
+    NoKill(PathBuf),
+    /// The agent may not move processes into its own cgroup's children.
+    #[error("The agent may not write to `{0}`")]
+    NotWritable(PathBuf),
+    /// A cgroup directory could not be made.
+    #[error("Could not create the cgroup `{path}`")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The agent's own cgroup, under which each execution gets one.
+#[derive(Debug, Clone)]
+pub(crate) struct CgroupRoot {
+    dir: PathBuf,
+}
+
+impl CgroupRoot {
+    /// Finds the agent's cgroup v2 directory and checks that the agent can
+    /// make, kill and remove cgroups below it.
+    ///
+    /// # Errors
+    /// [`CgroupError`] saying why not.
+    pub(crate) fn detect() -> Result<Self, CgroupError> {
+        let read = |path: &'static str| {
+            std::fs::read_to_string(path).map_err(|source| CgroupError::Proc { path, source })
+        };
+        let own = own_cgroup(&read("/proc/self/cgroup")?).ok_or(CgroupError::NoHierarchy)?;
+        let dir =
+            cgroup2_dir(&read("/proc/self/mountinfo")?, &own).ok_or(CgroupError::NoHierarchy)?;
+        let procs = dir.join("cgroup.procs");
+        let procs_c = CString::new(procs.as_os_str().as_bytes())
+            .map_err(|_| CgroupError::NotWritable(procs.clone()))?;
+        // SAFETY: access(2) reads a NUL-terminated path valid for the call.
+        if unsafe { libc::access(procs_c.as_ptr(), libc::W_OK) } != 0 {
+            return Err(CgroupError::NotWritable(procs));
+        }
+        let root = Self { dir };
+        // Unique among the agents of this process too (tests start many).
+        static PROBES: AtomicU64 = AtomicU64::new(0);
+        let probe = PROBES.fetch_add(1, Ordering::Relaxed);
+        let probe = root.create(&format!("paddock-probe-{}-{probe}", std::process::id()))?;
+        let has_kill = probe.dir.join("cgroup.kill").exists();
+        let probe_dir = probe.dir.clone();
+        drop(probe);
+        if !has_kill {
+            return Err(CgroupError::NoKill(probe_dir));
+        }
+        Ok(root)
+    }
+
+    /// The directory executions' cgroups are made in.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes the cgroup `name` below the agent's.
+    ///
+    /// # Errors
+    /// [`CgroupError::Create`] with mkdir's error.
+    pub(crate) fn create(&self, name: &str) -> Result<ExecCgroup, CgroupError> {
+        let dir = self.dir.join(name);
+        let create = |source| CgroupError::Create {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir(&dir).map_err(create)?;
+        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+            .map_err(|_| create(io::ErrorKind::InvalidInput.into()))?;
+        Ok(ExecCgroup {
+            dir,
+            procs,
+            removed: false,
+        })
+    }
+}
+
+/// One execution's cgroup. Dropping it kills what is left in it and
+/// removes it if it is empty by then.
+#[derive(Debug)]
+pub(crate) struct ExecCgroup {
+    dir: PathBuf,
+    /// `<dir>/cgroup.procs`, ready for the child to write between fork and
+    /// exec, where nothing may allocate.
+    procs: CString,
+    removed: bool,
+}
+
+impl ExecCgroup {
+    /// The path of `cgroup.procs`, for [`join`].
+    pub(crate) fn procs(&self) -> CString {
+        self.procs.clone()
+    }
+
+    /// Kills every process in the cgroup (and those it forks meanwhile).
+    pub(crate) fn kill(&self) {
+        if let Err(err) = std::fs::write(self.dir.join("cgroup.kill"), b"1") {
+            warn!(%err, cgroup = %self.dir.display(), "Could not kill the cgroup");
+        }
+    }
+
+    /// Whether no process is left in the cgroup.
+    fn is_empty(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("cgroup.events"))
+            .is_ok_and(|events| events.lines().any(|line| line == "populated 0"))
+    }
+
+    /// Kills what is left, waits until the cgroup is empty, and removes it.
+    pub(crate) async fn end(mut self) {
+        self.kill();
+        let mut pause = Duration::from_millis(1);
+        let deadline = tokio::time::Instant::now() + EMPTY_TIMEOUT;
+        while !self.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(cgroup = %self.dir.display(), "The killed cgroup did not empty");
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        self.remove();
+    }
+
+    fn remove(&mut self) {
+        match std::fs::remove_dir(&self.dir) {
+            Ok(()) => self.removed = true,
+            Err(err) => debug!(%err, cgroup = %self.dir.display(), "Could not remove the cgroup"),
+        }
+    }
+}
+
+impl Drop for ExecCgroup {
+    fn drop(&mut self) {
+        if !self.removed {
+            self.kill();
+            self.remove();
+        }
+    }
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is
+/// `procs`. Only async-signal-safe calls and no allocation: it runs in the
+/// child between fork and exec.
+///
+/// # Errors
+/// The error of open(2) or write(2).
+pub(crate) fn join(procs: &CStr) -> io::Result<()> {
+    // SAFETY: open(2) reads a NUL-terminated path valid for the call.
+    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // "0" names the writing process.
+    // SAFETY: write(2) reads one byte from a static buffer.
+    let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    let result = if written == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    };
+    // SAFETY: `fd` was opened above and is closed once.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// The agent's cgroup v2 path (`/` for the root) from `/proc/self/cgroup`.
+fn own_cgroup(cgroup: &str) -> Option<String> {
+    cgroup
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
+/// The directory of cgroup `own` in a mounted cgroup v2 hierarchy, from
+/// `/proc/self/mountinfo`.
+fn cgroup2_dir(mountinfo: &str, own: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        if fs.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        let mut fields = mount.split(' ');
+        let root = unescape(fields.nth(3)?);
+        let point = unescape(fields.next()?);
+        let below = if root == "/" {
+            own
+        } else {
+            own.strip_prefix(root.as_str())?
+        };
+        let below = below.trim_start_matches('/');
+        Some(if below.is_empty() {
+            PathBuf::from(point)
+        } else {
+            Path::new(&point).join(below)
+        })
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let octal = bytes.get(at + 1..at + 4).filter(|_| bytes[at] == b'\\');
+        match octal.and_then(|digits| u8::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok())
+        {
+            Some(byte) => {
+                out.push(byte);
+                at += 4;
+            }
+            None => {
+                out.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+24 31 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+33 24 0:28 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 24 0:35 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn finds_the_agents_cgroup_in_the_v2_mount() {
+        assert_eq!(own_cgroup("4:memory:/x\n0::/\n").as_deref(), Some("/"));
+        assert_eq!(
+            own_cgroup("0::/system.slice/a.service\n").as_deref(),
+            Some("/system.slice/a.service")
+        );
+        assert_eq!(own_cgroup("4:memory:/x\n"), None);
+        assert_eq!(
+            cgroup2_dir(MOUNTINFO, "/"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_dir(MOUNTINFO, "/a/b"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/a/b"))
+        );
+        assert_eq!(
+            cgroup2_dir("24 31 0:22 / /sys rw - sysfs sysfs rw\n", "/"),
+            None
+        );
+        // A mount of a sub-tree (a cgroup namespace seen from outside).
+        let sub = "40 24 0:35 /a /mnt/cg\\040x rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_dir(sub, "/a/b"), Some(PathBuf::from("/mnt/cg x/b")));
+        assert_eq!(cgroup2_dir(sub, "/other"), None);
+    }
+
+    #[test]
+    fn unescapes_mountinfo_fields() {
+        assert_eq!(unescape("/a\\040b\\011c"), "/a b\tc");
+        assert_eq!(unescape("/plain\\"), "/plain\\");
+        assert_eq!(unescape("/x\\9"), "/x\\9");
+    }
+
+    #[tokio::test]
+    async fn a_killed_cgroup_takes_its_escaped_processes_with_it() {
+        let Ok(root) = CgroupRoot::detect() else {
+            eprintln!("no usable cgroup v2 hierarchy here: nothing to test");
+            return;
+        };
+        let cgroup = root.create("paddock-test-kill").expect("create");
+        let procs = cgroup.procs();
+        let mut command = std::process::Command::new("sh");
+        command
+            .args(["-c", "setsid sleep 1000.301 & exit 0"])
+            .stdout(std::process::Stdio::null());
+        // SAFETY: `join` only makes async-signal-safe calls.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || join(&procs));
+        }
+        let status = command.status().expect("spawn");
+        assert!(status.success());
+        assert!(
+            !cgroup.is_empty(),
+            "the escaped sleep should be in the cgroup"
+        );
+        let dir = cgroup.dir.clone();
+        cgroup.end().await;
+        assert!(!dir.exists(), "the cgroup was not removed");
+        assert!(crate::test_host::processes_with("1000.301").is_empty());
+    }
+}
