@@ -13,7 +13,7 @@ use paddock_proto::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 
-use crate::connection::{Connection, SessionParams};
+use crate::connection::{Connection, Keepalive, SessionParams};
 use crate::error::ClientError;
 use crate::exec::{ExecOutput, Execution};
 use crate::files::{self, Download};
@@ -46,6 +46,12 @@ pub struct ClientConfig {
     pub window: u32,
     /// Name sent in HELLO, for the agent's logs.
     pub client_name: String,
+    /// How often the client asks the agent for its STATUS while requests
+    /// are open, so that they end at once (with
+    /// [`ClientError::ConnectionLost`]) when the agent was restarted in the
+    /// guest or hangs, instead of at their own timeouts. Each ask may take
+    /// `request_timeout`. `None` turns it off.
+    pub keepalive_interval: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -61,6 +67,7 @@ impl Default for ClientConfig {
             max_payload: DEFAULT_MAX_PAYLOAD,
             window: DEFAULT_WINDOW,
             client_name: concat!("paddock-agent-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+            keepalive_interval: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -258,8 +265,13 @@ impl AgentClient {
                     params.handshake_timeout = deadline
                         .saturating_duration_since(Instant::now())
                         .max(config.request_timeout);
-                    match Connection::establish(stream, &params, Arc::clone(&self.inner.buffered))
-                        .await
+                    match Connection::establish(
+                        stream,
+                        &params,
+                        self.keepalive(),
+                        Arc::clone(&self.inner.buffered),
+                    )
+                    .await
                     {
                         Ok(conn) => {
                             self.record_session(&params.session_token, &conn.session);
@@ -305,6 +317,14 @@ impl AgentClient {
     }
 
     /// Sends a control request and waits for its single answer.
+    /// The keepalive of new sessions, from the configuration.
+    fn keepalive(&self) -> Keepalive {
+        Keepalive {
+            interval: self.inner.config.keepalive_interval,
+            timeout: self.inner.config.request_timeout,
+        }
+    }
+
     async fn call(&self, message: Message, what: &'static str) -> Result<Message, ClientError> {
         let conn = self.connection().await?;
         let mut request = conn.open(false)?;

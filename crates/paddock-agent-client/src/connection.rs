@@ -34,10 +34,12 @@ use crate::transport::Stream;
 
 mod credit;
 mod handshake;
+mod keepalive;
 
 pub(crate) use credit::{RecvCredit, SendCredit};
 use handshake::{Handshake, handshake};
 pub(crate) use handshake::{SessionParams, new_session_token};
+pub(crate) use keepalive::Keepalive;
 
 /// An item of a request's control channel.
 pub(crate) type Event = Result<Message, ClientError>;
@@ -80,7 +82,7 @@ pub(crate) struct Connection {
     pub(crate) session: HelloAck,
     /// Largest data chunk to send: the agent's payload limit, capped.
     pub(crate) chunk: usize,
-    tasks: [JoinHandle<()>; 2],
+    tasks: [JoinHandle<()>; 3],
 }
 
 impl Drop for Connection {
@@ -120,6 +122,7 @@ impl Connection {
     pub(crate) async fn establish(
         stream: Stream,
         params: &SessionParams,
+        keepalive: Keepalive,
         buffered: Arc<AtomicU64>,
     ) -> Result<Arc<Self>, ClientError> {
         let (mut reader, mut writer) = tokio::io::split(stream);
@@ -137,13 +140,18 @@ impl Connection {
         });
         let reader_task = tokio::spawn(read_loop(Arc::clone(&shared), reader, decoder));
         let writer_task = tokio::spawn(write_loop(Arc::clone(&shared), rx, writer));
+        let keepalive_task = tokio::spawn(keepalive::keepalive_loop(
+            Arc::downgrade(&shared),
+            session.boot_id.clone(),
+            keepalive,
+        ));
         let chunk =
             usize::try_from(session.max_payload).map_or(DEFAULT_CHUNK, |m| m.min(DEFAULT_CHUNK));
         Ok(Arc::new(Self {
             shared,
             session,
             chunk: chunk.max(1),
-            tasks: [reader_task, writer_task],
+            tasks: [reader_task, writer_task, keepalive_task],
         }))
     }
 
@@ -300,6 +308,31 @@ async fn write_loop(
 }
 
 impl Shared {
+    /// Opens a request of the client's own (the keepalive's): its id and
+    /// the receiver of its answer.
+    fn open_internal(&self) -> (u64, mpsc::UnboundedReceiver<Event>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events, answers) = mpsc::unbounded_channel();
+        let slot = Slot {
+            events,
+            outputs: [None, None],
+            recv: Arc::new(RecvCredit::new(
+                self.our_window,
+                id,
+                self.writer.clone(),
+                Arc::clone(&self.buffered),
+            )),
+            send: Arc::new(SendCredit::new(self.agent_window)),
+        };
+        lock(&self.state).slots.insert(id, slot);
+        (id, answers)
+    }
+
+    /// Stops routing request `id` (one given up on).
+    fn forget(&self, id: u64) {
+        lock(&self.state).slots.remove(&id);
+    }
+
     /// Routes one frame to its request. An error ends the whole session.
     fn dispatch(&self, frame: Frame) -> Result<(), ClientError> {
         let id = frame.request_id;

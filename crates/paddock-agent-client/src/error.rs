@@ -116,6 +116,12 @@ impl ClientError {
                 | Self::Unexpected { .. }
                 | Self::Connect { .. }
                 | Self::VsockHandshake { .. }
+                // The agent closes a connection past its cap; a new one may
+                // be admitted once another ends.
+                | Self::Agent {
+                    code: ErrorCode::TooManyConnections,
+                    ..
+                }
         )
     }
 
@@ -124,7 +130,10 @@ impl ClientError {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Agent { code, .. } => matches!(code, ErrorCode::TooManyRequests),
+            Self::Agent { code, .. } => matches!(
+                code,
+                ErrorCode::TooManyRequests | ErrorCode::TooManyConnections
+            ),
             Self::UnsupportedVersion { .. } | Self::LocalIo { .. } | Self::InvalidRequest(_) => {
                 false
             }

@@ -35,6 +35,8 @@ pub enum ErrorCode {
     PermissionDenied,
     /// Another I/O failure.
     Io,
+    /// A file system of the guest is full (`ENOSPC`).
+    NoSpace,
     /// A request field is out of range or contradictory.
     InvalidArgument,
     /// File content did not match its size or checksum.
@@ -52,7 +54,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::BadFrame,
         Self::UnknownKind,
         Self::BadPayload,
@@ -66,6 +68,7 @@ impl ErrorCode {
         Self::NotFound,
         Self::PermissionDenied,
         Self::Io,
+        Self::NoSpace,
         Self::InvalidArgument,
         Self::ChecksumMismatch,
         Self::ShuttingDown,
@@ -127,12 +130,13 @@ mod tests {
             ErrorCode::NotFound => 10,
             ErrorCode::PermissionDenied => 11,
             ErrorCode::Io => 12,
-            ErrorCode::InvalidArgument => 13,
-            ErrorCode::ChecksumMismatch => 14,
-            ErrorCode::ShuttingDown => 15,
-            ErrorCode::TooManyConnections => 16,
-            ErrorCode::Internal => 17,
-            ErrorCode::Unknown => 18,
+            ErrorCode::NoSpace => 13,
+            ErrorCode::InvalidArgument => 14,
+            ErrorCode::ChecksumMismatch => 15,
+            ErrorCode::ShuttingDown => 16,
+            ErrorCode::TooManyConnections => 17,
+            ErrorCode::Internal => 18,
+            ErrorCode::Unknown => 19,
         };
         for (at, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(index(*code), at, "{code:?}");
