@@ -246,3 +246,46 @@ impl Drop for DomainGuard {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Checks that the guest's agent contains whole process trees: it announces
+/// `contain-tree` (a cgroup v2 per execution), its console never said it
+/// found no cgroup2 hierarchy, and a process that left the execution's
+/// session (`setsid`) or double-forked ends with the execution.
+///
+/// # Errors
+/// When any of that does not hold.
+pub async fn assert_escaped_processes_end_with_their_execution(
+    sandbox: &paddock::Sandbox,
+) -> anyhow::Result<()> {
+    use paddock_agent_client::Execute;
+    let client = sandbox.client();
+    let session = client.session().await.context("a session")?;
+    anyhow::ensure!(
+        session.capabilities.iter().any(|c| c == "contain-tree"),
+        "the agent contains process trees: {:?}",
+        session.capabilities
+    );
+    let console = sandbox.console_tail(500);
+    anyhow::ensure!(
+        !console.contains("no cgroup2"),
+        "the guest mounted cgroup2: {console}"
+    );
+    let marker = unique_marker();
+    let out = client
+        .exec_collect(Execute::shell(format!(
+            "setsid sleep 1234.{marker} & (sleep 1235.{marker} &) ; echo started"
+        )))
+        .await?;
+    anyhow::ensure!(out.stdout == b"started\n", "{out:?}");
+    let left = client
+        .exec_collect(Execute::shell(format!(
+            "ps -o args | grep -c '^sleep 123[45].{marker}' || true"
+        )))
+        .await?;
+    anyhow::ensure!(
+        String::from_utf8_lossy(&left.stdout).trim() == "0",
+        "no process of the execution outlived it: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    Ok(())
+}

@@ -2,7 +2,10 @@
 #![cfg(test)]
 
 use paddock_agent_client::Execute;
-use paddock_tests::vm::{TestSandbox, TestSandboxOptions, enabled, full_image};
+use paddock_tests::vm::{
+    TestSandbox, TestSandboxOptions, assert_escaped_processes_end_with_their_execution, enabled,
+    full_image,
+};
 
 type TestResult = anyhow::Result<()>;
 
@@ -53,6 +56,7 @@ async fn python_git_and_curl_run_in_the_full_image() -> TestResult {
     assert!(lines[1].starts_with("curl 7."), "{text}");
     assert_eq!(lines[2], "/dev/vda ext4", "{text}");
     assert_eq!(lines[3], "debian", "{text}");
+    assert_escaped_processes_end_with_their_execution(&sandbox).await?;
     sandbox.destroy().await?;
     Ok(())
 }

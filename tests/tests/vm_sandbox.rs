@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use paddock::ChannelConfig;
 use paddock_agent_client::{ClientError, Execute};
-use paddock_tests::vm::{TestSandbox, TestSandboxOptions, enabled, hybrid_vsock_backend};
+use paddock_tests::vm::{
+    TestSandbox, TestSandboxOptions, assert_escaped_processes_end_with_their_execution, enabled,
+    hybrid_vsock_backend,
+};
 use paddock_tests::write_random_file;
 
 type TestResult = anyhow::Result<()>;
@@ -113,6 +116,17 @@ async fn exec_stream_files_and_status(channel: ChannelConfig) -> TestResult {
         "{status:?}"
     );
     assert!(status.system_uptime_s > 0.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escaped_processes_end_with_their_execution_in_the_guest() -> TestResult {
+    if !enabled("escaped_processes_end_with_their_execution_in_the_guest") {
+        return Ok(());
+    }
+    let sandbox = TestSandbox::boot(TestSandboxOptions::default()).await?;
+    assert_escaped_processes_end_with_their_execution(&sandbox).await?;
+    sandbox.destroy().await?;
     Ok(())
 }
 
