@@ -381,10 +381,9 @@ async fn fault_soak() -> TestResult {
         let mut request = Execute::shell(match fault {
             Some(Fault::GuestPanic) => "echo c > /proc/sysrq-trigger".to_owned(),
             Some(Fault::QemuKilled) => "sleep 30".to_owned(),
-            Some(Fault::AgentKilled) => "setsid sh -c 'sleep 0.5; kill -9 $(pidof paddock-agent)' \
-                 >/dev/null 2>&1 & until ps -o args | grep -q '^sleep 0.5$'; do sleep 0.05; done; \
-                 sleep 20"
-                .to_owned(),
+            Some(Fault::AgentKilled) => {
+                "(sleep 0.5; kill -9 $(pidof paddock-agent)) & sleep 20".to_owned()
+            }
             _ => format!("echo {cycle}"),
         });
         request.timeout_ms = Some(30_000);

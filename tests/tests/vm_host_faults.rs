@@ -26,11 +26,9 @@ struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(mib: u64) -> anyhow::Result<Self> {
-        // Under libvirt's state directory, which QEMU's user can traverse.
-        let dir = PathBuf::from(format!(
-            "/var/lib/libvirt/qemu/paddock-tests-full-{}",
-            unique_marker()
-        ));
+        // Under libvirt's state directory, which QEMU's user can traverse;
+        // short, since sockets live below it.
+        let dir = PathBuf::from(format!("/var/lib/libvirt/qemu/ptf-{}", unique_marker()));
         std::fs::create_dir_all(&dir)?;
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o"])

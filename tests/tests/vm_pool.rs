@@ -95,11 +95,15 @@ async fn reset_undoes_a_lease(strategy: ResetStrategy) -> TestResult {
     lease
         .client()
         .exec_collect(Execute::shell(
-            // setsid: out of the execution's process group, which ends with
-            // it; wait until the exec happened (setsid ran before it).
+            // A process that escaped the agent's containment, which ends
+            // every process of an execution with it: root in the guest may
+            // move itself to the root cgroup (and out of the process group
+            // with setsid). Only the reset can end it. Wait until it has
+            // exec'd sleep, so that it moved before the execution ends.
             "echo dirty > /tmp/dirt; \
              printf dirty | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; \
-             setsid sleep 999 > /dev/null 2>&1 & \
+             setsid sh -c 'echo $$ > /sys/fs/cgroup/cgroup.procs && exec sleep 999' \
+               > /dev/null 2>&1 & \
              until ps -o args | grep -q '^sleep 999'; do sleep 0.1; done",
         ))
         .await?;
@@ -196,7 +200,12 @@ async fn two_hundred_cycles_leak_nothing() -> TestResult {
     }
     let stats = pool.stats();
     assert_eq!(stats.total, 2, "{stats:?}");
-    assert_eq!(stats.failed_resets, 0, "{stats:?}");
+    assert_eq!(
+        stats.failed_resets,
+        0,
+        "{stats:?}: {:?}",
+        pool.last_failure().map(anyhow::Error::new)
+    );
 
     // Once the last resets are done: two domains, two slot directories,
     // each with one overlay (holding the golden snapshot) and one socket.

@@ -316,7 +316,6 @@ impl AgentClient {
         }
     }
 
-    /// Sends a control request and waits for its single answer.
     /// The keepalive of new sessions, from the configuration.
     fn keepalive(&self) -> Keepalive {
         Keepalive {
@@ -325,6 +324,7 @@ impl AgentClient {
         }
     }
 
+    /// Sends a control request and waits for its single answer.
     async fn call(&self, message: Message, what: &'static str) -> Result<Message, ClientError> {
         let conn = self.connection().await?;
         let mut request = conn.open(false)?;

@@ -318,11 +318,14 @@ async fn drive(
     println!("golden snapshot taken in {}", ms(t.elapsed()));
     client
         .exec_collect(Execute::shell(
-            // setsid: its own session, so the end of this execution (which
-            // kills the execution's process group) leaves it running. Wait
-            // until it has exec'd sleep (setsid ran before that), or the end
-            // of the execution can still catch it in the group.
-            "echo tampered > /work/marker; setsid sleep 1000 > /dev/null 2>&1 & \
+            // The agent ends every process of an execution with it (a cgroup
+            // per execution); this one escapes, as root in the guest may, by
+            // moving itself to the root cgroup and leaving the process group.
+            // Only the reset can end it. Wait until it has exec'd sleep, so
+            // that it moved before the execution ends.
+            "echo tampered > /work/marker; \
+             setsid sh -c 'echo $$ > /sys/fs/cgroup/cgroup.procs && exec sleep 1000' \
+               > /dev/null 2>&1 & \
              rm /work/report.txt; \
              until ps -o args | grep -q '^sleep 1000'; do sleep 0.1; done",
         ))

@@ -127,6 +127,8 @@ impl Paddock {
                  (one is the golden's)",
             ));
         }
+        let pool_dir = self.config.state_root.join(&spec.name);
+        vm::backend::check_pool_socket_paths(&pool_dir, &spec.name)?;
         // Files may have gone since the manifest was loaded.
         self.config.image.check_files()?;
         if let PoolNetwork::NatFiltered {
@@ -138,7 +140,6 @@ impl Paddock {
             }
             self.libvirt.apply_network(network).await?;
         }
-        let pool_dir = self.config.state_root.join(&spec.name);
         let recovered = vm::recover_pool(&self.libvirt, &spec.name, &pool_dir).await?;
         if recovered > 0 {
             tracing::info!(

@@ -520,3 +520,35 @@ async fn a_nat_filtered_pool_needs_a_reservation_per_slot_and_one_for_the_golden
         .expect_err("three slots and a golden need four reservations");
     assert!(matches!(err, VmError::Config(_)), "{err}");
 }
+
+#[tokio::test]
+async fn a_pool_whose_sockets_would_not_fit_is_refused_before_anything_is_made() {
+    let image = paddock::GuestImage {
+        hash: "none".into(),
+        kernel: "/nonexistent/vmlinuz".into(),
+        initramfs: "/nonexistent/initramfs".into(),
+        cmdline: String::new(),
+        agent_serial_port: "org.paddock.agent.0".into(),
+        agent_vsock_port: 1024,
+        root_disk: None,
+        build: None,
+    };
+    let mut settings = paddock::PaddockConfig::new(image);
+    settings.libvirt_uri = "test:///default".into();
+    settings.state_root = "/var/lib/libvirt/qemu/a-state-root-that-is-rather-long".into();
+    let paddock = paddock::Paddock::connect(settings)
+        .await
+        .expect("test driver");
+    let err = paddock
+        .create_pool(
+            paddock::VmPoolSpec::new("a-pool-name-long-enough-to-overflow"),
+            config(1, 1),
+        )
+        .await
+        .expect_err("the golden's socket path is too long");
+    let VmError::SocketPathTooLong { path, len } = &err else {
+        panic!("not a socket path error: {err:?}");
+    };
+    assert!(*len > paddock::vm::SOCKET_PATH_MAX, "{err}");
+    assert!(path.ends_with("agent.sock"), "{err}");
+}

@@ -57,6 +57,20 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The fault soak on real VMs: acquire/exec/release cycles on a pool of
+    /// two while QEMU, the guest's agent and libvirtd are killed at random
+    /// (at a fixed seed); prints its figures as one JSON line.
+    Soak {
+        /// How many cycles.
+        #[arg(long, default_value_t = 1000)]
+        cycles: u32,
+        /// The seed of the faults' order.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// One cycle in this many injects a fault.
+        #[arg(long, default_value_t = 10)]
+        fault_every: u32,
+    },
     /// Run each fuzz target for a while (needs cargo-fuzz; installed if missing).
     Fuzz {
         /// Seconds per target.
@@ -91,6 +105,11 @@ fn main() -> anyhow::Result<()> {
         }
         Task::BenchVm => bench_on_vms("vm"),
         Task::BenchSlo => bench_on_vms("slo"),
+        Task::Soak {
+            cycles,
+            seed,
+            fault_every,
+        } => soak(cycles, seed, fault_every),
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::AgentStatic => {
             let path = build_static_agent()?;
@@ -188,6 +207,42 @@ fn test(quick: bool) -> anyhow::Result<()> {
     everything.context("the test run failed")?;
     host_faults.context("the host-fault tests failed")?;
     Ok(())
+}
+
+/// Runs the fault soak of `tests/tests/host_faults.rs` with its figures
+/// printed.
+fn soak(cycles: u32, seed: u64, fault_every: u32) -> anyhow::Result<()> {
+    host::ensure_libvirt()?;
+    let image = image::ensure_image()?;
+    let (cycles, seed, fault_every) = (
+        cycles.to_string(),
+        seed.to_string(),
+        fault_every.to_string(),
+    );
+    let env = [
+        ("PADDOCK_LIBVIRT_SYSTEM_TESTS", "1".as_ref()),
+        ("PADDOCK_HOST_FAULT_TESTS", "1".as_ref()),
+        ("PADDOCK_IMAGE", image.as_os_str()),
+        ("PADDOCK_SOAK_CYCLES", cycles.as_ref()),
+        ("PADDOCK_SOAK_SEED", seed.as_ref()),
+        ("PADDOCK_SOAK_FAULT_EVERY", fault_every.as_ref()),
+    ];
+    let mut cmd = Cmd::cargo([
+        "test",
+        "--locked",
+        "-p",
+        "paddock-tests",
+        "--test",
+        "host_faults",
+        "--",
+        "--exact",
+        "fault_soak",
+        "--nocapture",
+    ]);
+    for (key, value) in env {
+        cmd = cmd.env(key, value);
+    }
+    cmd.run().context("the fault soak failed")
 }
 
 /// Runs the tests `selection` picks (cargo-nextest, or cargo test where

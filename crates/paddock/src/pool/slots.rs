@@ -13,6 +13,9 @@ use tokio_util::task::TaskTracker;
 
 use super::{PoolConfig, PoolStats, SlotBackend, SlotFailure};
 
+/// The least time between two tries of a reset that met the backend away.
+const OUTAGE_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 /// A slot with its bookkeeping.
 pub(super) struct Entry<S> {
     pub(super) slot: S,
@@ -282,6 +285,9 @@ impl<B: SlotBackend> Inner<B> {
                             state.last_failure = Some(failure);
                         }
                         me.until_available().await;
+                        // The backend's own probe may not have seen the
+                        // outage yet: never retry in a tight loop.
+                        tokio::time::sleep(OUTAGE_RETRY_PAUSE).await;
                     }
                     other => break other,
                 }

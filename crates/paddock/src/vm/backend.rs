@@ -50,6 +50,7 @@ use paddock_libvirt::{
 };
 
 use super::VmError;
+use super::error::check_socket_path;
 use super::golden::Golden;
 use super::guest::{Guest, create_qemu_dir};
 use super::network::{PoolNetwork, SlotAddresses, configure_guest};
@@ -365,6 +366,9 @@ impl VmBackend {
         )
         .await?;
         let mut guest = Guest::new(vm, client, spec.clone(), dir.to_path_buf());
+        // Restored from the golden's memory: the agent is the golden's,
+        // which is what a restore reset brings back.
+        guest.mark_restore_point().await;
         match self.prepare(golden, &guest, address).await {
             Ok(()) => Ok(guest),
             Err(err) => {
@@ -399,6 +403,7 @@ impl VmBackend {
             // A new session after the snapshot, so that a reset shows as a
             // restored guest.
             guest.client().reconnect().await?;
+            guest.mark_restore_point().await;
             // The snapshot holds the memory from now on; the slot's copy of
             // the golden memory image is no longer read.
             let copy = guest.dir().join("memory.img");
@@ -462,6 +467,17 @@ impl VmBackend {
     }
 }
 
+/// Refuses a pool whose sockets would not fit a Unix socket address: the
+/// golden template's, and a slot's up to index 999 999.
+pub(crate) fn check_pool_socket_paths(pool_dir: &Path, pool: &str) -> Result<(), VmError> {
+    check_socket_path(
+        &pool_dir
+            .join(format!("paddock-{pool}-golden-00000000"))
+            .join("agent.sock"),
+    )?;
+    check_socket_path(&pool_dir.join("slot-999999").join("agent.sock"))
+}
+
 fn slot_name(pool: &str, index: u32) -> String {
     format!("paddock-{pool}-{index}")
 }
@@ -481,6 +497,10 @@ impl SlotBackend for VmBackend {
             .map(SlotAddresses::take)
             .transpose()?;
         let dir = self.pool_dir.join(format!("slot-{index}"));
+        if let Err(err) = check_socket_path(&dir.join("agent.sock")) {
+            self.give_back(address.as_ref());
+            return Err(err);
+        }
         let network = address.as_ref().map(|(_, a)| a);
         let spec = self.slot_spec(&golden, index, &dir, network);
         match self.make_slot(&golden, &spec, &dir, network).await {

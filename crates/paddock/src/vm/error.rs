@@ -117,12 +117,37 @@ pub enum VmError {
         #[source]
         cause: Option<Box<LibvirtError>>,
     },
+    /// A Unix socket's path is longer than a socket address holds (107
+    /// bytes): QEMU could not bind it. A shorter state root or pool name
+    /// fixes it.
+    #[error("The socket path {path} is {len} bytes long; at most {SOCKET_PATH_MAX} fit")]
+    SocketPathTooLong {
+        /// The path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+    },
     /// The VM pool's specification is unusable.
     #[error("Invalid VM pool specification: {0}")]
     Config(&'static str),
     /// The pool refused (an invalid [`crate::PoolConfig`]).
     #[error("The pool refused")]
     Pool(#[from] PoolError),
+}
+
+/// The longest path a Unix socket address holds (`sun_path` less its NUL).
+pub const SOCKET_PATH_MAX: usize = 107;
+
+/// Refuses a socket path that does not fit a Unix socket address.
+pub(crate) fn check_socket_path(path: &Path) -> Result<(), VmError> {
+    let len = path.as_os_str().len();
+    if len > SOCKET_PATH_MAX {
+        return Err(VmError::SocketPathTooLong {
+            path: path.to_path_buf(),
+            len,
+        });
+    }
+    Ok(())
 }
 
 impl VmError {
@@ -159,7 +184,7 @@ impl VmError {
             Self::GuestStopped { .. } => "guest_stopped",
             Self::Image(_) => "image_missing",
             Self::NotClosed { .. } => "not_closed",
-            Self::Config(_) => "config",
+            Self::Config(_) | Self::SocketPathTooLong { .. } => "config",
             Self::Pool(_) => "pool",
         }
     }

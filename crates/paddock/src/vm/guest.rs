@@ -21,6 +21,9 @@ pub struct Guest {
     client: AgentClient,
     spec: DomainSpec,
     dir: PathBuf,
+    /// The agent's boot id in the state resets return to (a snapshot, the
+    /// golden's memory), once known: see [`Guest::mark_restore_point`].
+    restore_point: std::sync::Mutex<Option<String>>,
     /// Set once the domain and files are gone; until then the drop removes
     /// them.
     discarded: bool,
@@ -34,8 +37,20 @@ impl Guest {
             client,
             spec,
             dir,
+            restore_point: std::sync::Mutex::new(None),
             discarded: false,
         }
+    }
+
+    /// Remembers the current session's boot id as the one the state that
+    /// resets return to holds: called right after that state is taken (a
+    /// snapshot) or entered (a guest restored from the golden's memory).
+    pub(crate) async fn mark_restore_point(&self) {
+        let boot_id = self.client.session().await.map(|session| session.boot_id);
+        *self
+            .restore_point
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = boot_id;
     }
 
     /// The agent client: exec, files, status.
@@ -92,9 +107,21 @@ impl Guest {
         &self,
         reset: impl FnOnce() -> String,
     ) -> Result<(), VmError> {
-        self.client.reconnect().await?;
+        let session = self.client.reconnect().await?;
+        let restore_point = self
+            .restore_point
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         match self.client.continuity() {
             Some(Continuity::Restored) => Ok(()),
+            // The agent was restarted in the guest after the restore point
+            // (killed, respawned by init): the session before the reset was
+            // the new agent's, but the reset brought back the agent the
+            // state holds, boot id and all.
+            Some(Continuity::Rebooted) if restore_point.as_ref() == Some(&session.boot_id) => {
+                Ok(())
+            }
             found => Err(VmError::NotRestored {
                 reset: reset(),
                 found,

@@ -19,7 +19,7 @@ pub mod recover;
 pub mod sandbox;
 
 pub use backend::{ResetPhases, ResetStrategy, VmBackend, VmPoolSpec, VmSlot};
-pub use error::VmError;
+pub use error::{SOCKET_PATH_MAX, VmError};
 pub use golden::{Golden, GoldenId};
 pub use guest::{Guest, create_qemu_dir};
 pub use network::{PoolNetwork, identity_script};

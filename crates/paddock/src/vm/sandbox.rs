@@ -29,6 +29,7 @@ use paddock_libvirt::{
 };
 
 use super::VmError;
+use super::error::check_socket_path;
 use super::guest::{Guest, console_tail, create_qemu_dir, discard_on_thread};
 
 /// Where sandboxes keep their files unless configured otherwise: under
@@ -153,6 +154,10 @@ impl Sandbox {
         config: SandboxConfig,
     ) -> Result<Self, VmError> {
         let dir = config.state_root.join(&config.name);
+        // Before anything is made: QEMU could not bind a longer one.
+        for socket in ["agent.sock", "vhost-user.sock"] {
+            check_socket_path(&dir.join(socket))?;
+        }
         prepare_dirs(&config.state_root, &dir)?;
         let mut files = FilesGuard(Some(dir.clone()));
         let base = config.base_disk.as_ref().or(image.root_disk.as_ref());
@@ -271,6 +276,7 @@ impl Sandbox {
     pub async fn snapshot(&self, spec: &SnapshotSpec) -> Result<SnapshotInfo, VmError> {
         let info = self.vm().create_snapshot(spec).await?;
         self.client().reconnect().await?;
+        self.guest.mark_restore_point().await;
         Ok(info)
     }
 
