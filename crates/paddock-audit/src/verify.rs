@@ -226,7 +226,7 @@ pub fn verify_files(files: &[PathBuf]) -> Result<VerifyReport, VerifyError> {
 /// Each line must decode as a v1 record whose `seq` is the previous record's
 /// + 1 and whose `prev` is the SHA-256 of the previous line's bytes. The first
 /// record may have any seq (older files may have been deleted), except that
-/// when the first file's name is `audit-<seq>.jsonl` its first record must
+/// when the first file's name is `audit-<seq>.jsonl` the first record must
 /// have that seq, and a record with seq 0 must have a zero `prev`. Empty
 /// files hold no records and are fine.
 pub fn verify_files_with(
@@ -242,17 +242,20 @@ pub fn verify_files_with(
     // A torn line at the end of a file, judged by the record after it.
     let mut pending_torn: Option<TornLine> = None;
     let mut end = (PathBuf::new(), 0u64);
+    // Retention deletes whole files, oldest first, so the first record present
+    // must be the first of the oldest file, with the seq in its name.
+    let oldest_name_seq = files
+        .first()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .and_then(files::parse_file_name);
 
-    for (index, path) in files.iter().enumerate() {
+    for path in files {
         let read_err = |source| VerifyError::Read {
             path: path.clone(),
             source,
         };
         let mut reader = BufReader::new(File::open(path).map_err(read_err)?);
-        let name_seq = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(files::parse_file_name);
         let mut line = Vec::new();
         let mut line_number = 0u64;
         loop {
@@ -291,8 +294,8 @@ pub fn verify_files_with(
             };
             let seq = Some(record.seq);
             let fault = match expected {
-                None => match name_seq {
-                    Some(first) if index == 0 && record.seq != first => Some(BreakKind::SeqGap {
+                None => match oldest_name_seq {
+                    Some(first) if record.seq != first => Some(BreakKind::SeqGap {
                         expected: first,
                         found: record.seq,
                     }),

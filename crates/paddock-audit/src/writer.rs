@@ -424,10 +424,7 @@ impl AuditWriter {
             }
             break;
         }
-        let head = (next_seq > 0).then_some(Head {
-            seq: next_seq - 1,
-            hash: prev,
-        });
+        let head = next_seq.checked_sub(1).map(|seq| Head { seq, hash: prev });
 
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -693,8 +690,8 @@ impl Thread {
         if self.unsynced == 0 {
             st.synced = self.processed;
         }
-        st.head = (self.next_seq > 0).then_some(Head {
-            seq: self.next_seq - 1,
+        st.head = self.next_seq.checked_sub(1).map(|seq| Head {
+            seq,
             hash: self.prev,
         });
         drop(st);
