@@ -120,7 +120,9 @@ mod tests {
     fn tail_finds_last_complete_line() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("f");
-        let cases: [(&[u8], Option<&[u8]>, u64); 6] = [
+        // (content, last complete line, torn bytes)
+        type Case = (&'static [u8], Option<&'static [u8]>, u64);
+        let cases: [Case; 6] = [
             (b"", None, 0),
             (b"abc", None, 3),
             (b"abc\n", Some(b"abc"), 0),

@@ -223,12 +223,13 @@ pub fn verify_files(files: &[PathBuf]) -> Result<VerifyReport, VerifyError> {
 
 /// Verifies `files`, given oldest first, and stops at the first break.
 ///
-/// Each line must decode as a v1 record whose `seq` is the previous record's
-/// + 1 and whose `prev` is the SHA-256 of the previous line's bytes. The first
-/// record may have any seq (older files may have been deleted), except that
-/// when the first file's name is `audit-<seq>.jsonl` the first record must
-/// have that seq, and a record with seq 0 must have a zero `prev`. Empty
-/// files hold no records and are fine.
+/// Each line must decode as a v1 record whose `seq` is one more than the
+/// previous record's and whose `prev` is the SHA-256 of the previous line's
+/// bytes. The first record may have any seq (older files may have been
+/// deleted), except that when the first file's name is `audit-<seq>.jsonl`
+/// the first record must have that seq, and a record with seq 0 must have a
+/// zero `prev`. Empty files hold no records and are fine. The crate
+/// documentation has the details, torn lines included.
 pub fn verify_files_with(
     files: &[PathBuf],
     options: &VerifyOptions,
