@@ -188,7 +188,7 @@ pub enum AuditError {
 /// Counters, for export as metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AuditStats {
-    /// Records written (not necessarily synced yet).
+    /// Records whose line was written to the file (not necessarily synced).
     pub records_written: u64,
     /// Bytes written, newlines included.
     pub bytes_written: u64,
@@ -200,8 +200,9 @@ pub struct AuditStats {
     pub queue_depth: u64,
     /// Write, sync or create errors (at most 1: the first stops the writer).
     pub write_errors: u64,
-    /// Events accepted by `append` but never written because the writer
-    /// failed first (the one being written and those still queued).
+    /// Events accepted by `append` but never (fully) written because the
+    /// writer failed first: those of the batch in hand and those still
+    /// queued.
     pub lost: u64,
 }
 
@@ -265,10 +266,24 @@ impl Shared {
         self.done_async.notify_waiters();
     }
 
+    /// Queues `event` (the caller checked for room) and wakes the writer.
+    fn push(&self, mut st: MutexGuard<'_, State>, event: AuditEvent) {
+        // The writer only sleeps on an empty queue and takes the whole queue
+        // when it wakes, so only the push that ends the emptiness needs to
+        // wake it (a notify is a futex syscall).
+        let wake = st.queue.is_empty();
+        st.queue.push_back(event);
+        st.enqueued += 1;
+        drop(st);
+        if wake {
+            self.work.notify_one();
+        }
+    }
+
     /// Queues the event, or hands it back when the queue is full and the
     /// policy is to wait.
     fn try_push(&self, event: AuditEvent) -> Result<Option<AuditEvent>, AuditError> {
-        let mut st = self.lock();
+        let st = self.lock();
         if let Some(failed) = &st.failed {
             return Err(AuditError::Failed(failed.clone()));
         }
@@ -276,10 +291,7 @@ impl Shared {
             return Err(AuditError::Closed);
         }
         if st.queue.len() < self.capacity {
-            st.queue.push_back(event);
-            st.enqueued += 1;
-            drop(st);
-            self.work.notify_one();
+            self.push(st, event);
             return Ok(None);
         }
         match self.overflow {
@@ -454,6 +466,9 @@ impl AuditWriter {
             prev,
             unsynced: 0,
             oldest_unsynced: None,
+            pending: Vec::new(),
+            pending_records: 0,
+            on_disk: 0,
             processed: 0,
             shared: shared.clone(),
         };
@@ -508,10 +523,7 @@ impl AuditLog {
                 return Err(AuditError::Closed);
             }
             if st.queue.len() < shared.capacity {
-                st.queue.push_back(event);
-                st.enqueued += 1;
-                drop(st);
-                shared.work.notify_one();
+                shared.push(st, event);
                 return Ok(());
             }
             st = wait(&shared.space, st);
@@ -616,6 +628,9 @@ impl AuditLog {
     }
 }
 
+/// Pending bytes that are written out even before the batch ends.
+const PENDING_LIMIT: usize = 256 * 1024;
+
 /// The writer thread's own state.
 struct Thread {
     dir: PathBuf,
@@ -625,9 +640,15 @@ struct Thread {
     file_len: u64,
     next_seq: u64,
     prev: Digest,
-    /// Records written to `file` and not yet synced.
+    /// Records of `file` (written or pending) not yet synced.
     unsynced: u64,
     oldest_unsynced: Option<Instant>,
+    /// Complete lines for `file` not yet written: a batch's lines go out in
+    /// one write(2) rather than one each.
+    pending: Vec<u8>,
+    pending_records: u64,
+    /// Records whose line was fully written.
+    on_disk: u64,
     /// Events taken from the queue and written.
     processed: u64,
     shared: Arc<Shared>,
@@ -649,17 +670,17 @@ impl Thread {
                 shared.wake_appenders();
             }
             let taken = batch.len() as u64;
-            let mut written = 0;
+            let before = self.on_disk;
             let mut result = Ok(());
             for event in batch.drain(..) {
                 if let Err(e) = self.write(event) {
                     result = Err(e);
                     break;
                 }
-                written += 1;
             }
             if let Err(e) = result.and_then(|()| self.settle()) {
-                self.fail(e, taken - written);
+                // Whatever was taken and did not fully reach the file.
+                self.fail(e, taken - (self.on_disk - before));
                 return;
             }
             let mut st = shared.lock();
@@ -675,6 +696,7 @@ impl Thread {
     /// After a batch: syncs if a flusher, the policy or close asks for it,
     /// and publishes progress.
     fn settle(&mut self) -> Result<(), WriteError> {
+        self.write_pending()?;
         let need = {
             let st = self.shared.lock();
             let flush = st.flush_target > st.synced && self.processed >= st.flush_target;
@@ -700,6 +722,7 @@ impl Thread {
     }
 
     fn fail(&mut self, error: WriteError, unwritten: u64) {
+        self.pending.clear();
         let shared = &self.shared;
         let mut st = shared.lock();
         let lost = unwritten + st.queue.len() as u64;
@@ -732,25 +755,17 @@ impl Thread {
         {
             self.rotate()?;
         }
-        let file = match &mut self.file {
-            Some(file) => file,
-            None => self.create()?,
-        };
-        // One write_all of the whole line: a crash leaves at most one torn
-        // line, at the end of the file.
-        file.write_all(&line).map_err(|source| WriteError::Write {
-            path: self.path.clone(),
-            source,
-        })?;
+        if self.file.is_none() {
+            self.create()?;
+        }
+        self.pending.extend_from_slice(&line);
+        self.pending_records += 1;
         self.file_len += len;
         self.next_seq = seq.wrapping_add(1);
         self.prev = hash;
         self.processed += 1;
         self.unsynced += 1;
         let oldest = *self.oldest_unsynced.get_or_insert_with(Instant::now);
-        let c = &self.shared.counters;
-        c.records_written.fetch_add(1, Ordering::Relaxed);
-        c.bytes_written.fetch_add(len, Ordering::Relaxed);
         let sync = match self.config.fsync {
             FsyncPolicy::EachRecord => true,
             FsyncPolicy::Batched {
@@ -761,11 +776,43 @@ impl Thread {
         };
         if sync {
             self.sync()?;
+        } else if self.pending.len() >= PENDING_LIMIT {
+            self.write_pending()?;
         }
         Ok(())
     }
 
+    /// Writes the pending lines with one `write_all`: only whole lines, so a
+    /// crash leaves at most one torn line, at the end of the file.
+    fn write_pending(&mut self) -> Result<(), WriteError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let Some(file) = &mut self.file else {
+            // write() creates the file before it adds a line.
+            return Err(WriteError::Write {
+                path: self.path.clone(),
+                source: io::Error::other("no open file"),
+            });
+        };
+        file.write_all(&self.pending)
+            .map_err(|source| WriteError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+        let c = &self.shared.counters;
+        c.records_written
+            .fetch_add(self.pending_records, Ordering::Relaxed);
+        c.bytes_written
+            .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+        self.on_disk += self.pending_records;
+        self.pending.clear();
+        self.pending_records = 0;
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<(), WriteError> {
+        self.write_pending()?;
         if let Some(file) = &self.file {
             file.sync_data().map_err(|source| WriteError::Sync {
                 path: self.path.clone(),
@@ -781,6 +828,7 @@ impl Thread {
     /// Closes the current file, synced whatever the policy, so that a flush
     /// never needs to reach back to an older file.
     fn rotate(&mut self) -> Result<(), WriteError> {
+        self.write_pending()?;
         if self.unsynced > 0 {
             self.sync()?;
         }
@@ -792,7 +840,7 @@ impl Thread {
     /// if it holds no complete line (otherwise the chain would be past it): an
     /// empty one is reused, one holding only a torn line is moved aside to
     /// `<name>.torn` (or `<name>.torn.<n>`).
-    fn create(&mut self) -> Result<&mut File, WriteError> {
+    fn create(&mut self) -> Result<(), WriteError> {
         let path = self.dir.join(files::file_name(self.next_seq));
         let create_err = |source| WriteError::Create {
             path: path.clone(),
@@ -827,7 +875,8 @@ impl Thread {
         self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.path = path;
         self.file_len = 0;
-        Ok(self.file.insert(file))
+        self.file = Some(file);
+        Ok(())
     }
 }
 
