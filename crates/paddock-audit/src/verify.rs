@@ -200,6 +200,15 @@ impl fmt::Display for VerifyReport {
     }
 }
 
+fn torn_break(t: TornLine) -> ChainBreak {
+    ChainBreak {
+        file: t.file,
+        line_number: t.line_number,
+        seq: None,
+        kind: BreakKind::Torn,
+    }
+}
+
 /// Verifies the log in `dir`: its `audit-<seq>.jsonl` files in seq order
 /// (other files are ignored). See [`verify_files_with`].
 pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
@@ -289,7 +298,12 @@ pub fn verify_files_with(
                         crate::record::RecordError::Json(j) => format!("{e}: {j}"),
                         _ => e.to_string(),
                     };
-                    report.broken = Some(at(None, BreakKind::Malformed { reason }));
+                    // A torn line before it is the earlier break: nothing
+                    // continues after it.
+                    report.broken = Some(match pending_torn.take() {
+                        Some(t) => torn_break(t),
+                        None => at(None, BreakKind::Malformed { reason }),
+                    });
                     return Ok(report);
                 }
             };
@@ -322,12 +336,7 @@ pub fn verify_files_with(
                 // A torn line that the next record does not continue after is
                 // the first break.
                 report.broken = Some(match pending_torn.take() {
-                    Some(t) => ChainBreak {
-                        file: t.file,
-                        line_number: t.line_number,
-                        seq: None,
-                        kind: BreakKind::Torn,
-                    },
+                    Some(t) => torn_break(t),
                     None => at(seq, kind),
                 });
                 return Ok(report);

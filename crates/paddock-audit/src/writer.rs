@@ -504,7 +504,9 @@ impl AuditLog {
     /// With a full queue, [`OverflowPolicy::Wait`] blocks the thread until
     /// there is room (inside `tokio::task::block_in_place` on a tokio
     /// multi-thread runtime; on a current-thread runtime the whole runtime
-    /// blocks, so prefer [`AuditLog::append_async`] there) and
+    /// blocks, so prefer [`AuditLog::append_async`] there; inside a
+    /// `LocalSet` on a multi-thread runtime tokio's `block_in_place` panics,
+    /// so use [`AuditLog::append_async`] there too) and
     /// [`OverflowPolicy::Drop`] drops the event, counts it and returns `Ok`.
     pub fn append(&self, event: AuditEvent) -> Result<(), AuditError> {
         event

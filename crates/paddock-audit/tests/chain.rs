@@ -501,6 +501,13 @@ fn a_torn_tail_is_not_tampering_and_reopen_starts_a_new_file() -> anyhow::Result
     let b = report.broken.as_ref().expect("a break");
     assert_eq!((b.line_number, &b.kind), (10, &BreakKind::Torn));
     assert_eq!(b.file, dir.path().join(file_name(0)));
+
+    // So is one followed by a malformed line: the torn line is the first break.
+    let mut files = Files::read(dir.path())?;
+    files.files[1].1[0] = b"garbage".to_vec();
+    files.write()?;
+    let b = verify(dir.path())?.broken.expect("a break");
+    assert_eq!((b.line_number, b.kind), (10, BreakKind::Torn));
     Ok(())
 }
 
