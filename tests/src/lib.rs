@@ -504,3 +504,52 @@ impl RawPeer {
         }
     }
 }
+
+/// Keeps every event of the hub it subscribes to, for tests that check
+/// what the pool, a sandbox or an agent client emitted.
+#[derive(Debug, Default)]
+pub struct EventRecorder(std::sync::Mutex<Vec<paddock_events::Event>>);
+
+impl paddock_events::Subscriber for EventRecorder {
+    fn on_event(&self, event: &paddock_events::Event) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(event.clone());
+    }
+}
+
+impl EventRecorder {
+    /// A hub with a recorder subscribed, and an emitter from the source
+    /// `pool`/`slot`.
+    #[must_use]
+    pub fn start(
+        pool: &str,
+        slot: u32,
+    ) -> (
+        paddock_events::EventHub,
+        std::sync::Arc<Self>,
+        paddock_events::Emitter,
+    ) {
+        let hub = paddock_events::EventHub::new();
+        let recorder = std::sync::Arc::new(Self::default());
+        hub.subscribe(recorder.clone());
+        let emitter = hub
+            .emitter(paddock_events::Source {
+                pool: Some(pool.into()),
+                ..paddock_events::Source::default()
+            })
+            .for_slot(slot, None);
+        (hub, recorder, emitter)
+    }
+
+    /// Takes the events recorded so far.
+    pub fn take(&self) -> Vec<paddock_events::Event> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}

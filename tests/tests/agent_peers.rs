@@ -5,12 +5,13 @@
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
-use paddock_agent_client::{AgentClient, ClientError, ErrorCode, Transport};
+use paddock_agent_client::{AgentClient, ClientConfig, ClientError, ErrorCode, Transport};
+use paddock_events::{EventKind, ExecOutcome};
 use paddock_proto::{
     DEFAULT_MAX_PAYLOAD, FrameDecoder, Hello, HelloAck, Message, MessageKind, PROTOCOL_VERSION,
     encode_frame, encode_message, read_frame,
 };
-use paddock_tests::{AgentProcess, RawPeer, test_config};
+use paddock_tests::{AgentProcess, EventRecorder, RawPeer, test_config};
 
 type TestResult = anyhow::Result<()>;
 
@@ -159,10 +160,25 @@ async fn client_rejects_a_corrupt_agent() -> TestResult {
         bytes[26] ^= 0x55; // CRC
         bytes
     })?;
-    let client = AgentClient::connect(Transport::Unix { path }, test_config()).await?;
+    let (_hub, recorder, events) = EventRecorder::start("peers", 4);
+    let config = ClientConfig {
+        events,
+        ..test_config()
+    };
+    let client = AgentClient::connect(Transport::Unix { path }, config).await?;
     let err = client.ping().await.expect_err("corrupt PONG");
     assert!(matches!(err, ClientError::Frame(_)), "{err:?}");
     assert!(err.should_reconnect());
+    // A guest that sends bad frames is reported, with its slot.
+    let reported: Vec<_> = recorder
+        .take()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::ProtocolError { kind } => Some((kind, e.source.slot)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported, [("crc", Some(4))]);
     Ok(())
 }
 
@@ -181,7 +197,12 @@ async fn client_rejects_an_agent_that_overruns_its_window() -> TestResult {
         }
         bytes
     })?;
-    let client = AgentClient::connect(Transport::Unix { path }, test_config()).await?;
+    let (_hub, recorder, events) = EventRecorder::start("peers", 5);
+    let config = ClientConfig {
+        events,
+        ..test_config()
+    };
+    let client = AgentClient::connect(Transport::Unix { path }, config).await?;
     let mut execution = client
         .exec(paddock_agent_client::Execute::argv(["yes"]))
         .await?;
@@ -190,6 +211,20 @@ async fn client_rejects_an_agent_that_overruns_its_window() -> TestResult {
     let err = execution.wait().await.expect_err("overrun");
     assert!(matches!(err, ClientError::FlowControl(_)), "{err:?}");
     assert!(err.should_reconnect());
+    let names: Vec<_> = recorder
+        .take()
+        .into_iter()
+        .map(|e| match e.kind {
+            EventKind::ProtocolError { kind } => kind,
+            EventKind::ExecFinished { outcome, error, .. } => {
+                assert_eq!(outcome, ExecOutcome::Error);
+                assert_eq!(error, Some("flow_control"));
+                "exec_finished"
+            }
+            other => other.name(),
+        })
+        .collect();
+    assert_eq!(names, ["exec_started", "window_overrun", "exec_finished"]);
     Ok(())
 }
 

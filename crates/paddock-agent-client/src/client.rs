@@ -15,9 +15,11 @@ use tokio::sync::Mutex;
 
 use crate::connection::{Connection, Keepalive, SessionParams};
 use crate::error::ClientError;
+use crate::exec::exec_failed;
 use crate::exec::{ExecOutput, Execution};
 use crate::files::{self, Download};
 use crate::transport::{AttemptError, Transport};
+use paddock_events::{EventKind, FileDirection};
 
 /// How the client connects and how long it waits.
 #[derive(Debug, Clone)]
@@ -52,6 +54,10 @@ pub struct ClientConfig {
     /// guest or hangs, instead of at their own timeouts. Each ask may take
     /// `request_timeout`. `None` turns it off.
     pub keepalive_interval: Option<Duration>,
+    /// Where the client's events go: executions started and finished,
+    /// file transfers, round trips, the agent's protocol errors (see
+    /// [`paddock_events`]). Disabled by default; a pool sets it per slot.
+    pub events: paddock_events::Emitter,
 }
 
 impl Default for ClientConfig {
@@ -68,6 +74,7 @@ impl Default for ClientConfig {
             window: DEFAULT_WINDOW,
             client_name: concat!("paddock-agent-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             keepalive_interval: Some(Duration::from_secs(5)),
+            events: paddock_events::Emitter::disabled(),
         }
     }
 }
@@ -250,6 +257,7 @@ impl AgentClient {
             window: config.window,
             handshake_timeout: config.request_timeout,
             session_token: crate::connection::new_session_token(),
+            events: config.events.clone(),
         };
         let mut pause = config.backoff_initial;
         let mut attempts = 0u32;
@@ -352,7 +360,14 @@ impl AgentClient {
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         let started = Instant::now();
         match self.call(Message::Ping, "PONG").await? {
-            Message::Pong => Ok(started.elapsed()),
+            Message::Pong => {
+                let duration = started.elapsed();
+                self.inner
+                    .config
+                    .events
+                    .emit(|| EventKind::AgentRoundTrip { duration });
+                Ok(duration)
+            }
             other => Err(ClientError::Unexpected { kind: other.kind() }),
         }
     }
@@ -362,8 +377,16 @@ impl AgentClient {
     /// # Errors
     /// A connection error or [`ClientError::Timeout`].
     pub async fn status(&self) -> Result<StatusReport, ClientError> {
+        let started = Instant::now();
         match self.call(Message::StatusRequest, "STATUS_REPORT").await? {
-            Message::StatusReport(report) => Ok(report),
+            Message::StatusReport(report) => {
+                let duration = started.elapsed();
+                self.inner
+                    .config
+                    .events
+                    .emit(|| EventKind::AgentRoundTrip { duration });
+                Ok(report)
+            }
             other => Err(ClientError::Unexpected { kind: other.kind() }),
         }
     }
@@ -415,10 +438,33 @@ impl AgentClient {
                 .saturating_add(grace)
                 .saturating_add(config.exec_timeout_margin);
         let stdin = request.stdin;
-        let conn = self.connection().await?;
-        let pending = conn.open(true)?;
-        conn.send(pending.id, &Message::Execute(request))?;
-        Ok(Execution::new(pending, stdin, deadline, config.io_timeout))
+        let started = Instant::now();
+        config.events.emit(|| EventKind::ExecStarted {
+            command: request.command.clone(),
+            env_names: request.env.keys().cloned().collect(),
+            cwd: request.cwd.clone(),
+            timeout: Some(Duration::from_millis(timeout_ms)),
+        });
+        let sent = async {
+            let conn = self.connection().await?;
+            let pending = conn.open(true)?;
+            conn.send(pending.id, &Message::Execute(request))?;
+            Ok(pending)
+        };
+        match sent.await {
+            Ok(pending) => Ok(Execution::new(
+                pending,
+                stdin,
+                deadline,
+                config.io_timeout,
+                config.events.clone(),
+                started,
+            )),
+            Err(err) => {
+                exec_failed(&config.events, &err, started);
+                Err(err)
+            }
+        }
     }
 
     /// Runs an execution to its end and returns all of its output.
@@ -440,8 +486,40 @@ impl AgentClient {
         remote: &str,
         mode: u32,
     ) -> Result<FileDone, ClientError> {
-        let conn = self.connection().await?;
-        files::put(&conn, reader, remote, mode, self.inner.config.io_timeout).await
+        let started = Instant::now();
+        let result = async {
+            let conn = self.connection().await?;
+            files::put(&conn, reader, remote, mode, self.inner.config.io_timeout).await
+        }
+        .await;
+        self.transferred(
+            FileDirection::Put,
+            remote,
+            result.as_ref().map(|done| done.size),
+            started,
+        );
+        result
+    }
+
+    /// Emits the end of a file transfer.
+    fn transferred(
+        &self,
+        direction: FileDirection,
+        remote: &str,
+        result: Result<u64, &ClientError>,
+        started: Instant,
+    ) {
+        self.inner
+            .config
+            .events
+            .emit(|| EventKind::FileTransferred {
+                direction,
+                path: remote.to_owned(),
+                bytes: *result.as_ref().unwrap_or(&0),
+                ok: result.is_ok(),
+                error: result.err().map(ClientError::kind_name),
+                duration: started.elapsed(),
+            });
     }
 
     /// Uploads the local file `local` to the absolute guest path `remote`,
@@ -482,8 +560,19 @@ impl AgentClient {
         remote: &str,
         writer: &mut W,
     ) -> Result<Download, ClientError> {
-        let conn = self.connection().await?;
-        files::get(&conn, remote, writer, self.inner.config.io_timeout).await
+        let started = Instant::now();
+        let result = async {
+            let conn = self.connection().await?;
+            files::get(&conn, remote, writer, self.inner.config.io_timeout).await
+        }
+        .await;
+        self.transferred(
+            FileDirection::Get,
+            remote,
+            result.as_ref().map(|download| download.size),
+            started,
+        );
+        result
     }
 
     /// Downloads the guest file `remote` to the local path `local`, with the
@@ -496,7 +585,18 @@ impl AgentClient {
         remote: &str,
         local: impl AsRef<Path>,
     ) -> Result<Download, ClientError> {
-        let conn = self.connection().await?;
-        files::get_to_path(&conn, remote, local.as_ref(), self.inner.config.io_timeout).await
+        let started = Instant::now();
+        let result = async {
+            let conn = self.connection().await?;
+            files::get_to_path(&conn, remote, local.as_ref(), self.inner.config.io_timeout).await
+        }
+        .await;
+        self.transferred(
+            FileDirection::Get,
+            remote,
+            result.as_ref().map(|download| download.size),
+            started,
+        );
+        result
     }
 }

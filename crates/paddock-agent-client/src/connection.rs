@@ -72,6 +72,8 @@ struct Shared {
     agent_window: u32,
     our_window: u32,
     buffered: Arc<AtomicU64>,
+    /// Where protocol errors of the agent's peer are reported.
+    events: paddock_events::Emitter,
 }
 
 /// One session with an agent. Dropping it ends the session.
@@ -137,6 +139,7 @@ impl Connection {
             agent_window: session.initial_window,
             our_window: params.window,
             buffered,
+            events: params.events.clone(),
         });
         let reader_task = tokio::spawn(read_loop(Arc::clone(&shared), reader, decoder));
         let writer_task = tokio::spawn(write_loop(Arc::clone(&shared), rx, writer));
@@ -254,6 +257,11 @@ async fn read_loop(shared: Arc<Shared>, mut reader: ReadHalf<Stream>, mut decode
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
                     if let Err(err) = shared.dispatch(frame) {
+                        if let Some(kind) = protocol_error_kind(&err) {
+                            shared
+                                .events
+                                .emit(|| paddock_events::EventKind::ProtocolError { kind });
+                        }
                         break 'session err;
                     }
                 }
@@ -261,8 +269,21 @@ async fn read_loop(shared: Arc<Shared>, mut reader: ReadHalf<Stream>, mut decode
                 Err(FrameError::UnknownKind { kind, request_id }) => {
                     // A newer agent's optional frame: the stream is still in sync.
                     tracing::debug!(kind, request_id, "ignoring frame of unknown kind");
+                    shared
+                        .events
+                        .emit(|| paddock_events::EventKind::ProtocolError {
+                            kind: "unknown_kind",
+                        });
                 }
-                Err(err) => break 'session ClientError::Frame(err),
+                Err(err) => {
+                    let err = ClientError::Frame(err);
+                    if let Some(kind) = protocol_error_kind(&err) {
+                        shared
+                            .events
+                            .emit(|| paddock_events::EventKind::ProtocolError { kind });
+                    }
+                    break 'session err;
+                }
             }
         }
         match reader.read(decoder.spare(FRAME_READ_CHUNK)).await {
@@ -273,6 +294,23 @@ async fn read_loop(shared: Arc<Shared>, mut reader: ReadHalf<Stream>, mut decode
     };
     tracing::debug!(error = %failure, "agent session ended");
     shared.fail_all(&failure);
+}
+
+/// A short name for an error that says the agent broke the protocol, for
+/// its event; `None` for other errors (a lost connection is not one).
+fn protocol_error_kind(err: &ClientError) -> Option<&'static str> {
+    match err {
+        ClientError::Frame(FrameError::CrcMismatch { .. }) => Some("crc"),
+        ClientError::Frame(FrameError::BadMagic { .. }) => Some("bad_magic"),
+        ClientError::Frame(FrameError::TooLarge { .. }) => Some("too_large"),
+        ClientError::Frame(FrameError::UnknownKind { .. }) => Some("unknown_kind"),
+        ClientError::Frame(FrameError::UnsupportedVersion { .. }) => Some("unsupported_version"),
+        ClientError::Frame(_) => Some("frame"),
+        ClientError::Decode(_) => Some("decode"),
+        ClientError::FlowControl(_) => Some("window_overrun"),
+        ClientError::Unexpected { .. } => Some("unexpected_kind"),
+        _ => None,
+    }
 }
 
 /// Frames at least this large are written on their own instead of being

@@ -142,6 +142,27 @@ impl ClientError {
         }
     }
 
+    /// A short, bounded name for the error, fit for a metrics label or an
+    /// audit record.
+    #[must_use]
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect",
+            Self::VsockHandshake { .. } => "vsock_handshake",
+            Self::UnsupportedVersion { .. } => "unsupported_version",
+            Self::Timeout { .. } => "timeout",
+            Self::ConnectionLost { .. } => "connection_lost",
+            Self::Frame(_) => "frame",
+            Self::Decode(_) => "decode",
+            Self::FlowControl(_) => "flow_control",
+            Self::Unexpected { .. } => "unexpected",
+            Self::Agent { .. } => "agent",
+            Self::ChecksumMismatch { .. } => "checksum_mismatch",
+            Self::LocalIo { .. } => "local_io",
+            Self::InvalidRequest(_) => "invalid_request",
+        }
+    }
+
     /// The wire error code, when the agent refused the request.
     #[must_use]
     pub fn agent_code(&self) -> Option<ErrorCode> {

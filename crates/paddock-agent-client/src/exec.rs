@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use paddock_events::{Emitter, EventKind, ExecOutcome};
 use paddock_proto::{ExecResult, Message, MessageKind, SignalRequest, Stop, StopScope};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::mpsc;
@@ -29,6 +30,9 @@ pub struct Execution {
     stdin: Option<StdinWriter>,
     deadline: Instant,
     finished: bool,
+    events: Emitter,
+    /// When it was sent, for the duration its event reports.
+    started: std::time::Instant,
 }
 
 /// Everything an execution printed, and how it ended.
@@ -48,6 +52,8 @@ impl Execution {
         stdin: bool,
         deadline: Instant,
         io_timeout: Duration,
+        events: Emitter,
+        started: std::time::Instant,
     ) -> Self {
         let mut output = |index: usize| {
             request.outputs[index]
@@ -70,6 +76,8 @@ impl Execution {
             stdin,
             deadline,
             finished: false,
+            events,
+            started,
         }
     }
 
@@ -150,6 +158,18 @@ impl Execution {
             Ok(Some(Ok(other))) => Err(ClientError::Unexpected { kind: other.kind() }),
         };
         self.finished = true;
+        match &result {
+            Ok(result) => {
+                let duration = self.started.elapsed();
+                self.events.emit(|| EventKind::ExecFinished {
+                    outcome: ExecOutcome::of(result),
+                    result: Some(result.clone()),
+                    duration,
+                    error: None,
+                });
+            }
+            Err(err) => exec_failed(&self.events, err, self.started),
+        }
         result
     }
 
@@ -182,8 +202,25 @@ impl Drop for Execution {
         if !self.finished {
             // Best effort: nothing of a dropped execution should keep running.
             let _ = self.stop();
+            let duration = self.started.elapsed();
+            self.events.emit(|| EventKind::ExecFinished {
+                outcome: ExecOutcome::Error,
+                result: None,
+                duration,
+                error: Some("abandoned"),
+            });
         }
     }
+}
+
+/// Emits the end of an execution that has no result.
+pub(crate) fn exec_failed(events: &Emitter, err: &ClientError, started: std::time::Instant) {
+    events.emit(|| EventKind::ExecFinished {
+        outcome: ExecOutcome::Error,
+        result: None,
+        duration: started.elapsed(),
+        error: Some(err.kind_name()),
+    });
 }
 
 async fn read_all(stream: Option<OutputStream>) -> Result<Vec<u8>, ClientError> {

@@ -179,12 +179,12 @@ impl Emitter {
     }
 
     /// A new emitter (with a source of its own) for slot `slot` of this
-    /// emitter's pool, with its domain.
+    /// emitter's pool, with its domain if it has one.
     #[must_use]
-    pub fn for_slot(&self, slot: u32, domain: &str) -> Self {
+    pub fn for_slot(&self, slot: u32, domain: Option<&str>) -> Self {
         let mut source = self.source();
         source.slot = Some(slot);
-        source.domain = Some(domain.into());
+        source.domain = domain.map(Into::into);
         source.lease = None;
         source.tenant = None;
         Self {
@@ -263,7 +263,7 @@ mod tests {
             pool: Some("ci".into()),
             ..Source::default()
         });
-        let slot = pool.for_slot(3, "paddock-ci-3");
+        let slot = pool.for_slot(3, Some("paddock-ci-3"));
         slot.set_lease(Some((LeaseId(9), Some("alice".into()))));
         pool.emit(|| EventKind::SlotCreated {
             duration: Duration::from_millis(5),

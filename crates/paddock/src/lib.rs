@@ -38,8 +38,9 @@ pub mod vm;
 
 use std::path::PathBuf;
 
+pub use paddock_events::{Emitter, EventHub, Source};
 pub use paddock_image::{GuestImage, ImageError};
-pub use pool::{Lease, Pool, PoolConfig, PoolError, PoolStats, SlotBackend, SlotFailure};
+pub use pool::{Lease, LeaseId, Pool, PoolConfig, PoolError, PoolStats, SlotBackend, SlotFailure};
 pub use vm::{
     ChannelConfig, DEFAULT_STATE_ROOT, Golden, GoldenId, Guest, PoolNetwork, ResetPhases,
     ResetStrategy, Sandbox, SandboxConfig, VmBackend, VmError, VmPoolSpec, VmSlot,
@@ -60,6 +61,10 @@ pub struct PaddockConfig {
     pub image: GuestImage,
     /// Where pools keep their files (a directory per pool).
     pub state_root: PathBuf,
+    /// Where the events of every pool go (metrics, the audit log, anomaly
+    /// detection and the embedder's own subscribers; see
+    /// [`paddock_events`]). `None` (the default) emits nothing.
+    pub events: Option<EventHub>,
 }
 
 impl PaddockConfig {
@@ -70,6 +75,7 @@ impl PaddockConfig {
             libvirt_uri: "qemu:///system".into(),
             image,
             state_root: DEFAULT_STATE_ROOT.into(),
+            events: None,
         }
     }
 }
@@ -112,9 +118,20 @@ impl Paddock {
     pub async fn create_pool(
         &self,
         spec: VmPoolSpec,
-        config: PoolConfig,
+        mut config: PoolConfig,
     ) -> Result<VmPool, VmError> {
         config.validate()?;
+        let events = self
+            .config
+            .events
+            .as_ref()
+            .map_or_else(Emitter::disabled, |hub| {
+                hub.emitter(Source {
+                    pool: Some(spec.name.as_str().into()),
+                    ..Source::default()
+                })
+            });
+        config.events = events.clone();
         // The one derivation of the pool's reservations: the golden takes
         // the last, the backend hands out the others.
         let addresses = spec.network.addresses()?;
@@ -149,6 +166,7 @@ impl Paddock {
             );
         }
         let golden_identity = addresses.as_ref().map(vm::network::SlotAddresses::golden);
+        let started = std::time::Instant::now();
         let golden = Golden::build(
             &self.libvirt,
             &self.config.image,
@@ -157,6 +175,7 @@ impl Paddock {
             golden_identity.as_ref(),
         )
         .await?;
+        vm::backend::golden_events(&events, &golden, spec.reset, started.elapsed());
         let backend = VmBackend::new(
             self.libvirt.clone(),
             self.config.image.clone(),
@@ -164,6 +183,7 @@ impl Paddock {
             spec,
             pool_dir,
             addresses,
+            events,
         );
         Ok(Pool::start(backend, config).await?)
     }
@@ -171,5 +191,7 @@ impl Paddock {
 
 /// The host agent client, re-exported.
 pub use paddock_agent_client as agent;
+/// The event stream, re-exported.
+pub use paddock_events as events;
 /// The libvirt layer, re-exported.
 pub use paddock_libvirt as libvirt;

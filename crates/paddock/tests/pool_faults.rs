@@ -196,6 +196,7 @@ fn config(min_ready: usize, max_size: usize) -> PoolConfig {
         acquire_timeout: Duration::from_secs(5),
         create_timeout: Duration::from_secs(5),
         operation_timeout: Duration::from_secs(2),
+        ..PoolConfig::default()
     }
 }
 

@@ -23,6 +23,8 @@ pub(crate) struct SessionParams {
     pub handshake_timeout: Duration,
     /// Sent in HELLO (and in every resent HELLO of this connection).
     pub session_token: String,
+    /// Where the session reports protocol errors.
+    pub events: paddock_events::Emitter,
 }
 
 /// How long to wait for HELLO_ACK before sending HELLO again.

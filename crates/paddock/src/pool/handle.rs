@@ -1,12 +1,17 @@
 //! What users hold: the [`Pool`] handle and the [`Lease`] of a slot.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use paddock_events::{AcquireOutcome, DestroyCause, EventKind, LeaseId};
 use tokio::sync::oneshot;
 
 use super::slots::{Entry, Inner, health_checks};
 use super::{PoolConfig, PoolError, PoolStats, SlotBackend, SlotFailure};
+
+/// Lease ids, unique in the process.
+static NEXT_LEASE: AtomicU64 = AtomicU64::new(1);
 
 /// A pool of slots. Cheap to clone; every clone is the same pool.
 ///
@@ -57,6 +62,7 @@ impl<B: SlotBackend> Drop for LastHandle<B> {
             .name("paddock-pool-drop".into())
             .spawn(move || {
                 for entry in ready {
+                    entry.destroyed(DestroyCause::Shutdown, None);
                     inner.backend.discard_blocking(entry.slot);
                 }
             });
@@ -134,8 +140,59 @@ impl<B: SlotBackend> Pool<B> {
     /// Takes a ready slot, waiting up to the acquire timeout for one.
     ///
     /// # Errors
-    /// [`PoolError::AcquireTimeout`] or [`PoolError::Closed`].
+    /// [`PoolError::AcquireTimeout`], [`PoolError::Unavailable`] or
+    /// [`PoolError::Closed`].
     pub async fn acquire(&self) -> Result<Lease<B>, PoolError> {
+        self.acquire_as(None).await
+    }
+
+    /// [`Pool::acquire`] for `tenant`: the lease's events (and so its
+    /// audit records and anomaly scopes) carry the tenant's name.
+    ///
+    /// # Errors
+    /// As [`Pool::acquire`].
+    pub async fn acquire_for(&self, tenant: &str) -> Result<Lease<B>, PoolError> {
+        self.acquire_as(Some(tenant.into())).await
+    }
+
+    async fn acquire_as(&self, tenant: Option<Arc<str>>) -> Result<Lease<B>, PoolError> {
+        // The runtime's clock, like the acquire timeout's.
+        let started = tokio::time::Instant::now();
+        match self.take().await {
+            Ok(mut entry) => {
+                let id = LeaseId(NEXT_LEASE.fetch_add(1, Ordering::Relaxed));
+                entry.emitter.set_lease(Some((id, tenant)));
+                entry.emitter.emit(|| EventKind::Acquire {
+                    outcome: AcquireOutcome::Ok,
+                    wait: started.elapsed(),
+                });
+                entry.leased_at = Some(Instant::now());
+                Ok(Lease {
+                    id,
+                    entry: Some(entry),
+                    pool: Arc::clone(&self.inner),
+                })
+            }
+            Err(err) => {
+                let outcome = match &err {
+                    PoolError::AcquireTimeout { .. } => AcquireOutcome::Timeout,
+                    PoolError::Unavailable { .. } => AcquireOutcome::Unavailable,
+                    PoolError::Closed | PoolError::Config(_) => AcquireOutcome::Closed,
+                };
+                self.inner.config.events.emit_from(
+                    |source| source.tenant = tenant,
+                    || EventKind::Acquire {
+                        outcome,
+                        wait: started.elapsed(),
+                    },
+                );
+                Err(err)
+            }
+        }
+    }
+
+    /// Takes a slot's entry: a ready one, or the next one made or reset.
+    async fn take(&self) -> Result<Entry<B::Slot>, PoolError> {
         let timeout = self.inner.config.acquire_timeout;
         let mut receiver = {
             let mut state = self.inner.lock();
@@ -148,7 +205,7 @@ impl<B: SlotBackend> Pool<B> {
                     state.leased += 1;
                     self.inner.refill(&mut state);
                     drop(state);
-                    return Ok(self.lease(entry));
+                    return Ok(entry);
                 }
             }
             let (sender, receiver) = oneshot::channel();
@@ -181,15 +238,7 @@ impl<B: SlotBackend> Pool<B> {
                 }
             }
         };
-        let entry = delivered.entry.take().ok_or(PoolError::Closed)?;
-        Ok(self.lease(entry))
-    }
-
-    fn lease(&self, entry: Entry<B::Slot>) -> Lease<B> {
-        Lease {
-            entry: Some(entry),
-            pool: Arc::clone(&self.inner),
-        }
+        delivered.entry.take().ok_or(PoolError::Closed)
     }
 
     /// The pool's counters.
@@ -242,6 +291,7 @@ impl<B: SlotBackend> Pool<B> {
 /// sandbox with its agent client). Releasing or dropping it sends the slot
 /// back to be reset in the background.
 pub struct Lease<B: SlotBackend> {
+    id: LeaseId,
     entry: Option<Entry<B::Slot>>,
     pool: Arc<Inner<B>>,
 }
@@ -249,12 +299,20 @@ pub struct Lease<B: SlotBackend> {
 impl<B: SlotBackend> std::fmt::Debug for Lease<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease")
+            .field("id", &self.id)
             .field("slot", &self.entry.as_ref().map(|e| e.index))
             .finish()
     }
 }
 
 impl<B: SlotBackend> Lease<B> {
+    /// The lease's identity (unique in this process), which its events
+    /// carry.
+    #[must_use]
+    pub fn id(&self) -> LeaseId {
+        self.id
+    }
+
     /// The slot's number in its pool.
     #[must_use]
     pub fn index(&self) -> u32 {

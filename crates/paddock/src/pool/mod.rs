@@ -51,6 +51,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use handle::{Lease, Pool};
+pub use paddock_events::LeaseId;
+
+use paddock_events::Emitter;
 
 /// Why a pool operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +189,22 @@ pub trait SlotBackend: Send + Sync + 'static {
     fn until_available(&self) -> impl Future<Output = ()> + Send {
         std::future::ready(())
     }
+
+    /// The emitter a slot's own parts (its agent client) send events
+    /// with, if the backend made one; the pool sets the lease on it, so
+    /// that their events carry it. Default: none (the pool makes one).
+    fn slot_emitter(&self, slot: &Self::Slot) -> Option<Emitter> {
+        let _ = slot;
+        None
+    }
+
+    /// The name of the reset strategy and the phases of the slot's last
+    /// reset with their times, for the reset's event. Default: `reset`,
+    /// no phases.
+    fn reset_report(&self, slot: &Self::Slot) -> (&'static str, Vec<(&'static str, Duration)>) {
+        let _ = slot;
+        ("reset", Vec::new())
+    }
 }
 
 /// How a pool behaves.
@@ -209,6 +228,11 @@ pub struct PoolConfig {
     pub create_timeout: Duration,
     /// The time limit of one reset, check or destruction.
     pub operation_timeout: Duration,
+    /// Where the pool's events go (slots made, leased, reset, destroyed;
+    /// see [`paddock_events`]). Disabled by default;
+    /// [`crate::Paddock::create_pool`] sets it from
+    /// [`crate::PaddockConfig::events`].
+    pub events: Emitter,
 }
 
 impl Default for PoolConfig {
@@ -223,6 +247,7 @@ impl Default for PoolConfig {
             acquire_timeout: Duration::from_secs(60),
             create_timeout: Duration::from_secs(120),
             operation_timeout: Duration::from_secs(30),
+            events: Emitter::disabled(),
         }
     }
 }

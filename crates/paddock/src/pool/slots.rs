@@ -11,6 +11,8 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use paddock_events::{DestroyCause, Emitter, EventKind, ResetOutcome};
+
 use super::{PoolConfig, PoolStats, SlotBackend, SlotFailure};
 
 /// The least time between two tries of a reset that met the backend away.
@@ -22,6 +24,18 @@ pub(super) struct Entry<S> {
     pub(super) index: u32,
     created: Instant,
     pub(super) uses: u32,
+    /// The slot's events; the lease is set on it while it is out.
+    pub(super) emitter: Emitter,
+    /// When the current lease began.
+    pub(super) leased_at: Option<Instant>,
+}
+
+impl<S> Entry<S> {
+    /// Emits that the slot is destroyed, and why.
+    pub(super) fn destroyed(&self, cause: DestroyCause, reason: Option<&'static str>) {
+        self.emitter
+            .emit(|| EventKind::SlotDestroyed { cause, reason });
+    }
 }
 
 /// A slot on its way to an acquire. If the acquire is gone by the time it
@@ -147,6 +161,7 @@ impl<B: SlotBackend> Inner<B> {
     pub(super) fn offer(&self, state: &mut State<B>, entry: Entry<B::Slot>) {
         if state.closed {
             state.destroyed += 1;
+            entry.destroyed(DestroyCause::Shutdown, None);
             self.spawn_destroy(entry);
             return;
         }
@@ -189,6 +204,7 @@ impl<B: SlotBackend> Inner<B> {
     async fn create(self: Arc<Self>, index: u32) {
         // The semaphore is never closed, so a permit always comes.
         let permit = self.prepares.acquire().await.ok();
+        let started = Instant::now();
         let result = limited(
             &self.backend,
             "creation",
@@ -203,17 +219,32 @@ impl<B: SlotBackend> Inner<B> {
             match result {
                 Ok(slot) => {
                     state.created += 1;
+                    let emitter = self
+                        .backend
+                        .slot_emitter(&slot)
+                        .unwrap_or_else(|| self.config.events.for_slot(index, None));
+                    emitter.emit(|| EventKind::SlotCreated {
+                        duration: started.elapsed(),
+                    });
                     let entry = Entry {
                         slot,
                         index,
                         created: Instant::now(),
                         uses: 0,
+                        emitter,
+                        leased_at: None,
                     };
                     self.offer(&mut state, entry);
                     None
                 }
                 Err(failure) => {
                     tracing::warn!(index, error = %error_chain(&failure), "slot creation failed");
+                    self.config.events.emit_from(
+                        |source| source.slot = Some(index),
+                        || EventKind::SlotCreateFailed {
+                            reason: failure.reason(),
+                        },
+                    );
                     let outage = matches!(failure, SlotFailure::Outage { .. });
                     state.last_failure = Some(failure);
                     Some(outage)
@@ -239,6 +270,12 @@ impl<B: SlotBackend> Inner<B> {
             return;
         };
         entry.uses += 1;
+        if let Some(leased_at) = entry.leased_at.take() {
+            entry.emitter.emit(|| EventKind::LeaseReleased {
+                held: leased_at.elapsed(),
+            });
+        }
+        entry.emitter.set_lease(None);
         let worn_out = self.config.max_uses.is_some_and(|max| entry.uses >= max);
         let expired = self
             .config
@@ -248,17 +285,26 @@ impl<B: SlotBackend> Inner<B> {
             let mut state = self.lock();
             state.leased -= 1;
             if state.closed || worn_out || expired {
+                let cause = if state.closed {
+                    DestroyCause::Shutdown
+                } else if worn_out {
+                    DestroyCause::WornOut
+                } else {
+                    DestroyCause::Expired
+                };
                 state.destroyed += 1;
                 state.worn_out += u64::from(!state.closed && worn_out);
                 state.expired += u64::from(!state.closed && !worn_out && expired);
                 self.refill(&mut state);
                 drop(state);
+                entry.destroyed(cause, None);
                 self.spawn_destroy(entry);
                 return;
             }
             state.preparing += 1;
         }
         let task = async move {
+            let started = Instant::now();
             let result = loop {
                 let permit = me.prepares.acquire().await.ok();
                 let result = limited(
@@ -279,6 +325,12 @@ impl<B: SlotBackend> Inner<B> {
                             error = %error_chain(&failure),
                             "slot reset met the backend away; retrying once it is back"
                         );
+                        me.reset_finished(
+                            &entry,
+                            ResetOutcome::Outage,
+                            Some(failure.reason()),
+                            started,
+                        );
                         {
                             let mut state = me.lock();
                             state.outage_retries += 1;
@@ -292,6 +344,15 @@ impl<B: SlotBackend> Inner<B> {
                     other => break other,
                 }
             };
+            match &result {
+                Ok(()) => me.reset_finished(&entry, ResetOutcome::Ok, None, started),
+                Err(failure) => me.reset_finished(
+                    &entry,
+                    ResetOutcome::Failed,
+                    Some(failure.reason()),
+                    started,
+                ),
+            }
             let failed = me.settle(entry, result, Settle::Reset);
             if let Some(entry) = failed {
                 me.destroy_now(entry).await;
@@ -321,9 +382,19 @@ impl<B: SlotBackend> Inner<B> {
             Err(failure) => {
                 let error = error_chain(&failure);
                 tracing::warn!(index = entry.index, %error, "slot {} failed; replacing it", what.name());
+                let reason = failure.reason();
                 match what {
-                    Settle::Reset => state.failed_resets += 1,
-                    Settle::Check => state.failed_checks += 1,
+                    Settle::Reset => {
+                        state.failed_resets += 1;
+                        entry.destroyed(DestroyCause::ResetFailed, Some(reason));
+                    }
+                    Settle::Check => {
+                        state.failed_checks += 1;
+                        entry
+                            .emitter
+                            .emit(|| EventKind::HealthCheckFailed { reason });
+                        entry.destroyed(DestroyCause::CheckFailed, Some(reason));
+                    }
                 }
                 state.last_failure = Some(failure);
                 state.destroyed += 1;
@@ -357,6 +428,26 @@ impl<B: SlotBackend> Inner<B> {
         }
     }
 
+    /// Emits the end of a reset, with the backend's strategy and phases.
+    fn reset_finished(
+        &self,
+        entry: &Entry<B::Slot>,
+        outcome: ResetOutcome,
+        reason: Option<&'static str>,
+        started: Instant,
+    ) {
+        entry.emitter.emit(|| {
+            let (strategy, phases) = self.backend.reset_report(&entry.slot);
+            EventKind::ResetFinished {
+                strategy,
+                outcome,
+                reason,
+                duration: started.elapsed(),
+                phases,
+            }
+        });
+    }
+
     /// Waits until the backend is available or the pool closes.
     async fn until_available(&self) {
         tokio::select! {
@@ -368,6 +459,7 @@ impl<B: SlotBackend> Inner<B> {
     /// Destroys a ready slot (shutdown, failed check).
     pub(super) async fn destroy(&self, entry: Entry<B::Slot>) {
         self.lock().destroyed += 1;
+        entry.destroyed(DestroyCause::Shutdown, None);
         self.destroy_now(entry).await;
     }
 }

@@ -22,6 +22,7 @@ fn config(min_ready: usize, max_size: usize) -> PoolConfig {
         acquire_timeout: Duration::from_secs(5),
         create_timeout: Duration::from_secs(5),
         operation_timeout: Duration::from_secs(2),
+        ..PoolConfig::default()
     }
 }
 
@@ -297,4 +298,127 @@ async fn invalid_configurations_are_refused() {
             .expect_err("invalid");
         assert!(matches!(err, PoolError::Config(_)), "{err}");
     }
+}
+
+/// Keeps every event it is given.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<paddock_events::Event>>);
+
+impl paddock_events::Subscriber for Recorder {
+    fn on_event(&self, event: &paddock_events::Event) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(event.clone());
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<paddock_events::Event> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_pool_emits_what_happens_to_its_slots_and_leases() {
+    use paddock_events::{AcquireOutcome, DestroyCause, EventHub, EventKind, ResetOutcome, Source};
+    let hub = EventHub::new();
+    let recorder = std::sync::Arc::new(Recorder::default());
+    hub.subscribe(recorder.clone());
+    let mut cfg = config(1, 1);
+    cfg.acquire_timeout = Duration::from_millis(100);
+    cfg.events = hub.emitter(Source {
+        pool: Some("p".into()),
+        ..Source::default()
+    });
+    let pool = started(cfg).await;
+    let created = recorder.take();
+    assert!(
+        matches!(created.as_slice(), [e] if matches!(e.kind, EventKind::SlotCreated { .. })
+            && e.source.slot == Some(0) && e.source.pool.as_deref() == Some("p")),
+        "{created:?}"
+    );
+
+    let lease = pool.acquire_for("alice").await.expect("a ready slot");
+    let id = lease.id();
+    // The only slot is out: this one times out.
+    assert!(pool.acquire().await.is_err());
+    lease.release();
+    settle(&pool, |s| s.ready == 1).await;
+    let events = recorder.take();
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.name()).collect();
+    assert_eq!(
+        kinds,
+        ["acquire", "acquire", "lease_released", "reset_finished"],
+        "{events:?}"
+    );
+    assert!(matches!(
+        events[0].kind,
+        EventKind::Acquire {
+            outcome: AcquireOutcome::Ok,
+            ..
+        }
+    ));
+    assert_eq!(events[0].source.lease, Some(id));
+    assert_eq!(events[0].source.tenant.as_deref(), Some("alice"));
+    assert!(matches!(
+        events[1].kind,
+        EventKind::Acquire {
+            outcome: AcquireOutcome::Timeout,
+            wait,
+        } if wait >= Duration::from_millis(100)
+    ));
+    assert_eq!(events[1].source.lease, None);
+    // The release still carries the lease; the reset after it does not.
+    assert_eq!(events[2].source.lease, Some(id));
+    assert!(matches!(
+        events[3].kind,
+        EventKind::ResetFinished {
+            outcome: ResetOutcome::Ok,
+            strategy: "reset",
+            ..
+        }
+    ));
+    assert_eq!(events[3].source.lease, None);
+
+    // A reset that fails: its slot is destroyed, with the reason.
+    pool.backend().faults.resets.store(1, Ordering::SeqCst);
+    drop(pool.acquire().await.expect("the slot"));
+    settle(&pool, |s| s.failed_resets == 1 && s.ready == 1).await;
+    let events = recorder.take();
+    let destroyed = events
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::SlotDestroyed { cause, reason } => Some((cause, reason)),
+            _ => None,
+        })
+        .expect("a destruction");
+    assert_eq!(destroyed.0, DestroyCause::ResetFailed);
+    assert!(destroyed.1.is_some(), "{events:?}");
+    assert!(events.iter().any(|e| matches!(
+        e.kind,
+        EventKind::ResetFinished {
+            outcome: ResetOutcome::Failed,
+            ..
+        }
+    )));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::SlotCreated { .. }) && e.source.slot == Some(1))
+    );
+    pool.shutdown().await;
+    let events = recorder.take();
+    assert!(events.iter().any(|e| matches!(
+        e.kind,
+        EventKind::SlotDestroyed {
+            cause: DestroyCause::Shutdown,
+            ..
+        }
+    )));
 }

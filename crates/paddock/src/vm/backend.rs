@@ -43,6 +43,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use paddock_agent_client::{AgentClient, ClientConfig, Execute, Transport};
+use paddock_events::{Emitter, EventKind};
 use paddock_image::GuestImage;
 use paddock_libvirt::{
     AgentChannel, DomainRole, DomainSpec, ImageFormat, Libvirt, NatAttachment, NetworkMode,
@@ -142,6 +143,8 @@ pub struct VmSlot {
     /// The network reservation it holds, and its interface.
     address: Option<(u16, NatAttachment)>,
     last_reset: ResetPhases,
+    /// The slot's events (its agent client's too).
+    events: Emitter,
 }
 
 impl std::ops::Deref for VmSlot {
@@ -170,6 +173,54 @@ pub struct ResetPhases {
     pub network: Duration,
     /// The [`VmPoolSpec::rewarm`] commands.
     pub rewarm: Duration,
+}
+
+impl ResetPhases {
+    /// The phases that took time, by name, in the order they ran.
+    #[must_use]
+    pub fn phases(&self) -> Vec<(&'static str, Duration)> {
+        [
+            ("stop_or_revert", self.stop_or_revert),
+            ("overlay", self.overlay),
+            ("restore", self.restore),
+            ("agent", self.agent),
+            ("network", self.network),
+            ("rewarm", self.rewarm),
+        ]
+        .into_iter()
+        .filter(|(_, took)| !took.is_zero())
+        .collect()
+    }
+}
+
+impl ResetStrategy {
+    /// A stable name (`in_place`, `restore`, `revert`), for metrics labels.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::InPlace => "in_place",
+            Self::Restore => "restore",
+            Self::Revert => "revert",
+        }
+    }
+}
+
+/// Emits that `golden` was built (in `took`) and that the pool uses it.
+pub(crate) fn golden_events(
+    events: &Emitter,
+    golden: &Golden,
+    strategy: ResetStrategy,
+    took: Duration,
+) {
+    events.emit(|| EventKind::GoldenBuilt {
+        golden_id: golden.id.id.clone(),
+        duration: took,
+    });
+    events.emit(|| EventKind::PoolCreated {
+        golden_id: golden.id.id.clone(),
+        image_hash: golden.id.image_hash.clone(),
+        strategy: strategy.name(),
+    });
 }
 
 impl VmSlot {
@@ -201,6 +252,8 @@ pub struct VmBackend {
     addresses: Option<SlotAddresses>,
     /// Domains and directories whose removal failed, tried again later.
     leftovers: Leftovers,
+    /// The pool's events; each slot's emitter derives from it.
+    events: Emitter,
 }
 
 impl VmBackend {
@@ -214,6 +267,7 @@ impl VmBackend {
         spec: VmPoolSpec,
         pool_dir: PathBuf,
         addresses: Option<SlotAddresses>,
+        events: Emitter,
     ) -> Self {
         Self {
             libvirt,
@@ -224,6 +278,7 @@ impl VmBackend {
             pool_dir,
             addresses,
             leftovers: Leftovers::default(),
+            events,
         }
     }
 
@@ -280,6 +335,7 @@ impl VmBackend {
         );
         self.image.check_files()?;
         let identity = self.addresses.as_ref().map(SlotAddresses::golden);
+        let started = Instant::now();
         let rebuilt = Golden::build(
             &self.libvirt,
             &self.image,
@@ -291,6 +347,7 @@ impl VmBackend {
         // What is left of the old one goes; slots made from it keep their
         // open files until they are replaced.
         let _ = golden.remove().await;
+        golden_events(&self.events, &rebuilt, self.spec.reset, started.elapsed());
         let rebuilt = Arc::new(rebuilt);
         *self
             .golden
@@ -344,6 +401,7 @@ impl VmBackend {
         spec: &DomainSpec,
         dir: &Path,
         address: Option<&NatAttachment>,
+        events: &Emitter,
     ) -> Result<Guest, VmError> {
         create_qemu_dir(dir)?;
         if let Some(disk) = &spec.disk {
@@ -362,7 +420,10 @@ impl VmBackend {
             Transport::VirtioSerial {
                 path: dir.join("agent.sock"),
             },
-            self.spec.client.clone(),
+            ClientConfig {
+                events: events.clone(),
+                ..self.spec.client.clone()
+            },
         )
         .await?;
         let mut guest = Guest::new(vm, client, spec.clone(), dir.to_path_buf());
@@ -503,11 +564,13 @@ impl SlotBackend for VmBackend {
         }
         let network = address.as_ref().map(|(_, a)| a);
         let spec = self.slot_spec(&golden, index, &dir, network);
-        match self.make_slot(&golden, &spec, &dir, network).await {
+        let events = self.events.for_slot(index, Some(&spec.name));
+        match self.make_slot(&golden, &spec, &dir, network, &events).await {
             Ok(guest) => Ok(VmSlot {
                 guest,
                 address,
                 last_reset: ResetPhases::default(),
+                events,
             }),
             Err(err) => {
                 // A guest discarded itself; this covers a domain restored
@@ -574,6 +637,14 @@ impl SlotBackend for VmBackend {
     fn discard_blocking(&self, mut slot: VmSlot) {
         slot.guest.discard_blocking();
         self.give_back(slot.address.as_ref());
+    }
+
+    fn slot_emitter(&self, slot: &VmSlot) -> Option<Emitter> {
+        Some(slot.events.clone())
+    }
+
+    fn reset_report(&self, slot: &VmSlot) -> (&'static str, Vec<(&'static str, Duration)>) {
+        (self.spec.reset.name(), slot.last_reset.phases())
     }
 
     fn failure_reason(&self, error: &VmError) -> &'static str {

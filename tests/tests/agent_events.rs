@@ -1,0 +1,132 @@
+//! What the agent client emits against the real agent: an event when an
+//! execution starts (the variables' names, never their values) and when it
+//! ends (with its outcome and result), one per file transfer (direction,
+//! bytes, outcome), and the round trips of PING and STATUS. Every event
+//! carries the emitter's source.
+#![cfg(test)]
+
+use std::time::Duration;
+
+use paddock_agent_client::{AgentClient, ClientConfig, Execute};
+use paddock_events::{EventKind, ExecOutcome, FileDirection};
+use paddock_tests::{AgentProcess, EventRecorder, test_config, write_random_file};
+
+type TestResult = anyhow::Result<()>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_files_and_round_trips_are_emitted() -> TestResult {
+    let agent = AgentProcess::start(&[])?;
+    let (_hub, recorder, events) = EventRecorder::start("events", 2);
+    let config = ClientConfig {
+        events,
+        ..test_config()
+    };
+    let client = AgentClient::connect(agent.transport(), config).await?;
+
+    let mut secret = Execute::shell("echo hi; echo err >&2");
+    secret
+        .env
+        .insert("API_TOKEN".into(), "value-never-emitted".into());
+    client.exec_collect(secret).await?;
+    client.exec_collect(Execute::shell("exit 3")).await?;
+    let mut slow = Execute::argv(["sleep", "5"]);
+    slow.timeout_ms = Some(200);
+    slow.kill_grace_ms = Some(100);
+    client.exec_collect(slow).await?;
+    let refused = client.exec_collect(Execute::argv(["/nonexistent"])).await;
+
+    let dir = tempfile::tempdir()?;
+    let local = dir.path().join("up.bin");
+    write_random_file(&local, 100_000, 3)?;
+    client
+        .put_file(&local, "/tmp/paddock-events-up.bin")
+        .await?;
+    client
+        .get_file("/tmp/paddock-events-up.bin", dir.path().join("down.bin"))
+        .await?;
+    let missing = client
+        .get_file("/nonexistent/file", dir.path().join("none"))
+        .await;
+    assert!(missing.is_err());
+    client.ping().await?;
+
+    let events = recorder.take();
+    assert!(
+        events
+            .iter()
+            .all(|e| e.source.pool.as_deref() == Some("events") && e.source.slot == Some(2)),
+        "{events:?}"
+    );
+    assert!(
+        !format!("{events:?}").contains("value-never-emitted"),
+        "a variable's value reached an event"
+    );
+    let started: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::ExecStarted {
+                env_names, timeout, ..
+            } => Some((env_names.clone(), *timeout)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.len(), 4);
+    assert_eq!(started[0].0, ["API_TOKEN"]);
+    assert_eq!(started[2].1, Some(Duration::from_millis(200)));
+    let finished: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::ExecFinished {
+                outcome, result, ..
+            } => Some((*outcome, result.clone())),
+            _ => None,
+        })
+        .collect();
+    let outcomes: Vec<_> = finished.iter().map(|(o, _)| *o).collect();
+    // A program that cannot be spawned: an exit code of 127 from the
+    // agent, or its refusal.
+    let last = if refused.is_ok() {
+        ExecOutcome::NonZero
+    } else {
+        ExecOutcome::Error
+    };
+    assert_eq!(
+        outcomes,
+        [
+            ExecOutcome::Ok,
+            ExecOutcome::NonZero,
+            ExecOutcome::Timeout,
+            last
+        ]
+    );
+    let first = finished[0].1.as_ref().expect("a result");
+    assert_eq!((first.stdout_bytes, first.stderr_bytes), (3, 4));
+
+    let transfers: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::FileTransferred {
+                direction,
+                bytes,
+                ok,
+                error,
+                ..
+            } => Some((*direction, *bytes, *ok, *error)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        transfers,
+        [
+            (FileDirection::Put, 100_000, true, None),
+            (FileDirection::Get, 100_000, true, None),
+            (FileDirection::Get, 0, false, Some("agent")),
+        ]
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::AgentRoundTrip { .. }))
+    );
+    Ok(())
+}
