@@ -18,6 +18,7 @@ use crate::error::ClientError;
 use crate::exec::exec_failed;
 use crate::exec::{ExecOutput, Execution};
 use crate::files::{self, Download};
+use crate::gate::{GateRequest, RequestGate};
 use crate::transport::{AttemptError, Transport};
 use paddock_events::{EventKind, FileDirection};
 
@@ -58,6 +59,10 @@ pub struct ClientConfig {
     /// file transfers, round trips, the agent's protocol errors (see
     /// [`paddock_events`]). Disabled by default; a pool sets it per slot.
     pub events: paddock_events::Emitter,
+    /// What every execution and file upload passes before it is sent
+    /// (rate limits; see [`RequestGate`]). `None` (the default) admits
+    /// everything; a pool sets its per-lease limits here.
+    pub gate: Option<Arc<dyn RequestGate>>,
 }
 
 impl Default for ClientConfig {
@@ -75,6 +80,7 @@ impl Default for ClientConfig {
             client_name: concat!("paddock-agent-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             keepalive_interval: Some(Duration::from_secs(5)),
             events: paddock_events::Emitter::disabled(),
+            gate: None,
         }
     }
 }
@@ -437,6 +443,7 @@ impl AgentClient {
             + Duration::from_millis(timeout_ms)
                 .saturating_add(grace)
                 .saturating_add(config.exec_timeout_margin);
+        self.admit(&GateRequest::Exec(&request))?;
         let stdin = request.stdin;
         let started = Instant::now();
         config.events.emit(|| EventKind::ExecStarted {
@@ -501,6 +508,25 @@ impl AgentClient {
         result
     }
 
+    /// Asks the gate, if there is one; a refusal is emitted and returned.
+    fn admit(&self, request: &GateRequest<'_>) -> Result<(), ClientError> {
+        let config = &self.inner.config;
+        let Some(gate) = &config.gate else {
+            return Ok(());
+        };
+        gate.admit(&config.events.source(), request)
+            .map_err(|refusal| {
+                config.events.emit(|| EventKind::RateLimited {
+                    limit: refusal.limit,
+                    retry_after: refusal.retry_after.unwrap_or_default(),
+                });
+                ClientError::Refused {
+                    limit: refusal.limit,
+                    retry_after: refusal.retry_after,
+                }
+            })
+    }
+
     /// Emits the end of a file transfer.
     fn transferred(
         &self,
@@ -539,13 +565,12 @@ impl AgentClient {
             source,
         };
         let file = tokio::fs::File::open(local).await.map_err(local_err)?;
-        let mode = file
-            .metadata()
-            .await
-            .map_err(local_err)?
-            .permissions()
-            .mode()
-            & 0o7777;
+        let metadata = file.metadata().await.map_err(local_err)?;
+        self.admit(&GateRequest::FileBytes {
+            direction: FileDirection::Put,
+            bytes: metadata.len(),
+        })?;
+        let mode = metadata.permissions().mode() & 0o7777;
         let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
         self.put_reader(&mut reader, remote, mode).await
     }

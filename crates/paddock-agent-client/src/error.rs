@@ -101,6 +101,15 @@ pub enum ClientError {
     /// A request was malformed before it was sent.
     #[error("Invalid request: {0}")]
     InvalidRequest(String),
+    /// The host's request gate refused it before it was sent (a rate
+    /// limit); retry after `retry_after` when there is one.
+    #[error("Refused by {limit}; retry after {retry_after:?}")]
+    Refused {
+        /// The limit or policy that refused it.
+        limit: &'static str,
+        /// When the same request may pass.
+        retry_after: Option<Duration>,
+    },
 }
 
 impl ClientError {
@@ -138,6 +147,7 @@ impl ClientError {
                 false
             }
             Self::Timeout { .. } | Self::ChecksumMismatch { .. } => true,
+            Self::Refused { retry_after, .. } => retry_after.is_some(),
             other => other.should_reconnect(),
         }
     }
@@ -160,6 +170,7 @@ impl ClientError {
             Self::ChecksumMismatch { .. } => "checksum_mismatch",
             Self::LocalIo { .. } => "local_io",
             Self::InvalidRequest(_) => "invalid_request",
+            Self::Refused { .. } => "refused",
         }
     }
 

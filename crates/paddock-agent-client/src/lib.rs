@@ -35,12 +35,14 @@ mod connection;
 mod error;
 mod exec;
 mod files;
+mod gate;
 mod transport;
 
 pub use client::{AgentClient, ClientConfig, Continuity};
 pub use error::ClientError;
 pub use exec::{ExecOutput, Execution, OutputStream, StdinWriter};
 pub use files::Download;
+pub use gate::{GateRequest, Refusal, RequestGate};
 pub use paddock_proto::{
     Command, ErrorCode, ExecResult, Execute, FileDone, HelloAck, StatusReport,
 };

@@ -33,11 +33,14 @@
 //! # }
 //! ```
 
+pub mod limits;
 pub mod pool;
 pub mod vm;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+pub use limits::{LeaseGate, RateLimit, RateLimits};
 pub use paddock_events::{Emitter, EventHub, Source};
 pub use paddock_image::{GuestImage, ImageError};
 pub use pool::{Lease, LeaseId, Pool, PoolConfig, PoolError, PoolStats, SlotBackend, SlotFailure};
@@ -183,7 +186,11 @@ impl Paddock {
             spec,
             pool_dir,
             addresses,
-            events,
+            (
+                events,
+                LeaseGate::new(&config.limits)
+                    .map(|gate| Arc::new(gate) as Arc<dyn agent::RequestGate>),
+            ),
         );
         Ok(Pool::start(backend, config).await?)
     }

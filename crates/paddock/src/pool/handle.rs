@@ -158,6 +158,16 @@ impl<B: SlotBackend> Pool<B> {
     async fn acquire_as(&self, tenant: Option<Arc<str>>) -> Result<Lease<B>, PoolError> {
         // The runtime's clock, like the acquire timeout's.
         let started = tokio::time::Instant::now();
+        if let Err((limit, retry_after)) = self.inner.acquire_limits.check(tenant.as_ref()) {
+            let events = &self.inner.config.events;
+            let tenant_of = |source: &mut paddock_events::Source| source.tenant.clone_from(&tenant);
+            events.emit_from(tenant_of, || EventKind::RateLimited { limit, retry_after });
+            events.emit_from(tenant_of, || EventKind::Acquire {
+                outcome: AcquireOutcome::RateLimited,
+                wait: Duration::ZERO,
+            });
+            return Err(PoolError::RateLimited { limit, retry_after });
+        }
         match self.take().await {
             Ok(mut entry) => {
                 let id = LeaseId(NEXT_LEASE.fetch_add(1, Ordering::Relaxed));
@@ -178,6 +188,7 @@ impl<B: SlotBackend> Pool<B> {
                     PoolError::AcquireTimeout { .. } => AcquireOutcome::Timeout,
                     PoolError::Unavailable { .. } => AcquireOutcome::Unavailable,
                     PoolError::Closed | PoolError::Config(_) => AcquireOutcome::Closed,
+                    PoolError::RateLimited { .. } => AcquireOutcome::RateLimited,
                 };
                 self.inner.config.events.emit_from(
                     |source| source.tenant = tenant,

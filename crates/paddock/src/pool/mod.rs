@@ -88,6 +88,15 @@ pub enum PoolError {
     /// The pool's configuration is unusable.
     #[error("Invalid pool configuration: {0}")]
     Config(&'static str),
+    /// A rate limit of the pool ([`PoolConfig::limits`]) refused the
+    /// acquire; try again after `retry_after`.
+    #[error("Acquire refused by the {limit} rate limit; retry after {retry_after:?}")]
+    RateLimited {
+        /// `acquires` (the pool's) or `tenant_acquires`.
+        limit: &'static str,
+        /// When an acquire may pass.
+        retry_after: Duration,
+    },
 }
 
 /// Why the pool could not make or keep a slot.
@@ -233,6 +242,9 @@ pub struct PoolConfig {
     /// [`crate::Paddock::create_pool`] sets it from
     /// [`crate::PaddockConfig::events`].
     pub events: Emitter,
+    /// Rate limits: acquires per pool and per tenant, executions and
+    /// uploaded bytes per lease. All off by default.
+    pub limits: crate::limits::RateLimits,
 }
 
 impl Default for PoolConfig {
@@ -248,6 +260,7 @@ impl Default for PoolConfig {
             create_timeout: Duration::from_secs(120),
             operation_timeout: Duration::from_secs(30),
             events: Emitter::disabled(),
+            limits: crate::limits::RateLimits::default(),
         }
     }
 }

@@ -101,6 +101,7 @@ impl<B: SlotBackend> State<B> {
 pub(super) struct Inner<B: SlotBackend> {
     pub(super) backend: B,
     pub(super) config: PoolConfig,
+    pub(super) acquire_limits: crate::limits::AcquireLimiter,
     state: Mutex<State<B>>,
     prepares: Semaphore,
     pub(super) tasks: TaskTracker,
@@ -116,6 +117,7 @@ impl<B: SlotBackend> Inner<B> {
     pub(super) fn new(backend: B, config: PoolConfig) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             prepares: Semaphore::new(config.max_concurrent_prepares),
+            acquire_limits: crate::limits::AcquireLimiter::new(&config.limits),
             backend,
             config,
             state: Mutex::new(State {

@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use paddock_agent_client::{AgentClient, ClientConfig, Execute, Transport};
+use paddock_agent_client::{AgentClient, ClientConfig, Execute, RequestGate, Transport};
 use paddock_events::{Emitter, EventKind};
 use paddock_image::GuestImage;
 use paddock_libvirt::{
@@ -254,12 +254,15 @@ pub struct VmBackend {
     leftovers: Leftovers,
     /// The pool's events; each slot's emitter derives from it.
     events: Emitter,
+    /// The per-lease rate limits, the gate of every slot's agent client.
+    gate: Option<Arc<dyn RequestGate>>,
 }
 
 impl VmBackend {
     /// A backend for `spec`'s pool that makes slots from `golden` (built
     /// from `image`) under `pool_dir`, with `addresses` for a NAT-filtered
-    /// pool.
+    /// pool, emitting its events through the first of the last pair and
+    /// gating its slots' requests through the second.
     pub(crate) fn new(
         libvirt: Libvirt,
         image: GuestImage,
@@ -267,7 +270,7 @@ impl VmBackend {
         spec: VmPoolSpec,
         pool_dir: PathBuf,
         addresses: Option<SlotAddresses>,
-        events: Emitter,
+        (events, gate): (Emitter, Option<Arc<dyn RequestGate>>),
     ) -> Self {
         Self {
             libvirt,
@@ -279,6 +282,7 @@ impl VmBackend {
             addresses,
             leftovers: Leftovers::default(),
             events,
+            gate,
         }
     }
 
@@ -422,6 +426,7 @@ impl VmBackend {
             },
             ClientConfig {
                 events: events.clone(),
+                gate: self.gate.clone(),
                 ..self.spec.client.clone()
             },
         )
