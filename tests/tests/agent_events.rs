@@ -130,3 +130,46 @@ async fn executions_files_and_round_trips_are_emitted() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_past_its_exec_rate_is_refused_before_anything_is_sent() -> TestResult {
+    use paddock::{LeaseGate, RateLimit, RateLimits};
+    use paddock_agent_client::ClientError;
+    let agent = AgentProcess::start(&[])?;
+    let (_hub, recorder, events) = EventRecorder::start("limits", 0);
+    events.set_lease(Some((paddock_events::LeaseId(77), None)));
+    let one = std::num::NonZeroU32::MIN;
+    let gate = LeaseGate::new(&RateLimits {
+        lease_execs: Some(RateLimit {
+            per_second: one,
+            burst: one,
+        }),
+        ..RateLimits::default()
+    })
+    .expect("a per-lease limit");
+    let config = ClientConfig {
+        events,
+        gate: Some(std::sync::Arc::new(gate)),
+        ..test_config()
+    };
+    let client = AgentClient::connect(agent.transport(), config).await?;
+    client.exec_collect(Execute::argv(["true"])).await?;
+    let err = client
+        .exec_collect(Execute::argv(["true"]))
+        .await
+        .expect_err("past the rate");
+    assert!(
+        matches!(
+            err,
+            ClientError::Refused {
+                limit: "lease_execs",
+                retry_after: Some(_)
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    let kinds: Vec<_> = recorder.take().iter().map(|e| e.kind.name()).collect();
+    assert_eq!(kinds, ["exec_started", "exec_finished", "rate_limited"]);
+    Ok(())
+}

@@ -422,3 +422,59 @@ async fn the_pool_emits_what_happens_to_its_slots_and_leases() {
         }
     )));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_acquire_past_the_pools_rate_is_refused_with_its_retry_time_and_emitted() {
+    use paddock_events::{AcquireOutcome, EventHub, EventKind, Source};
+    let hub = EventHub::new();
+    let recorder = std::sync::Arc::new(Recorder::default());
+    hub.subscribe(recorder.clone());
+    let mut cfg = config(2, 2);
+    let one = std::num::NonZeroU32::MIN;
+    cfg.limits.acquires = Some(crate::RateLimit {
+        per_second: one,
+        burst: one,
+    });
+    cfg.events = hub.emitter(Source::default());
+    let pool = started(cfg).await;
+    recorder.take();
+    let lease = pool.acquire_for("bob").await.expect("the first passes");
+    let err = pool
+        .acquire_for("bob")
+        .await
+        .expect_err("the second is refused");
+    match err {
+        PoolError::RateLimited { limit, retry_after } => {
+            assert_eq!(limit, "acquires");
+            assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
+        }
+        other => panic!("{other:?}"),
+    }
+    let events = recorder.take();
+    let last: Vec<_> = events.iter().rev().take(2).map(|e| &e.kind).collect();
+    assert!(
+        matches!(
+            last[..],
+            [
+                EventKind::Acquire {
+                    outcome: AcquireOutcome::RateLimited,
+                    ..
+                },
+                EventKind::RateLimited {
+                    limit: "acquires",
+                    ..
+                },
+            ]
+        ),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .rev()
+            .take(2)
+            .all(|e| e.source.tenant.as_deref() == Some("bob"))
+    );
+    drop(lease);
+    pool.shutdown().await;
+}
