@@ -107,6 +107,9 @@ struct Inner {
     /// The token and boot id of this client's latest session, and how that
     /// session relates to the one before it.
     lineage: std::sync::Mutex<Lineage>,
+    /// Set by [`AgentClient::revoke`]: requests are refused until the next
+    /// [`AgentClient::reconnect`].
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -158,6 +161,7 @@ impl AgentClient {
                 connection: Mutex::new(None),
                 buffered: Arc::new(AtomicU64::new(0)),
                 lineage: std::sync::Mutex::new(Lineage::default()),
+                revoked: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         client.connection().await?;
@@ -215,6 +219,7 @@ impl AgentClient {
         if let Some(old) = slot.take() {
             old.close();
         }
+        self.inner.revoked.store(false, Ordering::SeqCst);
         let conn = self.establish().await?;
         let session = conn.session.clone();
         *slot = Some(conn);
@@ -230,8 +235,23 @@ impl AgentClient {
         }
     }
 
+    /// Ends the current session ([`AgentClient::close`]) and refuses every
+    /// later request with [`ClientError::Refused`] (`lease_ended`, no retry)
+    /// until [`AgentClient::reconnect`]: how a lease is ended at once (an
+    /// anomaly rule's `end_lease`), before the pool resets its slot.
+    pub async fn revoke(&self) {
+        self.inner.revoked.store(true, Ordering::SeqCst);
+        self.close().await;
+    }
+
     /// The live session, reconnecting if it was lost.
     async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+        if self.inner.revoked.load(Ordering::SeqCst) {
+            return Err(ClientError::Refused {
+                limit: "lease_ended",
+                retry_after: None,
+            });
+        }
         let mut slot = self.inner.connection.lock().await;
         if let Some(conn) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(conn));

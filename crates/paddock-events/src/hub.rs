@@ -76,6 +76,16 @@ impl EventHub {
             .push(subscriber);
     }
 
+    /// Removes a subscriber added with [`EventHub::subscribe`] (the same
+    /// `Arc`); it sees no event emitted after this returns.
+    pub fn unsubscribe(&self, subscriber: &Arc<dyn Subscriber>) {
+        self.inner
+            .subscribers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|s| !Arc::ptr_eq(s, subscriber));
+    }
+
     /// An async receiver of every event from now on. It may lag: a receiver
     /// more than 4096 events behind loses the oldest and is told how many
     /// (`RecvError::Lagged`). Use a [`Subscriber`] for what must see every

@@ -21,6 +21,8 @@ static NEXT_LEASE: AtomicU64 = AtomicU64::new(1);
 /// waits for; slots out on lease are destroyed when their lease ends.
 pub struct Pool<B: SlotBackend> {
     inner: Arc<Inner<B>>,
+    /// The subscriber that acts on this pool's alerts, while subscribed.
+    actions: Option<Arc<dyn paddock_events::Subscriber>>,
     /// Shared by the clones handed to users (not by the pool's own tasks):
     /// its drop is the drop of the last handle.
     _handle: Arc<LastHandle<B>>,
@@ -30,6 +32,7 @@ impl<B: SlotBackend> Clone for Pool<B> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            actions: self.actions.clone(),
             _handle: Arc::clone(&self._handle),
         }
     }
@@ -99,8 +102,22 @@ impl<B: SlotBackend> Pool<B> {
             let weak = Arc::downgrade(&inner);
             inner.tasks.spawn(health_checks(weak, interval));
         }
+        let events = &inner.config.events;
+        let actions = match (events.hub(), events.source().pool) {
+            (Some(hub), Some(pool)) => {
+                let actions: Arc<dyn paddock_events::Subscriber> =
+                    Arc::new(super::actions::AlertActions {
+                        pool,
+                        inner: Arc::downgrade(&inner),
+                    });
+                hub.subscribe(Arc::clone(&actions));
+                Some(actions)
+            }
+            _ => None,
+        };
         Ok(Self {
             _handle: Arc::new(LastHandle(Arc::clone(&inner))),
+            actions,
             inner,
         })
     }
@@ -283,6 +300,9 @@ impl<B: SlotBackend> Pool<B> {
     /// their slot destroyed, and leases still out are destroyed when
     /// released. Returns once all of that but the outstanding leases is done.
     pub async fn shutdown(&self) {
+        if let (Some(hub), Some(actions)) = (self.inner.config.events.hub(), &self.actions) {
+            hub.unsubscribe(actions);
+        }
         self.inner.closing.cancel();
         let ready = {
             let mut state = self.inner.lock();

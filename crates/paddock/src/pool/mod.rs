@@ -39,6 +39,7 @@
 //!   remove before the pool starts (for VM pools,
 //!   [`crate::Paddock::create_pool`] does it once).
 
+mod actions;
 mod handle;
 mod slots;
 #[cfg(test)]
@@ -205,6 +206,15 @@ pub trait SlotBackend: Send + Sync + 'static {
     fn slot_emitter(&self, slot: &Self::Slot) -> Option<Emitter> {
         let _ = slot;
         None
+    }
+
+    /// Ends the lease slot `index` is on now: its requests in flight fail
+    /// and later ones are refused, until the slot is reset (an anomaly
+    /// rule's `end_lease`). Default: nothing (the slot is still recycled
+    /// at its release).
+    fn end_lease(&self, index: u32) -> impl Future<Output = ()> + Send {
+        let _ = index;
+        std::future::ready(())
     }
 
     /// The name of the reset strategy and the phases of the slot's last

@@ -70,6 +70,9 @@ pub(super) struct State<B: SlotBackend> {
     expired: u64,
     worn_out: u64,
     outage_retries: u64,
+    /// Slots an anomaly rule asked to recycle: destroyed at their next
+    /// release instead of reset.
+    pub(super) marked: std::collections::HashSet<u32>,
 }
 
 impl<B: SlotBackend> State<B> {
@@ -135,6 +138,7 @@ impl<B: SlotBackend> Inner<B> {
                 expired: 0,
                 worn_out: 0,
                 outage_retries: 0,
+                marked: std::collections::HashSet::new(),
             }),
             tasks: TaskTracker::new(),
             closing: CancellationToken::new(),
@@ -286,9 +290,12 @@ impl<B: SlotBackend> Inner<B> {
         {
             let mut state = self.lock();
             state.leased -= 1;
-            if state.closed || worn_out || expired {
+            let marked = state.marked.remove(&entry.index);
+            if state.closed || worn_out || expired || marked {
                 let cause = if state.closed {
                     DestroyCause::Shutdown
+                } else if marked {
+                    DestroyCause::Recycled
                 } else if worn_out {
                     DestroyCause::WornOut
                 } else {
@@ -414,7 +421,7 @@ impl<B: SlotBackend> Inner<B> {
     }
 
     /// Destroys a slot already taken out of the counts.
-    async fn destroy_now(&self, entry: Entry<B::Slot>) {
+    pub(super) async fn destroy_now(&self, entry: Entry<B::Slot>) {
         let index = entry.index;
         let result = tokio::time::timeout(
             self.config.operation_timeout,

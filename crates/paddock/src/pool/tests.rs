@@ -478,3 +478,61 @@ async fn an_acquire_past_the_pools_rate_is_refused_with_its_retry_time_and_emitt
     drop(lease);
     pool.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_alert_recycles_its_slot_after_the_lease_or_at_once_when_ready() {
+    use paddock_events::{DestroyCause, EventHub, EventKind, Source};
+    let hub = EventHub::new();
+    let recorder = std::sync::Arc::new(Recorder::default());
+    hub.subscribe(recorder.clone());
+    let mut cfg = config(2, 2);
+    cfg.events = hub.emitter(Source {
+        pool: Some("a".into()),
+        ..Source::default()
+    });
+    let pool = started(cfg).await;
+    let alert = |slot: u32, pool: &str, action: &'static str| {
+        hub.emit(
+            Source {
+                pool: Some(pool.into()),
+                slot: Some(slot),
+                ..Source::default()
+            },
+            EventKind::Alert {
+                rule: "agent_protocol_errors",
+                action,
+                value: 1.0,
+                threshold: 1.0,
+                message: String::new(),
+            },
+        );
+    };
+    let lease = pool.acquire().await.expect("a slot");
+    let leased = lease.index();
+    let other = 1 - leased;
+    alert(leased, "another-pool", "recycle_slot");
+    alert(leased, "a", "log");
+    alert(leased, "a", "recycle_slot");
+    recorder.take();
+    // Marked, not touched while leased; at its release it is destroyed,
+    // not reset, and replaced.
+    lease.release();
+    let stats = settle(&pool, |s| s.ready == 2 && s.destroyed == 1).await;
+    assert_eq!((stats.created, stats.failed_resets), (3, 0), "{stats:?}");
+    assert!(!pool.backend().calls().contains(&Call::Reset(leased)));
+    assert!(recorder.take().iter().any(|e| matches!(
+        e.kind,
+        EventKind::SlotDestroyed {
+            cause: DestroyCause::Recycled,
+            ..
+        }
+    ) && e.source.slot == Some(leased)));
+    // A ready slot goes at once.
+    alert(other, "a", "end_lease");
+    let stats = settle(&pool, |s| s.ready == 2 && s.destroyed == 2).await;
+    assert_eq!(stats.created, 4, "{stats:?}");
+    assert_eq!(destructions(pool.backend(), other), 1);
+    pool.shutdown().await;
+    // After the shutdown, the pool no longer listens.
+    assert_eq!(hub.subscribers(), 1);
+}

@@ -141,6 +141,8 @@ impl VmPoolSpec {
 pub struct VmSlot {
     guest: Guest,
     /// The network reservation it holds, and its interface.
+    /// Its number in the pool.
+    index: u32,
     address: Option<(u16, NatAttachment)>,
     last_reset: ResetPhases,
     /// The slot's events (its agent client's too).
@@ -256,6 +258,9 @@ pub struct VmBackend {
     events: Emitter,
     /// The per-lease rate limits, the gate of every slot's agent client.
     gate: Option<Arc<dyn RequestGate>>,
+    /// The agent client of every live slot, by index: how a lease is
+    /// ended from outside it ([`SlotBackend::end_lease`]).
+    clients: std::sync::Mutex<std::collections::HashMap<u32, AgentClient>>,
 }
 
 impl VmBackend {
@@ -283,7 +288,16 @@ impl VmBackend {
             leftovers: Leftovers::default(),
             events,
             gate,
+            clients: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    fn live_clients(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, AgentClient>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The golden slots are made from now.
@@ -571,12 +585,16 @@ impl SlotBackend for VmBackend {
         let spec = self.slot_spec(&golden, index, &dir, network);
         let events = self.events.for_slot(index, Some(&spec.name));
         match self.make_slot(&golden, &spec, &dir, network, &events).await {
-            Ok(guest) => Ok(VmSlot {
-                guest,
-                address,
-                last_reset: ResetPhases::default(),
-                events,
-            }),
+            Ok(guest) => {
+                self.live_clients().insert(index, guest.client().clone());
+                Ok(VmSlot {
+                    guest,
+                    index,
+                    address,
+                    last_reset: ResetPhases::default(),
+                    events,
+                })
+            }
             Err(err) => {
                 // A guest discarded itself; this covers a domain restored
                 // before its agent answered, and the files of any failure.
@@ -626,7 +644,15 @@ impl SlotBackend for VmBackend {
         }
     }
 
+    async fn end_lease(&self, index: u32) {
+        let client = self.live_clients().get(&index).cloned();
+        if let Some(client) = client {
+            client.revoke().await;
+        }
+    }
+
     async fn destroy(&self, mut slot: VmSlot) -> Result<(), VmError> {
+        self.live_clients().remove(&slot.index);
         let result = slot.guest.discard().await;
         if result.is_err() {
             // Remembered and removed once libvirt answers; the guest's own
@@ -640,6 +666,7 @@ impl SlotBackend for VmBackend {
     }
 
     fn discard_blocking(&self, mut slot: VmSlot) {
+        self.live_clients().remove(&slot.index);
         slot.guest.discard_blocking();
         self.give_back(slot.address.as_ref());
     }
