@@ -23,6 +23,8 @@ pub struct Pool<B: SlotBackend> {
     inner: Arc<Inner<B>>,
     /// The subscriber that acts on this pool's alerts, while subscribed.
     actions: Option<Arc<dyn paddock_events::Subscriber>>,
+    /// The pool's slot counts for a metrics scrape ([`Pool::gauge`]).
+    gauge: Arc<dyn paddock_metrics::PoolGauge>,
     /// Shared by the clones handed to users (not by the pool's own tasks):
     /// its drop is the drop of the last handle.
     _handle: Arc<LastHandle<B>>,
@@ -33,6 +35,7 @@ impl<B: SlotBackend> Clone for Pool<B> {
         Self {
             inner: Arc::clone(&self.inner),
             actions: self.actions.clone(),
+            gauge: Arc::clone(&self.gauge),
             _handle: Arc::clone(&self._handle),
         }
     }
@@ -115,9 +118,14 @@ impl<B: SlotBackend> Pool<B> {
             }
             _ => None,
         };
+        let gauge = Arc::new(Gauge {
+            name: events.source().pool.unwrap_or_default().to_string(),
+            inner: Arc::downgrade(&inner),
+        });
         Ok(Self {
             _handle: Arc::new(LastHandle(Arc::clone(&inner))),
             actions,
+            gauge,
             inner,
         })
     }
@@ -269,6 +277,15 @@ impl<B: SlotBackend> Pool<B> {
         delivered.entry.take().ok_or(PoolError::Closed)
     }
 
+    /// The pool's slot counts, read at every scrape by the metrics it is
+    /// given to ([`paddock_metrics::Metrics::watch_pool`], which holds it
+    /// weakly: the pool's series go with the pool). Its `pool` label is the
+    /// pool's events' source name (empty without one).
+    #[must_use]
+    pub fn gauge(&self) -> Arc<dyn paddock_metrics::PoolGauge> {
+        Arc::clone(&self.gauge)
+    }
+
     /// The pool's counters.
     #[must_use]
     pub fn stats(&self) -> PoolStats {
@@ -315,6 +332,34 @@ impl<B: SlotBackend> Pool<B> {
         }
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+    }
+}
+
+/// A pool's counts as its metrics see them.
+struct Gauge<B: SlotBackend> {
+    name: String,
+    inner: std::sync::Weak<Inner<B>>,
+}
+
+impl<B: SlotBackend> paddock_metrics::PoolGauge for Gauge<B> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn counts(&self) -> paddock_metrics::SlotCounts {
+        let Some(inner) = self.inner.upgrade() else {
+            return paddock_metrics::SlotCounts::default();
+        };
+        let available = inner.backend.available();
+        let stats = inner.lock().stats(available);
+        paddock_metrics::SlotCounts {
+            ready: stats.ready,
+            leased: stats.leased,
+            preparing: stats.preparing,
+            waiting: stats.waiting,
+            total: stats.total,
+            backend_available: stats.backend_available,
+        }
     }
 }
 

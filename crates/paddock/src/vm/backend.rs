@@ -727,6 +727,49 @@ async fn stopped_guest(slot: &VmSlot) -> Option<VmError> {
 }
 
 impl Pool<VmBackend> {
+    /// Reads every domain's figures with one bulk libvirt call and records
+    /// those of this pool's live slots into `metrics` (CPU seconds, memory,
+    /// block and network bytes, labelled by pool and slot): call it before
+    /// a scrape renders. Returns how many slots were recorded. A slot
+    /// destroyed meanwhile is skipped, so its series stay gone.
+    ///
+    /// # Errors
+    /// libvirt's, when the bulk call fails.
+    pub async fn record_slot_resources(
+        &self,
+        metrics: &paddock_metrics::Metrics,
+    ) -> Result<usize, VmError> {
+        let backend = self.backend();
+        let stats = backend.libvirt.all_domain_stats().await?;
+        let live: std::collections::HashMap<String, u32> = backend
+            .live_clients()
+            .keys()
+            .map(|&index| (slot_name(&backend.spec.name, index), index))
+            .collect();
+        let mut recorded = 0;
+        for domain in stats {
+            let Some(&index) = live.get(&domain.name) else {
+                continue;
+            };
+            let nanos = u32::try_from(domain.cpu_time_ns % 1_000_000_000).unwrap_or(0);
+            metrics.set_slot_resources(
+                &backend.spec.name,
+                index,
+                paddock_metrics::SlotResources {
+                    cpu_seconds: Duration::new(domain.cpu_time_ns / 1_000_000_000, nanos)
+                        .as_secs_f64(),
+                    memory_bytes: domain.memory_rss_kib.saturating_mul(1024),
+                    block_read_bytes: domain.block.iter().map(|b| b.read_bytes).sum(),
+                    block_write_bytes: domain.block.iter().map(|b| b.write_bytes).sum(),
+                    net_rx_bytes: domain.interfaces.iter().map(|i| i.rx_bytes).sum(),
+                    net_tx_bytes: domain.interfaces.iter().map(|i| i.tx_bytes).sum(),
+                },
+            );
+            recorded += 1;
+        }
+        Ok(recorded)
+    }
+
     /// Shuts the pool down ([`Pool::shutdown`]) and removes all it made:
     /// its slots, removals that failed earlier (waiting up to
     /// [`CLOSE_WAIT`] for libvirtd if it is away), the golden's files, and
