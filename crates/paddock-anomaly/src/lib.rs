@@ -7,6 +7,7 @@ mod observation;
 pub mod rules;
 mod scope;
 pub mod stats;
+mod subscriber;
 
 pub use alert::{Action, Alert, RuleId};
 pub use config::{ConfigError, DetectorConfig};
@@ -15,3 +16,4 @@ pub use observation::{Observation, ProtocolErrorKind};
 pub use rules::{CountConfig, CpuPinnedConfig, RuleConfigError};
 pub use scope::Scope;
 pub use stats::{OutlierConfig, RateConfig, StatConfigError};
+pub use subscriber::{AnomalySubscriber, Clock, MonotonicClock, protocol_error_kind};

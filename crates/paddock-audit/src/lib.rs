@@ -2,6 +2,7 @@
 
 mod files;
 mod record;
+mod subscriber;
 mod time;
 mod verify;
 mod writer;
@@ -11,6 +12,7 @@ pub use record::{
     Actor, ActorKind, AuditEvent, AuditRecord, CommandRecording, Digest, ExecSummary, FileSummary,
     RecordError, Request, Response, SCHEMA_V1, Stage, Target, Verb, outcome,
 };
+pub use subscriber::{AuditOptions, AuditSubscriber, audit_event};
 pub use time::{Timestamp, TimestampError};
 pub use verify::{
     BreakKind, ChainBreak, Head, TornLine, VerifyError, VerifyOptions, VerifyReport, verify,

@@ -163,6 +163,14 @@ impl Verb {
     pub const SIGNAL: &str = "signal";
     /// The host raised an alert (e.g. a guest misbehaved).
     pub const ALERT: &str = "alert";
+    /// A VM slot was destroyed (failed reset or check, expiry, wear,
+    /// shutdown, recycling).
+    pub const DESTROY_SLOT: &str = "destroy_slot";
+    /// A guest's agent broke the wire protocol (a bad frame, an unknown
+    /// kind, a window overrun): a broken or hostile guest.
+    pub const PROTOCOL_ERROR: &str = "protocol_error";
+    /// A policy refused a request whose own verb is not known.
+    pub const POLICY: &str = "policy";
 
     /// A verb from its name.
     pub fn new(name: impl Into<String>) -> Self {
