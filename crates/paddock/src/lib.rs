@@ -34,6 +34,7 @@
 //! ```
 
 pub mod limits;
+pub mod observe;
 pub mod pool;
 pub mod vm;
 
@@ -68,6 +69,19 @@ pub struct PaddockConfig {
     /// detection and the embedder's own subscribers; see
     /// [`paddock_events`]). `None` (the default) emits nothing.
     pub events: Option<EventHub>,
+    /// The metrics that watch every pool's slot counts.
+    pub metrics: Option<Arc<paddock_metrics::Metrics>>,
+}
+
+impl PaddockConfig {
+    /// Sends every pool's events to `observability`'s hub and has its
+    /// metrics watch every pool.
+    #[must_use]
+    pub fn observe(mut self, observability: &observe::Observability) -> Self {
+        self.events = Some(observability.hub().clone());
+        self.metrics = Some(Arc::clone(observability.metrics()));
+        self
+    }
 }
 
 impl PaddockConfig {
@@ -79,6 +93,7 @@ impl PaddockConfig {
             image,
             state_root: DEFAULT_STATE_ROOT.into(),
             events: None,
+            metrics: None,
         }
     }
 }
@@ -192,7 +207,11 @@ impl Paddock {
                     .map(|gate| Arc::new(gate) as Arc<dyn agent::RequestGate>),
             ),
         );
-        Ok(Pool::start(backend, config).await?)
+        let pool = Pool::start(backend, config).await?;
+        if let Some(metrics) = &self.config.metrics {
+            metrics.watch_pool(pool.gauge());
+        }
+        Ok(pool)
     }
 }
 

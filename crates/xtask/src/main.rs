@@ -57,6 +57,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The observability example on real VMs: a few leases, then the
+    /// pool's Prometheus metrics and its audit log, verified.
+    Observe,
     /// The fault soak on real VMs: acquire/exec/release cycles on a pool of
     /// two while QEMU, the guest's agent and libvirtd are killed at random
     /// (at a fixed seed); prints its figures as one JSON line.
@@ -91,7 +94,8 @@ enum Task {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Demo => demo(),
+        Task::Demo => run_example("demo"),
+        Task::Observe => run_example("observability"),
         Task::Test { quick } => test(quick),
         Task::Bench { args } => {
             // The agent benchmarks run the release agent binary.
@@ -131,9 +135,11 @@ fn main() -> anyhow::Result<()> {
 
 /// Sets the host up, builds the image, then runs the `paddock` crate's
 /// demo example on it.
-fn demo() -> anyhow::Result<()> {
+/// Sets the host up, then runs the `paddock` crate's example `name` on the
+/// image (`demo` is `cargo xtask demo`).
+fn run_example(name: &str) -> anyhow::Result<()> {
     // Before the product builds: the `virt` crate links against libvirt-dev,
-    // and the demo drives a running libvirtd.
+    // and the example drives a running libvirtd.
     host::ensure_libvirt()?;
     let manifest = image::ensure_image()?;
     Cmd::cargo([
@@ -143,12 +149,12 @@ fn demo() -> anyhow::Result<()> {
         "-p",
         "paddock",
         "--example",
-        "demo",
+        name,
         "--",
     ])
     .arg(&manifest)
     .run()
-    .context("the demo failed")
+    .with_context(|| format!("the {name} example failed"))
 }
 
 fn test(quick: bool) -> anyhow::Result<()> {
