@@ -116,6 +116,12 @@ impl Paddock {
         Ok(Self { libvirt, config })
     }
 
+    /// What it was connected with.
+    #[must_use]
+    pub fn config(&self) -> &PaddockConfig {
+        &self.config
+    }
+
     /// The libvirt connection.
     #[must_use]
     pub fn libvirt(&self) -> &libvirt::Libvirt {
