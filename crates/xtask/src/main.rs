@@ -51,6 +51,9 @@ enum Task {
     /// Measure the pool on real VMs: acquire, reset, exec, boot, cycles per
     /// minute, memory per slot (one JSON object).
     BenchSlo,
+    /// The observability layer's price on real VMs: acquire and exec with
+    /// it off and with everything on (JSON, medians and p99).
+    BenchObserve,
     /// Run the criterion benchmarks (pass criterion filters after `--`).
     Bench {
         /// Arguments for the benchmark binaries.
@@ -109,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::BenchVm => bench_on_vms("vm"),
         Task::BenchSlo => bench_on_vms("slo"),
+        Task::BenchObserve => bench_on_vms("observe"),
         Task::Soak {
             cycles,
             seed,
