@@ -96,7 +96,11 @@ async fn a_pool_serves_through_a_libvirtd_restart() -> TestResult {
         return Ok(());
     }
     let _restarter = Restarter;
-    let paddock = test_paddock().await?;
+    // With events: the connection's loss and return are two of them.
+    let (hub, recorder, _) = paddock_tests::EventRecorder::start("hf", 0);
+    let mut observed = test_paddock().await?.config().clone();
+    observed.events = Some(hub);
+    let paddock = paddock::Paddock::connect(observed).await?;
     let name = format!("hf{}", unique_marker());
     let pool = pool(&paddock, &name, config(2, 2)).await?;
     let held = pool.acquire().await?;
@@ -151,6 +155,18 @@ async fn a_pool_serves_through_a_libvirtd_restart() -> TestResult {
         .libvirt()
         .wait_connected(Duration::from_secs(30))
         .await?;
+    let connection: Vec<bool> = recorder
+        .take()
+        .iter()
+        .filter_map(|e| match e.kind {
+            paddock::events::EventKind::BackendConnection { connected } => Some(connected),
+            _ => None,
+        })
+        .collect();
+    ensure!(
+        connection == [false, true],
+        "the loss and the return are events: {connection:?}"
+    );
     drop(ready);
     let stats = settle(&pool, Duration::from_secs(120), |s| s.ready == 2).await?;
     ensure!(

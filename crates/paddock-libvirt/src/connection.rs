@@ -91,6 +91,14 @@ impl Libvirt {
         self.link.health()
     }
 
+    /// A receiver that sees every change of [`Libvirt::health`] (lost,
+    /// reconnecting, connected again); it ends when the connection is
+    /// dropped.
+    #[must_use]
+    pub fn health_changes(&self) -> tokio::sync::watch::Receiver<ConnectionHealth> {
+        self.link.health_changes()
+    }
+
     /// Waits up to `timeout` for a connection.
     ///
     /// # Errors

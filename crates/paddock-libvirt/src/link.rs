@@ -177,6 +177,10 @@ impl Link {
         (Arc::clone(&current.conn), current.generation)
     }
 
+    pub(crate) fn health_changes(&self) -> watch::Receiver<ConnectionHealth> {
+        self.health.subscribe()
+    }
+
     pub(crate) fn health(&self) -> ConnectionHealth {
         self.health.borrow().clone()
     }

@@ -113,6 +113,22 @@ impl Paddock {
     /// libvirt cannot be reached.
     pub async fn connect(config: PaddockConfig) -> Result<Self, libvirt::LibvirtError> {
         let libvirt = libvirt::Libvirt::open(&config.libvirt_uri).await?;
+        if let Some(hub) = &config.events {
+            // The connection's losses and returns, as events (a metric, an
+            // audit record); the task ends with the connection.
+            let mut changes = libvirt.health_changes();
+            let events = hub.emitter(Source::default());
+            tokio::spawn(async move {
+                let mut was_connected = changes.borrow_and_update().is_connected();
+                while changes.changed().await.is_ok() {
+                    let connected = changes.borrow_and_update().is_connected();
+                    if connected != was_connected {
+                        was_connected = connected;
+                        events.emit(|| paddock_events::EventKind::BackendConnection { connected });
+                    }
+                }
+            });
+        }
         Ok(Self { libvirt, config })
     }
 
