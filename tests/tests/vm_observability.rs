@@ -31,6 +31,12 @@ async fn anomalies_in_a_lease_end_it_or_recycle_its_slot_and_everything_is_count
     // well above the 1 MiB/s floor.
     rules.output_rate_spike.min_samples = 3;
     rules.output_rate_spike.action = Action::RecycleSlot;
+    // A guest that spins its CPU for a few seconds, sampled twice a second.
+    // The threshold is low because this TCG host shares two cores with the
+    // other tests' guests: an idle slot here uses a few percent of a core,
+    // a spinning one gets what the host can give it.
+    rules.cpu_pinned.utilization = 0.3;
+    rules.cpu_pinned.duration_ms = 3_000;
     let audit = tempfile::tempdir()?;
     let registry = prometheus::Registry::new();
     let observability = Observability::new(&registry)?
@@ -60,6 +66,18 @@ async fn anomalies_in_a_lease_end_it_or_recycle_its_slot_and_everything_is_count
         )
         .await?;
     pool.wait_ready(Duration::from_secs(180)).await?;
+    let sampler = observability.spawn_sampler(pool.clone(), Duration::from_millis(500));
+
+    // A spinning guest: `cpu_pinned` fires for its slot.
+    let lease = pool.acquire().await?;
+    let spun_slot = lease.index();
+    // It ends by itself, not by a timeout: the timeouts below are the
+    // only ones.
+    let spin =
+        Execute::shell("end=$(($(date +%s) + 8)); while [ $(date +%s) -lt $end ]; do :; done");
+    let out = lease.client().exec_collect(spin).await?;
+    anyhow::ensure!(out.result.exit_code == Some(0), "{:?}", out.result);
+    drop(lease);
 
     // Three timeouts in a row: the third ends the lease.
     let lease = pool.acquire().await?;
@@ -138,6 +156,11 @@ async fn anomalies_in_a_lease_end_it_or_recycle_its_slot_and_everything_is_count
         alerts.contains(&("output_rate_spike", "recycle_slot", Some(flooded_slot))),
         "{alerts:?}"
     );
+    anyhow::ensure!(
+        alerts.contains(&("cpu_pinned", "log", Some(spun_slot))),
+        "{alerts:?}"
+    );
+    sampler.abort();
     let recycled: Vec<_> = events
         .iter()
         .filter(|e| {
@@ -166,6 +189,8 @@ async fn anomalies_in_a_lease_end_it_or_recycle_its_slot_and_everything_is_count
         ),
         format!("paddock_execs_total{{outcome=\"timeout\",pool=\"{name}\"}} 3"),
         format!("paddock_slots{{pool=\"{name}\",state=\"ready\"}} 2"),
+        format!("paddock_anomalies_total{{action=\"log\",pool=\"{name}\",rule=\"cpu_pinned\"}}"),
+        format!("paddock_slot_cpu_seconds_total{{pool=\"{name}\",slot="),
     ] {
         anyhow::ensure!(text.contains(&expected), "missing {expected}");
     }

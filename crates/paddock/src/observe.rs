@@ -19,13 +19,17 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use paddock_anomaly::{AnomalySubscriber, Detector, DetectorConfig};
 use paddock_audit::{AuditConfig, AuditLog, AuditOptions, AuditSubscriber, AuditWriter};
 use paddock_events::{EventHub, Subscriber};
 use paddock_metrics::Metrics;
+
+use crate::{VmError, VmPool};
 
 pub use paddock_anomaly as anomaly;
 pub use paddock_audit as audit;
@@ -55,7 +59,13 @@ pub struct Observability {
     metrics: Arc<Metrics>,
     audit: Option<Arc<AuditSubscriber>>,
     anomaly: Option<Arc<AnomalySubscriber>>,
+    /// Each slot's CPU seconds at its last sample, and when: a slot's
+    /// utilization is the growth between two samples.
+    cpu_seen: Arc<Mutex<CpuSeen>>,
 }
+
+/// By pool and slot: when its CPU seconds were last read, and the value.
+type CpuSeen = HashMap<(String, u32), (Instant, f64)>;
 
 impl Observability {
     /// A hub with metrics registered into `registry` and subscribed.
@@ -72,6 +82,7 @@ impl Observability {
             metrics,
             audit: None,
             anomaly: None,
+            cpu_seen: Arc::default(),
         })
     }
 
@@ -133,6 +144,64 @@ impl Observability {
         self.anomaly.as_ref()
     }
 
+    /// Samples `pool`'s live slots with one bulk libvirt call: records
+    /// their resource figures into the metrics and, with the anomaly
+    /// detector on, feeds it each slot's CPU utilization since its previous
+    /// sample (for `cpu_pinned`). Returns how many slots were sampled.
+    ///
+    /// # Errors
+    /// libvirt's, when the bulk call fails.
+    pub async fn sample_pool(&self, pool: &VmPool) -> Result<usize, VmError> {
+        let samples = pool.slot_resources().await?;
+        let now = Instant::now();
+        let name = pool.backend().spec().name.clone();
+        let mut seen = self
+            .cpu_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Slots gone since the last sample are forgotten.
+        seen.retain(|(pool_name, index), _| {
+            *pool_name != name || samples.iter().any(|s| s.index == *index)
+        });
+        for sample in &samples {
+            self.metrics
+                .set_slot_resources(&name, sample.index, sample.resources);
+            let cpu = sample.resources.cpu_seconds;
+            let previous = seen.insert((name.clone(), sample.index), (now, cpu));
+            if let (Some(anomaly), Some((then, before))) = (&self.anomaly, previous) {
+                if let Some(utilization) =
+                    cpu_utilization(before, cpu, now.duration_since(then), sample.vcpus)
+                {
+                    anomaly.observe_cpu(&sample.source, utilization);
+                }
+            }
+        }
+        Ok(samples.len())
+    }
+
+    /// Samples `pool` every `interval` ([`Observability::sample_pool`]) and
+    /// prunes the anomaly detector's idle scopes once a minute, until the
+    /// returned task is aborted. A failed sample (libvirtd away) is skipped.
+    #[must_use]
+    pub fn spawn_sampler(&self, pool: VmPool, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let observability = self.clone();
+        tokio::spawn(async move {
+            let mut last_prune = Instant::now();
+            loop {
+                if let Err(err) = observability.sample_pool(&pool).await {
+                    tracing::debug!(error = %err, "slot sample skipped");
+                }
+                if let Some(anomaly) = &observability.anomaly {
+                    if last_prune.elapsed() >= Duration::from_secs(60) {
+                        anomaly.prune();
+                        last_prune = Instant::now();
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+
     /// The metrics registry's text exposition.
     ///
     /// # Errors
@@ -157,5 +226,31 @@ impl Observability {
             audit.log().flush().map_err(ObserveError::Audit)?;
         }
         Ok(())
+    }
+}
+
+/// The share of its `vcpus` a slot used between two samples of its CPU
+/// seconds taken `elapsed` apart: 1.0 is every vCPU busy. `None` when the
+/// interval is too short to say, or the counter went backwards (a new
+/// QEMU after a restore reset).
+fn cpu_utilization(before: f64, now: f64, elapsed: Duration, vcpus: u32) -> Option<f64> {
+    let seconds = elapsed.as_secs_f64() * f64::from(vcpus.max(1));
+    (seconds >= 0.05 && now >= before).then(|| (now - before) / seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utilization_is_cpu_time_over_wall_time_per_vcpu() {
+        let second = Duration::from_secs(1);
+        assert_eq!(cpu_utilization(10.0, 10.5, second, 1), Some(0.5));
+        assert_eq!(cpu_utilization(10.0, 12.0, second, 2), Some(1.0));
+        assert_eq!(cpu_utilization(10.0, 9.0, second, 1), None, "a new QEMU");
+        assert_eq!(
+            cpu_utilization(10.0, 10.01, Duration::from_millis(10), 1),
+            None
+        );
     }
 }

@@ -207,6 +207,19 @@ impl ResetStrategy {
     }
 }
 
+/// One slot's resource figures ([`Pool::slot_resources`]).
+#[derive(Debug, Clone)]
+pub struct SlotSample {
+    /// The slot's number.
+    pub index: u32,
+    /// Its event source: pool, slot, domain, and the lease it is on.
+    pub source: paddock_events::Source,
+    /// Its virtual CPUs.
+    pub vcpus: u32,
+    /// CPU seconds, memory, block and network bytes, from libvirt.
+    pub resources: paddock_metrics::SlotResources,
+}
+
 /// Emits that `golden` was built (in `took`) and that the pool uses it.
 pub(crate) fn golden_events(
     events: &Emitter,
@@ -739,23 +752,42 @@ impl Pool<VmBackend> {
         &self,
         metrics: &paddock_metrics::Metrics,
     ) -> Result<usize, VmError> {
+        let samples = self.slot_resources().await?;
+        for sample in &samples {
+            metrics.set_slot_resources(&self.backend().spec.name, sample.index, sample.resources);
+        }
+        Ok(samples.len())
+    }
+
+    /// Every live slot's figures from one bulk libvirt call, with the
+    /// slot's event source (its lease and tenant while it is out).
+    ///
+    /// # Errors
+    /// libvirt's, when the bulk call fails.
+    pub async fn slot_resources(&self) -> Result<Vec<SlotSample>, VmError> {
         let backend = self.backend();
         let stats = backend.libvirt.all_domain_stats().await?;
-        let live: std::collections::HashMap<String, u32> = backend
+        let live: std::collections::HashMap<String, (u32, paddock_events::Source)> = backend
             .live_clients()
-            .keys()
-            .map(|&index| (slot_name(&backend.spec.name, index), index))
+            .iter()
+            .map(|(&index, client)| {
+                (
+                    slot_name(&backend.spec.name, index),
+                    (index, client.config().events.source()),
+                )
+            })
             .collect();
-        let mut recorded = 0;
+        let mut samples = Vec::new();
         for domain in stats {
-            let Some(&index) = live.get(&domain.name) else {
+            let Some((index, source)) = live.get(&domain.name) else {
                 continue;
             };
             let nanos = u32::try_from(domain.cpu_time_ns % 1_000_000_000).unwrap_or(0);
-            metrics.set_slot_resources(
-                &backend.spec.name,
-                index,
-                paddock_metrics::SlotResources {
+            samples.push(SlotSample {
+                index: *index,
+                source: source.clone(),
+                vcpus: backend.spec.vcpus,
+                resources: paddock_metrics::SlotResources {
                     cpu_seconds: Duration::new(domain.cpu_time_ns / 1_000_000_000, nanos)
                         .as_secs_f64(),
                     memory_bytes: domain.memory_rss_kib.saturating_mul(1024),
@@ -764,10 +796,9 @@ impl Pool<VmBackend> {
                     net_rx_bytes: domain.interfaces.iter().map(|i| i.rx_bytes).sum(),
                     net_tx_bytes: domain.interfaces.iter().map(|i| i.tx_bytes).sum(),
                 },
-            );
-            recorded += 1;
+            });
         }
-        Ok(recorded)
+        Ok(samples)
     }
 
     /// Shuts the pool down ([`Pool::shutdown`]) and removes all it made:
