@@ -155,14 +155,19 @@ async fn a_pool_serves_through_a_libvirtd_restart() -> TestResult {
         .libvirt()
         .wait_connected(Duration::from_secs(30))
         .await?;
-    let connection: Vec<bool> = recorder
-        .take()
-        .iter()
-        .filter_map(|e| match e.kind {
+    // The watcher emits from a task of its own: its event may come just
+    // after `wait_connected` returns.
+    let mut connection: Vec<bool> = Vec::new();
+    for _ in 0..100 {
+        connection.extend(recorder.take().iter().filter_map(|e| match e.kind {
             paddock::events::EventKind::BackendConnection { connected } => Some(connected),
             _ => None,
-        })
-        .collect();
+        }));
+        if connection.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     ensure!(
         connection == [false, true],
         "the loss and the return are events: {connection:?}"
