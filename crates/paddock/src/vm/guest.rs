@@ -180,7 +180,15 @@ impl Drop for Guest {
 pub(crate) fn discard_on_thread(vm: Option<Vm>, dir: Option<PathBuf>) {
     let work = move || {
         if let Some(vm) = vm {
-            let _ = vm.discard_blocking();
+            // A libvirt job of the dropped work (a reset's snapshot load)
+            // may still hold the domain for a moment: try again briefly
+            // rather than leave it behind.
+            for _ in 0..5 {
+                if vm.discard_blocking().is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
         }
         if let Some(dir) = dir {
             let _ = std::fs::remove_dir_all(dir);
