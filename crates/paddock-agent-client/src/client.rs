@@ -513,19 +513,11 @@ impl AgentClient {
         remote: &str,
         mode: u32,
     ) -> Result<FileDone, ClientError> {
-        let started = Instant::now();
-        let result = async {
+        self.transfer(FileDirection::Put, remote, async {
             let conn = self.connection().await?;
             files::put(&conn, reader, remote, mode, self.inner.config.io_timeout).await
-        }
-        .await;
-        self.transferred(
-            FileDirection::Put,
-            remote,
-            result.as_ref().map(|done| done.size),
-            started,
-        );
-        result
+        })
+        .await
     }
 
     /// Asks the gate, if there is one; a refusal is emitted and returned.
@@ -547,25 +539,27 @@ impl AgentClient {
             })
     }
 
-    /// Emits the end of a file transfer.
-    fn transferred(
+    /// Runs a file transfer and emits its end (bytes, outcome, time).
+    async fn transfer<T: Transferred>(
         &self,
         direction: FileDirection,
         remote: &str,
-        result: Result<u64, &ClientError>,
-        started: Instant,
-    ) {
+        work: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let started = Instant::now();
+        let result = work.await;
         self.inner
             .config
             .events
             .emit(|| EventKind::FileTransferred {
                 direction,
                 path: remote.to_owned(),
-                bytes: *result.as_ref().unwrap_or(&0),
+                bytes: result.as_ref().map_or(0, Transferred::size),
                 ok: result.is_ok(),
-                error: result.err().map(ClientError::kind_name),
+                error: result.as_ref().err().map(ClientError::kind_name),
                 duration: started.elapsed(),
             });
+        result
     }
 
     /// Uploads the local file `local` to the absolute guest path `remote`,
@@ -605,19 +599,11 @@ impl AgentClient {
         remote: &str,
         writer: &mut W,
     ) -> Result<Download, ClientError> {
-        let started = Instant::now();
-        let result = async {
+        self.transfer(FileDirection::Get, remote, async {
             let conn = self.connection().await?;
             files::get(&conn, remote, writer, self.inner.config.io_timeout).await
-        }
-        .await;
-        self.transferred(
-            FileDirection::Get,
-            remote,
-            result.as_ref().map(|download| download.size),
-            started,
-        );
-        result
+        })
+        .await
     }
 
     /// Downloads the guest file `remote` to the local path `local`, with the
@@ -630,18 +616,27 @@ impl AgentClient {
         remote: &str,
         local: impl AsRef<Path>,
     ) -> Result<Download, ClientError> {
-        let started = Instant::now();
-        let result = async {
+        self.transfer(FileDirection::Get, remote, async {
             let conn = self.connection().await?;
             files::get_to_path(&conn, remote, local.as_ref(), self.inner.config.io_timeout).await
-        }
-        .await;
-        self.transferred(
-            FileDirection::Get,
-            remote,
-            result.as_ref().map(|download| download.size),
-            started,
-        );
-        result
+        })
+        .await
+    }
+}
+
+/// What a finished transfer says of its size.
+trait Transferred {
+    fn size(&self) -> u64;
+}
+
+impl Transferred for FileDone {
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Transferred for Download {
+    fn size(&self) -> u64 {
+        self.size
     }
 }
