@@ -505,6 +505,24 @@ impl RawPeer {
     }
 }
 
+/// The HELLO_ACK of a fake agent (fault injection) whose boot id is
+/// `boot_id`.
+#[must_use]
+pub fn fake_hello_ack(boot_id: &str) -> Message {
+    Message::HelloAck(HelloAck {
+        version: PROTOCOL_VERSION,
+        agent_version: "fake".into(),
+        capabilities: Vec::new(),
+        boot_id: boot_id.into(),
+        session_seq: 1,
+        previous_token: String::new(),
+        uptime_ms: 0,
+        max_payload: DEFAULT_MAX_PAYLOAD,
+        initial_window: 1 << 16,
+        clock_step_ms: 0,
+    })
+}
+
 /// Keeps every event of the hub it subscribes to, for tests that check
 /// what the pool, a sandbox or an agent client emitted.
 #[derive(Debug, Default)]

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use paddock_agent_client::{AgentClient, ClientError, Execute, Transport};
 use paddock_proto::{
-    DEFAULT_MAX_PAYLOAD, ErrorCode, ErrorReport, FrameDecoder, HelloAck, Message, MessageKind,
-    PROTOCOL_VERSION, StatusReport, encode_message, read_frame,
+    ErrorCode, ErrorReport, FrameDecoder, Message, MessageKind, StatusReport, encode_message,
+    read_frame,
 };
-use paddock_tests::test_config;
+use paddock_tests::{fake_hello_ack, test_config};
 
 type TestResult = anyhow::Result<()>;
 
@@ -47,18 +47,7 @@ fn fake_agent(
         let (mut stream, _) = listener.accept()?;
         let mut decoder = FrameDecoder::default();
         let hello = read_frame(&mut stream, &mut decoder)?;
-        let ack = Message::HelloAck(HelloAck {
-            version: PROTOCOL_VERSION,
-            agent_version: "fake".into(),
-            capabilities: Vec::new(),
-            boot_id: BOOT_ID.into(),
-            session_seq: 1,
-            previous_token: String::new(),
-            uptime_ms: 0,
-            max_payload: DEFAULT_MAX_PAYLOAD,
-            initial_window: 1 << 16,
-            clock_step_ms: 0,
-        });
+        let ack = fake_hello_ack(BOOT_ID);
         let mut bytes = Vec::new();
         encode_message(&mut bytes, hello.request_id, &ack)?;
         stream.write_all(&bytes)?;

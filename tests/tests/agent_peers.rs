@@ -8,10 +8,10 @@ use std::time::Duration;
 use paddock_agent_client::{AgentClient, ClientConfig, ClientError, ErrorCode, Transport};
 use paddock_events::{EventKind, ExecOutcome};
 use paddock_proto::{
-    DEFAULT_MAX_PAYLOAD, FrameDecoder, Hello, HelloAck, Message, MessageKind, PROTOCOL_VERSION,
-    encode_frame, encode_message, read_frame,
+    DEFAULT_MAX_PAYLOAD, FrameDecoder, Hello, Message, MessageKind, PROTOCOL_VERSION, encode_frame,
+    encode_message, read_frame,
 };
-use paddock_tests::{AgentProcess, EventRecorder, RawPeer, test_config};
+use paddock_tests::{AgentProcess, EventRecorder, RawPeer, fake_hello_ack, test_config};
 
 type TestResult = anyhow::Result<()>;
 
@@ -126,24 +126,87 @@ fn fake_agent(
         let (mut stream, _) = listener.accept()?;
         let mut decoder = FrameDecoder::default();
         let hello = read_frame(&mut stream, &mut decoder)?;
-        let ack = Message::HelloAck(HelloAck {
-            version: PROTOCOL_VERSION,
-            agent_version: "fake".into(),
-            capabilities: Vec::new(),
-            boot_id: "fake-boot".into(),
-            session_seq: 1,
-            previous_token: String::new(),
-            uptime_ms: 0,
-            max_payload: DEFAULT_MAX_PAYLOAD,
-            initial_window: 1 << 16,
-            clock_step_ms: 0,
-        });
         let mut bytes = Vec::new();
-        encode_message(&mut bytes, hello.request_id, &ack)?;
+        encode_message(&mut bytes, hello.request_id, &fake_hello_ack("fake-boot"))?;
         stream.write_all(&bytes)?;
         let request = read_frame(&mut stream, &mut decoder)?;
         stream.write_all(&reply(request.request_id))?;
         // Keep the socket open so only the corrupt bytes can end the session.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).map(|n| n > 0).unwrap_or(false) {}
+        Ok(())
+    });
+    Ok(path)
+}
+
+/// What a virtio-serial stream can hold before a restored agent answers a
+/// new host: ERRORs about frames of an earlier session. None answers this
+/// HELLO, so the handshake skips them; a real refusal still ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_errors_before_hello_ack_are_skipped_and_a_refusal_is_not() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let stale = |hello_id: u64| {
+        let mut bytes = Vec::new();
+        for (id, code) in [
+            (0, ErrorCode::NotNegotiated),
+            (hello_id, ErrorCode::NotNegotiated),
+            (0, ErrorCode::BadFrame),
+            (hello_id + 7, ErrorCode::UnknownRequest),
+        ] {
+            let report = paddock_proto::ErrorReport::new(code, "from an earlier session");
+            encode_message(&mut bytes, id, &Message::Error(report)).expect("encode");
+        }
+        bytes
+    };
+    let path = fake_agent_with_prelude(dir.path(), "stale.sock", stale, true)?;
+    let client = AgentClient::connect(Transport::Unix { path }, test_config()).await?;
+    assert_eq!(
+        client.session().await.map(|s| s.boot_id).as_deref(),
+        Some("fake-boot")
+    );
+
+    let refusal = |hello_id: u64| {
+        let mut bytes = Vec::new();
+        let report = paddock_proto::ErrorReport::new(ErrorCode::InvalidArgument, "token too long");
+        encode_message(&mut bytes, hello_id, &Message::Error(report)).expect("encode");
+        bytes
+    };
+    let path = fake_agent_with_prelude(dir.path(), "refusing.sock", refusal, false)?;
+    let err = AgentClient::connect(Transport::Unix { path }, test_config())
+        .await
+        .expect_err("refused HELLO");
+    assert!(
+        matches!(
+            err,
+            ClientError::Agent {
+                code: ErrorCode::InvalidArgument,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+/// A fake agent that answers the first HELLO with `prelude(hello id)`,
+/// then (if `ack`) HELLO_ACK, and keeps the socket open.
+fn fake_agent_with_prelude(
+    dir: &std::path::Path,
+    name: &str,
+    prelude: impl FnOnce(u64) -> Vec<u8> + Send + 'static,
+    ack: bool,
+) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join(name);
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        let mut decoder = FrameDecoder::default();
+        let hello = read_frame(&mut stream, &mut decoder)?;
+        let mut bytes = prelude(hello.request_id);
+        if ack {
+            encode_message(&mut bytes, hello.request_id, &fake_hello_ack("fake-boot"))?;
+        }
+        stream.write_all(&bytes)?;
         let mut sink = [0u8; 1024];
         while stream.read(&mut sink).map(|n| n > 0).unwrap_or(false) {}
         Ok(())

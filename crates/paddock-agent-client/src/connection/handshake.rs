@@ -2,11 +2,12 @@
 //! apart: its token and its first request id.
 
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use paddock_proto::{
-    FRAME_READ_CHUNK, FrameDecoder, Hello, HelloAck, MIN_PROTOCOL_VERSION, Message,
+    ErrorCode, FRAME_READ_CHUNK, FrameDecoder, Hello, HelloAck, MIN_PROTOCOL_VERSION, Message,
     PROTOCOL_VERSION, decode_message, encode_message, is_supported_version,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -25,6 +26,8 @@ pub(crate) struct SessionParams {
     pub session_token: String,
     /// Where the session reports protocol errors.
     pub events: paddock_events::Emitter,
+    /// The gate that paces received bytes, if any.
+    pub gate: Option<Arc<dyn crate::RequestGate>>,
 }
 
 /// How long to wait for HELLO_ACK before sending HELLO again.
@@ -117,13 +120,13 @@ async fn await_hello_ack(
                     let id = frame.request_id;
                     match decode_message(frame) {
                         Ok(Message::HelloAck(ack)) => return Ok(ack),
-                        Ok(Message::Error(report)) if hello_ids.contains(&id) || id == 0 => {
+                        Ok(Message::Error(report))
+                            if answers_hello(report.code, id, &hello_ids) =>
+                        {
                             return Err(match report.code {
-                                paddock_proto::ErrorCode::UnsupportedVersion => {
-                                    ClientError::UnsupportedVersion {
-                                        message: report.message,
-                                    }
-                                }
+                                ErrorCode::UnsupportedVersion => ClientError::UnsupportedVersion {
+                                    message: report.message,
+                                },
                                 code => ClientError::Agent {
                                     code,
                                     message: report.message,
@@ -145,6 +148,22 @@ async fn await_hello_ack(
             Ok(n) => decoder.commit(n),
             Err(err) => return Err(ClientError::lost(Some(err))),
         }
+    }
+}
+
+/// Whether an ERROR is the agent's answer to one of this connection's
+/// HELLOs (a version or argument it refuses), or its refusal of the whole
+/// connection (`too_many_connections`, on id 0). Any other ERROR before
+/// HELLO_ACK is not about this handshake: a virtio-serial stream carries
+/// across sessions and guest restores, so an agent may still be answering
+/// frames of an earlier host (`not_negotiated` for a request that reached
+/// it after its session ended, `bad_frame` for a frame cut short). It is
+/// skipped like any stale frame, and the HELLO resend goes on.
+fn answers_hello(code: ErrorCode, id: u64, hello_ids: &RangeInclusive<u64>) -> bool {
+    match code {
+        ErrorCode::UnsupportedVersion | ErrorCode::InvalidArgument => hello_ids.contains(&id),
+        ErrorCode::TooManyConnections => id == 0,
+        _ => false,
     }
 }
 
