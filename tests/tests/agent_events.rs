@@ -173,3 +173,85 @@ async fn a_lease_past_its_exec_rate_is_refused_before_anything_is_sent() -> Test
     assert_eq!(kinds, ["exec_started", "exec_finished", "rate_limited"]);
     Ok(())
 }
+
+/// The hub of a test and the recorder subscribed to it.
+type Recording = (paddock_events::EventHub, std::sync::Arc<EventRecorder>);
+
+/// A client of a new agent whose lease has the gate of `limits`, and the
+/// recording of its events.
+async fn limited_client(
+    limits: &paddock::RateLimits,
+    lease: u64,
+) -> anyhow::Result<(AgentProcess, Recording, AgentClient)> {
+    let agent = AgentProcess::start(&[])?;
+    let (hub, recorder, events) = EventRecorder::start("limits", 0);
+    events.set_lease(Some((paddock_events::LeaseId(lease), None)));
+    let gate = paddock::LeaseGate::new(limits).expect("a per-lease limit");
+    let config = ClientConfig {
+        events,
+        gate: Some(std::sync::Arc::new(gate)),
+        ..test_config()
+    };
+    let client = AgentClient::connect(agent.transport(), config).await?;
+    Ok((agent, (hub, recorder), client))
+}
+
+/// How long `limit` held flows back, over the recorded events.
+fn held_by((_, recorder): &Recording, limit: &str) -> Duration {
+    recorder
+        .take()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Throttled { limit: l, delay } if l == limit => Some(delay),
+            _ => None,
+        })
+        .sum()
+}
+
+fn kib_per_s(kib: u32) -> Option<paddock::RateLimit> {
+    std::num::NonZeroU32::new(kib).map(paddock::RateLimit::per_second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_over_its_received_bytes_rate_is_slowed_down_and_loses_nothing() -> TestResult {
+    let limits = paddock::RateLimits {
+        lease_received_bytes: kib_per_s(256),
+        ..paddock::RateLimits::default()
+    };
+    let (_agent, recording, client) = limited_client(&limits, 78).await?;
+    let started = std::time::Instant::now();
+    let out = client
+        .exec_collect(Execute::shell("head -c 1048576 /dev/zero"))
+        .await?;
+    let took = started.elapsed();
+    // Nothing lost or cut: pacing holds credit back, it drops nothing.
+    assert_eq!(out.stdout.len(), 1 << 20);
+    assert!(!out.result.stdout_truncated);
+    assert_eq!(out.result.exit_code, Some(0));
+    // The agent's first window and the limit's burst pass at once; the
+    // other half MiB can come no faster than 256 KiB/s.
+    let held = held_by(&recording, "lease_received_bytes");
+    assert!(held >= Duration::from_millis(1500), "held back {held:?}");
+    assert!(took >= Duration::from_millis(1500), "took {took:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_from_a_reader_is_paced_by_the_lease_file_bytes_rate() -> TestResult {
+    let limits = paddock::RateLimits {
+        lease_file_bytes: kib_per_s(64),
+        ..paddock::RateLimits::default()
+    };
+    let (agent, recording, client) = limited_client(&limits, 79).await?;
+    let data = vec![7u8; 192 * 1024];
+    let remote = agent.dir().join("paced.bin");
+    let done = client
+        .put_reader(&mut data.as_slice(), &remote.to_string_lossy(), 0o644)
+        .await?;
+    assert_eq!(done.size, data.len() as u64);
+    assert_eq!(std::fs::read(&remote)?, data);
+    // 64 KiB pass at once; the other 128 KiB take two seconds at 64 KiB/s.
+    let held = held_by(&recording, "lease_file_bytes");
+    assert!(held >= Duration::from_millis(1500), "held back {held:?}");
+    Ok(())
+}

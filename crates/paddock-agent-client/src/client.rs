@@ -13,7 +13,7 @@ use paddock_proto::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 
-use crate::connection::{Connection, Keepalive, SessionParams};
+use crate::connection::{Connection, Keepalive, Pacing, SessionParams};
 use crate::error::ClientError;
 use crate::exec::exec_failed;
 use crate::exec::{ExecOutput, Execution};
@@ -284,6 +284,7 @@ impl AgentClient {
             handshake_timeout: config.request_timeout,
             session_token: crate::connection::new_session_token(),
             events: config.events.clone(),
+            gate: config.gate.clone(),
         };
         let mut pause = config.backoff_initial;
         let mut attempts = 0u32;
@@ -503,6 +504,9 @@ impl AgentClient {
     }
 
     /// Uploads what `reader` yields to the absolute guest path `remote`.
+    /// With a gate that limits uploaded bytes, each chunk waits until the
+    /// gate lets it (the length is not known up front, so it is paced
+    /// rather than refused).
     ///
     /// # Errors
     /// [`ClientError::Agent`] if the agent cannot write the file,
@@ -513,9 +517,26 @@ impl AgentClient {
         remote: &str,
         mode: u32,
     ) -> Result<FileDone, ClientError> {
+        let config = &self.inner.config;
+        let pacing = config.gate.clone().map(|gate| Pacing {
+            gate,
+            events: config.events.clone(),
+        });
+        self.put(reader, remote, mode, pacing.as_ref()).await
+    }
+
+    /// An upload, paced by `pacing` if given.
+    async fn put<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        remote: &str,
+        mode: u32,
+        pacing: Option<&Pacing>,
+    ) -> Result<FileDone, ClientError> {
         self.transfer(FileDirection::Put, remote, async {
             let conn = self.connection().await?;
-            files::put(&conn, reader, remote, mode, self.inner.config.io_timeout).await
+            let io_timeout = self.inner.config.io_timeout;
+            files::put(&conn, reader, remote, mode, io_timeout, pacing).await
         })
         .await
     }
@@ -586,7 +607,8 @@ impl AgentClient {
         })?;
         let mode = metadata.permissions().mode() & 0o7777;
         let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
-        self.put_reader(&mut reader, remote, mode).await
+        // Admitted (and charged) whole above: not paced again.
+        self.put(&mut reader, remote, mode, None).await
     }
 
     /// Downloads the guest file `remote` into `writer`.

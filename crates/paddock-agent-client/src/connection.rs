@@ -36,7 +36,7 @@ mod credit;
 mod handshake;
 mod keepalive;
 
-pub(crate) use credit::{RecvCredit, SendCredit};
+pub(crate) use credit::{Pacing, RecvCredit, SendCredit};
 use handshake::{Handshake, handshake};
 pub(crate) use handshake::{SessionParams, new_session_token};
 pub(crate) use keepalive::Keepalive;
@@ -74,6 +74,8 @@ struct Shared {
     buffered: Arc<AtomicU64>,
     /// Where protocol errors of the agent's peer are reported.
     events: paddock_events::Emitter,
+    /// Paces the credit returned for received bytes, if a gate does.
+    pacing: Option<Pacing>,
 }
 
 /// One session with an agent. Dropping it ends the session.
@@ -140,6 +142,10 @@ impl Connection {
             our_window: params.window,
             buffered,
             events: params.events.clone(),
+            pacing: params.gate.clone().map(|gate| Pacing {
+                gate,
+                events: params.events.clone(),
+            }),
         });
         let reader_task = tokio::spawn(read_loop(Arc::clone(&shared), reader, decoder));
         let writer_task = tokio::spawn(write_loop(Arc::clone(&shared), rx, writer));
@@ -190,6 +196,7 @@ impl Connection {
             id,
             self.shared.writer.clone(),
             Arc::clone(&self.shared.buffered),
+            self.shared.pacing.clone(),
         ));
         let send = Arc::new(SendCredit::new(self.shared.agent_window));
         let mut state = lock(&self.shared.state);
@@ -359,6 +366,7 @@ impl Shared {
                 id,
                 self.writer.clone(),
                 Arc::clone(&self.buffered),
+                self.pacing.clone(),
             )),
             send: Arc::new(SendCredit::new(self.agent_window)),
         };

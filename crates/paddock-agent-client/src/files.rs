@@ -7,7 +7,7 @@ use std::time::Duration;
 use paddock_proto::{FileDone, FileEnd, FileGet, FilePut, Message, MessageKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::connection::{Connection, Event, Request};
+use crate::connection::{Connection, Event, Pacing, Request};
 use crate::error::ClientError;
 
 /// What a finished download received.
@@ -28,6 +28,7 @@ pub(crate) async fn put<R: AsyncRead + Unpin>(
     remote: &str,
     mode: u32,
     io_timeout: Duration,
+    pacing: Option<&Pacing>,
 ) -> Result<FileDone, ClientError> {
     check_remote_path(remote)?;
     let mut request = conn.open(false)?;
@@ -50,6 +51,11 @@ pub(crate) async fn put<R: AsyncRead + Unpin>(
             })?;
         if n == 0 {
             break;
+        }
+        if let Some(pacing) = pacing {
+            while let Some(hold) = pacing.hold(crate::Flow::Sent, n as u64) {
+                tokio::time::sleep(hold).await;
+            }
         }
         crc.update(&buf[..n]);
         size += n as u64;

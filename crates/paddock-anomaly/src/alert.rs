@@ -104,7 +104,8 @@ pub enum Action {
     RecycleSlot,
     /// End the current lease now.
     EndLease,
-    /// Slow down the tenant's further leases.
+    /// Refuse the tenant new leases for a while (a pool refuses them for
+    /// its `RateLimits::tenant_throttle`; its leases out go on).
     ThrottleTenant,
 }
 

@@ -350,15 +350,16 @@ pub fn audit_event(event: &Event, options: &AuditOptions, run: &str) -> Option<A
             }),
             at,
         ),
-        // Telemetry: timings, capacity and connectivity, not actions.
-        // HealthCheckFailed is followed by SlotDestroyed (check_failed),
+        // Telemetry: timings, capacity and connectivity, not actions (a
+        // throttled flow refused nothing). HealthCheckFailed is followed by SlotDestroyed (check_failed),
         // which is audited; GoldenBuilt is part of the audited PoolCreated.
         EventKind::GoldenBuilt { .. }
         | EventKind::SlotCreated { .. }
         | EventKind::SlotCreateFailed { .. }
         | EventKind::HealthCheckFailed { .. }
         | EventKind::BackendConnection { .. }
-        | EventKind::AgentRoundTrip { .. } => return None,
+        | EventKind::AgentRoundTrip { .. }
+        | EventKind::Throttled { .. } => return None,
     };
     let mut record = AuditEvent::new(
         format!("{run}:{}", event.id),

@@ -347,6 +347,15 @@ pub enum EventKind {
         /// When a retry may pass.
         retry_after: Duration,
     },
+    /// A rate limit held a data flow back: the host returned the agent's
+    /// credit for received bytes (exec output, a download) `delay` later
+    /// than it would have. Nothing was refused or lost.
+    Throttled {
+        /// Which limit (`lease_received_bytes`).
+        limit: &'static str,
+        /// How long the credit was held back.
+        delay: Duration,
+    },
     /// A policy denied a request.
     Denied {
         /// The policy rule's name.
@@ -390,6 +399,7 @@ impl EventKind {
             Self::AgentRoundTrip { .. } => "agent_round_trip",
             Self::ProtocolError { .. } => "protocol_error",
             Self::RateLimited { .. } => "rate_limited",
+            Self::Throttled { .. } => "throttled",
             Self::Denied { .. } => "denied",
             Self::Alert { .. } => "alert",
         }

@@ -8,18 +8,19 @@ use std::time::Duration;
 use paddock_events::{AcquireOutcome, Event, EventKind, ExecOutcome, FileDirection, Subscriber};
 use prometheus::core::Collector;
 use prometheus::{
-    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry, TextEncoder,
+    CounterVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry,
+    TextEncoder,
 };
 
 use crate::MetricsError;
 use crate::buckets;
-use crate::define::{histogram, int_counter, int_gauge};
+use crate::define::{float_counter, histogram, int_counter, int_gauge};
 use crate::pool::{PoolCollector, PoolGauge, PoolGauges};
 use crate::slot::{SlotCollector, SlotResources, SlotStats};
 
 /// Every [`EventKind::name`], in [`kind_index`] order: the values of
 /// `paddock_events_total`'s `kind` label, created at zero.
-pub(crate) const EVENT_KINDS: [&str; 18] = [
+pub(crate) const EVENT_KINDS: [&str; 19] = [
     "pool_created",
     "golden_built",
     "slot_created",
@@ -36,6 +37,7 @@ pub(crate) const EVENT_KINDS: [&str; 18] = [
     "agent_round_trip",
     "protocol_error",
     "rate_limited",
+    "throttled",
     "denied",
     "alert",
 ];
@@ -61,8 +63,9 @@ pub(crate) fn kind_index(kind: &EventKind) -> usize {
         EventKind::AgentRoundTrip { .. } => 13,
         EventKind::ProtocolError { .. } => 14,
         EventKind::RateLimited { .. } => 15,
-        EventKind::Denied { .. } => 16,
-        EventKind::Alert { .. } => 17,
+        EventKind::Throttled { .. } => 16,
+        EventKind::Denied { .. } => 17,
+        EventKind::Alert { .. } => 18,
     }
 }
 
@@ -125,6 +128,7 @@ struct Families {
     agent_round_trip: HistogramVec,
     protocol_errors: IntCounterVec,
     rate_limited: IntCounterVec,
+    throttled: CounterVec,
     denied: IntCounterVec,
     anomalies: IntCounterVec,
     libvirt_connected: IntGaugeVec,
@@ -283,6 +287,12 @@ impl Families {
                 r,
                 "paddock_rate_limited_total",
                 "Requests a rate limit refused, by limit.",
+                &["pool", "limit"],
+            )?,
+            throttled: float_counter(
+                r,
+                "paddock_throttled_seconds_total",
+                "Time a rate limit held data flows back (credit for received bytes returned late), by limit.",
                 &["pool", "limit"],
             )?,
             denied: int_counter(
@@ -687,6 +697,11 @@ impl Subscriber for Metrics {
             }
             EventKind::RateLimited { limit, .. } => {
                 f.rate_limited.with_label_values(&[pool, limit]).inc();
+            }
+            EventKind::Throttled { limit, delay } => {
+                f.throttled
+                    .with_label_values(&[pool, limit])
+                    .inc_by(delay.as_secs_f64());
             }
             // The rule is a policy's free-form name: not a label.
             EventKind::Denied { .. } => self.with_pool(pool, |p| p.denied.inc()),

@@ -226,6 +226,10 @@ fn one_of_each() -> Vec<EventKind> {
             limit: "exec",
             retry_after: d,
         },
+        EventKind::Throttled {
+            limit: "lease_received_bytes",
+            delay: d,
+        },
         EventKind::Denied {
             rule: "no-net".into(),
             reason: "egress".into(),
@@ -429,6 +433,15 @@ fn execs_transfers_resets_and_the_rest_have_exact_values() {
             retry_after: Duration::from_secs(1),
         },
     );
+    for delay_ms in [250, 500] {
+        hub.emit(
+            ci(),
+            EventKind::Throttled {
+                limit: "lease_received_bytes",
+                delay: Duration::from_millis(delay_ms),
+            },
+        );
+    }
     hub.emit(
         ci(),
         EventKind::Denied {
@@ -591,6 +604,13 @@ fn execs_transfers_resets_and_the_rest_have_exact_values() {
     assert_eq!(
         x.value("paddock_rate_limited_total", &[p, ("limit", "exec")]),
         1.0
+    );
+    assert_eq!(
+        x.value(
+            "paddock_throttled_seconds_total",
+            &[p, ("limit", "lease_received_bytes")]
+        ),
+        0.75
     );
     assert_eq!(x.value("paddock_denied_total", &[p]), 1.0);
     assert_eq!(

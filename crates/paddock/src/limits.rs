@@ -1,17 +1,30 @@
 //! Rate limits (GCRA, the `governor` crate): acquires per pool and per
-//! tenant, executions and uploaded bytes per lease. A refusal is a typed
-//! error that says when to retry ([`crate::PoolError::RateLimited`],
+//! tenant, executions and uploaded bytes per lease, and received bytes
+//! (exec output, downloads) per lease. A refusal is a typed error that says
+//! when to retry ([`crate::PoolError::RateLimited`],
 //! [`paddock_agent_client::ClientError::Refused`]), an event
 //! ([`paddock_events::EventKind::RateLimited`]), and so a metric and an
-//! audit record.
+//! audit record. Received bytes are never refused: their credit is held
+//! back ([`paddock_events::EventKind::Throttled`]), which slows the guest's
+//! writer down.
+//!
+//! An anomaly rule whose action is `throttle_tenant` refuses the tenant's
+//! acquires for [`RateLimits::tenant_throttle`] (limit `tenant_throttled`).
+//!
+//! Keyed state (per tenant, per lease) is pruned on a timer
+//! ([`PRUNE_INTERVAL`]), and as it is used once it holds more than
+//! [`PRUNE_ABOVE`] keys, so it never grows with every key ever seen.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
-use paddock_agent_client::{GateRequest, Refusal, RequestGate};
+use paddock_agent_client::{Flow, GateRequest, Refusal, RequestGate};
 use paddock_events::{LeaseId, Source};
 
 /// A rate: `per_second` on average, with bursts of up to `burst`.
@@ -39,7 +52,7 @@ impl RateLimit {
 }
 
 /// A pool's rate limits; all off by default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimits {
     /// Acquires per second, for the whole pool.
     pub acquires: Option<RateLimit>,
@@ -47,15 +60,41 @@ pub struct RateLimits {
     pub tenant_acquires: Option<RateLimit>,
     /// Executions per second, per lease.
     pub lease_execs: Option<RateLimit>,
-    /// Uploaded file bytes per second, per lease (a file larger than the
-    /// burst is refused for good: its `retry_after` is `None`).
+    /// Uploaded file bytes per second, per lease, counted in KiB: `per_second`
+    /// and `burst` are KiB. A file larger than the burst is refused for
+    /// good (its `retry_after` is `None`).
     pub lease_file_bytes: Option<RateLimit>,
+    /// Received bytes per second, per lease (exec output and downloads),
+    /// counted in KiB: `per_second` and `burst` are KiB. Paced, never
+    /// refused. A burst below the client's window
+    /// ([`paddock_agent_client::ClientConfig::window`]) is charged at most
+    /// the burst per returned credit, so keep it at least that large.
+    pub lease_received_bytes: Option<RateLimit>,
+    /// How long a tenant's acquires are refused once an anomaly rule with
+    /// the `throttle_tenant` action fired for one of its leases; 60 s by
+    /// default.
+    pub tenant_throttle: Duration,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            acquires: None,
+            tenant_acquires: None,
+            lease_execs: None,
+            lease_file_bytes: None,
+            lease_received_bytes: None,
+            tenant_throttle: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Keyed limiters drop the state of keys that are back to a fresh state
-/// once they hold more keys than this (checked as they are used), so they
-/// never grow with every lease or tenant ever seen.
-const PRUNE_ABOVE: usize = 256;
+/// once they hold more keys than this (checked as they are used).
+pub const PRUNE_ABOVE: usize = 256;
+
+/// How often a pool prunes its keyed limiters.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 fn retry_after(
     until: governor::NotUntil<<DefaultClock as governor::clock::Clock>::Instant>,
@@ -63,18 +102,32 @@ fn retry_after(
     until.wait_time_from(DefaultClock::default().now())
 }
 
-fn prune<K: std::hash::Hash + Eq + Clone>(limiter: &DefaultKeyedRateLimiter<K>) {
+fn prune_if_large<K: std::hash::Hash + Eq + Clone>(limiter: &DefaultKeyedRateLimiter<K>) {
     if limiter.len() > PRUNE_ABOVE {
-        limiter.retain_recent();
-        limiter.shrink_to_fit();
+        prune(limiter);
     }
 }
 
-/// The pool's acquire limits.
+fn prune<K: std::hash::Hash + Eq + Clone>(limiter: &DefaultKeyedRateLimiter<K>) {
+    limiter.retain_recent();
+    limiter.shrink_to_fit();
+}
+
+/// `bytes` as governor cells: KiB rounded up, at least one.
+fn kib_cells(bytes: u64) -> NonZeroU32 {
+    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    NonZeroU32::new(kib).unwrap_or(NonZeroU32::MIN)
+}
+
+/// The pool's acquire limits, and the tenants an anomaly throttled.
 #[derive(Debug)]
 pub(crate) struct AcquireLimiter {
     pool: Option<DefaultDirectRateLimiter>,
     tenants: Option<DefaultKeyedRateLimiter<Arc<str>>>,
+    /// Tenants whose acquires are refused until the instant (the runtime's
+    /// clock, like the acquire timeout's).
+    throttled: Mutex<HashMap<Arc<str>, Instant>>,
+    throttle_for: Duration,
 }
 
 impl AcquireLimiter {
@@ -86,13 +139,27 @@ impl AcquireLimiter {
             tenants: limits
                 .tenant_acquires
                 .map(|limit| DefaultKeyedRateLimiter::keyed(limit.quota())),
+            throttled: Mutex::new(HashMap::new()),
+            throttle_for: limits.tenant_throttle,
         }
     }
 
     /// `Err((limit, retry after))` when an acquire for `tenant` must wait.
     pub(crate) fn check(&self, tenant: Option<&Arc<str>>) -> Result<(), (&'static str, Duration)> {
+        if let Some(tenant) = tenant {
+            let until = self
+                .throttled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(tenant)
+                .copied();
+            if let Some(wait) = until.and_then(|until| until.checked_duration_since(Instant::now()))
+            {
+                return Err(("tenant_throttled", wait));
+            }
+        }
         if let (Some(limiter), Some(tenant)) = (&self.tenants, tenant) {
-            prune(limiter);
+            prune_if_large(limiter);
             limiter
                 .check_key(tenant)
                 .map_err(|until| ("tenant_acquires", retry_after(until)))?;
@@ -104,6 +171,42 @@ impl AcquireLimiter {
         }
         Ok(())
     }
+
+    /// Refuses `tenant`'s acquires for the configured time from now.
+    pub(crate) fn throttle(&self, tenant: &Arc<str>) {
+        let until = Instant::now() + self.throttle_for;
+        let mut throttled = self
+            .throttled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = throttled.entry(Arc::clone(tenant)).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// Forgets tenants back to a fresh state and throttles that ended.
+    pub(crate) fn prune(&self) {
+        if let Some(limiter) = &self.tenants {
+            prune(limiter);
+        }
+        let now = Instant::now();
+        self.throttled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, until| *until > now);
+    }
+
+    /// How many tenants the limiter holds state for (rate and throttle).
+    #[cfg(test)]
+    fn tenants_held(&self) -> usize {
+        self.tenants
+            .as_ref()
+            .map_or(0, DefaultKeyedRateLimiter::len)
+            + self
+                .throttled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len()
+    }
 }
 
 /// A pool's per-lease limits, as the request gate of its slots' agent
@@ -112,14 +215,18 @@ impl AcquireLimiter {
 #[derive(Debug)]
 pub struct LeaseGate {
     execs: Option<DefaultKeyedRateLimiter<LeaseId>>,
-    file_bytes: Option<DefaultKeyedRateLimiter<LeaseId>>,
+    file_bytes: Option<(DefaultKeyedRateLimiter<LeaseId>, NonZeroU32)>,
+    received_bytes: Option<(DefaultKeyedRateLimiter<LeaseId>, NonZeroU32)>,
 }
 
 impl LeaseGate {
     /// The gate for `limits`, or `None` when it has no per-lease limit.
     #[must_use]
     pub fn new(limits: &RateLimits) -> Option<Self> {
-        if limits.lease_execs.is_none() && limits.lease_file_bytes.is_none() {
+        if limits.lease_execs.is_none()
+            && limits.lease_file_bytes.is_none()
+            && limits.lease_received_bytes.is_none()
+        {
             return None;
         }
         Some(Self {
@@ -128,8 +235,22 @@ impl LeaseGate {
                 .map(|limit| DefaultKeyedRateLimiter::keyed(limit.quota())),
             file_bytes: limits
                 .lease_file_bytes
-                .map(|limit| DefaultKeyedRateLimiter::keyed(limit.quota())),
+                .map(|limit| (DefaultKeyedRateLimiter::keyed(limit.quota()), limit.burst)),
+            received_bytes: limits
+                .lease_received_bytes
+                .map(|limit| (DefaultKeyedRateLimiter::keyed(limit.quota()), limit.burst)),
         })
+    }
+
+    /// How many leases the gate holds state for, over all its limits.
+    #[must_use]
+    pub fn leases_held(&self) -> usize {
+        self.execs.as_ref().map_or(0, DefaultKeyedRateLimiter::len)
+            + [&self.file_bytes, &self.received_bytes]
+                .into_iter()
+                .flatten()
+                .map(|(limiter, _)| limiter.len())
+                .sum::<usize>()
     }
 }
 
@@ -143,7 +264,7 @@ impl RequestGate for LeaseGate {
         match request {
             GateRequest::Exec(_) => {
                 if let Some(limiter) = &self.execs {
-                    prune(limiter);
+                    prune_if_large(limiter);
                     limiter.check_key(&lease).map_err(|until| Refusal {
                         limit: "lease_execs",
                         retry_after: Some(retry_after(until)),
@@ -151,19 +272,16 @@ impl RequestGate for LeaseGate {
                 }
             }
             GateRequest::FileBytes { bytes, .. } => {
-                if let Some(limiter) = &self.file_bytes {
-                    prune(limiter);
+                if let Some((limiter, _)) = &self.file_bytes {
+                    prune_if_large(limiter);
                     let refused = |retry_after| Refusal {
                         limit: "lease_file_bytes",
                         retry_after,
                     };
-                    // Counted in KiB, rounded up: a u32 of cells covers
-                    // files of up to 4 TiB.
-                    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-                    let Some(cells) = NonZeroU32::new(kib) else {
+                    if *bytes == 0 {
                         return Ok(());
-                    };
-                    match limiter.check_key_n(&lease, cells) {
+                    }
+                    match limiter.check_key_n(&lease, kib_cells(*bytes)) {
                         Ok(Ok(())) => {}
                         Ok(Err(until)) => return Err(refused(Some(retry_after(until)))),
                         Err(_insufficient) => return Err(refused(None)),
@@ -172,6 +290,39 @@ impl RequestGate for LeaseGate {
             }
         }
         Ok(())
+    }
+
+    fn pace(&self, source: &Source, flow: Flow, bytes: u64) -> Option<(&'static str, Duration)> {
+        let lease = source.lease?;
+        let (limiter, burst, limit) = match flow {
+            Flow::Received => {
+                let (limiter, burst) = self.received_bytes.as_ref()?;
+                (limiter, *burst, "lease_received_bytes")
+            }
+            Flow::Sent => {
+                let (limiter, burst) = self.file_bytes.as_ref()?;
+                (limiter, *burst, "lease_file_bytes")
+            }
+        };
+        prune_if_large(limiter);
+        // More than the burst at once could never pass: charge the burst.
+        let cells = kib_cells(bytes).min(burst);
+        match limiter.check_key_n(&lease, cells) {
+            Ok(Ok(())) | Err(_) => None,
+            Ok(Err(until)) => Some((limit, retry_after(until))),
+        }
+    }
+
+    fn prune(&self) {
+        if let Some(limiter) = &self.execs {
+            prune(limiter);
+        }
+        for (limiter, _) in [&self.file_bytes, &self.received_bytes]
+            .into_iter()
+            .flatten()
+        {
+            prune(limiter);
+        }
     }
 }
 
@@ -272,7 +423,86 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(20));
         let _ = gate.admit(&leased(5000), &GateRequest::Exec(&exec));
-        let held = gate.execs.as_ref().map_or(0, DefaultKeyedRateLimiter::len);
+        let held = gate.leases_held();
         assert!(held <= PRUNE_ABOVE + 1, "{held} keys held");
+    }
+
+    #[test]
+    fn a_throttled_tenant_is_refused_until_its_time_and_then_forgotten() {
+        let limiter = AcquireLimiter::new(&RateLimits {
+            tenant_throttle: Duration::from_millis(30),
+            ..RateLimits::default()
+        });
+        let (alice, bob): (Arc<str>, Arc<str>) = ("alice".into(), "bob".into());
+        limiter.throttle(&alice);
+        let (name, wait) = limiter.check(Some(&alice)).expect_err("throttled");
+        assert_eq!(name, "tenant_throttled");
+        assert!(wait <= Duration::from_millis(30), "{wait:?}");
+        assert!(limiter.check(Some(&bob)).is_ok());
+        assert!(limiter.check(None).is_ok());
+        assert_eq!(limiter.tenants_held(), 1);
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(limiter.check(Some(&alice)).is_ok(), "the throttle ended");
+        limiter.prune();
+        assert_eq!(limiter.tenants_held(), 0);
+    }
+
+    #[test]
+    fn received_bytes_are_paced_per_lease_never_refused() {
+        let gate = LeaseGate::new(&RateLimits {
+            lease_received_bytes: Some(limit(64, 64)),
+            ..RateLimits::default()
+        })
+        .expect("a gate");
+        // The burst passes at once, and is charged.
+        assert_eq!(gate.pace(&leased(1), Flow::Received, 64 * 1024), None);
+        let (name, wait) = gate
+            .pace(&leased(1), Flow::Received, 32 * 1024)
+            .expect("held");
+        assert_eq!(name, "lease_received_bytes");
+        // 32 KiB at 64 KiB/s.
+        assert!(
+            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        assert_eq!(
+            gate.pace(&leased(2), Flow::Received, 64 * 1024),
+            None,
+            "another lease"
+        );
+        assert_eq!(
+            gate.pace(&Source::default(), Flow::Received, 1 << 30),
+            None,
+            "no lease"
+        );
+        // More than the burst at once is charged the burst: held, not stuck.
+        assert!(gate.pace(&leased(3), Flow::Received, 1 << 30).is_none());
+        assert!(gate.pace(&leased(3), Flow::Received, 1024).is_some());
+        // Received bytes do not count against uploads or executions, and
+        // a flow without a limit is not paced.
+        let exec = paddock_agent_client::Execute::argv(["true"]);
+        assert!(gate.admit(&leased(1), &GateRequest::Exec(&exec)).is_ok());
+        assert_eq!(gate.pace(&leased(1), Flow::Sent, 1 << 20), None);
+    }
+
+    #[test]
+    fn pruning_on_the_timer_forgets_every_idle_lease() {
+        let gate = LeaseGate::new(&RateLimits {
+            lease_execs: Some(limit(1000, 1)),
+            lease_received_bytes: Some(limit(1024, 1024)),
+            ..RateLimits::default()
+        })
+        .expect("a gate");
+        let exec = paddock_agent_client::Execute::argv(["true"]);
+        for id in 0..100 {
+            let _ = gate.admit(&leased(id), &GateRequest::Exec(&exec));
+            let _ = gate.pace(&leased(id), Flow::Received, 1024);
+        }
+        assert_eq!(gate.leases_held(), 200);
+        // Idle long enough for both to be back to fresh (1 ms per exec,
+        // 1 ms per KiB).
+        std::thread::sleep(Duration::from_millis(20));
+        gate.prune();
+        assert_eq!(gate.leases_held(), 0);
     }
 }

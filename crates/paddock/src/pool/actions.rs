@@ -1,6 +1,8 @@
 //! What the pool does when an anomaly rule fires for one of its slots
 //! (the rule's configured action, carried by the alert event): recycle the
-//! slot after its lease, or end the lease now and recycle the slot.
+//! slot after its lease, end the lease now and recycle the slot, or refuse
+//! the lease's tenant new leases for a while
+//! ([`crate::RateLimits::tenant_throttle`]).
 
 use std::sync::{Arc, Weak};
 
@@ -24,7 +26,17 @@ impl<B: SlotBackend> Subscriber for AlertActions<B> {
         if event.source.pool.as_deref() != Some(&*self.pool) {
             return;
         }
-        let (Some(index), Some(inner)) = (event.source.slot, self.inner.upgrade()) else {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        if *action == "throttle_tenant" {
+            // A tenant-scoped alert names no slot; a lease's names both.
+            if let Some(tenant) = &event.source.tenant {
+                inner.acquire_limits.throttle(tenant);
+            }
+            return;
+        }
+        let Some(index) = event.source.slot else {
             return;
         };
         match *action {
@@ -36,8 +48,7 @@ impl<B: SlotBackend> Subscriber for AlertActions<B> {
                     .tasks
                     .spawn(async move { ending.backend.end_lease(index).await });
             }
-            // `log` is done by the alert event itself; `throttle_tenant`
-            // belongs to the daemon, which knows tenants.
+            // `log` is done by the alert event itself.
             _ => {}
         }
     }

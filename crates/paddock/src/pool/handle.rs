@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use paddock_events::{AcquireOutcome, DestroyCause, EventKind, LeaseId};
 use tokio::sync::oneshot;
 
-use super::slots::{Entry, Inner, health_checks};
+use super::slots::{Entry, Inner, health_checks, prune_limits};
 use super::{PoolConfig, PoolError, PoolStats, SlotBackend, SlotFailure};
 
 /// Lease ids, unique in the process.
@@ -105,6 +105,7 @@ impl<B: SlotBackend> Pool<B> {
             let weak = Arc::downgrade(&inner);
             inner.tasks.spawn(health_checks(weak, interval));
         }
+        inner.tasks.spawn(prune_limits(Arc::downgrade(&inner)));
         let events = &inner.config.events;
         let actions = match (events.hub(), events.source().pool) {
             (Some(hub), Some(pool)) => {

@@ -208,6 +208,10 @@ pub trait SlotBackend: Send + Sync + 'static {
         None
     }
 
+    /// Forgets per-lease limiter state that is back to fresh (the pool calls
+    /// it on a timer). Default: nothing.
+    fn prune_limits(&self) {}
+
     /// Ends the lease slot `index` is on now: its requests in flight fail
     /// and later ones are refused, until the slot is reset (an anomaly
     /// rule's `end_lease`). Default: nothing (the slot is still recycled

@@ -475,6 +475,25 @@ impl<B: SlotBackend> Inner<B> {
 
 /// Checks every ready slot each `interval`, one at a time; a slot that
 /// fails is destroyed and replaced.
+/// Prunes the pool's keyed rate limiters (tenants, leases) every
+/// [`crate::limits::PRUNE_INTERVAL`] until the pool shuts down.
+pub(super) async fn prune_limits<B: SlotBackend>(pool: Weak<Inner<B>>) {
+    let Some(closing) = pool.upgrade().map(|inner| inner.closing.clone()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(crate::limits::PRUNE_INTERVAL) => {}
+            () = closing.cancelled() => return,
+        }
+        let Some(inner) = pool.upgrade() else {
+            return;
+        };
+        inner.acquire_limits.prune();
+        inner.backend.prune_limits();
+    }
+}
+
 pub(super) async fn health_checks<B: SlotBackend>(pool: Weak<Inner<B>>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;

@@ -536,3 +536,57 @@ async fn an_alert_recycles_its_slot_after_the_lease_or_at_once_when_ready() {
     // After the shutdown, the pool no longer listens.
     assert_eq!(hub.subscribers(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_throttle_tenant_alert_refuses_the_tenants_acquires_for_the_configured_time() {
+    use paddock_events::{EventHub, EventKind, Source};
+    let hub = EventHub::new();
+    let mut cfg = config(2, 2);
+    cfg.limits.tenant_throttle = Duration::from_secs(30);
+    cfg.events = hub.emitter(Source {
+        pool: Some("a".into()),
+        ..Source::default()
+    });
+    let pool = started(cfg).await;
+    let lease = pool.acquire_for("mallory").await.expect("before any alert");
+    // The alert of a lease names its tenant (and its slot).
+    hub.emit(
+        Source {
+            pool: Some("a".into()),
+            slot: Some(lease.index()),
+            tenant: Some("mallory".into()),
+            ..Source::default()
+        },
+        EventKind::Alert {
+            rule: "exec_rate",
+            action: "throttle_tenant",
+            value: 1.0,
+            threshold: 1.0,
+            message: String::new(),
+        },
+    );
+    match pool.acquire_for("mallory").await {
+        Err(PoolError::RateLimited { limit, retry_after }) => {
+            assert_eq!(limit, "tenant_throttled");
+            assert!(retry_after > Duration::from_secs(29), "{retry_after:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nobody else is throttled, and the throttled lease itself goes on.
+    let other = pool.acquire_for("alice").await.expect("another tenant");
+    drop(other);
+    assert!(
+        !pool
+            .backend()
+            .calls()
+            .contains(&Call::Destroy(lease.index()))
+    );
+    drop(lease);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let again = pool
+        .acquire_for("mallory")
+        .await
+        .expect("after the throttle");
+    drop(again);
+    pool.shutdown().await;
+}

@@ -684,6 +684,12 @@ impl SlotBackend for VmBackend {
         self.give_back(slot.address.as_ref());
     }
 
+    fn prune_limits(&self) {
+        if let Some(gate) = &self.gate {
+            gate.prune();
+        }
+    }
+
     fn slot_emitter(&self, slot: &VmSlot) -> Option<Emitter> {
         Some(slot.events.clone())
     }
