@@ -36,6 +36,7 @@ fn one_exec(hub: &EventHub, source: &Source) {
     hub.emit(
         source.clone(),
         EventKind::ExecStarted {
+            exec: 0,
             command: Command::Argv(vec!["make".into(), "test".into()]),
             env_names: vec!["CI".into()],
             cwd: Some("/work".into()),
@@ -45,6 +46,7 @@ fn one_exec(hub: &EventHub, source: &Source) {
     hub.emit(
         source.clone(),
         EventKind::ExecFinished {
+            exec: 0,
             outcome: ExecOutcome::Ok,
             result: Some(ExecResult {
                 exit_code: Some(0),

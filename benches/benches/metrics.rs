@@ -32,6 +32,7 @@ fn source(pool: &str, slot: u32) -> Source {
 
 fn exec_finished() -> EventKind {
     EventKind::ExecFinished {
+        exec: 0,
         outcome: ExecOutcome::Ok,
         result: Some(ExecResult {
             exit_code: Some(0),

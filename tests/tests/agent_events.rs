@@ -72,6 +72,20 @@ async fn executions_files_and_round_trips_are_emitted() -> TestResult {
         .collect();
     assert_eq!(started.len(), 4);
     assert_eq!(started[0].0, ["API_TOKEN"]);
+    // Each execution's two events carry its number; numbers differ.
+    let numbers = |finished: bool| -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match e.kind {
+                EventKind::ExecStarted { exec, .. } if !finished => Some(exec),
+                EventKind::ExecFinished { exec, .. } if finished => Some(exec),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(numbers(false), numbers(true));
+    let distinct: std::collections::BTreeSet<_> = numbers(false).into_iter().collect();
+    assert_eq!(distinct.len(), 4);
     assert_eq!(started[2].1, Some(Duration::from_millis(200)));
     let finished: Vec<_> = events
         .iter()

@@ -15,8 +15,7 @@ use tokio::sync::Mutex;
 
 use crate::connection::{Connection, Keepalive, Pacing, SessionParams};
 use crate::error::ClientError;
-use crate::exec::exec_failed;
-use crate::exec::{ExecOutput, Execution};
+use crate::exec::{ExecOutput, ExecStart, Execution, exec_failed};
 use crate::files::{self, Download};
 use crate::gate::{GateRequest, RequestGate};
 use crate::transport::{AttemptError, Transport};
@@ -466,8 +465,9 @@ impl AgentClient {
                 .saturating_add(config.exec_timeout_margin);
         self.admit(&GateRequest::Exec(&request))?;
         let stdin = request.stdin;
-        let started = Instant::now();
+        let started = ExecStart::next();
         config.events.emit(|| EventKind::ExecStarted {
+            exec: started.exec,
             command: request.command.clone(),
             env_names: request.env.keys().cloned().collect(),
             cwd: request.cwd.clone(),

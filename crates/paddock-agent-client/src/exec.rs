@@ -31,8 +31,27 @@ pub struct Execution {
     deadline: Instant,
     finished: bool,
     events: Emitter,
-    /// When it was sent, for the duration its event reports.
-    started: std::time::Instant,
+    /// Its number and when it was sent, for its end's event.
+    started: ExecStart,
+}
+
+/// An execution's number (unique within the process, the same in its two
+/// events) and when it was sent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExecStart {
+    pub(crate) exec: u64,
+    pub(crate) at: std::time::Instant,
+}
+
+impl ExecStart {
+    /// A new execution, starting now.
+    pub(crate) fn next() -> Self {
+        static NEXT_EXEC: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self {
+            exec: NEXT_EXEC.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            at: std::time::Instant::now(),
+        }
+    }
 }
 
 /// Everything an execution printed, and how it ended.
@@ -53,7 +72,7 @@ impl Execution {
         deadline: Instant,
         io_timeout: Duration,
         events: Emitter,
-        started: std::time::Instant,
+        started: ExecStart,
     ) -> Self {
         let mut output = |index: usize| {
             request.outputs[index]
@@ -160,8 +179,9 @@ impl Execution {
         self.finished = true;
         match &result {
             Ok(result) => {
-                let duration = self.started.elapsed();
+                let duration = self.started.at.elapsed();
                 self.events.emit(|| EventKind::ExecFinished {
+                    exec: self.started.exec,
                     outcome: ExecOutcome::of(result),
                     result: Some(result.clone()),
                     duration,
@@ -202,8 +222,9 @@ impl Drop for Execution {
         if !self.finished {
             // Best effort: nothing of a dropped execution should keep running.
             let _ = self.stop();
-            let duration = self.started.elapsed();
+            let duration = self.started.at.elapsed();
             self.events.emit(|| EventKind::ExecFinished {
+                exec: self.started.exec,
                 outcome: ExecOutcome::Error,
                 result: None,
                 duration,
@@ -214,11 +235,12 @@ impl Drop for Execution {
 }
 
 /// Emits the end of an execution that has no result.
-pub(crate) fn exec_failed(events: &Emitter, err: &ClientError, started: std::time::Instant) {
+pub(crate) fn exec_failed(events: &Emitter, err: &ClientError, started: ExecStart) {
     events.emit(|| EventKind::ExecFinished {
+        exec: started.exec,
         outcome: ExecOutcome::Error,
         result: None,
-        duration: started.elapsed(),
+        duration: started.at.elapsed(),
         error: Some(err.kind_name()),
     });
 }

@@ -150,6 +150,7 @@ fn idle_slot() -> Source {
 
 fn exec(duration: Duration, output_bytes: u64) -> EventKind {
     EventKind::ExecFinished {
+        exec: 0,
         outcome: ExecOutcome::Ok,
         result: Some(ExecResult {
             exit_code: Some(0),
@@ -164,6 +165,7 @@ fn exec(duration: Duration, output_bytes: u64) -> EventKind {
 
 fn timed_out() -> EventKind {
     EventKind::ExecFinished {
+        exec: 0,
         outcome: ExecOutcome::Timeout,
         result: Some(ExecResult {
             timed_out: true,
@@ -412,6 +414,7 @@ fn resets_acquires_and_skipped_outcomes_map_as_documented() {
     s.hub.emit(
         leased(),
         EventKind::ExecFinished {
+            exec: 0,
             outcome: ExecOutcome::Error,
             result: None,
             duration: Duration::from_secs(1),

@@ -135,7 +135,9 @@ impl Subscriber for AuditSubscriber {
 ///
 /// The record's `id` is `<run>:<event id>`: `run` (for the subscriber, a
 /// UUID v4 drawn when it is created) and the hub's event id, so records are
-/// unique across processes and ordered by emission within one hub.
+/// unique across processes and ordered by emission within one hub. The two
+/// records of one execution (`received`, `completed`) share the id
+/// `<run>:exec-<n>`, `n` the execution's number in its events.
 pub fn audit_event(event: &Event, options: &AuditOptions, run: &str) -> Option<AuditEvent> {
     let source = &event.source;
     let at = event.at;
@@ -218,6 +220,7 @@ pub fn audit_event(event: &Event, options: &AuditOptions, run: &str) -> Option<A
             )
         }
         EventKind::ExecStarted {
+            exec: _,
             command,
             env_names,
             cwd,
@@ -243,6 +246,7 @@ pub fn audit_event(event: &Event, options: &AuditOptions, run: &str) -> Option<A
             )
         }
         EventKind::ExecFinished {
+            exec: _,
             outcome: finished,
             result,
             duration,
@@ -361,15 +365,18 @@ pub fn audit_event(event: &Event, options: &AuditOptions, run: &str) -> Option<A
         | EventKind::AgentRoundTrip { .. }
         | EventKind::Throttled { .. } => return None,
     };
-    let mut record = AuditEvent::new(
-        format!("{run}:{}", event.id),
-        stage,
-        actor(source, options),
-        verb,
-    )
-    .with_target(target(source))
-    .with_received_at(Timestamp::from_system_time(received))
-    .with_stage_at(Timestamp::from_system_time(at));
+    // An execution's two stages share an id, as the stages of one request
+    // do in a Kubernetes audit log.
+    let id = match &event.kind {
+        EventKind::ExecStarted { exec, .. } | EventKind::ExecFinished { exec, .. } => {
+            format!("{run}:exec-{exec}")
+        }
+        _ => format!("{run}:{}", event.id),
+    };
+    let mut record = AuditEvent::new(id, stage, actor(source, options), verb)
+        .with_target(target(source))
+        .with_received_at(Timestamp::from_system_time(received))
+        .with_stage_at(Timestamp::from_system_time(at));
     record.request = request;
     record.response = response;
     Some(record)

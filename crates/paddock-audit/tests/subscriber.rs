@@ -55,6 +55,7 @@ fn target(slot: Option<u32>, lease: Option<&str>) -> Target {
 
 fn exec_started(env: &BTreeMap<String, String>, command: Command) -> EventKind {
     EventKind::ExecStarted {
+        exec: 41,
         command,
         // What the agent client emits: the request's variable names only.
         env_names: env.keys().cloned().collect(),
@@ -114,6 +115,7 @@ fn a_lease_s_events_become_one_record_each_in_a_verified_chain() -> anyhow::Resu
         )
     });
     slot.emit(|| EventKind::ExecFinished {
+        exec: 41,
         outcome: ExecOutcome::Ok,
         result: Some(ExecResult {
             exit_code: Some(0),
@@ -194,17 +196,21 @@ fn a_lease_s_events_become_one_record_each_in_a_verified_chain() -> anyhow::Resu
     assert!(report.is_intact(), "{report}");
     assert_eq!(report.records, 9);
 
-    // Ids: `<run>:<hub event id>`, unique, in emission order. The skipped
-    // telemetry (golden, slot creation, round trip) left gaps.
-    let event_ids: Vec<u64> = records
+    // Ids: `<run>:<hub event id>`, unique, in emission order; the skipped
+    // telemetry (golden, slot creation, round trip) left gaps. The two
+    // stages of the execution share `<run>:exec-<its number>`.
+    let ids: Vec<&str> = records
         .iter()
         .map(|r| {
             let (run, id) = r.event.id.split_once(':').expect("run:id");
             assert_eq!(run, subscriber.run_id());
-            id.parse().expect("a hub event id")
+            id
         })
         .collect();
-    assert_eq!(event_ids, vec![0, 3, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(
+        ids,
+        ["0", "3", "exec-41", "exec-41", "7", "8", "9", "10", "11"]
+    );
     assert_eq!(
         uuid::Uuid::parse_str(subscriber.run_id())?.get_version_num(),
         4
@@ -347,6 +353,7 @@ fn environment_values_and_hashed_commands_never_reach_the_log() -> anyhow::Resul
         });
         slot.emit(|| exec_started(&env, Command::Shell(shell.into())));
         slot.emit(|| EventKind::ExecFinished {
+            exec: 0,
             outcome: ExecOutcome::NonZero,
             result: Some(ExecResult {
                 exit_code: Some(22),
@@ -546,6 +553,7 @@ fn every_event_kind_is_mapped_or_deliberately_skipped() {
     assert_eq!(response.error.as_deref(), Some("GPU pools need approval"));
 
     let record = map(EventKind::ExecFinished {
+        exec: 0,
         outcome: ExecOutcome::Error,
         result: None,
         duration: Duration::from_millis(5),

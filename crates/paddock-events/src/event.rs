@@ -294,6 +294,9 @@ pub enum EventKind {
     },
     /// An execution was sent to the agent.
     ExecStarted {
+        /// Which execution: a number unique within the process, the same in
+        /// its [`EventKind::ExecFinished`] (so an audit log pairs them).
+        exec: u64,
         /// What runs.
         command: Command,
         /// The names of the variables it sets (never their values).
@@ -305,6 +308,8 @@ pub enum EventKind {
     },
     /// An execution ended.
     ExecFinished {
+        /// Which execution: the number of its [`EventKind::ExecStarted`].
+        exec: u64,
         /// How.
         outcome: ExecOutcome,
         /// The agent's result; `None` for [`ExecOutcome::Error`].

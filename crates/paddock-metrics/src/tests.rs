@@ -201,12 +201,14 @@ fn one_of_each() -> Vec<EventKind> {
         EventKind::HealthCheckFailed { reason: "ping" },
         EventKind::BackendConnection { connected: true },
         EventKind::ExecStarted {
+            exec: 0,
             command: Command::Argv(vec!["true".into()]),
             env_names: vec![],
             cwd: None,
             timeout: None,
         },
         EventKind::ExecFinished {
+            exec: 0,
             outcome: ExecOutcome::Ok,
             result: Some(result(0, 1, 2, false)),
             duration: d,
@@ -357,6 +359,7 @@ fn execs_transfers_resets_and_the_rest_have_exact_values() {
     let (metrics, hub) = setup();
     let ci = || src("ci", Some(2));
     let exec = |outcome, result, ms| EventKind::ExecFinished {
+        exec: 0,
         outcome,
         result,
         duration: Duration::from_millis(ms),
@@ -863,6 +866,7 @@ fn series_do_not_grow_with_leases_tenants_domains_paths_or_commands() {
         for kind in one_of_each() {
             let kind = match kind {
                 EventKind::ExecStarted { .. } => EventKind::ExecStarted {
+                    exec: 0,
                     command: Command::Shell(format!("echo {n}")),
                     env_names: vec![format!("VAR_{n}")],
                     cwd: Some(format!("/work/{n}")),
