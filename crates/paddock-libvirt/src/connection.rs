@@ -370,6 +370,20 @@ impl Libvirt {
         .await
     }
 
+    /// The names of the network filters libvirt holds.
+    ///
+    /// # Errors
+    /// libvirt cannot list them.
+    pub async fn nwfilter_names(&self) -> Result<Vec<String>, LibvirtError> {
+        self.run(
+            "list the network filters of",
+            format!("connection {}", self.uri()),
+            Repeat::Safe,
+            |c| c.list_nw_filters(),
+        )
+        .await
+    }
+
     /// Makes libvirt hold `filter`; see [`crate::network`].
     ///
     /// # Errors

@@ -294,6 +294,42 @@ impl<B: SlotBackend> Pool<B> {
         self.inner.lock().stats(available)
     }
 
+    /// The numbers of the slots that are ready now, oldest first (the
+    /// next acquire takes the first).
+    #[must_use]
+    pub fn ready_slots(&self) -> Vec<u32> {
+        self.inner.lock().ready.iter().map(|e| e.index).collect()
+    }
+
+    /// Resets ready slot `index` now, as if it had been leased and
+    /// released (it counts as a use); `false` if no ready slot has that
+    /// number. A leased slot is reset when its lease is released: end the
+    /// lease to reset it now.
+    pub fn reset_slot(&self, index: u32) -> bool {
+        let entry = {
+            let mut state = self.inner.lock();
+            let Some(position) = state.ready.iter().position(|e| e.index == index) else {
+                return false;
+            };
+            let entry = state.ready.remove(position);
+            if entry.is_some() {
+                state.leased += 1;
+            }
+            entry
+        };
+        if let Some(entry) = entry {
+            self.inner.recycle(entry);
+        }
+        true
+    }
+
+    /// Destroys slot `index` and makes a new one: a ready slot at once, a
+    /// leased one at its release (instead of its reset). What an anomaly
+    /// rule's `recycle_slot` does.
+    pub fn recycle_slot(&self, index: u32) {
+        self.inner.mark_for_recycling(index);
+    }
+
     /// The most recent failure to make or keep a slot (creation, reset or
     /// health check), with its reason ([`SlotFailure::reason`]).
     #[must_use]

@@ -1,0 +1,565 @@
+//! The daemon's configuration file (TOML): the server's listeners and
+//! files, the tenants and their tokens, and the pools. Unknown keys are
+//! errors, and every error names the file, the line and the field.
+//!
+//! ```toml
+//! [server]
+//! image = "/var/lib/paddock/images/current/manifest.json"
+//! socket = "/run/paddock/paddock.sock"    # the operator's listener (default)
+//! tcp = "127.0.0.1:8470"                  # tenants' listener (optional)
+//! audit_dir = "/var/log/paddock/audit"    # optional
+//!
+//! [[tenant]]
+//! name = "acme"
+//! token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//! requests_per_second = 50
+//!
+//! [[pool]]
+//! name = "py"
+//! min_ready = 2
+//! max_size = 4
+//! reset = "in_place"
+//! warmup = ["echo warm > /tmp/warm"]
+//! [pool.limits]
+//! lease_execs_per_second = 20
+//! ```
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use paddock::{PoolConfig, RateLimit, RateLimits, ResetStrategy, VmPoolSpec};
+use serde::Deserialize;
+
+/// Where the operator's socket is by default.
+pub const DEFAULT_SOCKET: &str = "/run/paddock/paddock.sock";
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("Could not read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the read said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a field is unknown, missing or of the
+    /// wrong type. The message names the line, column and field.
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message: line, column, the line itself, and the field.
+        message: String,
+    },
+    /// A value is out of range or contradicts another.
+    #[error("{}, line {line}: {field}: {problem}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The line of the table at fault.
+        line: usize,
+        /// The field, as `pool.py.min_ready`.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    server: ServerConfig,
+    #[serde(default, rename = "tenant")]
+    tenants: Vec<toml::Spanned<TenantConfig>>,
+    #[serde(default, rename = "pool")]
+    pools: Vec<toml::Spanned<PoolFile>>,
+}
+
+/// `[server]`: listeners, files, the libvirt connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The guest image manifest every pool boots.
+    pub image: PathBuf,
+    /// The operator's Unix socket (mode 0600).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// The tenants' TCP listener, if any.
+    #[serde(default)]
+    pub tcp: Option<SocketAddr>,
+    /// The libvirt URI.
+    #[serde(default = "default_libvirt_uri")]
+    pub libvirt_uri: String,
+    /// Where pools keep their files; the library's default if absent.
+    #[serde(default)]
+    pub state_root: Option<PathBuf>,
+    /// Where the audit log is written; no audit log if absent.
+    #[serde(default)]
+    pub audit_dir: Option<PathBuf>,
+    /// The largest JSON request body.
+    #[serde(default = "default_max_json_bytes")]
+    pub max_json_bytes: usize,
+    /// How long a drain (SIGTERM) lets running executions go on before it
+    /// ends their leases.
+    #[serde(default = "default_drain_grace_s")]
+    pub drain_grace_s: u64,
+    /// How long a client may take to send a request's headers.
+    #[serde(default = "default_header_timeout_s")]
+    pub header_timeout_s: u64,
+}
+
+fn default_socket() -> PathBuf {
+    DEFAULT_SOCKET.into()
+}
+
+fn default_libvirt_uri() -> String {
+    "qemu:///system".into()
+}
+
+const fn default_max_json_bytes() -> usize {
+    1 << 20
+}
+
+const fn default_drain_grace_s() -> u64 {
+    30
+}
+
+const fn default_header_timeout_s() -> u64 {
+    10
+}
+
+/// `[[tenant]]`: a name, the SHA-256 of its bearer token, its rights and
+/// its request rate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The tenant's name: the actor of its audit records, the key of its
+    /// per-tenant limits.
+    pub name: String,
+    /// The SHA-256 of its token, 64 hex digits (`sha256sum` of the token,
+    /// without a newline). The token itself is never stored.
+    pub token_sha256: String,
+    /// Whether it may call the operator endpoints.
+    #[serde(default)]
+    pub admin: bool,
+    /// API requests per second (burst as many); unlimited if absent.
+    #[serde(default)]
+    pub requests_per_second: Option<u32>,
+}
+
+/// `[[pool]]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolFile {
+    name: String,
+    #[serde(default = "default_memory_mib")]
+    memory_mib: u64,
+    #[serde(default = "default_vcpus")]
+    vcpus: u32,
+    #[serde(default)]
+    warmup: Vec<String>,
+    #[serde(default)]
+    rewarm: Option<Vec<String>>,
+    #[serde(default)]
+    reset: ResetName,
+    #[serde(default = "default_min_ready")]
+    min_ready: usize,
+    #[serde(default = "default_max_size")]
+    max_size: usize,
+    #[serde(default)]
+    ttl_s: Option<u64>,
+    #[serde(default)]
+    max_uses: Option<u32>,
+    #[serde(default)]
+    acquire_timeout_ms: Option<u64>,
+    #[serde(default)]
+    exec_timeout_ms: Option<u64>,
+    #[serde(default)]
+    boot_timeout_s: Option<u64>,
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+const fn default_memory_mib() -> u64 {
+    256
+}
+
+const fn default_vcpus() -> u32 {
+    1
+}
+
+const fn default_min_ready() -> usize {
+    1
+}
+
+const fn default_max_size() -> usize {
+    2
+}
+
+/// `reset = "in_place" | "restore" | "revert"`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ResetName {
+    #[default]
+    InPlace,
+    Restore,
+    Revert,
+}
+
+/// `[pool.limits]`: every rate is optional.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    acquires_per_second: Option<u32>,
+    tenant_acquires_per_second: Option<u32>,
+    lease_execs_per_second: Option<u32>,
+    lease_file_kib_per_second: Option<u32>,
+    lease_received_kib_per_second: Option<u32>,
+    tenant_throttle_s: Option<u64>,
+}
+
+/// One pool: what the library needs to make it.
+#[derive(Debug, Clone)]
+pub struct PoolDeclaration {
+    /// The VMs.
+    pub spec: VmPoolSpec,
+    /// The pool's sizes, timeouts and limits (its `events` are set by the
+    /// daemon).
+    pub config: PoolConfig,
+}
+
+/// A parsed and checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// The tenants, by declaration order.
+    pub tenants: Vec<TenantConfig>,
+    /// The pools, by declaration order.
+    pub pools: Vec<PoolDeclaration>,
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`], naming the line and field at fault.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Checks `text`, the contents of `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`], naming the line and field at fault.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            message: err.to_string().trim_end().to_owned(),
+        })?;
+        let invalid =
+            |span: std::ops::Range<usize>, field: String, problem: String| ConfigError::Invalid {
+                path: path.to_owned(),
+                line: line_of(text, span.start),
+                field,
+                problem,
+            };
+        let mut tenants: Vec<TenantConfig> = Vec::new();
+        for tenant in &file.tenants {
+            let span = tenant.span();
+            let tenant = tenant.get_ref();
+            let field = |name: &str| format!("tenant.{}.{name}", tenant.name);
+            if tenant.name.is_empty() || tenants.iter().any(|t| t.name == tenant.name) {
+                return Err(invalid(
+                    span,
+                    field("name"),
+                    "empty, or the name of another tenant".into(),
+                ));
+            }
+            if tenant.name == crate::auth::OPERATOR {
+                return Err(invalid(
+                    span,
+                    field("name"),
+                    format!("`{}` is the Unix socket's operator", crate::auth::OPERATOR),
+                ));
+            }
+            if crate::auth::parse_digest(&tenant.token_sha256).is_none() {
+                return Err(invalid(
+                    span,
+                    field("token_sha256"),
+                    "not 64 hexadecimal digits (the SHA-256 of the token)".into(),
+                ));
+            }
+            if tenant.requests_per_second == Some(0) {
+                return Err(invalid(
+                    span,
+                    field("requests_per_second"),
+                    "must be at least 1".into(),
+                ));
+            }
+            tenants.push(tenant.clone());
+        }
+        let mut pools: Vec<PoolDeclaration> = Vec::new();
+        for pool in &file.pools {
+            let span = pool.span();
+            let declared = pool.get_ref();
+            let field = |name: &str| format!("pool.{}.{name}", declared.name);
+            if !valid_pool_name(&declared.name)
+                || pools.iter().any(|p| p.spec.name == declared.name)
+            {
+                return Err(invalid(
+                    span,
+                    field("name"),
+                    "1 to 32 of a-z, 0-9 and '-', and not the name of another pool".into(),
+                ));
+            }
+            let declaration = declared
+                .to_declaration()
+                .map_err(|(name, problem)| invalid(span.clone(), field(name), problem))?;
+            declaration
+                .config
+                .validate()
+                .map_err(|err| invalid(span, field("min_ready"), err.to_string()))?;
+            pools.push(declaration);
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            server: file.server,
+            tenants,
+            pools,
+        })
+    }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(0, |before| before.matches('\n').count())
+        + 1
+}
+
+/// Pool names become part of domain names and paths.
+fn valid_pool_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn rate(
+    value: Option<u32>,
+    name: &'static str,
+) -> Result<Option<RateLimit>, (&'static str, String)> {
+    match value {
+        None => Ok(None),
+        Some(n) => NonZeroU32::new(n)
+            .map(|n| Some(RateLimit::per_second(n)))
+            .ok_or((name, "must be at least 1".into())),
+    }
+}
+
+impl PoolFile {
+    fn to_declaration(&self) -> Result<PoolDeclaration, (&'static str, String)> {
+        if self.memory_mib < 64 {
+            return Err(("memory_mib", "must be at least 64".into()));
+        }
+        if self.vcpus == 0 {
+            return Err(("vcpus", "must be at least 1".into()));
+        }
+        let mut spec = VmPoolSpec::new(&self.name);
+        spec.memory_mib = self.memory_mib;
+        spec.vcpus = self.vcpus;
+        spec.warmup.clone_from(&self.warmup);
+        if let Some(rewarm) = &self.rewarm {
+            spec.rewarm.clone_from(rewarm);
+        }
+        spec.reset = match self.reset {
+            ResetName::InPlace => ResetStrategy::InPlace,
+            ResetName::Restore => ResetStrategy::Restore,
+            ResetName::Revert => ResetStrategy::Revert,
+        };
+        if let Some(secs) = self.boot_timeout_s {
+            spec.boot_timeout = Duration::from_secs(secs);
+        }
+        if let Some(ms) = self.exec_timeout_ms {
+            spec.client.default_exec_timeout = Duration::from_millis(ms);
+        }
+        let limits = &self.limits;
+        let mut rate_limits = RateLimits {
+            acquires: rate(limits.acquires_per_second, "limits.acquires_per_second")?,
+            tenant_acquires: rate(
+                limits.tenant_acquires_per_second,
+                "limits.tenant_acquires_per_second",
+            )?,
+            lease_execs: rate(
+                limits.lease_execs_per_second,
+                "limits.lease_execs_per_second",
+            )?,
+            lease_file_bytes: rate(
+                limits.lease_file_kib_per_second,
+                "limits.lease_file_kib_per_second",
+            )?,
+            lease_received_bytes: rate(
+                limits.lease_received_kib_per_second,
+                "limits.lease_received_kib_per_second",
+            )?,
+            ..RateLimits::default()
+        };
+        if let Some(secs) = limits.tenant_throttle_s {
+            rate_limits.tenant_throttle = Duration::from_secs(secs);
+        }
+        let mut config = PoolConfig {
+            min_ready: self.min_ready,
+            max_size: self.max_size,
+            ttl: self.ttl_s.map(Duration::from_secs),
+            max_uses: self.max_uses,
+            limits: rate_limits,
+            ..PoolConfig::default()
+        };
+        if let Some(ms) = self.acquire_timeout_ms {
+            config.acquire_timeout = Duration::from_millis(ms);
+        }
+        Ok(PoolDeclaration { spec, config })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/paddock/paddock.toml"), text)
+    }
+
+    #[test]
+    fn a_full_file_becomes_pools_and_tenants() {
+        let config = parse(&format!(
+            r#"
+[server]
+image = "/img/manifest.json"
+tcp = "127.0.0.1:8470"
+
+[[tenant]]
+name = "acme"
+token_sha256 = "{DIGEST}"
+admin = true
+
+[[pool]]
+name = "py"
+min_ready = 2
+max_size = 3
+reset = "restore"
+warmup = ["echo warm"]
+max_uses = 10
+[pool.limits]
+lease_execs_per_second = 20
+tenant_throttle_s = 5
+"#
+        ))
+        .expect("valid");
+        assert_eq!(config.server.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!(
+            config.server.tcp,
+            Some("127.0.0.1:8470".parse().expect("addr"))
+        );
+        assert_eq!(config.tenants.len(), 1);
+        assert!(config.tenants[0].admin);
+        let pool = &config.pools[0];
+        assert_eq!(pool.spec.name, "py");
+        assert_eq!(pool.spec.reset, ResetStrategy::Restore);
+        assert_eq!(pool.spec.warmup, ["echo warm"]);
+        assert_eq!((pool.config.min_ready, pool.config.max_size), (2, 3));
+        assert_eq!(pool.config.max_uses, Some(10));
+        assert_eq!(
+            pool.config.limits.lease_execs.map(|l| l.per_second.get()),
+            Some(20)
+        );
+        assert_eq!(pool.config.limits.tenant_throttle, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_unknown_field_names_its_line_and_field() {
+        let err = parse(
+            r#"[server]
+image = "/img/manifest.json"
+
+[[pool]]
+name = "py"
+min_redy = 2
+"#,
+        )
+        .expect_err("typo");
+        let text = err.to_string();
+        assert!(text.starts_with("/etc/paddock/paddock.toml: "), "{text}");
+        assert!(text.contains("line 6"), "{text}");
+        assert!(text.contains("min_redy"), "{text}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_its_line() {
+        let err = parse("[server]\nimage = \"/i\"\n[[pool]]\nname = \"py\"\nmax_size = \"four\"\n")
+            .expect_err("a string for a number");
+        let text = err.to_string();
+        assert!(text.contains("line 5"), "{text}");
+    }
+
+    #[test]
+    fn contradictions_name_the_pool_its_line_and_field() {
+        let err = parse(
+            "[server]\nimage = \"/i\"\n\n[[pool]]\nname = \"a\"\n\n[[pool]]\nname = \"b\"\nmin_ready = 5\nmax_size = 2\n",
+        )
+        .expect_err("min_ready > max_size");
+        match &err {
+            ConfigError::Invalid { line, field, .. } => {
+                assert_eq!(*line, 7, "{err}");
+                assert_eq!(field, "pool.b.min_ready");
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = parse("[server]\nimage = \"/i\"\n[[pool]]\nname = \"Bad Name\"\n")
+            .expect_err("bad name");
+        assert!(err.to_string().contains("pool.Bad Name.name"), "{err}");
+        let err =
+            parse("[server]\nimage = \"/i\"\n[[pool]]\nname = \"a\"\n[[pool]]\nname = \"a\"\n")
+                .expect_err("twice");
+        assert!(err.to_string().contains("another pool"), "{err}");
+        let err = parse(
+            "[server]\nimage = \"/i\"\n[[pool]]\nname = \"a\"\n[pool.limits]\nlease_execs_per_second = 0\n",
+        )
+        .expect_err("zero rate");
+        assert!(
+            err.to_string()
+                .contains("pool.a.limits.lease_execs_per_second"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tenants_need_a_digest_and_a_name_of_their_own() {
+        let bad_digest =
+            "[server]\nimage = \"/i\"\n[[tenant]]\nname = \"t\"\ntoken_sha256 = \"abc\"\n";
+        let err = parse(bad_digest).expect_err("short digest");
+        assert!(err.to_string().contains("tenant.t.token_sha256"), "{err}");
+        let operator = format!(
+            "[server]\nimage = \"/i\"\n[[tenant]]\nname = \"{}\"\ntoken_sha256 = \"{DIGEST}\"\n",
+            crate::auth::OPERATOR
+        );
+        assert!(parse(&operator).is_err());
+        let missing = parse("[server]\n").expect_err("no image");
+        assert!(missing.to_string().contains("image"), "{missing}");
+    }
+}

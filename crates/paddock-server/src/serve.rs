@@ -1,0 +1,253 @@
+//! `paddock serve`: make the configured pools, serve the API on the Unix
+//! socket (and TCP), and drain on SIGTERM or SIGINT.
+
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use paddock::observe::Observability;
+use paddock::observe::audit::{AuditConfig, AuditOptions};
+use paddock::{GuestImage, Paddock, PaddockConfig};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::http::{Listener, http_requests_counter, router};
+
+/// Why the daemon could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The observability layer (metrics, audit log) could not be set up.
+    #[error("Could not set up metrics and the audit log")]
+    Observe(#[source] paddock::observe::ObserveError),
+    /// The image manifest could not be loaded.
+    #[error("Could not load the image manifest {}", path.display())]
+    Image {
+        /// The manifest.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: paddock::ImageError,
+    },
+    /// libvirtd could not be reached.
+    #[error("Could not connect to libvirt")]
+    Libvirt(#[source] paddock::libvirt::LibvirtError),
+    /// A pool could not be made.
+    #[error("Could not make pool `{pool}`")]
+    Pool {
+        /// The pool.
+        pool: String,
+        /// Why.
+        #[source]
+        source: Box<paddock::VmError>,
+    },
+    /// A listener could not be opened.
+    #[error("Could not listen on {what}")]
+    Listen {
+        /// The socket path or address.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon's metric could not be registered.
+    #[error("Could not register the daemon's metrics")]
+    Metrics(#[source] prometheus::Error),
+    /// The drain left domains or files of these pools behind.
+    #[error("The drain left something of {0:?} behind")]
+    Leftovers(Vec<(String, String)>),
+}
+
+/// Runs the daemon of `config` until SIGTERM or SIGINT, then drains it.
+/// `ready` is told the listeners' addresses once the API serves.
+///
+/// # Errors
+/// [`ServeError`].
+pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), ServeError> {
+    let stop = CancellationToken::new();
+    let signals = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            wait_for_stop_signal().await;
+            stop.cancel();
+        })
+    };
+    let result = run_until(config, ready, stop).await;
+    signals.abort();
+    result
+}
+
+/// Where the API serves.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The Unix socket.
+    pub socket: PathBuf,
+    /// The TCP address, if any (with the port the kernel chose for port 0).
+    pub tcp: Option<std::net::SocketAddr>,
+}
+
+/// Runs the daemon of `config` until `stop` is cancelled, then drains it.
+///
+/// # Errors
+/// [`ServeError`].
+pub async fn run_until(
+    config: Config,
+    ready: impl FnOnce(&Ready),
+    stop: CancellationToken,
+) -> Result<(), ServeError> {
+    let registry = prometheus::Registry::new();
+    let mut observability = Observability::new(&registry).map_err(ServeError::Observe)?;
+    if let Some(dir) = &config.server.audit_dir {
+        observability = observability
+            .with_audit(dir, AuditConfig::default(), AuditOptions::default())
+            .map_err(ServeError::Observe)?;
+    }
+    observability = observability
+        .with_anomaly_detection(Default::default())
+        .map_err(ServeError::Observe)?;
+    let image_path = &config.server.image;
+    let image = GuestImage::load(image_path).map_err(|source| ServeError::Image {
+        path: image_path.clone(),
+        source,
+    })?;
+    let mut paddock_config = PaddockConfig::new(image).observe(&observability);
+    paddock_config
+        .libvirt_uri
+        .clone_from(&config.server.libvirt_uri);
+    if let Some(root) = &config.server.state_root {
+        paddock_config.state_root.clone_from(root);
+    }
+    let paddock = Paddock::connect(paddock_config)
+        .await
+        .map_err(ServeError::Libvirt)?;
+    let requests = http_requests_counter(&registry).map_err(ServeError::Metrics)?;
+    let declarations = config.pools.clone();
+    let grace = Duration::from_secs(config.server.drain_grace_s);
+    let daemon = Arc::new(Daemon::new(paddock, observability, config));
+    for declaration in declarations {
+        let name = declaration.spec.name.clone();
+        tracing::info!(pool = %name, "making the pool (its golden first)");
+        match daemon
+            .paddock
+            .create_pool(declaration.spec, declaration.config)
+            .await
+        {
+            Ok(pool) => daemon.add_pool(pool),
+            Err(source) => {
+                // What was made before is removed: a daemon that failed to
+                // start leaves nothing.
+                let _ = daemon.drain(Duration::ZERO).await;
+                return Err(ServeError::Pool {
+                    pool: name,
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
+    let server = &daemon.config.server;
+    let unix = bind_unix(&server.socket)?;
+    let tcp = match server.tcp {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    what: addr.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let ready_at = Ready {
+        socket: server.socket.clone(),
+        tcp: tcp.as_ref().and_then(|l| l.local_addr().ok()),
+    };
+    let serving = CancellationToken::new();
+    let mut servers = tokio::task::JoinSet::new();
+    {
+        let app = router(Arc::clone(&daemon), Listener::Unix, requests.clone());
+        let serving = serving.clone();
+        servers.spawn(async move {
+            axum::serve(unix, app)
+                .with_graceful_shutdown(serving.cancelled_owned())
+                .await
+        });
+    }
+    if let Some(tcp) = tcp {
+        let app = router(Arc::clone(&daemon), Listener::Tcp, requests);
+        let serving = serving.clone();
+        servers.spawn(async move {
+            axum::serve(tcp, app)
+                .with_graceful_shutdown(serving.cancelled_owned())
+                .await
+        });
+    }
+    tracing::info!(socket = %ready_at.socket.display(), tcp = ?ready_at.tcp, "serving");
+    ready(&ready_at);
+    stop.cancelled().await;
+    tracing::info!("draining: no new leases; running requests get {grace:?}");
+    let leftovers = daemon.drain(grace).await;
+    serving.cancel();
+    while servers.join_next().await.is_some() {}
+    let _ = std::fs::remove_file(&ready_at.socket);
+    if let Ok(daemon) = Arc::try_unwrap(daemon) {
+        if let Err(err) = daemon.observability.close() {
+            tracing::error!(error = %err, "closing the audit log failed");
+        }
+    }
+    if leftovers.is_empty() {
+        tracing::info!("drained: nothing left");
+        Ok(())
+    } else {
+        Err(ServeError::Leftovers(leftovers))
+    }
+}
+
+/// Binds the operator's socket, mode 0600, replacing a stale one.
+fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
+    let listen_err = |source| ServeError::Listen {
+        what: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(listen_err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(listen_err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another daemon answers on it",
+                )));
+            }
+            std::fs::remove_file(path).map_err(listen_err)?;
+        }
+        Ok(_) => {
+            return Err(listen_err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            )));
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(listen_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
+    Ok(listener)
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the daemon runs until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,262 @@
+//! The daemon end to end, as an operator and tenants use it: `paddock
+//! serve` as its own process on real VMs, driven by the `paddock` command
+//! over the Unix socket (the operator) and TCP with tokens (two tenants).
+#![cfg(test)]
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use paddock_server::auth::token_digest;
+use paddock_server::wire::{LeaseList, PoolList, SlotList};
+use paddock_tests::daemon::{DaemonProcess, http_get};
+use paddock_tests::unique_marker;
+use paddock_tests::vm::{POOL_ROOT, enabled, image_manifest_path};
+
+type TestResult = anyhow::Result<()>;
+
+const ACME: &str = "acme-token-for-tests";
+const ZED: &str = "zed-token-for-tests";
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn json<T: serde::de::DeserializeOwned>(output: &Output) -> anyhow::Result<T> {
+    anyhow::ensure!(output.status.success(), "failed: {}", stderr(output));
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+#[test]
+fn the_daemon_serves_operators_and_tenants_and_drains_to_nothing() -> TestResult {
+    if !enabled("the_daemon_serves_operators_and_tenants_and_drains_to_nothing") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let pool = format!("d{}", unique_marker());
+    let audit_dir = dir.path().join("audit");
+    let config = dir.path().join("paddock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+image = "{image}"
+socket = "{socket}"
+tcp = "127.0.0.1:0"
+state_root = "{POOL_ROOT}"
+audit_dir = "{audit}"
+drain_grace_s = 5
+
+[[tenant]]
+name = "acme"
+token_sha256 = "{acme}"
+
+[[tenant]]
+name = "zed"
+token_sha256 = "{zed}"
+
+[[pool]]
+name = "{pool}"
+min_ready = 1
+max_size = 2
+warmup = ["echo warm > /tmp/warm"]
+acquire_timeout_ms = 120000
+"#,
+            image = image_manifest_path().display(),
+            socket = dir.path().join("paddock.sock").display(),
+            audit = audit_dir.display(),
+            acme = token_digest(ACME),
+            zed = token_digest(ZED),
+        ),
+    )?;
+    let daemon = DaemonProcess::start(&config, Duration::from_secs(300))?;
+
+    // The operator sees the pool, and it fills.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let pools: PoolList = json(&daemon.operator(&["--json", "pools"])?)?;
+        let status = pools.pools.iter().find(|p| p.name == pool).cloned();
+        anyhow::ensure!(status.is_some(), "{pools:?}");
+        if status.is_some_and(|p| p.ready >= 1) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the pool never had a ready slot");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let table = daemon.operator(&["pools"])?;
+    assert!(stdout(&table).starts_with("POOL"), "{}", stdout(&table));
+
+    // `paddock exec` streams the command's output and exits with its status.
+    let ran = daemon.operator(&[
+        "exec",
+        &pool,
+        "--",
+        "sh",
+        "-c",
+        "cat /tmp/warm; echo err >&2; exit 3",
+    ])?;
+    assert_eq!(ran.status.code(), Some(3), "{}", stderr(&ran));
+    assert_eq!(stdout(&ran), "warm\n");
+    assert!(stderr(&ran).contains("err"), "{}", stderr(&ran));
+    let slow = daemon.operator(&["exec", "--timeout", "1", &pool, "--", "sleep", "30"])?;
+    assert_eq!(slow.status.code(), Some(124), "a timeout is 124");
+    let usage = daemon.operator(&["exec", &pool])?;
+    assert_eq!(usage.status.code(), Some(2), "no command is bad usage");
+
+    // A tenant's lease: invisible and unusable to another tenant.
+    let acquired = daemon.tenant(ACME, &["acquire", &pool, "--wait", "120"])?;
+    assert!(acquired.status.success(), "{}", stderr(&acquired));
+    let lease = stdout(&acquired).trim().to_owned();
+    assert!(lease.starts_with("l-"), "{lease}");
+    let theirs: LeaseList = json(&daemon.tenant(ZED, &["--json", "leases"])?)?;
+    assert!(theirs.leases.is_empty(), "{theirs:?}");
+    let ours: LeaseList = json(&daemon.tenant(ACME, &["--json", "leases"])?)?;
+    assert_eq!(ours.leases.len(), 1);
+    let intruder = daemon.tenant(ZED, &["exec", "--lease", &lease, &pool, "--", "true"])?;
+    assert_eq!(intruder.status.code(), Some(125));
+    assert!(
+        stderr(&intruder).contains("lease_not_found"),
+        "{}",
+        stderr(&intruder)
+    );
+    let released = daemon.tenant(ZED, &["release", &lease])?;
+    assert!(
+        stderr(&released).contains("lease_not_found"),
+        "{}",
+        stderr(&released)
+    );
+
+    // Files both ways, checked.
+    let local = dir.path().join("up.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&local, &data)?;
+    let remote = format!("{lease}:/tmp/up.bin");
+    let up = daemon.tenant(ACME, &["cp", &local.to_string_lossy(), &remote])?;
+    assert!(up.status.success(), "{}", stderr(&up));
+    let back = dir.path().join("back.bin");
+    let down = daemon.tenant(ACME, &["cp", &remote, &back.to_string_lossy()])?;
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert_eq!(std::fs::read(&back)?, data);
+    let missing = daemon.tenant(
+        ACME,
+        &[
+            "cp",
+            &format!("{lease}:/no/such/file"),
+            &back.to_string_lossy(),
+        ],
+    )?;
+    assert_eq!(missing.status.code(), Some(125));
+    assert!(
+        stderr(&missing).contains("not_found"),
+        "{}",
+        stderr(&missing)
+    );
+
+    // The operator sees whose lease it is, and resets the slot under it.
+    let slots: SlotList = json(&daemon.operator(&["--json", "slots", &pool])?)?;
+    let leased = slots
+        .slots
+        .iter()
+        .find(|s| s.lease.as_deref() == Some(lease.as_str()))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("{slots:?}"))?;
+    assert_eq!(leased.tenant.as_deref(), Some("acme"));
+    let tenant_view: SlotList = json(&daemon.tenant(ZED, &["--json", "slots", &pool])?)?;
+    assert!(
+        tenant_view
+            .slots
+            .iter()
+            .all(|s| s.lease.is_none() && s.tenant.is_none())
+    );
+    let forbidden = daemon.tenant(ACME, &["reset", &format!("{pool}/{}", leased.index)])?;
+    assert!(
+        stderr(&forbidden).contains("forbidden"),
+        "{}",
+        stderr(&forbidden)
+    );
+    let reset = daemon.operator(&["reset", &format!("{pool}/{}", leased.index)])?;
+    assert!(reset.status.success(), "{}", stderr(&reset));
+    let ended = daemon.tenant(ACME, &["exec", "--lease", &lease, &pool, "--", "true"])?;
+    assert_eq!(ended.status.code(), Some(125));
+    assert!(
+        stderr(&ended).contains("lease_ended") && stderr(&ended).contains("reset_by_operator"),
+        "{}",
+        stderr(&ended)
+    );
+
+    // No token, a wrong one: refused. Metrics and health need none.
+    let anonymous = daemon.tenant("wrong", &["pools"])?;
+    assert!(
+        stderr(&anonymous).contains("unauthorized"),
+        "{}",
+        stderr(&anonymous)
+    );
+    let (code, health) = http_get(daemon.tcp, "/healthz")?;
+    assert_eq!(code, 200, "{health}");
+    let (code, metrics) = http_get(daemon.tcp, "/metrics")?;
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains(&format!("paddock_slots{{pool=\"{pool}\",state=\"ready\"}}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("paddock_http_requests_total{route=\"/v1/leases/{id}/exec\",status=\"200\"}"),
+        "{metrics}"
+    );
+    let (code, _) = http_get(daemon.tcp, "/v1/nothing")?;
+    assert_eq!(code, 404);
+
+    // SIGTERM drains: exit 0, nothing of the pool left.
+    let status = daemon.stop(Duration::from_secs(180))?;
+    assert!(status.success(), "{status:?}");
+    assert!(!dir.path().join("paddock.sock").exists());
+    let left = tokio::runtime::Runtime::new()?.block_on(async {
+        let libvirt = paddock::libvirt::Libvirt::open(paddock_tests::vm::SYSTEM_URI).await?;
+        let names: Vec<String> = libvirt
+            .paddock_domains()
+            .await?
+            .into_iter()
+            .filter(|(_, meta)| meta.pool == pool)
+            .map(|(vm, _)| vm.name().to_owned())
+            .collect();
+        anyhow::Ok(names)
+    })?;
+    assert_eq!(left, Vec::<String>::new());
+    assert!(!std::path::Path::new(POOL_ROOT).join(&pool).exists());
+
+    // Every API call was audited, with the tenant as actor; the chain holds.
+    let verified = std::process::Command::new(paddock_tests::daemon::paddock_binary()?)
+        .args(["audit", "verify"])
+        .arg(&audit_dir)
+        .output()?;
+    assert!(
+        verified.status.success(),
+        "{}{}",
+        stdout(&verified),
+        stderr(&verified)
+    );
+    assert!(
+        stdout(&verified).starts_with("verified"),
+        "{}",
+        stdout(&verified)
+    );
+    let log: String = std::fs::read_dir(&audit_dir)?
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    let api_by_acme = log
+        .lines()
+        .filter(|l| l.contains("\"verb\":\"api\"") && l.contains("\"name\":\"acme\""))
+        .count();
+    assert!(api_by_acme >= 5, "{api_by_acme} API records by acme");
+    assert!(
+        log.contains("\"kind\":\"token\""),
+        "the wrong token's refusal is audited"
+    );
+    Ok(())
+}
