@@ -9,6 +9,7 @@
 
 pub mod libvirtd;
 pub mod netns;
+pub mod prometheus;
 pub mod vm;
 
 use std::io::Write as _;
