@@ -10,6 +10,7 @@
 pub mod daemon;
 pub mod libvirtd;
 pub mod netns;
+pub mod prometheus_server;
 pub mod vm;
 
 use std::io::Write as _;

@@ -1,18 +1,20 @@
 //! Host set-up for the tests that need a real libvirtd: Debian packages,
 //! then virtlogd and libvirtd (there is no systemd to start them). Also the
-//! packages that building the guest image needs ([`ensure_image_packages`]).
+//! packages that building the guest image needs ([`ensure_image_packages`]),
+//! the Python client's venv ([`ensure_python_client`]) and the Prometheus
+//! server the HTTP API tests scrape with ([`ensure_prometheus`]).
 //!
 //! Idempotent and cheap on a prepared machine: `dpkg -s` finds every package
 //! installed (no apt work at all) and `virsh version` answers (nothing to
 //! start).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::shell::Cmd;
+use crate::shell::{Cmd, workspace_root};
 
 /// What the libvirt layer builds against and its tests run: the `virt`
 /// crate's build (libvirt-dev, pkg-config), the daemon and its QEMU driver,
@@ -287,10 +289,10 @@ const CARGO_INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Returns the `vhost-device-vsock` executable (the hybrid-vsock backend),
 /// installing it from crates.io with `cargo install` when it is missing.
-pub fn ensure_vhost_device_vsock() -> anyhow::Result<std::path::PathBuf> {
+pub fn ensure_vhost_device_vsock() -> anyhow::Result<PathBuf> {
     let home = std::env::var_os("CARGO_HOME").map_or_else(
         || Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cargo"),
-        std::path::PathBuf::from,
+        PathBuf::from,
     );
     let binary = home.join("bin/vhost-device-vsock");
     if binary.is_file() {
@@ -312,4 +314,289 @@ pub fn ensure_vhost_device_vsock() -> anyhow::Result<std::path::PathBuf> {
         binary.display()
     );
     Ok(binary)
+}
+
+/// Where the Python client's venv lives (`/var/lib/paddock` is the
+/// project's host state, purged by CI's host check).
+const PYTHON_VENV: &str = "/var/lib/paddock/python";
+
+/// The client's pinned dependencies, relative to the workspace root.
+const PYTHON_REQUIREMENTS: &str = "tests/python/requirements.txt";
+
+/// Debian's Python, whose `venv` module `python3-venv` provides; not the
+/// first `python3` on `PATH`, which may be a pyenv shim on a developer's
+/// machine.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// What the venv is made with (`python3-venv` brings `python3`).
+const PYTHON_PACKAGES: [&str; 1] = ["python3-venv"];
+
+/// How long `python3 -m venv` may take.
+const VENV_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long `pip install` may take.
+const PIP_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Whether every `name==version` of the requirements file (`sys.argv[1]`) is
+/// installed at that version and httpx imports: exits 0 if so, else 1.
+const PINS_SATISFIED: &str = r"
+import importlib.metadata, sys
+import httpx
+for line in open(sys.argv[1]):
+    pin = line.split('#')[0].strip()
+    if pin:
+        name, version = pin.split('==')
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed != version:
+            sys.exit(1)
+";
+
+/// Makes the venv [`PYTHON_VENV`] with the Python client's pinned
+/// dependencies (`tests/python/requirements.txt`, httpx) and returns the
+/// path of its `python`.
+///
+/// Idempotent: nothing is done when the venv's python already has every
+/// pin. `python3-venv` is installed if missing; a venv whose python does not
+/// run is made anew.
+pub fn ensure_python_client() -> anyhow::Result<PathBuf> {
+    let requirements = workspace_root().join(PYTHON_REQUIREMENTS);
+    anyhow::ensure!(
+        requirements.is_file(),
+        "{} is missing",
+        requirements.display()
+    );
+    let venv = Path::new(PYTHON_VENV);
+    let python = venv.join("bin/python");
+    if pins_satisfied(&python, &requirements) {
+        return Ok(python);
+    }
+    ensure_packages(&PYTHON_PACKAGES)?;
+    if !quiet(Command::new(&python).args(["-c", "pass"])) {
+        std::fs::create_dir_all(venv).with_context(|| {
+            format!(
+                "creating {} (the Python client's venv; root may be needed)",
+                venv.display()
+            )
+        })?;
+        // --clear: whatever a broken venv left there goes.
+        Cmd::new(SYSTEM_PYTHON)
+            .args(["-m", "venv", "--clear"])
+            .arg(venv)
+            .timeout(VENV_TIMEOUT)
+            .run()
+            .with_context(|| format!("creating the venv {}", venv.display()))?;
+    }
+    Cmd::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-r",
+        ])
+        .arg(&requirements)
+        .timeout(PIP_INSTALL_TIMEOUT)
+        .run()
+        .with_context(|| {
+            format!(
+                "installing {} into {}",
+                requirements.display(),
+                venv.display()
+            )
+        })?;
+    anyhow::ensure!(
+        pins_satisfied(&python, &requirements),
+        "after pip install, {} still lacks a pin of {}",
+        python.display(),
+        requirements.display()
+    );
+    eprintln!(
+        "xtask: the Python client's venv is ready: {}",
+        python.display()
+    );
+    Ok(python)
+}
+
+/// Whether `python` runs, imports httpx and has every pin of
+/// `requirements`.
+fn pins_satisfied(python: &Path, requirements: &Path) -> bool {
+    python.is_file()
+        && quiet(
+            Command::new(python)
+                .args(["-c", PINS_SATISFIED])
+                .arg(requirements),
+        )
+}
+
+/// Debian's Prometheus server.
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+/// The Prometheus server, and `ss` to check that its install started none.
+const PROMETHEUS_PACKAGES: [&str; 2] = ["prometheus", "iproute2"];
+
+/// Where Debian's maintainer scripts ask whether they may start a service
+/// (`invoke-rc.d`): exit status 101 means "no".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// Debian's Prometheus listens here by default.
+const PROMETHEUS_DEFAULT_PORT: u16 = 9090;
+
+/// How long a server started by the install may take to show up, and to
+/// end once told to.
+const PROMETHEUS_SETTLE: Duration = Duration::from_secs(5);
+
+/// Returns Debian's Prometheus server binary, installing the `prometheus`
+/// package when it is missing, with no server left running.
+///
+/// There is no systemd here: the package's maintainer script would start
+/// the server through `invoke-rc.d` and its init script (on :9090, for
+/// good). A `policy-rc.d` that refuses (exit 101) keeps it from starting
+/// during the install, and a server on :9090 found afterwards anyway is
+/// stopped.
+pub fn ensure_prometheus() -> anyhow::Result<PathBuf> {
+    let binary = PathBuf::from(PROMETHEUS);
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    // A server that listened before the install is not the install's.
+    let before = prometheus_listeners(PROMETHEUS_DEFAULT_PORT).unwrap_or_default();
+    {
+        let _refusal = if is_root() {
+            ServiceStartsRefused::install()?
+        } else {
+            // ensure_packages says what to run as root.
+            None
+        };
+        ensure_packages(&PROMETHEUS_PACKAGES)?;
+    }
+    stop_started_prometheus(&before)?;
+    anyhow::ensure!(
+        binary.is_file(),
+        "the prometheus package is installed but {} is missing",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+/// A `policy-rc.d` that refuses every service start, written for an
+/// install and removed on drop. Never replaces one that is there already
+/// (container images ship one that refuses too).
+#[derive(Debug)]
+struct ServiceStartsRefused;
+
+impl ServiceStartsRefused {
+    /// Writes [`POLICY_RC_D`] unless one exists; `None` if one did.
+    fn install() -> anyhow::Result<Option<Self>> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(POLICY_RC_D);
+        let mut file = match file {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
+            Err(err) => return Err(err).with_context(|| format!("creating {POLICY_RC_D}")),
+        };
+        let guard = Self;
+        file.write_all(
+            b"#!/bin/sh\n# Written by cargo xtask for a package install: no service starts.\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        Ok(Some(guard))
+    }
+}
+
+impl Drop for ServiceStartsRefused {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::remove_file(POLICY_RC_D) {
+            eprintln!("xtask: could not remove {POLICY_RC_D}: {err}");
+        }
+    }
+}
+
+/// Stops a Prometheus server that listens on [`PROMETHEUS_DEFAULT_PORT`]
+/// and is not one of `before` (one the package's install started),
+/// watching for one for [`PROMETHEUS_SETTLE`] since an init script starts it
+/// in the background.
+fn stop_started_prometheus(before: &[u32]) -> anyhow::Result<()> {
+    let started = || -> anyhow::Result<Vec<u32>> {
+        let mut pids = prometheus_listeners(PROMETHEUS_DEFAULT_PORT)?;
+        pids.retain(|pid| !before.contains(pid));
+        Ok(pids)
+    };
+    let deadline = Instant::now() + PROMETHEUS_SETTLE;
+    let pids = loop {
+        let pids = started()?;
+        if !pids.is_empty() || Instant::now() >= deadline {
+            break pids;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    if pids.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: the prometheus install started a server on :{PROMETHEUS_DEFAULT_PORT} (pid {pids:?}); stopping it"
+    );
+    for signal in ["-TERM", "-KILL"] {
+        for pid in &pids {
+            let _ = quiet(Command::new("kill").args([signal, &pid.to_string()]));
+        }
+        let deadline = Instant::now() + PROMETHEUS_SETTLE;
+        while Instant::now() < deadline {
+            if started()?.is_empty() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    bail!(
+        "a prometheus server (pid {pids:?}) still listens on :{PROMETHEUS_DEFAULT_PORT} after SIGKILL"
+    )
+}
+
+/// The pids of `prometheus` processes listening on TCP `port`, from
+/// `ss -ltnpH`.
+fn prometheus_listeners(port: u16) -> anyhow::Result<Vec<u32>> {
+    let listing = Cmd::new("ss")
+        .args(["-ltnpH", &format!("sport = :{port}")])
+        .timeout(Duration::from_secs(10))
+        .read()
+        .context("listing TCP listeners with ss")?;
+    Ok(prometheus_pids(&listing))
+}
+
+/// The pids that `ss -p` lines give for processes named `prometheus`, as in
+/// `users:(("prometheus",pid=812,fd=7))`.
+fn prometheus_pids(listing: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = listing
+        .split("(\"prometheus\",pid=")
+        .skip(1)
+        .filter_map(|rest| {
+            let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+            digits.parse().ok()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_pids_are_read_from_ss_lines() {
+        let listing = "LISTEN 0 4096 *:9090 *:* users:((\"prometheus\",pid=812,fd=7),(\"prometheus\",pid=812,fd=9))\n\
+                       LISTEN 0 128 0.0.0.0:9090 0.0.0.0:* users:((\"other\",pid=5,fd=3))\n";
+        assert_eq!(prometheus_pids(listing), vec![812]);
+        assert!(prometheus_pids("").is_empty());
+    }
 }

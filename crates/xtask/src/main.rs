@@ -15,6 +15,8 @@
 //! - `bench-vm`: end-to-end figures of one real sandbox VM.
 //! - `bench-slo`: the pool's SLO figures on real VMs.
 //! - `fuzz`: the cargo-fuzz targets under `fuzz/` for a while each.
+//! - `api-test-tools`: what the HTTP API tests run besides the product (the
+//!   Python client's venv, Prometheus), installed; prints their variables.
 
 mod full_image;
 mod host;
@@ -83,6 +85,10 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
+    /// Install what the HTTP API tests run besides the product (the Python
+    /// client's venv, Prometheus) and print the environment variables that
+    /// point the tests at them.
+    ApiTestTools,
     /// Build the statically linked guest agent (release) and print its path.
     AgentStatic,
     /// Build the guest image (kernel and initramfs with the static agent)
@@ -119,6 +125,13 @@ fn main() -> anyhow::Result<()> {
             fault_every,
         } => soak(cycles, seed, fault_every),
         Task::Fuzz { seconds } => fuzz(seconds),
+        Task::ApiTestTools => {
+            let python = host::ensure_python_client()?;
+            let prometheus = host::ensure_prometheus()?;
+            println!("PADDOCK_PYTHON={}", python.display());
+            println!("PADDOCK_PROMETHEUS={}", prometheus.display());
+            Ok(())
+        }
         Task::AgentStatic => {
             let path = build_static_agent()?;
             println!("{}", path.display());
@@ -195,6 +208,10 @@ fn test(quick: bool) -> anyhow::Result<()> {
     let vhost_vsock = host::ensure_vhost_device_vsock()?;
     // The full image (debootstrap: about a minute the first time).
     let full = full_image::ensure_full_image()?;
+    // The HTTP API tests' Python client (a venv with httpx) and the
+    // Prometheus server they scrape the daemon with.
+    let python = host::ensure_python_client()?;
+    let prometheus = host::ensure_prometheus()?;
     Cmd::cargo(["test", "--workspace", "--doc", "--locked"]).run()?;
     // libvirtd runs now, so the tests against qemu:///system run too.
     let env = [
@@ -202,6 +219,8 @@ fn test(quick: bool) -> anyhow::Result<()> {
         ("PADDOCK_IMAGE", image.as_os_str()),
         ("PADDOCK_VHOST_DEVICE_VSOCK", vhost_vsock.as_os_str()),
         ("PADDOCK_FULL_IMAGE", full.as_os_str()),
+        ("PADDOCK_PYTHON", python.as_os_str()),
+        ("PADDOCK_PROMETHEUS", prometheus.as_os_str()),
     ];
     let everything = run_tests(&["--workspace"], &env, false);
     // Then, alone, the tests that restart libvirtd (every other test talks
