@@ -211,6 +211,46 @@ acquire_timeout_ms = 120000
     let (code, _) = http_get(daemon.tcp, "/v1/nothing")?;
     assert_eq!(code, 404);
 
+    // A real Prometheus server scrapes the daemon; its own API answers.
+    if let Some(binary) =
+        paddock_tests::prometheus_server::prometheus_binary("daemon: prometheus scrape")
+    {
+        let prometheus = paddock_tests::prometheus_server::PrometheusServer::start(
+            &binary,
+            &[daemon.tcp],
+            Duration::from_secs(1),
+        )?;
+        let ready = prometheus.wait_for(
+            &format!("paddock_slots{{pool=\"{pool}\",state=\"ready\"}}"),
+            Duration::from_secs(60),
+        )?;
+        println!("prometheus: ready slots {ready}");
+        let waits = prometheus.wait_for(
+            &format!("paddock_acquire_wait_seconds_count{{pool=\"{pool}\"}}"),
+            Duration::from_secs(60),
+        )?;
+        let count: f64 = waits[0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!(count >= 3.0, "acquire waits counted: {waits}");
+    }
+
+    // A Python client from PyPI's httpx, not Paddock's, does a whole lease.
+    if let Some(python) = std::env::var_os("PADDOCK_PYTHON") {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/e2e.py");
+        let e2e = std::process::Command::new(python)
+            .arg(&script)
+            .args(["--url", &format!("http://{}", daemon.tcp)])
+            .args(["--token", ACME, "--other-token", ZED, "--pool", &pool])
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .output()?;
+        println!("python e2e: {}{}", stdout(&e2e), stderr(&e2e));
+        assert!(e2e.status.success(), "{}{}", stdout(&e2e), stderr(&e2e));
+    } else {
+        eprintln!("SKIPPED the Python client against the daemon: set PADDOCK_PYTHON");
+    }
+
     // SIGTERM drains: exit 0, nothing of the pool left.
     let status = daemon.stop(Duration::from_secs(180))?;
     assert!(status.success(), "{status:?}");

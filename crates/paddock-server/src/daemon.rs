@@ -27,6 +27,11 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::wire::{LeaseInfo, PoolStatus, SlotList, SlotStatus};
 
+/// How often each pool's slots are sampled (CPU, memory, block and
+/// network figures, one bulk libvirt call) into the metrics and the
+/// anomaly detector's `cpu_pinned` rule.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How many ended leases are remembered, to tell their holders why.
 const ENDED_KEPT: usize = 4096;
 
@@ -38,6 +43,8 @@ pub struct PoolEntry {
     /// The pool.
     pub pool: VmPool,
     draining: AtomicBool,
+    /// Samples its slots' resources into the metrics and the detector.
+    sampler: tokio::task::JoinHandle<()>,
 }
 
 /// A lease the daemon holds for a caller.
@@ -151,13 +158,19 @@ impl Daemon {
         }
     }
 
-    /// Starts serving `pool` under its name.
+    /// Starts serving `pool` under its name, with its slots' resources
+    /// sampled every [`SAMPLE_INTERVAL`]. Must be called within a tokio
+    /// runtime.
     pub fn add_pool(&self, pool: VmPool) {
         let name: Arc<str> = pool.backend().spec().name.as_str().into();
+        let sampler = self
+            .observability
+            .spawn_sampler(pool.clone(), SAMPLE_INTERVAL);
         let entry = Arc::new(PoolEntry {
             name: Arc::clone(&name),
             pool,
             draining: AtomicBool::new(false),
+            sampler,
         });
         self.pools
             .write()
@@ -484,6 +497,7 @@ impl Daemon {
     pub async fn drain_pool(&self, pool: &str) -> Result<(), ApiError> {
         let entry = self.pool(pool)?;
         entry.draining.store(true, Ordering::SeqCst);
+        entry.sampler.abort();
         let ids: Vec<String> = self
             .leases
             .lock()

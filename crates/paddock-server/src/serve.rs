@@ -164,24 +164,23 @@ pub async fn run_until(
         tcp: tcp.as_ref().and_then(|l| l.local_addr().ok()),
     };
     let serving = CancellationToken::new();
+    let header_timeout = Duration::from_secs(server.header_timeout_s);
     let mut servers = tokio::task::JoinSet::new();
-    {
-        let app = router(Arc::clone(&daemon), Listener::Unix, requests.clone());
-        let serving = serving.clone();
-        servers.spawn(async move {
-            axum::serve(unix, app)
-                .with_graceful_shutdown(serving.cancelled_owned())
-                .await
-        });
-    }
+    let app = router(Arc::clone(&daemon), Listener::Unix, requests.clone());
+    servers.spawn(serve_connections(
+        Accept::Unix(unix),
+        app,
+        header_timeout,
+        serving.clone(),
+    ));
     if let Some(tcp) = tcp {
         let app = router(Arc::clone(&daemon), Listener::Tcp, requests);
-        let serving = serving.clone();
-        servers.spawn(async move {
-            axum::serve(tcp, app)
-                .with_graceful_shutdown(serving.cancelled_owned())
-                .await
-        });
+        servers.spawn(serve_connections(
+            Accept::Tcp(tcp),
+            app,
+            header_timeout,
+            serving.clone(),
+        ));
     }
     tracing::info!(socket = %ready_at.socket.display(), tcp = ?ready_at.tcp, "serving");
     ready(&ready_at);
@@ -191,9 +190,10 @@ pub async fn run_until(
     serving.cancel();
     while servers.join_next().await.is_some() {}
     let _ = std::fs::remove_file(&ready_at.socket);
-    if let Ok(daemon) = Arc::try_unwrap(daemon) {
-        if let Err(err) = daemon.observability.close() {
-            tracing::error!(error = %err, "closing the audit log failed");
+    // Every record appended so far is written and synced before the exit.
+    if let Some(log) = daemon.observability.audit_log() {
+        if let Err(err) = log.flush_async().await {
+            tracing::error!(error = %err, "the audit log could not be flushed");
         }
     }
     if leftovers.is_empty() {
@@ -203,6 +203,83 @@ pub async fn run_until(
         Err(ServeError::Leftovers(leftovers))
     }
 }
+
+/// A listener of either kind.
+enum Accept {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+/// A connection of either kind.
+enum Connection {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+/// Serves `app` on every connection `listener` accepts, each with a
+/// header-read timeout, until `stop`; then lets the connections in flight
+/// finish their requests.
+async fn serve_connections(
+    listener: Accept,
+    app: axum::Router,
+    header_timeout: Duration,
+    stop: CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = accept(&listener) => accepted,
+        };
+        let connection = match accepted {
+            Ok(connection) => connection,
+            Err(err) => {
+                // Out of descriptors, most likely: pause rather than spin.
+                tracing::warn!(error = %err, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        match connection {
+            Connection::Unix(stream) => {
+                let served = builder.serve_connection(TokioIo::new(stream), service);
+                let watched = graceful.watch(served);
+                tokio::spawn(async move {
+                    if let Err(err) = watched.await {
+                        tracing::debug!(error = %err, "a connection ended with an error");
+                    }
+                });
+            }
+            Connection::Tcp(stream) => {
+                let served = builder.serve_connection(TokioIo::new(stream), service);
+                let watched = graceful.watch(served);
+                tokio::spawn(async move {
+                    if let Err(err) = watched.await {
+                        tracing::debug!(error = %err, "a connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    graceful.shutdown().await;
+}
+
+async fn accept(listener: &Accept) -> std::io::Result<Connection> {
+    match listener {
+        Accept::Unix(l) => l.accept().await.map(|(s, _)| Connection::Unix(s)),
+        Accept::Tcp(l) => l.accept().await.map(|(s, _)| Connection::Tcp(s)),
+    }
+}
+
+/// The largest request head (request line and headers) a client may send.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Binds the operator's socket, mode 0600, replacing a stale one.
 fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
