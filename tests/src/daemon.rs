@@ -129,6 +129,16 @@ impl DaemonProcess {
         Ok(output)
     }
 
+    /// Kills it with SIGKILL, as a crash would, and reaps it.
+    ///
+    /// # Errors
+    /// The kill or the wait failed.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits (at most `within`) for the exit status.
     ///
     /// # Errors

@@ -37,6 +37,7 @@ fn the_daemon_serves_operators_and_tenants_and_drains_to_nothing() -> TestResult
     }
     let dir = tempfile::tempdir()?;
     let pool = format!("d{}", unique_marker());
+    let other = format!("{pool}-b");
     let audit_dir = dir.path().join("audit");
     let config = dir.path().join("paddock.toml");
     std::fs::write(
@@ -65,6 +66,11 @@ min_ready = 1
 max_size = 2
 warmup = ["echo warm > /tmp/warm"]
 acquire_timeout_ms = 120000
+
+[[pool]]
+name = "{other}"
+min_ready = 1
+max_size = 1
 "#,
             image = image_manifest_path().display(),
             socket = dir.path().join("paddock.sock").display(),
@@ -251,22 +257,56 @@ acquire_timeout_ms = 120000
         eprintln!("SKIPPED the Python client against the daemon: set PADDOCK_PYTHON");
     }
 
+    // The operator recycles a ready slot: it is replaced by a new one.
+    let ready_index = wait_for_ready_slot(&daemon, &pool)?;
+    let recycled = daemon.operator(&["recycle", &format!("{pool}/{ready_index}")])?;
+    assert!(recycled.status.success(), "{}", stderr(&recycled));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let slots: SlotList = json(&daemon.operator(&["--json", "slots", &pool])?)?;
+        if slots
+            .slots
+            .iter()
+            .any(|s| s.index > ready_index && s.state == "ready")
+            && slots.slots.iter().all(|s| s.index != ready_index)
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "slot {ready_index} was not replaced: {slots:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let unknown = daemon.operator(&["recycle", &format!("{pool}/999")])?;
+    assert!(
+        stderr(&unknown).contains("slot_not_found"),
+        "{}",
+        stderr(&unknown)
+    );
+
+    // The operator drains the second pool: it goes, and nothing of it stays.
+    let drained = daemon.operator(&["drain", &other])?;
+    assert!(drained.status.success(), "{}", stderr(&drained));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pools: PoolList = json(&daemon.operator(&["--json", "pools"])?)?;
+        if pools.pools.iter().all(|p| p.name != other) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{other} was not drained: {pools:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(domains_of(&other)?, Vec::<String>::new());
+
     // SIGTERM drains: exit 0, nothing of the pool left.
     let status = daemon.stop(Duration::from_secs(180))?;
     assert!(status.success(), "{status:?}");
     assert!(!dir.path().join("paddock.sock").exists());
-    let left = tokio::runtime::Runtime::new()?.block_on(async {
-        let libvirt = paddock::libvirt::Libvirt::open(paddock_tests::vm::SYSTEM_URI).await?;
-        let names: Vec<String> = libvirt
-            .paddock_domains()
-            .await?
-            .into_iter()
-            .filter(|(_, meta)| meta.pool == pool)
-            .map(|(vm, _)| vm.name().to_owned())
-            .collect();
-        anyhow::Ok(names)
-    })?;
-    assert_eq!(left, Vec::<String>::new());
+    assert_eq!(domains_of(&pool)?, Vec::<String>::new());
     assert!(!std::path::Path::new(POOL_ROOT).join(&pool).exists());
 
     // Every API call was audited, with the tenant as actor; the chain holds.
@@ -297,6 +337,119 @@ acquire_timeout_ms = 120000
     assert!(
         log.contains("\"kind\":\"token\""),
         "the wrong token's refusal is audited"
+    );
+    let tail = std::process::Command::new(paddock_tests::daemon::paddock_binary()?)
+        .args(["audit", "tail", "-n", "3"])
+        .arg(&audit_dir)
+        .output()?;
+    assert!(tail.status.success(), "{}", stderr(&tail));
+    assert_eq!(stdout(&tail).lines().count(), 3, "{}", stdout(&tail));
+    Ok(())
+}
+
+/// The number of a ready slot of `pool`, once there is one.
+fn wait_for_ready_slot(daemon: &DaemonProcess, pool: &str) -> anyhow::Result<u32> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let slots: SlotList = json(&daemon.operator(&["--json", "slots", pool])?)?;
+        if let Some(slot) = slots.slots.iter().find(|s| s.state == "ready") {
+            return Ok(slot.index);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no ready slot: {slots:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The names of `pool`'s libvirt domains.
+fn domains_of(pool: &str) -> anyhow::Result<Vec<String>> {
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let libvirt = paddock::libvirt::Libvirt::open(paddock_tests::vm::SYSTEM_URI).await?;
+        let names: Vec<String> = libvirt
+            .paddock_domains()
+            .await?
+            .into_iter()
+            .filter(|(_, meta)| meta.pool == pool)
+            .map(|(vm, _)| vm.name().to_owned())
+            .collect();
+        anyhow::Ok(names)
+    })
+}
+
+#[test]
+fn gc_removes_what_a_killed_daemon_left_and_doctor_checks_the_host() -> TestResult {
+    if !enabled("gc_removes_what_a_killed_daemon_left_and_doctor_checks_the_host") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let pool = format!("g{}", unique_marker());
+    let socket = dir.path().join("paddock.sock");
+    let config = dir.path().join("paddock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+image = "{image}"
+socket = "{socket}"
+tcp = "127.0.0.1:0"
+state_root = "{POOL_ROOT}"
+
+[[pool]]
+name = "{pool}"
+min_ready = 1
+max_size = 1
+"#,
+            image = image_manifest_path().display(),
+            socket = socket.display(),
+        ),
+    )?;
+    let daemon = DaemonProcess::start(&config, Duration::from_secs(300))?;
+    wait_for_ready_slot(&daemon, &pool)?;
+    daemon.kill()?;
+    assert!(
+        !domains_of(&pool)?.is_empty(),
+        "a killed daemon leaves its domains"
+    );
+    let binary = paddock_tests::daemon::paddock_binary()?;
+    let gc = std::process::Command::new(&binary)
+        .args(["--socket", &socket.to_string_lossy(), "gc", "--pool", &pool])
+        .args(["--state-root", POOL_ROOT])
+        .output()?;
+    assert!(gc.status.success(), "{}{}", stdout(&gc), stderr(&gc));
+    assert!(stdout(&gc).starts_with("removed "), "{}", stdout(&gc));
+    assert_eq!(domains_of(&pool)?, Vec::<String>::new());
+    assert!(!std::path::Path::new(POOL_ROOT).join(&pool).exists());
+
+    let doctor = std::process::Command::new(&binary)
+        .args(["doctor", "--image"])
+        .arg(image_manifest_path())
+        .args(["--state-root", POOL_ROOT])
+        .output()?;
+    println!("{}", stdout(&doctor));
+    assert!(
+        doctor.status.success(),
+        "{}{}",
+        stdout(&doctor),
+        stderr(&doctor)
+    );
+    assert!(
+        stdout(&doctor).contains("ok    libvirtd answers"),
+        "{}",
+        stdout(&doctor)
+    );
+    assert!(
+        stdout(&doctor).contains("ok    the image loads"),
+        "{}",
+        stdout(&doctor)
+    );
+    let broken = std::process::Command::new(&binary)
+        .args(["doctor", "--image", "/nonexistent/manifest.json"])
+        .output()?;
+    assert_eq!(broken.status.code(), Some(1), "{}", stdout(&broken));
+    assert!(
+        stdout(&broken).contains("FIX   the image loads"),
+        "{}",
+        stdout(&broken)
     );
     Ok(())
 }

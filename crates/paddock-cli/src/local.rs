@@ -294,9 +294,14 @@ fn summary(line: &[u8]) -> String {
     )
 }
 
-/// `paddock gc`: removes every Paddock domain and pool directory, when no
-/// daemon answers on `socket`.
-pub async fn gc(uri: &str, state_root: &Path, socket: &Path) -> Result<u8, Failure> {
+/// `paddock gc`: removes every Paddock domain and pool directory (or only
+/// `only`'s), when no daemon answers on `socket`.
+pub async fn gc(
+    only: Option<&str>,
+    uri: &str,
+    state_root: &Path,
+    socket: &Path,
+) -> Result<u8, Failure> {
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
         return Err(Failure {
             status: 1,
@@ -324,6 +329,9 @@ pub async fn gc(uri: &str, state_root: &Path, socket: &Path) -> Result<u8, Failu
                 .filter_map(|e| e.file_name().to_str().map(str::to_owned)),
         );
     }
+    if let Some(only) = only {
+        pools.retain(|pool| pool == only);
+    }
     let mut removed = 0;
     for pool in &pools {
         let dir = state_root.join(pool);
@@ -339,7 +347,7 @@ pub async fn gc(uri: &str, state_root: &Path, socket: &Path) -> Result<u8, Failu
 
 /// One check of `paddock doctor`.
 struct Check {
-    what: &'static str,
+    what: String,
     problem: Option<String>,
 }
 
@@ -349,14 +357,14 @@ pub async fn doctor(image: Option<&Path>, uri: &str, state_root: &Path) -> Resul
     let libvirt = match paddock::libvirt::Libvirt::open(uri).await {
         Ok(libvirt) => {
             checks.push(Check {
-                what: "libvirtd answers",
+                what: "libvirtd answers".into(),
                 problem: None,
             });
             Some(libvirt)
         }
         Err(err) => {
             checks.push(Check {
-                what: "libvirtd answers",
+                what: "libvirtd answers".into(),
                 problem: Some(format!(
                     "{err}: start libvirtd (and virtlogd); `cargo xtask demo` shows how"
                 )),
@@ -371,9 +379,9 @@ pub async fn doctor(image: Option<&Path>, uri: &str, state_root: &Path) -> Resul
         .is_ok();
     checks.push(Check {
         what: if kvm {
-            "KVM is usable"
+            "KVM is usable".into()
         } else {
-            "no KVM: guests run under TCG (slower, works)"
+            "no KVM: guests run under TCG (slower, works)".into()
         },
         problem: None,
     });
@@ -384,19 +392,23 @@ pub async fn doctor(image: Option<&Path>, uri: &str, state_root: &Path) -> Resul
             .map(|f| f.name)
             .filter(|name| !filters.contains(name))
             .collect();
+        // Informational: a NAT-filtered pool defines them when it starts.
+        let note = if missing.is_empty() {
+            "Paddock's nwfilters are defined".to_owned()
+        } else {
+            format!(
+                "Paddock's nwfilters {} are not defined yet (a NAT-filtered pool defines them)",
+                missing.join(", ")
+            )
+        };
         checks.push(Check {
-            what: "Paddock's nwfilters are defined",
-            problem: (!missing.is_empty()).then(|| {
-                format!(
-                    "{} missing: a NAT-filtered pool defines them when it starts",
-                    missing.join(", ")
-                )
-            }),
+            what: note,
+            problem: None,
         });
     }
     if let Some(image) = image {
         checks.push(Check {
-            what: "the image loads",
+            what: "the image loads".into(),
             problem: paddock::GuestImage::load(image)
                 .err()
                 .map(|err| format!("{err}: build it with `cargo xtask image`")),
@@ -404,7 +416,7 @@ pub async fn doctor(image: Option<&Path>, uri: &str, state_root: &Path) -> Resul
     }
     let free = free_bytes(state_root.parent().unwrap_or(state_root));
     checks.push(Check {
-        what: "free disk for pools",
+        what: "free disk for pools".into(),
         problem: match free {
             Some(bytes) if bytes < 2 << 30 => Some(format!(
                 "only {} MiB free under {}: each slot needs its overlay and memory image",
@@ -420,7 +432,7 @@ pub async fn doctor(image: Option<&Path>, uri: &str, state_root: &Path) -> Resul
     });
     let root = is_root();
     checks.push(Check {
-        what: "running as root",
+        what: "running as root".into(),
         problem: (!root).then(|| "libvirt's system URI and the daemon's socket need root".into()),
     });
     let mut problems = 0;

@@ -124,6 +124,9 @@ enum Command {
     /// Removes what a crashed Paddock left (domains by their metadata, their
     /// files), with no daemon running.
     Gc {
+        /// Only what this pool left (by default: every pool's).
+        #[arg(long)]
+        pool: Option<String>,
         /// libvirt's URI.
         #[arg(long, default_value = "qemu:///system")]
         libvirt_uri: String,
@@ -192,9 +195,17 @@ fn main() -> ExitCode {
         Command::Serve { ref config } => serve(config),
         Command::Audit { ref command } => local::audit(command, cli.json),
         Command::Gc {
+            ref pool,
             ref libvirt_uri,
             ref state_root,
-        } => runtime().and_then(|rt| rt.block_on(local::gc(libvirt_uri, state_root, &cli.socket))),
+        } => runtime().and_then(|rt| {
+            rt.block_on(local::gc(
+                pool.as_deref(),
+                libvirt_uri,
+                state_root,
+                &cli.socket,
+            ))
+        }),
         Command::Doctor {
             ref image,
             ref libvirt_uri,
