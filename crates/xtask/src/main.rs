@@ -103,7 +103,10 @@ enum Task {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Demo => run_example("demo"),
+        Task::Demo => {
+            run_example("demo")?;
+            daemon_demo()
+        }
         Task::Observe => run_example("observability"),
         Task::Test { quick } => test(quick),
         Task::Bench { args } => {
@@ -150,8 +153,6 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Sets the host up, builds the image, then runs the `paddock` crate's
-/// demo example on it.
 /// Sets the host up, then runs the `paddock` crate's example `name` on the
 /// image (`demo` is `cargo xtask demo`).
 fn run_example(name: &str) -> anyhow::Result<()> {
@@ -172,6 +173,39 @@ fn run_example(name: &str) -> anyhow::Result<()> {
     .arg(&manifest)
     .run()
     .with_context(|| format!("the {name} example failed"))
+}
+
+/// The second half of `cargo xtask demo`: the daemon and the `paddock`
+/// command (`crates/paddock-cli/examples/daemon.rs`), with the Python client
+/// of the API.
+fn daemon_demo() -> anyhow::Result<()> {
+    let manifest = image::ensure_image()?;
+    let python = host::ensure_python_client()?;
+    Cmd::cargo([
+        "build",
+        "--quiet",
+        "--locked",
+        "-p",
+        "paddock-cli",
+        "--bins",
+        "--examples",
+    ])
+    .run()
+    .context("building the paddock command")?;
+    Cmd::cargo([
+        "run",
+        "--quiet",
+        "--locked",
+        "-p",
+        "paddock-cli",
+        "--example",
+        "daemon",
+        "--",
+    ])
+    .arg(&manifest)
+    .arg(&python)
+    .run()
+    .context("the daemon example failed")
 }
 
 fn test(quick: bool) -> anyhow::Result<()> {

@@ -495,8 +495,15 @@ pub(super) async fn prune_limits<B: SlotBackend>(pool: Weak<Inner<B>>) {
 }
 
 pub(super) async fn health_checks<B: SlotBackend>(pool: Weak<Inner<B>>, interval: Duration) {
+    // A shutdown waits for this task: it must not sleep through one.
+    let Some(closing) = pool.upgrade().map(|inner| inner.closing.clone()) else {
+        return;
+    };
     loop {
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = closing.cancelled() => return,
+        }
         let Some(inner) = pool.upgrade() else {
             return;
         };
