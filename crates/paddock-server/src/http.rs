@@ -520,6 +520,11 @@ fn stream_exec(hold: Hold, mut execution: Execution, encoding: OutputEncoding) -
             let (chunk, is_stdout) = tokio::select! {
                 chunk = next_chunk(&mut stdout), if stdout.is_some() => (chunk, true),
                 chunk = next_chunk(&mut stderr), if stderr.is_some() => (chunk, false),
+                // The client went away while the command printed nothing.
+                () = tx.closed() => {
+                    let _ = execution.stop();
+                    return;
+                }
             };
             match chunk {
                 Ok(Some(bytes)) => {
