@@ -129,6 +129,17 @@ impl DaemonProcess {
         Ok(output)
     }
 
+    /// Sends SIGHUP: the daemon reloads its configuration file.
+    ///
+    /// # Errors
+    /// Its pid does not fit a `pid_t`.
+    pub fn hang_up(&self) -> anyhow::Result<()> {
+        let pid = i32::try_from(self.child.id()).context("pid")?;
+        // SAFETY: kill(2) with a pid this process started and still owns.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        Ok(())
+    }
+
     /// Kills it with SIGKILL, as a crash would, and reaps it.
     ///
     /// # Errors

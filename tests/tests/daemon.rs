@@ -257,24 +257,22 @@ max_size = 1
         eprintln!("SKIPPED the Python client against the daemon: set PADDOCK_PYTHON");
     }
 
-    // The operator recycles a ready slot: it is replaced by a new one.
+    // The operator recycles a ready slot: it is destroyed, and the pool is
+    // back at its min_ready (1), with a slot made anew if it needs one.
     let ready_index = wait_for_ready_slot(&daemon, &pool)?;
     let recycled = daemon.operator(&["recycle", &format!("{pool}/{ready_index}")])?;
     assert!(recycled.status.success(), "{}", stderr(&recycled));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let slots: SlotList = json(&daemon.operator(&["--json", "slots", &pool])?)?;
-        if slots
-            .slots
-            .iter()
-            .any(|s| s.index > ready_index && s.state == "ready")
+        if slots.slots.iter().any(|s| s.state == "ready")
             && slots.slots.iter().all(|s| s.index != ready_index)
         {
             break;
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "slot {ready_index} was not replaced: {slots:?}"
+            "slot {ready_index} was not recycled: {slots:?}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -301,6 +299,41 @@ max_size = 1
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(domains_of(&other)?, Vec::<String>::new());
+
+    // SIGHUP reloads the file: the pool grows, zed's token is rotated.
+    let text = std::fs::read_to_string(&config)?
+        .replacen(
+            "min_ready = 1\nmax_size = 2",
+            "min_ready = 2\nmax_size = 2",
+            1,
+        )
+        .replacen(&token_digest(ZED), &token_digest("zed-new-token"), 1);
+    std::fs::write(&config, text)?;
+    daemon.hang_up()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pools: PoolList = json(&daemon.operator(&["--json", "pools"])?)?;
+        if pools
+            .pools
+            .iter()
+            .any(|p| p.name == pool && p.min_ready == 2 && p.ready == 2)
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the reload did not grow the pool: {pools:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let rotated = daemon.tenant(ZED, &["pools"])?;
+    assert!(
+        stderr(&rotated).contains("unauthorized"),
+        "{}",
+        stderr(&rotated)
+    );
+    let renewed = daemon.tenant("zed-new-token", &["pools"])?;
+    assert!(renewed.status.success(), "{}", stderr(&renewed));
 
     // SIGTERM drains: exit 0, nothing of the pool left.
     let status = daemon.stop(Duration::from_secs(180))?;

@@ -130,8 +130,8 @@ pub struct Daemon {
     pub observability: Observability,
     /// The configuration it runs.
     pub config: Config,
-    /// The tenants.
-    pub tenants: Tenants,
+    /// The tenants (replaced by a reload).
+    tenants: RwLock<Tenants>,
     pools: RwLock<BTreeMap<String, Arc<PoolEntry>>>,
     leases: Mutex<HashMap<String, Arc<LeaseEntry>>>,
     /// Ended leases, oldest first.
@@ -149,7 +149,7 @@ impl Daemon {
             paddock,
             observability,
             config,
-            tenants,
+            tenants: RwLock::new(tenants),
             pools: RwLock::new(BTreeMap::new()),
             leases: Mutex::new(HashMap::new()),
             ended: Mutex::new(VecDeque::new()),
@@ -176,6 +176,75 @@ impl Daemon {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.to_string(), entry);
+    }
+
+    /// The tenant whose bearer token is in `authorization`; see
+    /// [`Tenants::authenticate`].
+    ///
+    /// # Errors
+    /// [`crate::auth::AuthError`].
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<Caller, crate::auth::AuthError> {
+        self.tenants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .authenticate(authorization)
+    }
+
+    /// Applies what of `new` can change while the daemon runs: the tenants
+    /// (tokens, rights, request rates) and the pools' sizes. Returns one
+    /// line per change made and per change that needs a restart.
+    #[must_use]
+    pub fn reload(&self, new: &Config) -> Vec<String> {
+        let mut report = Vec::new();
+        *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Tenants::new(&new.tenants);
+        report.push(format!("tenants: {} now", new.tenants.len()));
+        let running = self.pools();
+        for declared in &new.pools {
+            let name = &declared.spec.name;
+            let Some(entry) = running.iter().find(|e| &*e.name == name.as_str()) else {
+                report.push(format!("pool {name}: new in the file; a restart starts it"));
+                continue;
+            };
+            let sizes = (declared.config.min_ready, declared.config.max_size);
+            if entry.pool.sizes() != sizes {
+                match entry.pool.resize(sizes.0, sizes.1) {
+                    Ok(()) => report.push(format!(
+                        "pool {name}: min_ready {}, max_size {}",
+                        sizes.0, sizes.1
+                    )),
+                    Err(err) => report.push(format!("pool {name}: not resized: {err}")),
+                }
+            }
+            let running_spec = entry.pool.backend().spec();
+            let spec = &declared.spec;
+            let same_vms = running_spec.memory_mib == spec.memory_mib
+                && running_spec.vcpus == spec.vcpus
+                && running_spec.warmup == spec.warmup
+                && running_spec.rewarm == spec.rewarm
+                && running_spec.reset == spec.reset;
+            let config = entry.pool.config();
+            let same_rest = config.limits == declared.config.limits
+                && config.ttl == declared.config.ttl
+                && config.max_uses == declared.config.max_uses
+                && config.acquire_timeout == declared.config.acquire_timeout;
+            if !same_vms || !same_rest {
+                report.push(format!(
+                    "pool {name}: its VMs, limits or timeouts changed; a restart applies them"
+                ));
+            }
+        }
+        for entry in &running {
+            if !new.pools.iter().any(|p| p.spec.name == *entry.name) {
+                report.push(format!(
+                    "pool {}: gone from the file; drain it or restart to remove it",
+                    entry.name
+                ));
+            }
+        }
+        report
     }
 
     /// The pool named `name`.
@@ -212,15 +281,15 @@ impl Daemon {
     #[must_use]
     pub fn pool_status(entry: &PoolEntry) -> PoolStatus {
         let stats = entry.pool.stats();
-        let config = entry.pool.config();
+        let (min_ready, max_size) = entry.pool.sizes();
         PoolStatus {
             name: entry.name.to_string(),
             ready: stats.ready,
             leased: stats.leased,
             preparing: stats.preparing,
             total: stats.total,
-            min_ready: config.min_ready,
-            max_size: config.max_size,
+            min_ready,
+            max_size,
             reset: reset_name(entry.pool.backend().spec().reset).to_owned(),
             backend_available: stats.backend_available,
             draining: entry.draining.load(Ordering::SeqCst),

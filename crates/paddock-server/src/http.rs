@@ -126,7 +126,7 @@ async fn authenticate(
 ) -> Response {
     let caller = match listener {
         Listener::Unix => Ok(Caller::operator()),
-        Listener::Tcp => app.daemon.tenants.authenticate(
+        Listener::Tcp => app.daemon.authenticate(
             request
                 .headers()
                 .get(header::AUTHORIZATION)

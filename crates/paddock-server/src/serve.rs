@@ -182,10 +182,12 @@ pub async fn run_until(
             serving.clone(),
         ));
     }
+    let reloads = tokio::spawn(reload_on_sighup(Arc::clone(&daemon)));
     tracing::info!(socket = %ready_at.socket.display(), tcp = ?ready_at.tcp, "serving");
     ready(&ready_at);
     stop.cancelled().await;
     tracing::info!("draining: no new leases; running requests get {grace:?}");
+    reloads.abort();
     let leftovers = daemon.drain(grace).await;
     serving.cancel();
     while servers.join_next().await.is_some() {}
@@ -311,6 +313,30 @@ fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
     let listener = UnixListener::bind(path).map_err(listen_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
     Ok(listener)
+}
+
+/// On every SIGHUP, reads the configuration file again and applies what
+/// can change live ([`Daemon::reload`]); a file that does not load is
+/// logged and changes nothing.
+async fn reload_on_sighup(daemon: Arc<Daemon>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("no SIGHUP handler: reloads are off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let path = &daemon.config.path;
+        match Config::load(path) {
+            Ok(new) => {
+                for change in daemon.reload(&new) {
+                    tracing::info!(%change, "reloaded {}", path.display());
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "the reloaded configuration was refused; nothing changed")
+            }
+        }
+    }
 }
 
 async fn wait_for_stop_signal() {

@@ -139,11 +139,15 @@ impl<B: SlotBackend> Pool<B> {
         // The runtime's clock, like the sleep below (and paused in tests).
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let (ready, last_failure) = {
+            let (ready, min_ready, last_failure) = {
                 let state = self.inner.lock();
-                (state.ready.len(), state.last_failure.clone())
+                (
+                    state.ready.len(),
+                    state.min_ready,
+                    state.last_failure.clone(),
+                )
             };
-            if ready >= self.inner.config.min_ready {
+            if ready >= min_ready {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -292,6 +296,54 @@ impl<B: SlotBackend> Pool<B> {
     pub fn stats(&self) -> PoolStats {
         let available = self.inner.backend.available();
         self.inner.lock().stats(available)
+    }
+
+    /// The sizes in force: `(min_ready, max_size)`, the configuration's
+    /// until [`Pool::resize`].
+    #[must_use]
+    pub fn sizes(&self) -> (usize, usize) {
+        let state = self.inner.lock();
+        (state.min_ready, state.max_size)
+    }
+
+    /// Changes the pool's sizes while it serves. Growing starts creations at
+    /// once; shrinking destroys ready slots (oldest last) until the pool is
+    /// within `max_size`, and a leased slot past it is destroyed at its
+    /// release instead of reset (cause `recycled`).
+    ///
+    /// # Errors
+    /// [`PoolError::Config`] for `max_size` 0 or `min_ready > max_size`.
+    pub fn resize(&self, min_ready: usize, max_size: usize) -> Result<(), PoolError> {
+        if max_size == 0 {
+            return Err(PoolError::Config("max_size must be at least 1"));
+        }
+        if min_ready > max_size {
+            return Err(PoolError::Config("min_ready must not exceed max_size"));
+        }
+        let excess = {
+            let mut state = self.inner.lock();
+            state.min_ready = min_ready;
+            state.max_size = max_size;
+            let mut excess = Vec::new();
+            while state.total() > max_size {
+                let Some(entry) = state.ready.pop_back() else {
+                    break;
+                };
+                entry.destroyed(DestroyCause::Recycled, None);
+                state.destroyed += 1;
+                excess.push(entry);
+            }
+            // Leased slots past the size go at their release (`recycle`).
+            self.inner.refill(&mut state);
+            excess
+        };
+        for entry in excess {
+            let inner = Arc::clone(&self.inner);
+            self.inner
+                .tasks
+                .spawn(async move { inner.destroy_now(entry).await });
+        }
+        Ok(())
     }
 
     /// The numbers of the slots that are ready now, oldest first (the

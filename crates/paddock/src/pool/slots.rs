@@ -73,12 +73,15 @@ pub(super) struct State<B: SlotBackend> {
     /// Slots an anomaly rule asked to recycle: destroyed at their next
     /// release instead of reset.
     pub(super) marked: std::collections::HashSet<u32>,
+    /// The sizes in force: the configuration's, until `Pool::resize`.
+    pub(super) min_ready: usize,
+    pub(super) max_size: usize,
 }
 
 impl<B: SlotBackend> State<B> {
     /// Slots that exist or are being created: every slot is ready, leased
     /// or being prepared (created, reset or checked).
-    fn total(&self) -> usize {
+    pub(super) fn total(&self) -> usize {
         self.ready.len() + self.leased + self.preparing
     }
 
@@ -118,6 +121,7 @@ impl<B: SlotBackend> Inner<B> {
     /// A pool with no slots yet; the caller starts the refill. Must be
     /// called within a tokio runtime, whose handle the background work uses.
     pub(super) fn new(backend: B, config: PoolConfig) -> Arc<Self> {
+        let (min_ready, max_size) = (config.min_ready, config.max_size);
         Arc::new_cyclic(|me| Self {
             prepares: Semaphore::new(config.max_concurrent_prepares),
             acquire_limits: crate::limits::AcquireLimiter::new(&config.limits),
@@ -139,6 +143,8 @@ impl<B: SlotBackend> Inner<B> {
                 worn_out: 0,
                 outage_retries: 0,
                 marked: std::collections::HashSet::new(),
+                min_ready,
+                max_size,
             }),
             tasks: TaskTracker::new(),
             closing: CancellationToken::new(),
@@ -171,6 +177,14 @@ impl<B: SlotBackend> Inner<B> {
             self.spawn_destroy(entry);
             return;
         }
+        // The pool was shrunk while this slot was made or reset: with it,
+        // the pool would be over its size.
+        if state.total() >= state.max_size {
+            state.destroyed += 1;
+            entry.destroyed(DestroyCause::Recycled, None);
+            self.spawn_destroy(entry);
+            return;
+        }
         let mut entry = entry;
         while let Some(waiter) = state.waiters.pop_front() {
             state.leased += 1;
@@ -194,9 +208,9 @@ impl<B: SlotBackend> Inner<B> {
             return;
         }
         let waiting = state.waiters.iter().filter(|w| !w.is_closed()).count();
-        let wanted = self.config.min_ready + waiting;
+        let wanted = state.min_ready + waiting;
         let coming = state.ready.len() + state.preparing;
-        let room = self.config.max_size.saturating_sub(state.total());
+        let room = state.max_size.saturating_sub(state.total());
         for _ in 0..wanted.saturating_sub(coming).min(room) {
             state.preparing += 1;
             let index = state.next_index;
@@ -290,7 +304,8 @@ impl<B: SlotBackend> Inner<B> {
         {
             let mut state = self.lock();
             state.leased -= 1;
-            let marked = state.marked.remove(&entry.index);
+            // A pool shrunk under its leases: this slot is one too many.
+            let marked = state.marked.remove(&entry.index) || state.total() >= state.max_size;
             if state.closed || worn_out || expired || marked {
                 let cause = if state.closed {
                     DestroyCause::Shutdown

@@ -590,3 +590,53 @@ async fn a_throttle_tenant_alert_refuses_the_tenants_acquires_for_the_configured
     drop(again);
     pool.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_resized_pool_grows_at_once_and_shrinks_ready_slots_then_leased_ones_at_release() {
+    let pool = started(config(1, 2)).await;
+    assert_eq!(pool.sizes(), (1, 2));
+    assert!(matches!(pool.resize(3, 2), Err(PoolError::Config(_))));
+    assert!(matches!(pool.resize(0, 0), Err(PoolError::Config(_))));
+    pool.resize(3, 4).expect("grow");
+    let stats = settle(&pool, |s| s.ready == 3).await;
+    assert_eq!((stats.total, stats.created), (3, 3), "{stats:?}");
+    pool.wait_ready(Duration::from_secs(1))
+        .await
+        .expect("three ready meets the new min_ready");
+    let lease = pool.acquire().await.expect("a slot");
+    let leased = lease.index();
+    // Down to one slot: the ready ones go now, the leased one at release.
+    pool.resize(0, 1).expect("shrink");
+    // (The creation under way when it shrank is destroyed once made.)
+    let stats = settle(&pool, |s| s.ready == 0 && s.preparing == 0 && s.total == 1).await;
+    assert_eq!((stats.leased, stats.destroyed), (1, 3), "{stats:?}");
+    // Within the size, a released slot is reset as ever.
+    lease.release();
+    let stats = settle(&pool, |s| s.ready == 1).await;
+    assert_eq!(stats.destroyed, 3, "{stats:?}");
+    // Two leased, then shrunk to one: the first released is one too many
+    // and is destroyed; the second is reset as ever.
+    pool.resize(0, 2).expect("room for two");
+    let first = pool.acquire().await.expect("a slot");
+    let second = pool.acquire().await.expect("another slot");
+    let destroyed_before = pool.stats().destroyed;
+    pool.resize(0, 1).expect("shrink under two leases");
+    let first_index = first.index();
+    let resets = |pool: &Pool<FakeBackend>| {
+        pool.backend()
+            .calls()
+            .iter()
+            .filter(|c| **c == Call::Reset(first_index))
+            .count()
+    };
+    let resets_before = resets(&pool);
+    drop(first);
+    let stats = settle(&pool, |s| s.destroyed == destroyed_before + 1).await;
+    assert_eq!((stats.total, stats.leased), (1, 1), "{stats:?}");
+    assert_eq!(resets(&pool), resets_before, "destroyed, not reset");
+    drop(second);
+    let stats = settle(&pool, |s| s.ready == 1).await;
+    assert_eq!(stats.destroyed, destroyed_before + 1, "{stats:?}");
+    assert_eq!(pool.sizes(), (0, 1));
+    pool.shutdown().await;
+}
