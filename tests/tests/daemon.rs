@@ -300,6 +300,52 @@ max_size = 1
     }
     assert_eq!(domains_of(&other)?, Vec::<String>::new());
 
+    // A new golden with another warm-up replaces the slots while the pool
+    // serves; the old golden's files go with its last slot.
+    let before: PoolList = json(&daemon.operator(&["--json", "pools"])?)?;
+    let old_golden = before
+        .pools
+        .iter()
+        .find(|p| p.name == pool)
+        .map(|p| p.golden_id.clone())
+        .unwrap_or_default();
+    let rebuilt = daemon.operator(&[
+        "golden",
+        "rebuild",
+        &pool,
+        "--warmup",
+        "echo rebuilt > /tmp/warm",
+        "--within",
+        "300",
+    ])?;
+    assert!(rebuilt.status.success(), "{}", stderr(&rebuilt));
+    let after: PoolList = json(&daemon.operator(&["--json", "pools"])?)?;
+    let new_golden = after
+        .pools
+        .iter()
+        .find(|p| p.name == pool)
+        .map(|p| p.golden_id.clone())
+        .unwrap_or_default();
+    assert_ne!(new_golden, old_golden);
+    let warm = daemon.operator(&["exec", &pool, "--", "cat", "/tmp/warm"])?;
+    assert_eq!(stdout(&warm), "rebuilt\n", "{}", stderr(&warm));
+    let golden_dirs: Vec<String> = std::fs::read_dir(std::path::Path::new(POOL_ROOT).join(&pool))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.starts_with("golden-"))
+        .collect();
+    assert_eq!(
+        golden_dirs.len(),
+        1,
+        "the old golden's files went: {golden_dirs:?}"
+    );
+    let refused = daemon.tenant(ACME, &["golden", "rebuild", &pool])?;
+    assert!(
+        stderr(&refused).contains("forbidden"),
+        "{}",
+        stderr(&refused)
+    );
+
     // SIGHUP reloads the file: the pool grows, zed's token is rotated.
     let text = std::fs::read_to_string(&config)?
         .replacen(

@@ -116,6 +116,11 @@ enum Command {
         /// The pool.
         pool: String,
     },
+    /// A pool's golden.
+    Golden {
+        #[command(subcommand)]
+        command: GoldenCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -145,6 +150,25 @@ enum Command {
         /// Where pools keep their files.
         #[arg(long, default_value = paddock::DEFAULT_STATE_ROOT)]
         state_root: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GoldenCommand {
+    /// Builds a new golden (from another image or warm-up if given) and
+    /// replaces the pool's slots one by one while it serves.
+    Rebuild {
+        /// The pool.
+        pool: String,
+        /// Another image manifest, on the daemon's host.
+        #[arg(long)]
+        image: Option<String>,
+        /// Warm-up commands instead of the current ones (repeat it).
+        #[arg(long)]
+        warmup: Vec<String>,
+        /// How long the replacement may take, in seconds.
+        #[arg(long, default_value_t = 600)]
+        within: u64,
     },
 }
 
@@ -297,6 +321,36 @@ async fn remote(cli: &Cli) -> Result<u8, Failure> {
             let _: serde_json::Value = target
                 .json(Method::POST, &format!("/v1/pools/{pool}/drain"), None)
                 .await?;
+        }
+        Command::Golden {
+            command:
+                GoldenCommand::Rebuild {
+                    pool,
+                    image,
+                    warmup,
+                    within,
+                },
+        } => {
+            let request = paddock_server::wire::GoldenRequest {
+                image: image.clone(),
+                warmup: (!warmup.is_empty()).then(|| warmup.clone()),
+                within_s: Some(*within),
+            };
+            let done: paddock_server::wire::GoldenResult = target
+                .json(
+                    Method::POST,
+                    &format!("/v1/pools/{pool}/golden"),
+                    Some(serde_json::to_value(&request).map_err(anyhow::Error::from)?),
+                )
+                .await?;
+            if cli.json {
+                output::print_json(&done);
+            } else {
+                println!(
+                    "golden {}: {} ready slots replaced, {} leased ones go at their release",
+                    done.golden_id, done.replaced, done.leased_left
+                );
+            }
         }
         Command::Exec {
             pool,

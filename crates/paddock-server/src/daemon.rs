@@ -293,6 +293,7 @@ impl Daemon {
             reset: reset_name(entry.pool.backend().spec().reset).to_owned(),
             backend_available: stats.backend_available,
             draining: entry.draining.load(Ordering::SeqCst),
+            golden_id: entry.pool.backend().golden().id.id.clone(),
         }
     }
 
@@ -556,6 +557,37 @@ impl Daemon {
             self.end_and_release(&id, "recycled_by_operator").await;
         }
         Ok(())
+    }
+
+    /// Rebuilds `pool`'s golden and replaces its slots one by one while it
+    /// serves ([`VmPool::rebuild_golden`]).
+    ///
+    /// # Errors
+    /// `404 pool_not_found`, `400` for an image that does not load, or why
+    /// the rebuild failed.
+    pub async fn rebuild_golden(
+        &self,
+        pool: &str,
+        request: &crate::wire::GoldenRequest,
+    ) -> Result<crate::wire::GoldenResult, ApiError> {
+        let entry = self.pool(pool)?;
+        let image = match &request.image {
+            Some(path) => Some(
+                paddock::GuestImage::load(std::path::Path::new(path))
+                    .map_err(|err| ApiError::bad_request(format!("The image {path}: {err}")))?,
+            ),
+            None => None,
+        };
+        let within = Duration::from_secs(request.within_s.unwrap_or(600));
+        let done = entry
+            .pool
+            .rebuild_golden(image, request.warmup.clone(), within)
+            .await?;
+        Ok(crate::wire::GoldenResult {
+            golden_id: done.golden_id,
+            replaced: done.replaced,
+            leased_left: done.leased_left,
+        })
     }
 
     /// Drains `pool`: no new leases, its leases end (`pool_drained`), its

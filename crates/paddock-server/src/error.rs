@@ -158,7 +158,15 @@ impl From<ClientError> for ApiError {
 
 impl From<VmError> for ApiError {
     fn from(err: VmError) -> Self {
-        Self::internal(chain(&err))
+        let message = chain(&err);
+        match err {
+            VmError::CommandFailed { .. } => Self::bad_request(message),
+            VmError::RebuildUnfinished { .. } => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)
+            }
+            VmError::Image(_) => Self::bad_request(message),
+            _ => Self::internal(message),
+        }
     }
 }
 

@@ -29,8 +29,8 @@ use crate::auth::{AuthError, Caller};
 use crate::daemon::{Daemon, Hold};
 use crate::error::ApiError;
 use crate::wire::{
-    AcquireRequest, ExecEnd, ExecOutput, ExecRequest, Health, LeaseList, OutputEncoding, PoolList,
-    PutResult, StreamLine,
+    AcquireRequest, ExecEnd, ExecOutput, ExecRequest, GoldenRequest, Health, LeaseList,
+    OutputEncoding, PoolList, PutResult, StreamLine,
 };
 
 /// Which listener a request came in on.
@@ -68,6 +68,7 @@ pub fn router(
         .route("/v1/pools/{pool}/slots", get(list_slots))
         .route("/v1/pools/{pool}/leases", post(acquire))
         .route("/v1/pools/{pool}/drain", post(drain_pool))
+        .route("/v1/pools/{pool}/golden", post(rebuild_golden))
         .route("/v1/pools/{pool}/slots/{index}/{action}", post(slot_action))
         .route("/v1/leases", get(list_leases))
         .route("/v1/leases/{id}", axum::routing::delete(release))
@@ -403,6 +404,22 @@ async fn drain_pool(
             }
         });
         Ok::<_, ApiError>(StatusCode::ACCEPTED)
+    }
+    .await;
+    answered(caller, result)
+}
+
+async fn rebuild_golden(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(pool): Path<String>,
+    body: Result<JsonBody<GoldenRequest>, ApiError>,
+) -> Response {
+    let result = async {
+        require_admin(&caller)?;
+        let JsonBody(request) = body?;
+        let done = app.daemon.rebuild_golden(&pool, &request).await?;
+        Ok::<_, ApiError>(Json(done))
     }
     .await;
     answered(caller, result)

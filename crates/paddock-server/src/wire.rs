@@ -35,6 +35,8 @@ pub struct PoolStatus {
     pub backend_available: bool,
     /// Whether it is draining (no new leases).
     pub draining: bool,
+    /// The golden new slots are made from.
+    pub golden_id: String,
 }
 
 /// `GET /v1/pools/{pool}/slots`.
@@ -94,6 +96,33 @@ pub struct AcquireRequest {
     /// timeout (the default).
     #[serde(default)]
     pub wait_ms: Option<u64>,
+}
+
+/// `POST /v1/pools/{pool}/golden`: what the new golden is built from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenRequest {
+    /// Another image manifest (a path on the daemon's host); the current
+    /// image if absent.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Other warm-up commands; the current ones if absent.
+    #[serde(default)]
+    pub warmup: Option<Vec<String>>,
+    /// How long the slots' replacement may take (default 600).
+    #[serde(default)]
+    pub within_s: Option<u64>,
+}
+
+/// A finished golden rebuild.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoldenResult {
+    /// The new golden's id.
+    pub golden_id: String,
+    /// Ready slots replaced with slots of the new golden.
+    pub replaced: usize,
+    /// Leased slots of the old golden: destroyed at their release.
+    pub leased_left: usize,
 }
 
 /// How output bytes are put into JSON.

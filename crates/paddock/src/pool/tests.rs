@@ -604,7 +604,6 @@ async fn a_resized_pool_grows_at_once_and_shrinks_ready_slots_then_leased_ones_a
         .await
         .expect("three ready meets the new min_ready");
     let lease = pool.acquire().await.expect("a slot");
-    let leased = lease.index();
     // Down to one slot: the ready ones go now, the leased one at release.
     pool.resize(0, 1).expect("shrink");
     // (The creation under way when it shrank is destroyed once made.)

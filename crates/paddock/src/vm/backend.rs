@@ -257,9 +257,19 @@ impl VmSlot {
 #[derive(Debug)]
 pub struct VmBackend {
     libvirt: Libvirt,
-    image: GuestImage,
-    /// The golden slots are made from; replaced when its files vanish.
+    /// The image goldens are built from (a rebuild may change it).
+    image: RwLock<GuestImage>,
+    /// The warm-up commands goldens are built with (a rebuild may change
+    /// them).
+    warmup: RwLock<Vec<String>>,
+    /// The golden slots are made from; replaced when its files vanish or
+    /// on [`Pool::rebuild_golden`].
     golden: RwLock<Arc<Golden>>,
+    /// Goldens replaced by a rebuild whose slots are not all gone yet:
+    /// their files go with their last slot.
+    retired: std::sync::Mutex<Vec<Arc<Golden>>>,
+    /// The golden each live slot was made from, by index.
+    slot_goldens: std::sync::Mutex<std::collections::HashMap<u32, String>>,
     /// Held while the golden is rebuilt, so that it is rebuilt once.
     rebuilding: tokio::sync::Mutex<()>,
     spec: VmPoolSpec,
@@ -292,8 +302,11 @@ impl VmBackend {
     ) -> Self {
         Self {
             libvirt,
-            image,
+            image: RwLock::new(image),
+            warmup: RwLock::new(spec.warmup.clone()),
             golden: RwLock::new(Arc::new(golden)),
+            retired: std::sync::Mutex::new(Vec::new()),
+            slot_goldens: std::sync::Mutex::new(std::collections::HashMap::new()),
             rebuilding: tokio::sync::Mutex::new(()),
             spec,
             pool_dir,
@@ -364,27 +377,143 @@ impl VmBackend {
             missing = %missing.display(),
             "a file of the pool's golden is gone; building a new golden"
         );
-        self.image.check_files()?;
-        let identity = self.addresses.as_ref().map(SlotAddresses::golden);
-        let started = Instant::now();
-        let rebuilt = Golden::build(
-            &self.libvirt,
-            &self.image,
-            &self.spec,
-            &self.pool_dir,
-            identity.as_ref(),
-        )
-        .await?;
+        let rebuilt = self.build_golden().await?;
         // What is left of the old one goes; slots made from it keep their
         // open files until they are replaced.
         let _ = golden.remove().await;
-        golden_events(&self.events, &rebuilt, self.spec.reset, started.elapsed());
-        let rebuilt = Arc::new(rebuilt);
         *self
             .golden
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&rebuilt);
         Ok(rebuilt)
+    }
+
+    /// Builds a new golden from the current image and warm-up, and emits
+    /// it. The caller holds `rebuilding`.
+    async fn build_golden(&self) -> Result<Arc<Golden>, VmError> {
+        let image = self
+            .image
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        image.check_files()?;
+        let mut spec = self.spec.clone();
+        spec.warmup = self
+            .warmup
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let identity = self.addresses.as_ref().map(SlotAddresses::golden);
+        let started = Instant::now();
+        let built = Golden::build(
+            &self.libvirt,
+            &image,
+            &spec,
+            &self.pool_dir,
+            identity.as_ref(),
+        )
+        .await?;
+        golden_events(&self.events, &built, self.spec.reset, started.elapsed());
+        Ok(Arc::new(built))
+    }
+
+    /// Builds a new golden (from `image` and `warmup` where given, which
+    /// stay for later goldens), and makes it the one new slots come from.
+    /// The old one is retired: its files go with its last slot.
+    async fn replace_golden(
+        &self,
+        image: Option<GuestImage>,
+        warmup: Option<Vec<String>>,
+    ) -> Result<Arc<Golden>, VmError> {
+        let _rebuilding = self.rebuilding.lock().await;
+        let old = (
+            self.image
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+            self.warmup
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        );
+        if let Some(image) = image {
+            *self
+                .image
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = image;
+        }
+        if let Some(warmup) = warmup {
+            *self
+                .warmup
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = warmup;
+        }
+        let built = match self.build_golden().await {
+            Ok(built) => built,
+            Err(err) => {
+                // A recipe that does not build is not kept.
+                *self
+                    .image
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = old.0;
+                *self
+                    .warmup
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = old.1;
+                return Err(err);
+            }
+        };
+        let retired = std::mem::replace(
+            &mut *self
+                .golden
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            Arc::clone(&built),
+        );
+        self.retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(retired);
+        self.remove_unused_retired().await;
+        Ok(built)
+    }
+
+    /// The slots made from another golden than `golden_id`.
+    fn slots_not_from(&self, golden_id: &str) -> Vec<u32> {
+        self.slot_goldens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(_, id)| id.as_str() != golden_id)
+            .map(|(index, _)| *index)
+            .collect()
+    }
+
+    /// Removes the files of retired goldens no live slot comes from.
+    async fn remove_unused_retired(&self) {
+        let unused: Vec<Arc<Golden>> = {
+            let in_use: std::collections::HashSet<String> = self
+                .slot_goldens
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect();
+            let mut retired = self
+                .retired
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (unused, kept): (Vec<_>, Vec<_>) = retired
+                .drain(..)
+                .partition(|golden| !in_use.contains(&golden.id.id));
+            *retired = kept;
+            unused
+        };
+        for golden in unused {
+            if let Err(err) = golden.remove().await {
+                tracing::warn!(error = %err, golden = golden.id.id, "a retired golden's files could not be removed");
+            }
+        }
     }
 
     fn slot_spec(
@@ -600,6 +729,10 @@ impl SlotBackend for VmBackend {
         match self.make_slot(&golden, &spec, &dir, network, &events).await {
             Ok(guest) => {
                 self.live_clients().insert(index, guest.client().clone());
+                self.slot_goldens
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(index, golden.id.id.clone());
                 Ok(VmSlot {
                     guest,
                     index,
@@ -666,6 +799,10 @@ impl SlotBackend for VmBackend {
 
     async fn destroy(&self, mut slot: VmSlot) -> Result<(), VmError> {
         self.live_clients().remove(&slot.index);
+        self.slot_goldens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&slot.index);
         let result = slot.guest.discard().await;
         if result.is_err() {
             // Remembered and removed once libvirt answers; the guest's own
@@ -675,11 +812,16 @@ impl SlotBackend for VmBackend {
         }
         // Only once the domain is gone: its interface held the address.
         self.give_back(slot.address.as_ref());
+        self.remove_unused_retired().await;
         result
     }
 
     fn discard_blocking(&self, mut slot: VmSlot) {
         self.live_clients().remove(&slot.index);
+        self.slot_goldens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&slot.index);
         slot.guest.discard_blocking();
         self.give_back(slot.address.as_ref());
     }
@@ -807,6 +949,71 @@ impl Pool<VmBackend> {
         Ok(samples)
     }
 
+    /// Builds a new golden (from `image` and `warmup` where given: they
+    /// stay for later goldens) and replaces the pool's slots with slots made
+    /// from it, one by one while the pool serves: each ready slot from an
+    /// older golden is recycled and its replacement made before the next
+    /// goes; a leased one is destroyed at its release instead of reset.
+    /// Returns once no ready or preparing slot comes from an older golden
+    /// (leased ones may still), or after `within`. The old golden's files
+    /// go with its last slot.
+    ///
+    /// # Errors
+    /// The new golden could not be built (the pool keeps the old one, and
+    /// its image and warm-up), or the replacement took longer than
+    /// `within` ([`VmError::RebuildUnfinished`]).
+    pub async fn rebuild_golden(
+        &self,
+        image: Option<GuestImage>,
+        warmup: Option<Vec<String>>,
+        within: Duration,
+    ) -> Result<GoldenRebuild, VmError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let backend = self.backend();
+        let golden = backend.replace_golden(image, warmup).await?;
+        let mut replaced = 0;
+        loop {
+            let stale = backend.slots_not_from(&golden.id.id);
+            let ready = self.ready_slots();
+            let stale_ready: Vec<u32> = stale
+                .iter()
+                .copied()
+                .filter(|i| ready.contains(i))
+                .collect();
+            let stale_leased = stale.len() - stale_ready.len();
+            if stale_ready.is_empty() && (stale_leased == 0 || self.stats().preparing == 0) {
+                // Leased slots of the old golden go at their release.
+                for index in &stale {
+                    self.recycle_slot(*index);
+                }
+                return Ok(GoldenRebuild {
+                    golden_id: golden.id.id.clone(),
+                    replaced,
+                    leased_left: stale.len(),
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(VmError::RebuildUnfinished {
+                    left: stale.len(),
+                    after: within,
+                });
+            }
+            if let Some(&index) = stale_ready.first() {
+                let before = ready.len();
+                self.recycle_slot(index);
+                replaced += 1;
+                // Its replacement first, so the pool keeps serving.
+                while tokio::time::Instant::now() < deadline
+                    && (self.ready_slots().len() < before && self.stats().preparing > 0)
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
     /// Shuts the pool down ([`Pool::shutdown`]) and removes all it made:
     /// its slots, removals that failed earlier (waiting up to
     /// [`CLOSE_WAIT`] for libvirtd if it is away), the golden's files, and
@@ -830,6 +1037,15 @@ impl Pool<VmBackend> {
         let reachable = backend.libvirt.wait_connected(wait).await;
         let mut left = backend.leftovers.sweep(&backend.libvirt).await;
         backend.golden().remove().await?;
+        let retired: Vec<Arc<Golden>> = std::mem::take(
+            &mut *backend
+                .retired
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for golden in retired {
+            golden.remove().await?;
+        }
         // Only if empty: anything else there is not the pool's.
         let _ = tokio::fs::remove_dir(&backend.pool_dir).await;
         let listed = match reachable {
@@ -863,6 +1079,17 @@ impl Pool<VmBackend> {
             })
         }
     }
+}
+
+/// What [`Pool::rebuild_golden`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoldenRebuild {
+    /// The new golden's id.
+    pub golden_id: String,
+    /// Ready slots of older goldens recycled and replaced.
+    pub replaced: usize,
+    /// Leased slots of older goldens, destroyed at their release.
+    pub leased_left: usize,
 }
 
 /// How long [`Pool::close`] waits for an unreachable libvirtd before it

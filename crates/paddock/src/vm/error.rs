@@ -130,6 +130,16 @@ pub enum VmError {
     /// The VM pool's specification is unusable.
     #[error("Invalid VM pool specification: {0}")]
     Config(&'static str),
+    /// A golden rebuild built the new golden, but slots of the old one were
+    /// still ready or being prepared when its time ran out; they are
+    /// replaced later, at their release or next recycle.
+    #[error("The new golden is in use, but {left} slots of the old one were left after {after:?}")]
+    RebuildUnfinished {
+        /// Slots of older goldens still in the pool.
+        left: usize,
+        /// The time the rebuild had.
+        after: std::time::Duration,
+    },
     /// The pool refused (an invalid [`crate::PoolConfig`]).
     #[error("The pool refused")]
     Pool(#[from] PoolError),
@@ -185,6 +195,7 @@ impl VmError {
             Self::Image(_) => "image_missing",
             Self::NotClosed { .. } => "not_closed",
             Self::Config(_) | Self::SocketPathTooLong { .. } => "config",
+            Self::RebuildUnfinished { .. } => "rebuild_unfinished",
             Self::Pool(_) => "pool",
         }
     }

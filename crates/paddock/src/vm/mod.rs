@@ -18,7 +18,9 @@ pub mod network;
 pub mod recover;
 pub mod sandbox;
 
-pub use backend::{ResetPhases, ResetStrategy, SlotSample, VmBackend, VmPoolSpec, VmSlot};
+pub use backend::{
+    GoldenRebuild, ResetPhases, ResetStrategy, SlotSample, VmBackend, VmPoolSpec, VmSlot,
+};
 pub use error::{SOCKET_PATH_MAX, VmError};
 pub use golden::{Golden, GoldenId};
 pub use guest::{Guest, create_qemu_dir};
