@@ -346,11 +346,17 @@ max_size = 1
         stderr(&refused)
     );
 
-    // SIGHUP reloads the file: the pool grows, zed's token is rotated.
+    // SIGHUP reloads the file: the pool grows, zed's token is rotated, and
+    // the pool gets an exec rate per lease.
     let text = std::fs::read_to_string(&config)?
         .replacen(
             "min_ready = 1\nmax_size = 2",
             "min_ready = 2\nmax_size = 2",
+            1,
+        )
+        .replacen(
+            "acquire_timeout_ms = 120000\n",
+            "acquire_timeout_ms = 120000\n[pool.limits]\nlease_execs_per_second = 1\n",
             1,
         )
         .replacen(&token_digest(ZED), &token_digest("zed-new-token"), 1);
@@ -380,6 +386,18 @@ max_size = 1
     );
     let renewed = daemon.tenant("zed-new-token", &["pools"])?;
     assert!(renewed.status.success(), "{}", stderr(&renewed));
+    let limited = daemon.tenant(ACME, &["acquire", &pool])?;
+    let limited = stdout(&limited).trim().to_owned();
+    let mut refused = false;
+    for _ in 0..3 {
+        let ran = daemon.tenant(ACME, &["exec", "--lease", &limited, &pool, "--", "true"])?;
+        refused |= stderr(&ran).contains("rate_limited");
+    }
+    assert!(
+        refused,
+        "three execs in a row pass a limit of one per second"
+    );
+    let _ = daemon.tenant(ACME, &["release", &limited])?;
 
     // SIGTERM drains: exit 0, nothing of the pool left.
     let status = daemon.stop(Duration::from_secs(180))?;

@@ -194,7 +194,8 @@ impl Daemon {
     }
 
     /// Applies what of `new` can change while the daemon runs: the tenants
-    /// (tokens, rights, request rates) and the pools' sizes. Returns one
+    /// (tokens, rights, request rates), the pools' sizes and rate limits.
+    /// Returns one
     /// line per change made and per change that needs a restart.
     #[must_use]
     pub fn reload(&self, new: &Config) -> Vec<String> {
@@ -225,14 +226,17 @@ impl Daemon {
                 && running_spec.warmup == spec.warmup
                 && running_spec.rewarm == spec.rewarm
                 && running_spec.reset == spec.reset;
+            if entry.pool.limits() != declared.config.limits {
+                entry.pool.set_limits(declared.config.limits);
+                report.push(format!("pool {name}: rate limits"));
+            }
             let config = entry.pool.config();
-            let same_rest = config.limits == declared.config.limits
-                && config.ttl == declared.config.ttl
+            let same_rest = config.ttl == declared.config.ttl
                 && config.max_uses == declared.config.max_uses
                 && config.acquire_timeout == declared.config.acquire_timeout;
             if !same_vms || !same_rest {
                 report.push(format!(
-                    "pool {name}: its VMs, limits or timeouts changed; a restart applies them"
+                    "pool {name}: its VMs or timeouts changed; a restart applies them"
                 ));
             }
         }

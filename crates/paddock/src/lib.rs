@@ -223,11 +223,9 @@ impl Paddock {
             spec,
             pool_dir,
             addresses,
-            (
-                events,
-                LeaseGate::new(&config.limits)
-                    .map(|gate| Arc::new(gate) as Arc<dyn agent::RequestGate>),
-            ),
+            // Always a gate, so that limits can be set while the pool
+            // serves; with none set it admits everything.
+            (events, Arc::new(LeaseGate::with_limits(&config.limits))),
         );
         let pool = Pool::start(backend, config).await?;
         if let Some(metrics) = &self.config.metrics {

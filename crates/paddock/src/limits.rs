@@ -122,26 +122,58 @@ fn kib_cells(bytes: u64) -> NonZeroU32 {
 /// The pool's acquire limits, and the tenants an anomaly throttled.
 #[derive(Debug)]
 pub(crate) struct AcquireLimiter {
-    pool: Option<DefaultDirectRateLimiter>,
-    tenants: Option<DefaultKeyedRateLimiter<Arc<str>>>,
+    /// Replaced whole by [`AcquireLimiter::set_limits`].
+    limiters: std::sync::RwLock<AcquireLimiters>,
     /// Tenants whose acquires are refused until the instant (the runtime's
     /// clock, like the acquire timeout's).
     throttled: Mutex<HashMap<Arc<str>, Instant>>,
-    throttle_for: Duration,
 }
 
-impl AcquireLimiter {
-    pub(crate) fn new(limits: &RateLimits) -> Self {
+/// The limiters of one set of [`RateLimits`].
+#[derive(Debug)]
+struct AcquireLimiters {
+    limits: RateLimits,
+    pool: Option<DefaultDirectRateLimiter>,
+    tenants: Option<DefaultKeyedRateLimiter<Arc<str>>>,
+}
+
+impl AcquireLimiters {
+    fn new(limits: &RateLimits) -> Self {
         Self {
+            limits: *limits,
             pool: limits
                 .acquires
                 .map(|limit| DefaultDirectRateLimiter::direct(limit.quota())),
             tenants: limits
                 .tenant_acquires
                 .map(|limit| DefaultKeyedRateLimiter::keyed(limit.quota())),
-            throttled: Mutex::new(HashMap::new()),
-            throttle_for: limits.tenant_throttle,
         }
+    }
+}
+
+impl AcquireLimiter {
+    pub(crate) fn new(limits: &RateLimits) -> Self {
+        Self {
+            limiters: std::sync::RwLock::new(AcquireLimiters::new(limits)),
+            throttled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Applies `limits` from now on (their counts start afresh; tenants
+    /// throttled stay throttled).
+    pub(crate) fn set_limits(&self, limits: &RateLimits) {
+        *self
+            .limiters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = AcquireLimiters::new(limits);
+    }
+
+    /// The limits in force.
+    pub(crate) fn limits(&self) -> RateLimits {
+        self.limiters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .limits
     }
 
     /// `Err((limit, retry after))` when an acquire for `tenant` must wait.
@@ -158,13 +190,14 @@ impl AcquireLimiter {
                 return Err(("tenant_throttled", wait));
             }
         }
-        if let (Some(limiter), Some(tenant)) = (&self.tenants, tenant) {
+        let limiters = self.limiters.read().unwrap_or_else(PoisonError::into_inner);
+        if let (Some(limiter), Some(tenant)) = (&limiters.tenants, tenant) {
             prune_if_large(limiter);
             limiter
                 .check_key(tenant)
                 .map_err(|until| ("tenant_acquires", retry_after(until)))?;
         }
-        if let Some(limiter) = &self.pool {
+        if let Some(limiter) = &limiters.pool {
             limiter
                 .check()
                 .map_err(|until| ("acquires", retry_after(until)))?;
@@ -174,7 +207,7 @@ impl AcquireLimiter {
 
     /// Refuses `tenant`'s acquires for the configured time from now.
     pub(crate) fn throttle(&self, tenant: &Arc<str>) {
-        let until = Instant::now() + self.throttle_for;
+        let until = Instant::now() + self.limits().tenant_throttle;
         let mut throttled = self
             .throttled
             .lock()
@@ -185,7 +218,12 @@ impl AcquireLimiter {
 
     /// Forgets tenants back to a fresh state and throttles that ended.
     pub(crate) fn prune(&self) {
-        if let Some(limiter) = &self.tenants {
+        if let Some(limiter) = &self
+            .limiters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tenants
+        {
             prune(limiter);
         }
         let now = Instant::now();
@@ -198,7 +236,10 @@ impl AcquireLimiter {
     /// How many tenants the limiter holds state for (rate and throttle).
     #[cfg(test)]
     fn tenants_held(&self) -> usize {
-        self.tenants
+        self.limiters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tenants
             .as_ref()
             .map_or(0, DefaultKeyedRateLimiter::len)
             + self
@@ -211,42 +252,75 @@ impl AcquireLimiter {
 
 /// A pool's per-lease limits, as the request gate of its slots' agent
 /// clients: keyed by the lease in the event source the pool sets on each
-/// slot.
+/// slot. Its limits can be replaced while the pool serves
+/// ([`LeaseGate::set_limits`]).
 #[derive(Debug)]
 pub struct LeaseGate {
+    limiters: std::sync::RwLock<LeaseLimiters>,
+}
+
+/// The per-lease limiters of one set of [`RateLimits`].
+#[derive(Debug)]
+struct LeaseLimiters {
     execs: Option<DefaultKeyedRateLimiter<LeaseId>>,
     file_bytes: Option<(DefaultKeyedRateLimiter<LeaseId>, NonZeroU32)>,
     received_bytes: Option<(DefaultKeyedRateLimiter<LeaseId>, NonZeroU32)>,
+}
+
+impl LeaseLimiters {
+    fn new(limits: &RateLimits) -> Self {
+        let keyed = |limit: RateLimit| (DefaultKeyedRateLimiter::keyed(limit.quota()), limit.burst);
+        Self {
+            execs: limits
+                .lease_execs
+                .map(|limit| DefaultKeyedRateLimiter::keyed(limit.quota())),
+            file_bytes: limits.lease_file_bytes.map(keyed),
+            received_bytes: limits.lease_received_bytes.map(keyed),
+        }
+    }
 }
 
 impl LeaseGate {
     /// The gate for `limits`, or `None` when it has no per-lease limit.
     #[must_use]
     pub fn new(limits: &RateLimits) -> Option<Self> {
-        if limits.lease_execs.is_none()
-            && limits.lease_file_bytes.is_none()
-            && limits.lease_received_bytes.is_none()
-        {
-            return None;
+        (limits.lease_execs.is_some()
+            || limits.lease_file_bytes.is_some()
+            || limits.lease_received_bytes.is_some())
+        .then(|| Self::with_limits(limits))
+    }
+
+    /// The gate for `limits`, even with no per-lease limit (it admits
+    /// everything until [`LeaseGate::set_limits`] gives it some).
+    #[must_use]
+    pub fn with_limits(limits: &RateLimits) -> Self {
+        Self {
+            limiters: std::sync::RwLock::new(LeaseLimiters::new(limits)),
         }
-        Some(Self {
-            execs: limits
-                .lease_execs
-                .map(|limit| DefaultKeyedRateLimiter::keyed(limit.quota())),
-            file_bytes: limits
-                .lease_file_bytes
-                .map(|limit| (DefaultKeyedRateLimiter::keyed(limit.quota()), limit.burst)),
-            received_bytes: limits
-                .lease_received_bytes
-                .map(|limit| (DefaultKeyedRateLimiter::keyed(limit.quota()), limit.burst)),
-        })
+    }
+
+    /// Applies `limits`' per-lease limits from now on; every lease's counts
+    /// start afresh.
+    pub fn set_limits(&self, limits: &RateLimits) {
+        *self
+            .limiters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = LeaseLimiters::new(limits);
+    }
+
+    fn limiters(&self) -> std::sync::RwLockReadGuard<'_, LeaseLimiters> {
+        self.limiters.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How many leases the gate holds state for, over all its limits.
     #[must_use]
     pub fn leases_held(&self) -> usize {
-        self.execs.as_ref().map_or(0, DefaultKeyedRateLimiter::len)
-            + [&self.file_bytes, &self.received_bytes]
+        let limiters = self.limiters();
+        limiters
+            .execs
+            .as_ref()
+            .map_or(0, DefaultKeyedRateLimiter::len)
+            + [&limiters.file_bytes, &limiters.received_bytes]
                 .into_iter()
                 .flatten()
                 .map(|(limiter, _)| limiter.len())
@@ -261,9 +335,10 @@ impl RequestGate for LeaseGate {
         let Some(lease) = source.lease else {
             return Ok(());
         };
+        let limiters = self.limiters();
         match request {
             GateRequest::Exec(_) => {
-                if let Some(limiter) = &self.execs {
+                if let Some(limiter) = &limiters.execs {
                     prune_if_large(limiter);
                     limiter.check_key(&lease).map_err(|until| Refusal {
                         limit: "lease_execs",
@@ -272,7 +347,7 @@ impl RequestGate for LeaseGate {
                 }
             }
             GateRequest::FileBytes { bytes, .. } => {
-                if let Some((limiter, _)) = &self.file_bytes {
+                if let Some((limiter, _)) = &limiters.file_bytes {
                     prune_if_large(limiter);
                     let refused = |retry_after| Refusal {
                         limit: "lease_file_bytes",
@@ -294,13 +369,14 @@ impl RequestGate for LeaseGate {
 
     fn pace(&self, source: &Source, flow: Flow, bytes: u64) -> Option<(&'static str, Duration)> {
         let lease = source.lease?;
+        let limiters = self.limiters();
         let (limiter, burst, limit) = match flow {
             Flow::Received => {
-                let (limiter, burst) = self.received_bytes.as_ref()?;
+                let (limiter, burst) = limiters.received_bytes.as_ref()?;
                 (limiter, *burst, "lease_received_bytes")
             }
             Flow::Sent => {
-                let (limiter, burst) = self.file_bytes.as_ref()?;
+                let (limiter, burst) = limiters.file_bytes.as_ref()?;
                 (limiter, *burst, "lease_file_bytes")
             }
         };
@@ -314,10 +390,11 @@ impl RequestGate for LeaseGate {
     }
 
     fn prune(&self) {
-        if let Some(limiter) = &self.execs {
+        let limiters = self.limiters();
+        if let Some(limiter) = &limiters.execs {
             prune(limiter);
         }
-        for (limiter, _) in [&self.file_bytes, &self.received_bytes]
+        for (limiter, _) in [&limiters.file_bytes, &limiters.received_bytes]
             .into_iter()
             .flatten()
         {
@@ -504,5 +581,40 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         gate.prune();
         assert_eq!(gate.leases_held(), 0);
+    }
+
+    #[test]
+    fn limits_set_while_serving_apply_at_once() {
+        let gate = LeaseGate::with_limits(&RateLimits::default());
+        let exec = paddock_agent_client::Execute::argv(["true"]);
+        let request = GateRequest::Exec(&exec);
+        for _ in 0..10 {
+            assert!(gate.admit(&leased(1), &request).is_ok(), "no limit yet");
+        }
+        gate.set_limits(&RateLimits {
+            lease_execs: Some(limit(1, 1)),
+            ..RateLimits::default()
+        });
+        assert!(gate.admit(&leased(1), &request).is_ok());
+        assert!(
+            gate.admit(&leased(1), &request).is_err(),
+            "the new limit holds"
+        );
+        gate.set_limits(&RateLimits::default());
+        assert!(gate.admit(&leased(1), &request).is_ok(), "and goes");
+
+        let acquires = AcquireLimiter::new(&RateLimits::default());
+        assert!(acquires.check(None).is_ok() && acquires.check(None).is_ok());
+        let one = RateLimits {
+            acquires: Some(limit(1, 1)),
+            ..RateLimits::default()
+        };
+        acquires.set_limits(&one);
+        assert_eq!(acquires.limits(), one);
+        assert!(acquires.check(None).is_ok());
+        assert_eq!(
+            acquires.check(None).map_err(|(name, _)| name),
+            Err("acquires")
+        );
     }
 }

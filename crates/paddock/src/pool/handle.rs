@@ -346,6 +346,21 @@ impl<B: SlotBackend> Pool<B> {
         Ok(())
     }
 
+    /// The rate limits in force: the configuration's, until
+    /// [`Pool::set_limits`].
+    #[must_use]
+    pub fn limits(&self) -> crate::RateLimits {
+        self.inner.acquire_limits.limits()
+    }
+
+    /// Applies `limits` while the pool serves: the acquire limits and the
+    /// backend's per-lease ones. Their counts start afresh; a throttled
+    /// tenant stays throttled.
+    pub fn set_limits(&self, limits: crate::RateLimits) {
+        self.inner.acquire_limits.set_limits(&limits);
+        self.inner.backend.set_lease_limits(&limits);
+    }
+
     /// The numbers of the slots that are ready now, oldest first (the
     /// next acquire takes the first).
     #[must_use]

@@ -212,6 +212,12 @@ pub trait SlotBackend: Send + Sync + 'static {
     /// it on a timer). Default: nothing.
     fn prune_limits(&self) {}
 
+    /// Applies `limits`' per-lease limits from now on
+    /// ([`Pool::set_limits`]). Default: nothing (the backend has none).
+    fn set_lease_limits(&self, limits: &crate::RateLimits) {
+        let _ = limits;
+    }
+
     /// Ends the lease slot `index` is on now: its requests in flight fail
     /// and later ones are refused, until the slot is reset (an anomaly
     /// rule's `end_lease`). Default: nothing (the slot is still recycled

@@ -280,7 +280,7 @@ pub struct VmBackend {
     /// The pool's events; each slot's emitter derives from it.
     events: Emitter,
     /// The per-lease rate limits, the gate of every slot's agent client.
-    gate: Option<Arc<dyn RequestGate>>,
+    gate: Arc<crate::LeaseGate>,
     /// The agent client of every live slot, by index: how a lease is
     /// ended from outside it ([`SlotBackend::end_lease`]).
     clients: std::sync::Mutex<std::collections::HashMap<u32, AgentClient>>,
@@ -298,7 +298,7 @@ impl VmBackend {
         spec: VmPoolSpec,
         pool_dir: PathBuf,
         addresses: Option<SlotAddresses>,
-        (events, gate): (Emitter, Option<Arc<dyn RequestGate>>),
+        (events, gate): (Emitter, Arc<crate::LeaseGate>),
     ) -> Self {
         Self {
             libvirt,
@@ -582,7 +582,7 @@ impl VmBackend {
             },
             ClientConfig {
                 events: events.clone(),
-                gate: self.gate.clone(),
+                gate: Some(Arc::clone(&self.gate) as Arc<dyn RequestGate>),
                 ..self.spec.client.clone()
             },
         )
@@ -827,9 +827,11 @@ impl SlotBackend for VmBackend {
     }
 
     fn prune_limits(&self) {
-        if let Some(gate) = &self.gate {
-            gate.prune();
-        }
+        self.gate.prune();
+    }
+
+    fn set_lease_limits(&self, limits: &crate::RateLimits) {
+        self.gate.set_limits(limits);
     }
 
     fn slot_emitter(&self, slot: &VmSlot) -> Option<Emitter> {
