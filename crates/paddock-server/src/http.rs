@@ -237,6 +237,9 @@ async fn audit_call(
     }
 }
 
+/// How long a JSON request body may take to arrive.
+const JSON_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A JSON body whose rejection is a JSON error.
 struct JsonBody<T>(T);
 
@@ -257,9 +260,17 @@ where
                 .map(JsonBody)
                 .map_err(|err| ApiError::bad_request(err.to_string()));
         }
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(&rejection)),
+        // A client that sends its head and then trickles the body out is
+        // cut off like one that is slow with its head.
+        match tokio::time::timeout(JSON_BODY_TIMEOUT, Json::<T>::from_request(request, state)).await
+        {
+            Ok(Ok(Json(value))) => Ok(Self(value)),
+            Ok(Err(rejection)) => Err(json_rejection(&rejection)),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("The JSON body took longer than {JSON_BODY_TIMEOUT:?} to arrive"),
+            )),
         }
     }
 }

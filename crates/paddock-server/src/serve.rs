@@ -354,3 +354,63 @@ async fn wait_for_stop_signal() {
         _ = int.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_slow_with_its_request_head_is_cut_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("api.sock");
+        let listener = bind_unix(&path).expect("bind");
+        let mode = std::fs::metadata(&path)
+            .expect("socket")
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "only root may talk to the operator socket"
+        );
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve_connections(
+            Accept::Unix(listener),
+            app,
+            Duration::from_millis(300),
+            stop.clone(),
+        ));
+        // A whole request is served.
+        let mut quick = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
+        quick
+            .write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = String::new();
+        quick.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+        // Half a head, then nothing: the connection is closed.
+        let mut slow = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the slow client was never cut off");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // A live socket is not taken over by a second daemon.
+        assert!(matches!(bind_unix(&path), Err(ServeError::Listen { .. })));
+        stop.cancel();
+        server.await.expect("the server ends");
+    }
+}

@@ -366,3 +366,22 @@ async fn every_api_call_is_audited_with_its_caller() {
         lines[2]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_body_that_never_finishes_is_cut_off() {
+    let api = api().await;
+    let first = futures_util::stream::iter([Ok::<_, std::io::Error>(
+        axum::body::Bytes::from_static(b"{\"wait_ms\":"),
+    )]);
+    let never = futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+    let body = Body::from_stream(futures_util::StreamExt::chain(first, never));
+    let started = std::time::Instant::now();
+    let (status, json, text) =
+        call(&api.unix, Method::POST, "/v1/pools/p/leases", None, body).await;
+    assert_eq!(
+        (status, code(&json)),
+        (StatusCode::REQUEST_TIMEOUT, "timeout"),
+        "{text}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
