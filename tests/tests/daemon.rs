@@ -39,17 +39,10 @@ fn the_daemon_serves_operators_and_tenants_and_drains_to_nothing() -> TestResult
     let pool = format!("d{}", unique_marker());
     let other = format!("{pool}-b");
     let audit_dir = dir.path().join("audit");
-    let config = dir.path().join("paddock.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-image = "{image}"
-socket = "{socket}"
-tcp = "127.0.0.1:0"
-state_root = "{POOL_ROOT}"
-audit_dir = "{audit}"
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"audit_dir = "{audit}"
 drain_grace_s = 5
 
 [[tenant]]
@@ -72,8 +65,6 @@ name = "{other}"
 min_ready = 1
 max_size = 1
 "#,
-            image = image_manifest_path().display(),
-            socket = dir.path().join("paddock.sock").display(),
             audit = audit_dir.display(),
             acme = token_digest(ACME),
             zed = token_digest(ZED),
@@ -444,6 +435,22 @@ max_size = 1
     Ok(())
 }
 
+/// Writes `dir/paddock.toml`: a `[server]` on the test image and pool root,
+/// its socket in `dir` and TCP on a loopback port the kernel picks, then
+/// `rest` (more server keys first, then tenants and pools).
+fn write_config(dir: &std::path::Path, rest: &str) -> anyhow::Result<std::path::PathBuf> {
+    let config = dir.join("paddock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nimage = \"{}\"\nsocket = \"{}\"\ntcp = \"127.0.0.1:0\"\nstate_root = \"{POOL_ROOT}\"\n{rest}",
+            image_manifest_path().display(),
+            dir.join("paddock.sock").display(),
+        ),
+    )?;
+    Ok(config)
+}
+
 /// The number of a ready slot of `pool`, once there is one.
 fn wait_for_ready_slot(daemon: &DaemonProcess, pool: &str) -> anyhow::Result<u32> {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -480,25 +487,9 @@ fn gc_removes_what_a_killed_daemon_left_and_doctor_checks_the_host() -> TestResu
     let dir = tempfile::tempdir()?;
     let pool = format!("g{}", unique_marker());
     let socket = dir.path().join("paddock.sock");
-    let config = dir.path().join("paddock.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-image = "{image}"
-socket = "{socket}"
-tcp = "127.0.0.1:0"
-state_root = "{POOL_ROOT}"
-
-[[pool]]
-name = "{pool}"
-min_ready = 1
-max_size = 1
-"#,
-            image = image_manifest_path().display(),
-            socket = socket.display(),
-        ),
+    let config = write_config(
+        dir.path(),
+        &format!("[[pool]]\nname = \"{pool}\"\nmin_ready = 1\nmax_size = 1\n"),
     )?;
     let daemon = DaemonProcess::start(&config, Duration::from_secs(300))?;
     wait_for_ready_slot(&daemon, &pool)?;

@@ -227,7 +227,7 @@ async fn serve_connections(
     header_timeout: Duration,
     stop: CancellationToken,
 ) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::rt::TokioTimer;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -250,27 +250,29 @@ async fn serve_connections(
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         match connection {
-            Connection::Unix(stream) => {
-                let served = builder.serve_connection(TokioIo::new(stream), service);
-                let watched = graceful.watch(served);
-                tokio::spawn(async move {
-                    if let Err(err) = watched.await {
-                        tracing::debug!(error = %err, "a connection ended with an error");
-                    }
-                });
-            }
-            Connection::Tcp(stream) => {
-                let served = builder.serve_connection(TokioIo::new(stream), service);
-                let watched = graceful.watch(served);
-                tokio::spawn(async move {
-                    if let Err(err) = watched.await {
-                        tracing::debug!(error = %err, "a connection ended with an error");
-                    }
-                });
-            }
+            Connection::Unix(stream) => serve_one(&builder, &graceful, stream, service),
+            Connection::Tcp(stream) => serve_one(&builder, &graceful, stream, service),
         }
     }
     graceful.shutdown().await;
+}
+
+/// Serves one connection in a task of its own, watched by `graceful`.
+fn serve_one<S>(
+    builder: &hyper::server::conn::http1::Builder,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    stream: S,
+    service: hyper_util::service::TowerToHyperService<axum::Router>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let served = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let watched = graceful.watch(served);
+    tokio::spawn(async move {
+        if let Err(err) = watched.await {
+            tracing::debug!(error = %err, "a connection ended with an error");
+        }
+    });
 }
 
 async fn accept(listener: &Accept) -> std::io::Result<Connection> {
