@@ -19,10 +19,13 @@
 //! - `daemon_process`: the daemon's resident memory, threads and open file
 //!   descriptors with its two pools ready, after the round trips (the two
 //!   kept-alive connections still open) and after the streams.
+//! - `host_load`: the load average and the running libvirt domains when the
+//!   measurements start and end, since anything else the host runs weighs
+//!   on the figures (mostly their p99).
 //!
 //! Run with `cargo xtask bench-daemon` (root; it starts libvirtd, builds the
 //! image and the release `paddock` binary, and passes the binary's path in
-//! `PADDOCK_BIN`). It takes about ten minutes.
+//! `PADDOCK_BIN`). It takes about thirteen minutes.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -330,6 +333,29 @@ fn process_figures(pid: u32) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// What the host runs besides: the 1-minute load average, and the running
+/// libvirt domains (this bench's six included).
+fn host_load() -> serde_json::Value {
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| {
+            text.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+        });
+    let domains = std::fs::read_dir("/run/libvirt/qemu").ok().map(|dir| {
+        dir.flatten()
+            .filter(|e| {
+                // Each running domain has a pid file; libvirt's own is
+                // driver.pid.
+                e.path().extension().is_some_and(|ext| ext == "pid")
+                    && e.file_name() != "driver.pid"
+            })
+            .count()
+    });
+    serde_json::json!({ "load_average_1m": load, "running_domains": domains })
+}
+
 /// One run of the streamed command.
 struct StreamRun {
     /// From the request to the end of the output.
@@ -496,6 +522,7 @@ async fn measure(daemon: &DaemonProcess, library: &VmPool) -> anyhow::Result<ser
     };
     pools.wait_full().await?;
     let pools_ready = process_figures(daemon.pid())?;
+    let load_at_start = host_load();
     eprintln!("every pool is full");
 
     // The round trips, the ways taking turns.
@@ -579,6 +606,7 @@ async fn measure(daemon: &DaemonProcess, library: &VmPool) -> anyhow::Result<ser
     }
     pools.wait_full().await?;
     let after_streams = process_figures(daemon.pid())?;
+    let load_at_end = host_load();
     eprintln!("streams done");
 
     Ok(serde_json::json!({
@@ -590,6 +618,7 @@ async fn measure(daemon: &DaemonProcess, library: &VmPool) -> anyhow::Result<ser
             "running_vms": 3 * POOL_SIZE,
             "note": "a library pool and the daemon's two pools (round trips, streams) run at once; each measurement starts once all three are full",
         },
+        "host_load": { "at_start": load_at_start, "at_end": load_at_end },
         "round_trip_ms": round_trips,
         "round_trip_warmups": WARMUPS,
         "round_trip_connections_opened": connections,
