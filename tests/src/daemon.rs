@@ -48,7 +48,36 @@ impl DaemonProcess {
     /// # Errors
     /// It exited or did not serve in time; the error has its output.
     pub fn start(config: &Path, within: Duration) -> anyhow::Result<Self> {
-        let binary = paddock_binary()?;
+        Self::spawn(paddock_binary()?, config, within, |line| {
+            println!("daemon: {line}");
+        })
+    }
+
+    /// As [`DaemonProcess::start`], with the `paddock` binary `binary` (a
+    /// benchmark's, which is not next to it), and the daemon's stdout lines
+    /// echoed to stderr: the caller's stdout stays its own (a benchmark's
+    /// JSON).
+    ///
+    /// # Errors
+    /// It exited or did not serve in time; the error has its output.
+    pub fn start_binary(binary: &Path, config: &Path, within: Duration) -> anyhow::Result<Self> {
+        Self::spawn(binary.to_owned(), config, within, |line| {
+            eprintln!("daemon: {line}");
+        })
+    }
+
+    /// The daemon's process id (for `/proc/<pid>`).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn spawn(
+        binary: PathBuf,
+        config: &Path,
+        within: Duration,
+        echo: fn(&str),
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(&binary)
             .arg("serve")
             .arg("--config")
@@ -62,7 +91,7 @@ impl DaemonProcess {
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                println!("daemon: {line}");
+                echo(&line);
                 if tx.send(line).is_err() {
                     break;
                 }

@@ -14,6 +14,8 @@
 //! - `bench`: the criterion benchmarks under `benches/`.
 //! - `bench-vm`: end-to-end figures of one real sandbox VM.
 //! - `bench-slo`: the pool's SLO figures on real VMs.
+//! - `bench-daemon`: what `paddock serve` costs on real VMs, against the
+//!   library.
 //! - `fuzz`: the cargo-fuzz targets under `fuzz/` for a while each.
 //! - `api-test-tools`: what the HTTP API tests run besides the product (the
 //!   Python client's venv, Prometheus), installed; prints their variables.
@@ -56,6 +58,10 @@ enum Task {
     /// The observability layer's price on real VMs: acquire and exec with
     /// it off and with everything on (JSON, medians and p99).
     BenchObserve,
+    /// The daemon's cost on real VMs: the lease round trip through the
+    /// library and through `paddock serve`'s API (Unix socket, TCP),
+    /// streamed exec throughput, the daemon's memory (JSON, medians and p99).
+    BenchDaemon,
     /// Run the criterion benchmarks (pass criterion filters after `--`).
     Bench {
         /// Arguments for the benchmark binaries.
@@ -122,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         Task::BenchVm => bench_on_vms("vm"),
         Task::BenchSlo => bench_on_vms("slo"),
         Task::BenchObserve => bench_on_vms("observe"),
+        Task::BenchDaemon => bench_daemon(),
         Task::Soak {
             cycles,
             seed,
@@ -356,6 +363,36 @@ fn bench_on_vms(bench: &str) -> anyhow::Result<()> {
     ])
     .env("PADDOCK_IMAGE", &image)
     .run()
+}
+
+/// Runs the `daemon` benchmark after setting the host up, with the release
+/// `paddock` binary (built like the bench, so that the daemon and the
+/// library are compared at the same optimization) in `PADDOCK_BIN`.
+fn bench_daemon() -> anyhow::Result<()> {
+    host::ensure_libvirt()?;
+    let image = image::ensure_image()?;
+    Cmd::cargo(["build", "--release", "--locked", "-p", "paddock-cli"]).run()?;
+    let binary = cargo_target_dir().join("release/paddock");
+    Cmd::cargo([
+        "bench",
+        "--locked",
+        "-p",
+        "paddock-benches",
+        "--bench",
+        "daemon",
+    ])
+    .env("PADDOCK_IMAGE", &image)
+    .env("PADDOCK_BIN", &binary)
+    .run()
+}
+
+/// Where cargo puts what it builds: `$CARGO_TARGET_DIR` (relative to the
+/// workspace root, where [`Cmd::cargo`] runs cargo), else `target/`.
+fn cargo_target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || workspace_root().join("target"),
+        |dir| workspace_root().join(dir),
+    )
 }
 
 /// `cargo` arguments that build the release guest agent.
