@@ -588,8 +588,13 @@ impl VmBackend {
         )
         .await?;
         let mut guest = Guest::new(vm, client, spec.clone(), dir.to_path_buf());
-        // Restored from the golden's memory: the agent is the golden's,
-        // which is what a restore reset brings back.
+        // Restored from the golden's memory: see `Guest::settle_session`.
+        if let Err(err) = guest.settle_session().await {
+            let _ = guest.discard().await;
+            return Err(err);
+        }
+        // The agent is the golden's, which is what a restore reset brings
+        // back.
         guest.mark_restore_point().await;
         match self.prepare(golden, &guest, address).await {
             Ok(()) => Ok(guest),

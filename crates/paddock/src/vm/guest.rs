@@ -114,19 +114,59 @@ impl Guest {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         match self.client.continuity() {
-            Some(Continuity::Restored) => Ok(()),
+            Some(Continuity::Restored) => {}
             // The agent was restarted in the guest after the restore point
             // (killed, respawned by init): the session before the reset was
             // the new agent's, but the reset brought back the agent the
             // state holds, boot id and all.
-            Some(Continuity::Rebooted) if restore_point.as_ref() == Some(&session.boot_id) => {
-                Ok(())
+            Some(Continuity::Rebooted) if restore_point.as_ref() == Some(&session.boot_id) => {}
+            found => {
+                return Err(VmError::NotRestored {
+                    reset: reset(),
+                    found,
+                });
             }
-            found => Err(VmError::NotRestored {
-                reset: reset(),
-                found,
-            }),
         }
+        self.settle_session().await
+    }
+
+    /// Makes sure the session of a guest just restored still stands.
+    ///
+    /// A restored guest's virtio-serial port starts from the saved state,
+    /// in which the host was connected. QEMU then tells the guest that the
+    /// host's socket was closed (it was, for the restore) and opened again;
+    /// when the guest handles the "closed" after the agent answered the new
+    /// HELLO, the agent reads an end of stream and ends that session, and
+    /// the next request is refused with `not_negotiated` (seen in CI: a
+    /// reset's rewarm command, once in a few hundred resets). A STATUS
+    /// round trip finds that out; the session is then opened again.
+    pub(crate) async fn settle_session(&self) -> Result<(), VmError> {
+        const TRIES: u32 = 4;
+        let mut last = None;
+        for attempt in 0..TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                self.client.reconnect().await?;
+            }
+            match self.client.status().await {
+                Ok(_) => return Ok(()),
+                Err(
+                    err @ paddock_agent_client::ClientError::Agent {
+                        code: paddock_agent_client::ErrorCode::NotNegotiated,
+                        ..
+                    },
+                ) => {
+                    tracing::debug!(
+                        domain = self.name(),
+                        attempt,
+                        "the restored agent dropped its new session; opening it again"
+                    );
+                    last = Some(err);
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(last.map_or(VmError::Config("no session"), VmError::from))
     }
 
     /// Loads the internal snapshot `name` inside the running QEMU and
