@@ -573,3 +573,11 @@ impl EventRecorder {
         )
     }
 }
+
+/// The repository's root (where `policies/` and `nwfilters/` are).
+#[must_use]
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}

@@ -64,7 +64,11 @@ acquire_timeout_ms = 120000
 name = "{other}"
 min_ready = 1
 max_size = 1
+policy = "{read_only}"
 "#,
+            read_only = paddock_tests::repo_root()
+                .join("policies/read-only.toml")
+                .display(),
             audit = audit_dir.display(),
             acme = token_digest(ACME),
             zed = token_digest(ZED),
@@ -274,6 +278,44 @@ max_size = 1
         stderr(&unknown)
     );
 
+    // The second pool holds its leases to the shipped read-only policy:
+    // the API says so, an allowed command runs, a denied one is refused
+    // before it reaches the guest (403 policy_denied, naming the rule), and
+    // the pool's own rewarm (`true`, not in the policy) still resets it.
+    let pools: PoolList = json(&daemon.operator(&["--json", "pools"])?)?;
+    let policy = pools
+        .pools
+        .iter()
+        .find(|p| p.name == other)
+        .and_then(|p| p.policy.clone());
+    assert_eq!(policy.as_deref(), Some("read-only"), "{pools:?}");
+    let listed = daemon.operator(&["exec", &other, "--", "ls", "/"])?;
+    assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
+    assert!(stdout(&listed).contains("proc"), "{}", stdout(&listed));
+    for (argv, rule) in [
+        (&["rm", "-rf", "/tmp"][..], "exec.program"),
+        (&["sh", "-c", "touch /tmp/x"][..], "exec.shell"),
+    ] {
+        let mut args = vec!["exec", other.as_str(), "--"];
+        args.extend_from_slice(argv);
+        let denied = daemon.operator(&args)?;
+        assert_eq!(
+            denied.status.code(),
+            Some(125),
+            "{argv:?}: {}",
+            stderr(&denied)
+        );
+        assert!(
+            stderr(&denied).contains("policy_denied") && stderr(&denied).contains(rule),
+            "{argv:?}: {}",
+            stderr(&denied)
+        );
+    }
+    // Every `paddock exec` above was a lease of the pool's one slot: its
+    // resets ran the pool's rewarm, which the policy does not allow.
+    let after = daemon.operator(&["exec", &other, "--", "ls", "/"])?;
+    assert_eq!(after.status.code(), Some(0), "{}", stderr(&after));
+
     // The operator drains the second pool: it goes, and nothing of it stays.
     let drained = daemon.operator(&["drain", &other])?;
     assert!(drained.status.success(), "{}", stderr(&drained));
@@ -425,6 +467,19 @@ max_size = 1
     assert!(
         log.contains("\"kind\":\"token\""),
         "the wrong token's refusal is audited"
+    );
+    let denials: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"stage\":\"denied\"") && l.contains("\"kind\":\"policy\""))
+        .collect();
+    assert_eq!(denials.len(), 2, "{denials:?}");
+    assert!(
+        denials
+            .iter()
+            .any(|l| l.contains("\"rule\":\"exec.program\"")
+                && l.contains("\"policy\":\"read-only\"")
+                && l.contains("\"verb\":\"exec\"")),
+        "{denials:?}"
     );
     let tail = std::process::Command::new(paddock_tests::daemon::paddock_binary()?)
         .args(["audit", "tail", "-n", "3"])

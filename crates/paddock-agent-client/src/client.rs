@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use paddock_proto::{
@@ -15,9 +15,9 @@ use tokio::sync::Mutex;
 
 use crate::connection::{Connection, Keepalive, Pacing, SessionParams};
 use crate::error::ClientError;
-use crate::exec::{ExecOutput, ExecStart, Execution, exec_failed};
+use crate::exec::{ExecOutput, ExecStart, ExecTracking, Execution, exec_failed};
 use crate::files::{self, Download};
-use crate::gate::{GateRequest, RequestGate};
+use crate::gate::{GateRequest, Gatekeeper, RequestGate, Size};
 use crate::transport::{AttemptError, Transport};
 use paddock_events::{EventKind, FileDirection};
 
@@ -109,6 +109,9 @@ struct Inner {
     /// Set by [`AgentClient::revoke`]: requests are refused until the next
     /// [`AgentClient::reconnect`].
     revoked: std::sync::atomic::AtomicBool,
+    /// Executions started through this client whose handle is alive (what
+    /// a policy's `exec.max_concurrent` counts).
+    running: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, Default)]
@@ -161,6 +164,7 @@ impl AgentClient {
                 buffered: Arc::new(AtomicU64::new(0)),
                 lineage: std::sync::Mutex::new(Lineage::default()),
                 revoked: std::sync::atomic::AtomicBool::new(false),
+                running: Arc::new(AtomicUsize::new(0)),
             }),
         };
         client.connection().await?;
@@ -403,6 +407,7 @@ impl AgentClient {
     /// # Errors
     /// A connection error or [`ClientError::Timeout`].
     pub async fn status(&self) -> Result<StatusReport, ClientError> {
+        self.admit(&mut GateRequest::Status)?;
         let started = Instant::now();
         match self.call(Message::StatusRequest, "STATUS_REPORT").await? {
             Message::StatusReport(report) => {
@@ -422,6 +427,7 @@ impl AgentClient {
     /// # Errors
     /// A connection error or [`ClientError::Timeout`].
     pub async fn stop_agent(&self) -> Result<(), ClientError> {
+        self.admit(&mut GateRequest::StopAgent)?;
         match self
             .call(
                 Message::Stop(Stop {
@@ -452,9 +458,20 @@ impl AgentClient {
             }
             _ => {}
         }
-        let timeout_ms = *request.timeout_ms.get_or_insert(
+        let timeout_defaulted = request.timeout_ms.is_none();
+        request.timeout_ms.get_or_insert(
             u64::try_from(config.default_exec_timeout.as_millis()).unwrap_or(u64::MAX),
         );
+        // Counted from here, so that two executions checked at once cannot
+        // both pass a policy's last free place.
+        let running = RunningExec::start(&self.inner.running);
+        self.admit(&mut GateRequest::Exec {
+            request: &mut request,
+            timeout_defaulted,
+            running: running.others(),
+        })?;
+        // A policy may have lowered a default timeout.
+        let timeout_ms = request.timeout_ms.unwrap_or(u64::MAX);
         // The grace the agent applies: the request's, or the protocol's
         // default. An agent started with a longer default needs a larger
         // `exec_timeout_margin`.
@@ -463,7 +480,6 @@ impl AgentClient {
             + Duration::from_millis(timeout_ms)
                 .saturating_add(grace)
                 .saturating_add(config.exec_timeout_margin);
-        self.admit(&GateRequest::Exec(&request))?;
         let stdin = request.stdin;
         let started = ExecStart::next();
         config.events.emit(|| EventKind::ExecStarted {
@@ -485,8 +501,12 @@ impl AgentClient {
                 stdin,
                 deadline,
                 config.io_timeout,
-                config.events.clone(),
-                started,
+                ExecTracking {
+                    events: config.events.clone(),
+                    started,
+                    gate: self.gatekeeper(),
+                    running,
+                },
             )),
             Err(err) => {
                 exec_failed(&config.events, &err, started);
@@ -517,6 +537,10 @@ impl AgentClient {
         remote: &str,
         mode: u32,
     ) -> Result<FileDone, ClientError> {
+        self.admit(&mut GateRequest::Put {
+            path: remote,
+            size: Size::Unknown,
+        })?;
         let config = &self.inner.config;
         let pacing = config.gate.clone().map(|gate| Pacing {
             gate,
@@ -542,22 +566,18 @@ impl AgentClient {
     }
 
     /// Asks the gate, if there is one; a refusal is emitted and returned.
-    fn admit(&self, request: &GateRequest<'_>) -> Result<(), ClientError> {
+    fn admit(&self, request: &mut GateRequest<'_>) -> Result<(), ClientError> {
+        self.gatekeeper()
+            .map_or(Ok(()), |keeper| keeper.admit(request))
+    }
+
+    /// The gate with this client's emitter, if there is a gate.
+    fn gatekeeper(&self) -> Option<Gatekeeper> {
         let config = &self.inner.config;
-        let Some(gate) = &config.gate else {
-            return Ok(());
-        };
-        gate.admit(&config.events.source(), request)
-            .map_err(|refusal| {
-                config.events.emit(|| EventKind::RateLimited {
-                    limit: refusal.limit,
-                    retry_after: refusal.retry_after.unwrap_or_default(),
-                });
-                ClientError::Refused {
-                    limit: refusal.limit,
-                    retry_after: refusal.retry_after,
-                }
-            })
+        config.gate.as_ref().map(|gate| Gatekeeper {
+            gate: Arc::clone(gate),
+            events: config.events.clone(),
+        })
     }
 
     /// Runs a file transfer and emits its end (bytes, outcome, time).
@@ -601,9 +621,9 @@ impl AgentClient {
         };
         let file = tokio::fs::File::open(local).await.map_err(local_err)?;
         let metadata = file.metadata().await.map_err(local_err)?;
-        self.admit(&GateRequest::FileBytes {
-            direction: FileDirection::Put,
-            bytes: metadata.len(),
+        self.admit(&mut GateRequest::Put {
+            path: remote,
+            size: Size::Known(metadata.len()),
         })?;
         let mode = metadata.permissions().mode() & 0o7777;
         let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
@@ -621,9 +641,15 @@ impl AgentClient {
         remote: &str,
         writer: &mut W,
     ) -> Result<Download, ClientError> {
+        self.admit(&mut GateRequest::Get {
+            path: remote,
+            size: Size::Unknown,
+        })?;
+        let keeper = self.gatekeeper();
         self.transfer(FileDirection::Get, remote, async {
             let conn = self.connection().await?;
-            files::get(&conn, remote, writer, self.inner.config.io_timeout).await
+            let io_timeout = self.inner.config.io_timeout;
+            files::get(&conn, remote, writer, io_timeout, keeper.as_ref()).await
         })
         .await
     }
@@ -638,9 +664,15 @@ impl AgentClient {
         remote: &str,
         local: impl AsRef<Path>,
     ) -> Result<Download, ClientError> {
+        self.admit(&mut GateRequest::Get {
+            path: remote,
+            size: Size::Unknown,
+        })?;
+        let keeper = self.gatekeeper();
         self.transfer(FileDirection::Get, remote, async {
             let conn = self.connection().await?;
-            files::get_to_path(&conn, remote, local.as_ref(), self.inner.config.io_timeout).await
+            let io_timeout = self.inner.config.io_timeout;
+            files::get_to_path(&conn, remote, local.as_ref(), io_timeout, keeper.as_ref()).await
         })
         .await
     }
@@ -660,5 +692,28 @@ impl Transferred for FileDone {
 impl Transferred for Download {
     fn size(&self) -> u64 {
         self.size
+    }
+}
+
+/// An execution counted in its client's running executions from before it
+/// is checked until its handle is dropped.
+#[derive(Debug)]
+pub(crate) struct RunningExec(Arc<AtomicUsize>);
+
+impl RunningExec {
+    fn start(running: &Arc<AtomicUsize>) -> Self {
+        running.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(running))
+    }
+
+    /// The other executions running.
+    fn others(&self) -> usize {
+        self.0.load(Ordering::SeqCst).saturating_sub(1)
+    }
+}
+
+impl Drop for RunningExec {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -110,6 +110,10 @@ pub enum ClientError {
         /// When the same request may pass.
         retry_after: Option<Duration>,
     },
+    /// The request policy denied it before it was sent: the same request
+    /// will be denied again.
+    #[error(transparent)]
+    Denied(paddock_policy::Denial),
 }
 
 impl ClientError {
@@ -171,6 +175,7 @@ impl ClientError {
             Self::LocalIo { .. } => "local_io",
             Self::InvalidRequest(_) => "invalid_request",
             Self::Refused { .. } => "refused",
+            Self::Denied(_) => "denied",
         }
     }
 

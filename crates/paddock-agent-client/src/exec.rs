@@ -12,8 +12,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::client::RunningExec;
 use crate::connection::{Chunk, Connection, RecvCredit, Request, SendCredit};
 use crate::error::ClientError;
+use crate::gate::{GateRequest, Gatekeeper};
 
 /// A process running in the guest.
 ///
@@ -33,6 +35,10 @@ pub struct Execution {
     events: Emitter,
     /// Its number and when it was sent, for its end's event.
     started: ExecStart,
+    /// The client's gate, which signals pass.
+    gate: Option<Gatekeeper>,
+    /// Counts it among its client's running executions while it lives.
+    _running: RunningExec,
 }
 
 /// An execution's number (unique within the process, the same in its two
@@ -65,15 +71,30 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// What an execution reports to and is held by: its events, its client's
+/// gate and its place among the client's running executions.
+#[derive(Debug)]
+pub(crate) struct ExecTracking {
+    pub(crate) events: Emitter,
+    pub(crate) started: ExecStart,
+    pub(crate) gate: Option<Gatekeeper>,
+    pub(crate) running: RunningExec,
+}
+
 impl Execution {
     pub(crate) fn new(
         mut request: Request,
         stdin: bool,
         deadline: Instant,
         io_timeout: Duration,
-        events: Emitter,
-        started: ExecStart,
+        tracking: ExecTracking,
     ) -> Self {
+        let ExecTracking {
+            events,
+            started,
+            gate,
+            running,
+        } = tracking;
         let mut output = |index: usize| {
             request.outputs[index]
                 .take()
@@ -97,6 +118,8 @@ impl Execution {
             finished: false,
             events,
             started,
+            gate,
+            _running: running,
         }
     }
 
@@ -124,8 +147,12 @@ impl Execution {
     /// Sends a signal to the execution's process group.
     ///
     /// # Errors
-    /// [`ClientError::ConnectionLost`] if the session is gone.
+    /// [`ClientError::Denied`] if the client's policy does not allow the
+    /// signal, [`ClientError::ConnectionLost`] if the session is gone.
     pub fn signal(&self, signal: i32) -> Result<(), ClientError> {
+        if let Some(gate) = &self.gate {
+            gate.admit(&mut GateRequest::Signal { signal })?;
+        }
         self.request
             .conn
             .send(self.request.id, &Message::Signal(SignalRequest { signal }))

@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::connection::{Connection, Event, Pacing, Request};
 use crate::error::ClientError;
+use crate::gate::{GateRequest, Gatekeeper, Size};
 
 /// What a finished download received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,16 +42,36 @@ pub(crate) async fn put<R: AsyncRead + Unpin>(
     let mut buf = vec![0u8; conn.chunk];
     let mut crc = crc32fast::Hasher::new();
     let mut size = 0u64;
+    // The size of an upload from a reader is learnt as it is read: the gate
+    // sees each new total before its chunk is sent.
+    let keeper = pacing.map(|pacing| Gatekeeper {
+        gate: std::sync::Arc::clone(&pacing.gate),
+        events: pacing.events.clone(),
+    });
     loop {
-        let n = reader
-            .read(&mut buf)
-            .await
-            .map_err(|source| ClientError::LocalIo {
-                path: PathBuf::from("<upload source>"),
-                source,
-            })?;
+        let read = reader.read(&mut buf).await;
+        let n = match read {
+            Ok(n) => n,
+            Err(source) => {
+                abort_put(conn, request.id, size, &crc);
+                return Err(ClientError::LocalIo {
+                    path: PathBuf::from("<upload source>"),
+                    source,
+                });
+            }
+        };
         if n == 0 {
             break;
+        }
+        if let Some(keeper) = &keeper {
+            let admitted = keeper.admit(&mut GateRequest::Put {
+                path: remote,
+                size: Size::AtLeast(size + n as u64),
+            });
+            if let Err(err) = admitted {
+                abort_put(conn, request.id, size, &crc);
+                return Err(err);
+            }
         }
         if let Some(pacing) = pacing {
             while let Some(hold) = pacing.hold(crate::Flow::Sent, n as u64) {
@@ -88,12 +109,24 @@ pub(crate) async fn put<R: AsyncRead + Unpin>(
     }
 }
 
-/// Receives the guest file `remote` into `writer`.
+/// Ends an upload that will not be completed so that the agent keeps
+/// nothing of it: a FILE_END whose CRC-32 cannot match what arrived (the
+/// agent discards an upload whose size or CRC-32 does not match). Its
+/// answer, an ERROR, goes nowhere: the request is dropped.
+fn abort_put(conn: &Connection, id: u64, size: u64, crc: &crc32fast::Hasher) {
+    let crc32 = !crc.clone().finalize();
+    let _ = conn.send(id, &Message::FileEnd(FileEnd { size, crc32 }));
+}
+
+/// Receives the guest file `remote` into `writer`. With a gate, the size
+/// the agent announces, and then the bytes as they arrive, are checked
+/// against it (a policy's `get.max_bytes`).
 pub(crate) async fn get<W: AsyncWrite + Unpin>(
     conn: &std::sync::Arc<Connection>,
     remote: &str,
     writer: &mut W,
     io_timeout: Duration,
+    keeper: Option<&Gatekeeper>,
 ) -> Result<Download, ClientError> {
     check_remote_path(remote)?;
     let mut request = conn.open(false)?;
@@ -107,11 +140,25 @@ pub(crate) async fn get<W: AsyncWrite + Unpin>(
         Message::FileInfo(info) => info,
         other => return Err(unexpected(other)),
     };
+    let admit = |size| {
+        keeper.map_or(Ok(()), |keeper| {
+            keeper.admit(&mut GateRequest::Get { path: remote, size })
+        })
+    };
+    admit(Size::Known(info.size))?;
     let mut crc = crc32fast::Hasher::new();
     let mut size = 0u64;
     loop {
         match next_event(&mut request, io_timeout, "file data").await? {
             Message::FileData(data) => {
+                // A guest may send more than it announced (the file grew,
+                // or it lies): the gate sees the running total too.
+                if size + data.len() as u64 > info.size {
+                    if let Err(err) = admit(Size::AtLeast(size + data.len() as u64)) {
+                        request.recv.consumed(data.len());
+                        return Err(err);
+                    }
+                }
                 let written = writer.write_all(&data).await;
                 request.recv.consumed(data.len());
                 written.map_err(|source| ClientError::LocalIo {
@@ -157,6 +204,7 @@ pub(crate) async fn get_to_path(
     remote: &str,
     path: &Path,
     io_timeout: Duration,
+    keeper: Option<&Gatekeeper>,
 ) -> Result<Download, ClientError> {
     let local_err = |source| ClientError::LocalIo {
         path: path.to_owned(),
@@ -171,7 +219,7 @@ pub(crate) async fn get_to_path(
     let partial = path.with_file_name(partial_name);
     let file = tokio::fs::File::create(&partial).await.map_err(local_err)?;
     let mut sink = tokio::io::BufWriter::with_capacity(256 * 1024, file);
-    let outcome = get(conn, remote, &mut sink, io_timeout).await;
+    let outcome = get(conn, remote, &mut sink, io_timeout, keeper).await;
     let finish = async {
         let download = outcome?;
         sink.flush().await.map_err(local_err)?;

@@ -42,7 +42,7 @@ pub use client::{AgentClient, ClientConfig, Continuity};
 pub use error::ClientError;
 pub use exec::{ExecOutput, Execution, OutputStream, StdinWriter};
 pub use files::Download;
-pub use gate::{Flow, GateRequest, Refusal, RequestGate};
+pub use gate::{Denial, Flow, GateRequest, PolicyGate, Refusal, RequestGate, Size};
 pub use paddock_proto::{
     Command, ErrorCode, ExecResult, Execute, FileDone, HelloAck, StatusReport,
 };

@@ -169,8 +169,10 @@ impl Verb {
     /// A guest's agent broke the wire protocol (a bad frame, an unknown
     /// kind, a window overrun): a broken or hostile guest.
     pub const PROTOCOL_ERROR: &str = "protocol_error";
-    /// A policy refused a request whose own verb is not known.
-    pub const POLICY: &str = "policy";
+    /// The agent's status was read.
+    pub const STATUS: &str = "status";
+    /// The guest agent was told to stop.
+    pub const STOP_AGENT: &str = "stop_agent";
 
     /// A verb from its name.
     pub fn new(name: impl Into<String>) -> Self {

@@ -322,11 +322,23 @@ pub fn audit_event(event: &Event, options: &AuditOptions, run: &str) -> Option<A
             Some(Response::outcome(outcome::DENIED).with_error("rate_limited")),
             at,
         ),
-        EventKind::Denied { rule, reason } => (
+        EventKind::Denied {
+            request,
+            rule,
+            policy,
+            detail,
+        } => (
             Stage::Denied,
-            Verb::POLICY,
-            Some(free_form("policy", [("rule", rule.as_str().into())])),
-            Some(Response::outcome(outcome::DENIED).with_error(reason.clone())),
+            denied_verb(request),
+            Some(free_form(
+                "policy",
+                [
+                    ("policy", policy.as_str().into()),
+                    ("rule", (*rule).into()),
+                    ("detail", detail.as_str().into()),
+                ],
+            )),
+            Some(Response::outcome(outcome::DENIED).with_error("policy_denied")),
             at,
         ),
         EventKind::Alert {
@@ -385,6 +397,19 @@ pub fn audit_event(event: &Event, options: &AuditOptions, run: &str) -> Option<A
 /// The verb of the request a rate limit refused. The event names only the
 /// limit: Paddock's limits each guard one kind of request; another limit's
 /// name stands in for the verb.
+/// The verb of a request a policy denied, from its kind.
+fn denied_verb(request: &str) -> &str {
+    match request {
+        "exec" => Verb::EXEC,
+        "put" => Verb::FILE_PUT,
+        "get" => Verb::FILE_GET,
+        "signal" => Verb::SIGNAL,
+        "status" => Verb::STATUS,
+        "stop_agent" => Verb::STOP_AGENT,
+        other => other,
+    }
+}
+
 fn rate_limited_verb(limit: &str) -> &str {
     match limit {
         "acquires" | "tenant_acquires" => Verb::ACQUIRE,

@@ -411,8 +411,10 @@ fn failed_appends_are_counted_not_silent() -> anyhow::Result<()> {
     hub.emit(
         source.clone(),
         EventKind::Denied {
-            rule: "no-gpu".into(),
-            reason: "GPU pools need approval".into(),
+            request: "exec",
+            rule: "exec.program",
+            policy: "read-only".into(),
+            detail: "program \"rm\"".into(),
         },
     );
     // Telemetry is not audited, so it cannot fail.
@@ -539,18 +541,31 @@ fn every_event_kind_is_mapped_or_deliberately_skipped() {
         .is_none()
     );
 
-    let record = map(EventKind::Denied {
-        rule: "no-gpu".into(),
-        reason: "GPU pools need approval".into(),
-    })
-    .expect("audited");
-    assert_eq!(
-        (record.stage, record.verb.as_str()),
-        (Stage::Denied, "policy")
-    );
-    let response = record.response.expect("a response");
-    assert_eq!(response.outcome.as_deref(), Some("denied"));
-    assert_eq!(response.error.as_deref(), Some("GPU pools need approval"));
+    for (request, verb) in [
+        ("exec", "exec"),
+        ("put", "file_put"),
+        ("get", "file_get"),
+        ("signal", "signal"),
+        ("status", "status"),
+        ("stop_agent", "stop_agent"),
+    ] {
+        let record = map(EventKind::Denied {
+            request,
+            rule: "exec.program",
+            policy: "read-only".into(),
+            detail: "program \"rm\" is not in [\"ls\"]".into(),
+        })
+        .expect("audited");
+        assert_eq!((record.stage, record.verb.as_str()), (Stage::Denied, verb));
+        let summary = serde_json::to_value(record.request.expect("a request")).expect("json");
+        assert_eq!(summary["kind"], "policy");
+        assert_eq!(summary["policy"], "read-only");
+        assert_eq!(summary["rule"], "exec.program");
+        assert_eq!(summary["detail"], "program \"rm\" is not in [\"ls\"]");
+        let response = record.response.expect("a response");
+        assert_eq!(response.outcome.as_deref(), Some("denied"));
+        assert_eq!(response.error.as_deref(), Some("policy_denied"));
+    }
 
     let record = map(EventKind::ExecFinished {
         exec: 0,

@@ -222,6 +222,80 @@ fn audit_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Failure> {
     Ok(paths.to_vec())
 }
 
+/// `paddock policy check`: each file's verdict on a line (or a JSON
+/// object per file with `--json`); 1 if any file is refused.
+pub fn check_policies(files: &[PathBuf], json: bool) -> u8 {
+    let mut status = 0;
+    for file in files {
+        match paddock::policy::Policy::load(file) {
+            Ok(policy) => {
+                let summary = policy_summary(&policy);
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "file": file,
+                            "ok": true,
+                            "name": policy.name(),
+                            "allows": summary,
+                        })
+                    );
+                } else {
+                    println!(
+                        "{}: ok: {} allows {}",
+                        file.display(),
+                        policy.name(),
+                        summary.join(", ")
+                    );
+                }
+            }
+            Err(err) => {
+                status = 1;
+                let mut message = err.to_string();
+                let mut source = std::error::Error::source(&err);
+                while let Some(cause) = source {
+                    message.push_str(": ");
+                    message.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"file": file, "ok": false, "error": message})
+                    );
+                } else {
+                    println!("{}: refused: {message}", file.display());
+                }
+            }
+        }
+    }
+    status
+}
+
+/// What a policy allows, in a few words per request kind.
+fn policy_summary(policy: &paddock::policy::Policy) -> Vec<String> {
+    let mut allows = Vec::new();
+    if let Some(exec) = policy.exec() {
+        allows.push(format!(
+            "exec ({}shell, timeout {}, {} at once)",
+            if exec.shell() { "" } else { "no " },
+            exec.max_timeout_ms()
+                .map_or_else(|| "unbounded".to_owned(), |ms| format!("<= {ms} ms")),
+            exec.max_concurrent()
+                .map_or_else(|| "any".to_owned(), |n| n.to_string())
+        ));
+    }
+    for (kind, rules) in [("put", policy.put()), ("get", policy.get())] {
+        if let Some(rules) = rules {
+            allows.push(format!("{kind} under {:?}", rules.paths()));
+        }
+    }
+    if allows.is_empty() {
+        allows.push("nothing".to_owned());
+    }
+    allows
+}
+
 /// `paddock audit verify|tail`.
 pub fn audit(command: &AuditCommand, json: bool) -> Result<u8, Failure> {
     match command {

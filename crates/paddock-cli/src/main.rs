@@ -126,6 +126,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Request policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Removes what a crashed Paddock left (domains by their metadata, their
     /// files), with no daemon running.
     Gc {
@@ -169,6 +174,17 @@ enum GoldenCommand {
         /// How long the replacement may take, in seconds.
         #[arg(long, default_value_t = 600)]
         within: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Checks policy files and says what each allows; exit 1 if one is
+    /// refused (naming its key, or its line for a syntax error).
+    Check {
+        /// Policy files (`policies/*.toml`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -218,6 +234,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { ref config } => serve(config),
         Command::Audit { ref command } => local::audit(command, cli.json),
+        Command::Policy {
+            command: PolicyCommand::Check { ref files },
+        } => Ok(local::check_policies(files, cli.json)),
         Command::Gc {
             ref pool,
             ref libvirt_uri,
@@ -381,6 +400,7 @@ async fn remote(cli: &Cli) -> Result<u8, Failure> {
         }
         Command::Serve { .. }
         | Command::Audit { .. }
+        | Command::Policy { .. }
         | Command::Gc { .. }
         | Command::Doctor { .. } => {}
     }

@@ -345,6 +345,20 @@ pub enum EventKind {
         /// A short name for the kind of error.
         kind: &'static str,
     },
+    /// The request policy denied a request before it was sent: it never
+    /// reached the guest.
+    Denied {
+        /// The request's kind (`exec`, `put`, `get`, `status`, `signal`,
+        /// `stop_agent`).
+        request: &'static str,
+        /// The rule that denied it (`exec.program`, `put.size`...): a
+        /// bounded name.
+        rule: &'static str,
+        /// The policy's name.
+        policy: String,
+        /// What in the request broke the rule, for people.
+        detail: String,
+    },
     /// A rate limit refused a request.
     RateLimited {
         /// Which limit (`acquire`, `exec`, `bytes`...).
@@ -360,13 +374,6 @@ pub enum EventKind {
         limit: &'static str,
         /// How long the credit was held back.
         delay: Duration,
-    },
-    /// A policy denied a request.
-    Denied {
-        /// The policy rule's name.
-        rule: String,
-        /// Why, in a few words.
-        reason: String,
     },
     /// An anomaly rule fired.
     Alert {

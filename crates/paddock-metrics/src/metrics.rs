@@ -297,9 +297,9 @@ impl Families {
             )?,
             denied: int_counter(
                 r,
-                "paddock_denied_total",
-                "Requests a policy denied.",
-                &["pool"],
+                "paddock_policy_denials_total",
+                "Requests the pool's request policy denied before they were sent, by rule.",
+                &["pool", "rule"],
             )?,
             anomalies: int_counter(
                 r,
@@ -356,7 +356,6 @@ struct PoolChildren {
     transfers: [[IntCounter; 2]; 2],
     transfer_duration: [Histogram; 2],
     agent_round_trip: Histogram,
-    denied: IntCounter,
 }
 
 impl PoolChildren {
@@ -383,7 +382,6 @@ impl PoolChildren {
             transfer_duration: DIRECTIONS
                 .map(|d| f.file_transfer_duration.with_label_values(&[pool, dir(d)])),
             agent_round_trip: f.agent_round_trip.with_label_values(&[pool]),
-            denied: f.denied.with_label_values(&[pool]),
         }
     }
 }
@@ -703,8 +701,11 @@ impl Subscriber for Metrics {
                     .with_label_values(&[pool, limit])
                     .inc_by(delay.as_secs_f64());
             }
-            // The rule is a policy's free-form name: not a label.
-            EventKind::Denied { .. } => self.with_pool(pool, |p| p.denied.inc()),
+            // The rule is one of a fixed set (`paddock_policy::Rule`); the
+            // policy's name and the detail are free text, not labels.
+            EventKind::Denied { rule, .. } => {
+                f.denied.with_label_values(&[pool, rule]).inc();
+            }
             EventKind::Alert { rule, action, .. } => {
                 f.anomalies.with_label_values(&[pool, rule, action]).inc();
             }

@@ -233,8 +233,10 @@ fn one_of_each() -> Vec<EventKind> {
             delay: d,
         },
         EventKind::Denied {
-            rule: "no-net".into(),
-            reason: "egress".into(),
+            request: "exec",
+            rule: "exec.program",
+            policy: "read-only".into(),
+            detail: "program \"rm\"".into(),
         },
         EventKind::Alert {
             rule: "exec_rate",
@@ -448,8 +450,10 @@ fn execs_transfers_resets_and_the_rest_have_exact_values() {
     hub.emit(
         ci(),
         EventKind::Denied {
-            rule: "no-net".into(),
-            reason: "egress".into(),
+            request: "put",
+            rule: "put.path",
+            policy: "read-only".into(),
+            detail: "path \"/etc\"".into(),
         },
     );
     hub.emit(
@@ -615,7 +619,10 @@ fn execs_transfers_resets_and_the_rest_have_exact_values() {
         ),
         0.75
     );
-    assert_eq!(x.value("paddock_denied_total", &[p]), 1.0);
+    assert_eq!(
+        x.value("paddock_policy_denials_total", &[p, ("rule", "put.path")]),
+        1.0
+    );
     assert_eq!(
         x.value(
             "paddock_anomalies_total",
@@ -881,8 +888,10 @@ fn series_do_not_grow_with_leases_tenants_domains_paths_or_commands() {
                     duration: Duration::from_millis(1),
                 },
                 EventKind::Denied { .. } => EventKind::Denied {
-                    rule: format!("rule-{n}"),
-                    reason: format!("reason {n}"),
+                    request: "exec",
+                    rule: "exec.program",
+                    policy: format!("policy-{n}"),
+                    detail: format!("program {n}"),
                 },
                 EventKind::Alert { .. } => EventKind::Alert {
                     rule: "exec_rate",

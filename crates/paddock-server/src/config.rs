@@ -20,6 +20,7 @@
 //! max_size = 4
 //! reset = "in_place"
 //! warmup = ["echo warm > /tmp/warm"]
+//! policy = "policies/python-interpreter.toml"  # relative to this file
 //! [pool.limits]
 //! lease_execs_per_second = 20
 //! ```
@@ -184,6 +185,10 @@ struct PoolFile {
     boot_timeout_s: Option<u64>,
     #[serde(default)]
     limits: LimitsFile,
+    /// A request policy file (`policies/README.md`), relative to this
+    /// file's directory unless absolute.
+    #[serde(default)]
+    policy: Option<PathBuf>,
 }
 
 const fn default_memory_mib() -> u64 {
@@ -325,9 +330,16 @@ impl Config {
                     "1 to 32 of a-z, 0-9 and '-', and not the name of another pool".into(),
                 ));
             }
-            let declaration = declared
+            let mut declaration = declared
                 .to_declaration()
                 .map_err(|(name, problem)| invalid(span.clone(), field(name), problem))?;
+            if let Some(policy) = &declared.policy {
+                let resolved = path.parent().unwrap_or(Path::new(".")).join(policy);
+                let policy = paddock::policy::Policy::load(&resolved).map_err(|err| {
+                    invalid(span.clone(), field("policy"), crate::error::chain(&err))
+                })?;
+                declaration.config.policy = Some(std::sync::Arc::new(policy));
+            }
             declaration
                 .config
                 .validate()
@@ -507,6 +519,46 @@ min_redy = 2
         assert!(text.starts_with("/etc/paddock/paddock.toml: "), "{text}");
         assert!(text.contains("line 6"), "{text}");
         assert!(text.contains("min_redy"), "{text}");
+    }
+
+    #[test]
+    fn a_pool_names_a_policy_file_beside_the_configuration() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("policies")).expect("policies/");
+        std::fs::write(
+            dir.path().join("policies/ls.toml"),
+            "schema = 1\nname = \"ls-only\"\n[exec]\nprograms = [\"ls\"]\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("policies/bad.toml"),
+            "schema = 1\nname = \"bad\"\n[exec]\nprograms = [\"/usr/[\"]\n",
+        )
+        .expect("write");
+        let config_path = dir.path().join("paddock.toml");
+        let file = |policy: &str| {
+            format!(
+                "[server]\nimage = \"/i\"\n\n[[pool]]\nname = \"a\"\n\n[[pool]]\nname = \"b\"\npolicy = \"{policy}\"\n"
+            )
+        };
+        let config = Config::parse(&config_path, &file("policies/ls.toml")).expect("a policy");
+        assert!(config.pools[0].config.policy.is_none());
+        let policy = config.pools[1].config.policy.as_ref().expect("pool b's");
+        assert_eq!(policy.name(), "ls-only");
+
+        for (name, expected) in [
+            ("policies/absent.toml", "Could not read"),
+            ("policies/bad.toml", "exec.programs[0]"),
+        ] {
+            match Config::parse(&config_path, &file(name)) {
+                Err(err @ ConfigError::Invalid { line: 7, .. }) => {
+                    let text = err.to_string();
+                    assert!(text.contains("pool.b.policy"), "{text}");
+                    assert!(text.contains(expected), "{text}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -230,6 +230,14 @@ impl Daemon {
                 entry.pool.set_limits(declared.config.limits);
                 report.push(format!("pool {name}: rate limits"));
             }
+            // The policy file is read again on every reload, changed or
+            // not: editing the file and sending SIGHUP applies it.
+            let policy = declared.config.policy.clone();
+            report.push(format!(
+                "pool {name}: policy {}",
+                policy.as_ref().map_or("none", |p| p.name())
+            ));
+            entry.pool.set_policy(policy);
             let config = entry.pool.config();
             let same_rest = config.ttl == declared.config.ttl
                 && config.max_uses == declared.config.max_uses
@@ -298,6 +306,7 @@ impl Daemon {
             backend_available: stats.backend_available,
             draining: entry.draining.load(Ordering::SeqCst),
             golden_id: entry.pool.backend().golden().id.id.clone(),
+            policy: entry.pool.policy().map(|policy| policy.name().to_owned()),
         }
     }
 

@@ -22,6 +22,8 @@ pub struct ApiError {
     pub message: String,
     /// When a retry may pass.
     pub retry_after: Option<Duration>,
+    /// The policy rule that denied the request.
+    pub rule: Option<&'static str>,
 }
 
 impl ApiError {
@@ -33,6 +35,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            rule: None,
         }
     }
 
@@ -86,6 +89,7 @@ impl ApiError {
             retry_after_ms: self
                 .retry_after
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
+            rule: self.rule.map(str::to_owned),
         }
     }
 }
@@ -98,7 +102,7 @@ impl IntoResponse for ApiError {
 }
 
 /// An error with its whole chain of causes, on one line.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -128,6 +132,10 @@ impl From<ClientError> for ApiError {
         let message = chain(&err);
         match &err {
             ClientError::InvalidRequest(_) => Self::bad_request(message),
+            ClientError::Denied(denial) => Self {
+                rule: Some(denial.rule.as_str()),
+                ..Self::new(StatusCode::FORBIDDEN, "policy_denied", message)
+            },
             ClientError::Refused {
                 limit: "lease_ended",
                 ..
@@ -216,5 +224,29 @@ mod tests {
             "draining",
             "a closed pool is draining"
         );
+    }
+
+    #[test]
+    fn a_policy_denial_is_forbidden_and_names_its_rule() {
+        let denied = ApiError::from(ClientError::Denied(paddock::policy::Denial {
+            policy: "read-only".into(),
+            rule: paddock::policy::Rule::ExecProgram,
+            detail: "program \"rm\" is not in [\"ls\"]".into(),
+        }));
+        assert_eq!(
+            (denied.status, denied.code),
+            (StatusCode::FORBIDDEN, "policy_denied")
+        );
+        let json = serde_json::to_value(ErrorEnvelope {
+            error: denied.body(),
+        })
+        .expect("json");
+        assert_eq!(json["error"]["rule"], "exec.program");
+        let message = json["error"]["message"].as_str().expect("a message");
+        assert!(
+            message.contains("read-only") && message.contains("\"rm\""),
+            "{message}"
+        );
+        assert_eq!(json["error"].get("retry_after_ms"), None);
     }
 }

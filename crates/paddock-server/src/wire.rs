@@ -37,6 +37,9 @@ pub struct PoolStatus {
     pub draining: bool,
     /// The golden new slots are made from.
     pub golden_id: String,
+    /// The name of the request policy its leases are held to, if any.
+    #[serde(default)]
+    pub policy: Option<String>,
 }
 
 /// `GET /v1/pools/{pool}/slots`.
@@ -242,6 +245,9 @@ pub struct ErrorBody {
     /// When the same request may pass, for refusals that pass with time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// The policy rule that denied the request (`policy_denied` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 /// `GET /healthz`.

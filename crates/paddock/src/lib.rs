@@ -241,3 +241,5 @@ pub use paddock_agent_client as agent;
 pub use paddock_events as events;
 /// The libvirt layer, re-exported.
 pub use paddock_libvirt as libvirt;
+/// Request policies, re-exported.
+pub use paddock_policy as policy;

@@ -24,8 +24,9 @@ use tokio::time::Instant;
 
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
-use paddock_agent_client::{Flow, GateRequest, Refusal, RequestGate};
+use paddock_agent_client::{Flow, GateRequest, Refusal, RequestGate, Size};
 use paddock_events::{LeaseId, Source};
+use paddock_policy::Policy;
 
 /// A rate: `per_second` on average, with bursts of up to `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,13 +251,16 @@ impl AcquireLimiter {
     }
 }
 
-/// A pool's per-lease limits, as the request gate of its slots' agent
-/// clients: keyed by the lease in the event source the pool sets on each
-/// slot. Its limits can be replaced while the pool serves
-/// ([`LeaseGate::set_limits`]).
+/// A pool's per-lease limits and its request policy, as the request gate
+/// of its slots' agent clients: keyed by the lease in the event source the
+/// pool sets on each slot. Requests outside a lease (the pool's own checks
+/// and rewarm commands) pass both. Its limits and policy can be replaced
+/// while the pool serves ([`LeaseGate::set_limits`],
+/// [`LeaseGate::set_policy`]).
 #[derive(Debug)]
 pub struct LeaseGate {
     limiters: std::sync::RwLock<LeaseLimiters>,
+    policy: std::sync::RwLock<Option<Arc<Policy>>>,
 }
 
 /// The per-lease limiters of one set of [`RateLimits`].
@@ -296,7 +300,23 @@ impl LeaseGate {
     pub fn with_limits(limits: &RateLimits) -> Self {
         Self {
             limiters: std::sync::RwLock::new(LeaseLimiters::new(limits)),
+            policy: std::sync::RwLock::new(None),
         }
+    }
+
+    /// Checks every lease's requests against `policy` from now on (`None`:
+    /// every well-formed request is sent).
+    pub fn set_policy(&self, policy: Option<Arc<Policy>>) {
+        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = policy;
+    }
+
+    /// The request policy in force.
+    #[must_use]
+    pub fn policy(&self) -> Option<Arc<Policy>> {
+        self.policy
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Applies `limits`' per-lease limits from now on; every lease's counts
@@ -329,27 +349,38 @@ impl LeaseGate {
 }
 
 impl RequestGate for LeaseGate {
-    fn admit(&self, source: &Source, request: &GateRequest<'_>) -> Result<(), Refusal> {
+    fn admit(&self, source: &Source, request: &mut GateRequest<'_>) -> Result<(), Refusal> {
         // A slot's client outside a lease (the pool's own checks and
         // rewarm commands) is not limited.
         let Some(lease) = source.lease else {
             return Ok(());
         };
+        // The policy first: a denied request costs no rate budget.
+        if let Some(policy) = self.policy() {
+            policy.check(request).map_err(Refusal::Denied)?;
+        }
         let limiters = self.limiters();
         match request {
-            GateRequest::Exec(_) => {
+            GateRequest::Exec { .. } => {
                 if let Some(limiter) = &limiters.execs {
                     prune_if_large(limiter);
-                    limiter.check_key(&lease).map_err(|until| Refusal {
-                        limit: "lease_execs",
-                        retry_after: Some(retry_after(until)),
-                    })?;
+                    limiter
+                        .check_key(&lease)
+                        .map_err(|until| Refusal::RateLimited {
+                            limit: "lease_execs",
+                            retry_after: Some(retry_after(until)),
+                        })?;
                 }
             }
-            GateRequest::FileBytes { bytes, .. } => {
+            // An upload of known size is admitted whole; one from a reader
+            // is paced chunk by chunk instead (`pace`).
+            GateRequest::Put {
+                size: Size::Known(bytes),
+                ..
+            } => {
                 if let Some((limiter, _)) = &limiters.file_bytes {
                     prune_if_large(limiter);
-                    let refused = |retry_after| Refusal {
+                    let refused = |retry_after| Refusal::RateLimited {
                         limit: "lease_file_bytes",
                         retry_after,
                     };
@@ -363,6 +394,7 @@ impl RequestGate for LeaseGate {
                     }
                 }
             }
+            _ => {}
         }
         Ok(())
     }
@@ -421,6 +453,55 @@ mod tests {
         }
     }
 
+    /// Asks `gate` to let `argv` run for `source`.
+    fn exec_at(gate: &LeaseGate, source: &Source, argv: &[&str]) -> Result<(), Refusal> {
+        let mut exec = paddock_agent_client::Execute::argv(argv.iter().copied());
+        gate.admit(
+            source,
+            &mut GateRequest::Exec {
+                request: &mut exec,
+                timeout_defaulted: true,
+                running: 0,
+            },
+        )
+    }
+
+    #[test]
+    fn a_policy_judges_lease_requests_before_any_limit() {
+        let gate = LeaseGate::with_limits(&RateLimits {
+            lease_execs: Some(limit(1, 1)),
+            ..RateLimits::default()
+        });
+        let policy =
+            Policy::from_toml("schema = 1\nname = \"ls-only\"\n[exec]\nprograms = [\"ls\"]\n")
+                .expect("a policy");
+        gate.set_policy(Some(Arc::new(policy)));
+        assert_eq!(
+            gate.policy().map(|p| p.name().to_owned()).as_deref(),
+            Some("ls-only")
+        );
+        for _ in 0..3 {
+            let refusal = exec_at(&gate, &leased(1), &["rm", "-rf", "/"]).expect_err("denied");
+            let Refusal::Denied(denial) = refusal else {
+                panic!("{refusal:?}");
+            };
+            assert_eq!(denial.rule, paddock_policy::Rule::ExecProgram);
+        }
+        // The denials cost nothing of the lease's one execution.
+        assert!(exec_at(&gate, &leased(1), &["ls"]).is_ok());
+        assert!(matches!(
+            exec_at(&gate, &leased(1), &["ls"]),
+            Err(Refusal::RateLimited { .. })
+        ));
+        // The pool's own requests, outside a lease, are not judged.
+        assert!(exec_at(&gate, &Source::default(), &["rm"]).is_ok());
+        let mut status = GateRequest::Status;
+        assert!(gate.admit(&leased(2), &mut status).is_err());
+        assert!(gate.admit(&Source::default(), &mut status).is_ok());
+        gate.set_policy(None);
+        assert!(exec_at(&gate, &leased(3), &["rm"]).is_ok(), "no policy");
+    }
+
     #[test]
     fn acquires_past_the_burst_wait_about_one_interval() {
         let limiter = AcquireLimiter::new(&RateLimits {
@@ -462,29 +543,58 @@ mod tests {
             ..RateLimits::default()
         })
         .expect("a gate");
-        let exec = paddock_agent_client::Execute::argv(["true"]);
-        let request = GateRequest::Exec(&exec);
-        assert!(gate.admit(&leased(1), &request).is_ok());
-        assert!(gate.admit(&leased(1), &request).is_ok());
-        let refusal = gate.admit(&leased(1), &request).expect_err("third");
-        assert_eq!(refusal.limit, "lease_execs");
-        assert!(refusal.retry_after.is_some());
-        assert!(gate.admit(&leased(2), &request).is_ok(), "another lease");
-        assert!(gate.admit(&Source::default(), &request).is_ok(), "no lease");
+        let admit = |source: &Source| exec_at(&gate, source, &["true"]);
+        assert!(admit(&leased(1)).is_ok());
+        assert!(admit(&leased(1)).is_ok());
+        let refusal = admit(&leased(1)).expect_err("third");
+        assert!(
+            matches!(
+                refusal,
+                Refusal::RateLimited {
+                    limit: "lease_execs",
+                    retry_after: Some(_)
+                }
+            ),
+            "{refusal:?}"
+        );
+        assert!(admit(&leased(2)).is_ok(), "another lease");
+        assert!(admit(&Source::default()).is_ok(), "no lease");
 
-        let bytes = |bytes| GateRequest::FileBytes {
-            direction: paddock_events::FileDirection::Put,
-            bytes,
+        let put = |source: &Source, bytes| {
+            gate.admit(
+                source,
+                &mut GateRequest::Put {
+                    path: "/tmp/x",
+                    size: Size::Known(bytes),
+                },
+            )
         };
-        assert!(gate.admit(&leased(1), &bytes(512 * 1024)).is_ok());
-        let refusal = gate
-            .admit(&leased(1), &bytes(600 * 1024))
-            .expect_err("over the rest of the budget");
-        assert!(refusal.retry_after.is_some());
-        let never = gate
-            .admit(&leased(3), &bytes(2 << 30))
-            .expect_err("larger than the burst");
-        assert_eq!(never.retry_after, None);
+        assert!(put(&leased(1), 512 * 1024).is_ok());
+        let refusal = put(&leased(1), 600 * 1024).expect_err("over the rest of the budget");
+        assert!(matches!(
+            refusal,
+            Refusal::RateLimited {
+                retry_after: Some(_),
+                ..
+            }
+        ));
+        let never = put(&leased(3), 2 << 30).expect_err("larger than the burst");
+        assert!(matches!(
+            never,
+            Refusal::RateLimited {
+                retry_after: None,
+                ..
+            }
+        ));
+        // Uploads from a reader are paced, not admitted against the budget.
+        let streamed = gate.admit(
+            &leased(3),
+            &mut GateRequest::Put {
+                path: "/tmp/x",
+                size: Size::AtLeast(2 << 30),
+            },
+        );
+        assert!(streamed.is_ok());
     }
 
     #[test]
@@ -494,12 +604,14 @@ mod tests {
             ..RateLimits::default()
         })
         .expect("a gate");
-        let exec = paddock_agent_client::Execute::argv(["true"]);
+        let admit = |id| {
+            let _ = exec_at(&gate, &leased(id), &["true"]);
+        };
         for id in 0..2000 {
-            let _ = gate.admit(&leased(id), &GateRequest::Exec(&exec));
+            admit(id);
         }
         std::thread::sleep(Duration::from_millis(20));
-        let _ = gate.admit(&leased(5000), &GateRequest::Exec(&exec));
+        admit(5000);
         let held = gate.leases_held();
         assert!(held <= PRUNE_ABOVE + 1, "{held} keys held");
     }
@@ -557,8 +669,7 @@ mod tests {
         assert!(gate.pace(&leased(3), Flow::Received, 1024).is_some());
         // Received bytes do not count against uploads or executions, and
         // a flow without a limit is not paced.
-        let exec = paddock_agent_client::Execute::argv(["true"]);
-        assert!(gate.admit(&leased(1), &GateRequest::Exec(&exec)).is_ok());
+        assert!(exec_at(&gate, &leased(1), &["true"]).is_ok());
         assert_eq!(gate.pace(&leased(1), Flow::Sent, 1 << 20), None);
     }
 
@@ -570,9 +681,8 @@ mod tests {
             ..RateLimits::default()
         })
         .expect("a gate");
-        let exec = paddock_agent_client::Execute::argv(["true"]);
         for id in 0..100 {
-            let _ = gate.admit(&leased(id), &GateRequest::Exec(&exec));
+            let _ = exec_at(&gate, &leased(id), &["true"]);
             let _ = gate.pace(&leased(id), Flow::Received, 1024);
         }
         assert_eq!(gate.leases_held(), 200);
@@ -586,22 +696,18 @@ mod tests {
     #[test]
     fn limits_set_while_serving_apply_at_once() {
         let gate = LeaseGate::with_limits(&RateLimits::default());
-        let exec = paddock_agent_client::Execute::argv(["true"]);
-        let request = GateRequest::Exec(&exec);
+        let request = |gate: &LeaseGate| exec_at(gate, &leased(1), &["true"]);
         for _ in 0..10 {
-            assert!(gate.admit(&leased(1), &request).is_ok(), "no limit yet");
+            assert!(request(&gate).is_ok(), "no limit yet");
         }
         gate.set_limits(&RateLimits {
             lease_execs: Some(limit(1, 1)),
             ..RateLimits::default()
         });
-        assert!(gate.admit(&leased(1), &request).is_ok());
-        assert!(
-            gate.admit(&leased(1), &request).is_err(),
-            "the new limit holds"
-        );
+        assert!(request(&gate).is_ok());
+        assert!(request(&gate).is_err(), "the new limit holds");
         gate.set_limits(&RateLimits::default());
-        assert!(gate.admit(&leased(1), &request).is_ok(), "and goes");
+        assert!(request(&gate).is_ok(), "and goes");
 
         let acquires = AcquireLimiter::new(&RateLimits::default());
         assert!(acquires.check(None).is_ok() && acquires.check(None).is_ok());

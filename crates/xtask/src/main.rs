@@ -119,7 +119,8 @@ fn main() -> anyhow::Result<()> {
             // The agent benchmarks run the release agent binary.
             build_release_agent()?;
             let mut cmd = Cmd::cargo(["bench", "--locked", "-p", "paddock-benches"])
-                .args(["--bench", "codec", "--bench", "agent", "--bench", "render"]);
+                .args(["--bench", "codec", "--bench", "agent", "--bench", "render"])
+                .args(["--bench", "policy"]);
             if !args.is_empty() {
                 cmd = cmd.arg("--").args(args);
             }

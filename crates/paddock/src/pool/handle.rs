@@ -96,6 +96,7 @@ impl<B: SlotBackend> Pool<B> {
     /// [`PoolError::Config`] for an invalid configuration.
     pub async fn start(backend: B, config: PoolConfig) -> Result<Self, PoolError> {
         config.validate()?;
+        backend.set_policy(config.policy.clone());
         let inner = Inner::new(backend, config);
         {
             let mut state = inner.lock();
@@ -359,6 +360,19 @@ impl<B: SlotBackend> Pool<B> {
     pub fn set_limits(&self, limits: crate::RateLimits) {
         self.inner.acquire_limits.set_limits(&limits);
         self.inner.backend.set_lease_limits(&limits);
+    }
+
+    /// The request policy in force: the configuration's
+    /// ([`PoolConfig::policy`]), until [`Pool::set_policy`].
+    #[must_use]
+    pub fn policy(&self) -> Option<Arc<paddock_policy::Policy>> {
+        self.inner.backend.policy()
+    }
+
+    /// Checks every lease's requests against `policy` from now on, leases
+    /// already out included (`None`: no policy).
+    pub fn set_policy(&self, policy: Option<Arc<paddock_policy::Policy>>) {
+        self.inner.backend.set_policy(policy);
     }
 
     /// The numbers of the slots that are ready now, oldest first (the

@@ -218,6 +218,18 @@ pub trait SlotBackend: Send + Sync + 'static {
         let _ = limits;
     }
 
+    /// Checks every lease's requests against `policy` from now on
+    /// ([`PoolConfig::policy`], [`Pool::set_policy`]). Default: nothing
+    /// (the backend sends no requests of its own).
+    fn set_policy(&self, policy: Option<Arc<paddock_policy::Policy>>) {
+        let _ = policy;
+    }
+
+    /// The request policy in force. Default: none.
+    fn policy(&self) -> Option<Arc<paddock_policy::Policy>> {
+        None
+    }
+
     /// Ends the lease slot `index` is on now: its requests in flight fail
     /// and later ones are refused, until the slot is reset (an anomaly
     /// rule's `end_lease`). Default: nothing (the slot is still recycled
@@ -265,6 +277,10 @@ pub struct PoolConfig {
     /// Rate limits: acquires per pool and per tenant, executions and
     /// uploaded bytes per lease. All off by default.
     pub limits: crate::limits::RateLimits,
+    /// The request policy every lease's requests are checked against
+    /// before they are sent (`policies/README.md`). `None` (the default):
+    /// every well-formed request is sent.
+    pub policy: Option<Arc<paddock_policy::Policy>>,
 }
 
 impl Default for PoolConfig {
@@ -281,6 +297,7 @@ impl Default for PoolConfig {
             operation_timeout: Duration::from_secs(30),
             events: Emitter::disabled(),
             limits: crate::limits::RateLimits::default(),
+            policy: None,
         }
     }
 }

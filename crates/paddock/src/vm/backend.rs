@@ -839,6 +839,14 @@ impl SlotBackend for VmBackend {
         self.gate.set_limits(limits);
     }
 
+    fn set_policy(&self, policy: Option<Arc<paddock_policy::Policy>>) {
+        self.gate.set_policy(policy);
+    }
+
+    fn policy(&self) -> Option<Arc<paddock_policy::Policy>> {
+        self.gate.policy()
+    }
+
     fn slot_emitter(&self, slot: &VmSlot) -> Option<Emitter> {
         Some(slot.events.clone())
     }

@@ -1,0 +1,73 @@
+//! A request as a policy (and the agent client's request gate) sees it.
+
+use paddock_proto::Execute;
+
+/// What is known of a transfer's size when it is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// The whole size, before the first byte moves (an upload from a file,
+    /// a download once the agent said how large the file is).
+    Known(u64),
+    /// At least this much, counted while the bytes move (an upload from a
+    /// reader of unknown length).
+    AtLeast(u64),
+    /// Not known yet (a download before the agent's FILE_INFO).
+    Unknown,
+}
+
+/// A request about to be sent to the agent.
+#[derive(Debug)]
+pub enum Request<'a> {
+    /// An execution. A check may fill in limits the request left out (a
+    /// policy's largest output caps, its first working directory); it never
+    /// loosens what the request asked for.
+    Exec {
+        /// The execution, as it will be sent.
+        request: &'a mut Execute,
+        /// Whether its timeout is the client's default rather than the
+        /// caller's: a default above a policy's largest timeout is lowered
+        /// to it, where a caller's is denied.
+        timeout_defaulted: bool,
+        /// Executions of the same client still running.
+        running: usize,
+    },
+    /// An upload to the guest path `path`.
+    Put {
+        /// The guest path, as given.
+        path: &'a str,
+        /// How much.
+        size: Size,
+    },
+    /// A download of the guest path `path`.
+    Get {
+        /// The guest path, as given.
+        path: &'a str,
+        /// How much, once known.
+        size: Size,
+    },
+    /// The agent's status report.
+    Status,
+    /// A signal to a running execution.
+    Signal {
+        /// Its number.
+        signal: i32,
+    },
+    /// Stopping the agent.
+    StopAgent,
+}
+
+impl Request<'_> {
+    /// The request's kind (`exec`, `put`, `get`, `status`, `signal`,
+    /// `stop_agent`): a bounded name.
+    #[must_use]
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::Exec { .. } => "exec",
+            Self::Put { .. } => "put",
+            Self::Get { .. } => "get",
+            Self::Status => "status",
+            Self::Signal { .. } => "signal",
+            Self::StopAgent => "stop_agent",
+        }
+    }
+}

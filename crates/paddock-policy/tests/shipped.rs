@@ -1,0 +1,537 @@
+//! The policies shipped in `policies/`: each loads, and each decides a
+//! table of requests as its file says; no request at all escapes a deny-all
+//! policy, and what a policy lets through obeys its limits.
+#![cfg(test)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use paddock_policy::{Policy, Request, Rule, Size};
+use paddock_proto::{Command, Execute};
+use proptest::prelude::*;
+
+fn policies_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies")
+}
+
+fn shipped(name: &str) -> Policy {
+    let path = policies_dir().join(format!("{name}.toml"));
+    match Policy::load(&path) {
+        Ok(policy) => policy,
+        Err(err) => panic!("{}: {err:?}", path.display()),
+    }
+}
+
+#[test]
+fn every_file_in_policies_loads_and_is_named_after_its_file() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(policies_dir()).expect("policies/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            let policy = Policy::load(&path).unwrap_or_else(|err| panic!("{err:?}"));
+            let stem = path.file_stem().and_then(|s| s.to_str()).expect("stem");
+            assert_eq!(policy.name(), stem, "{}", path.display());
+            assert!(!policy.description().is_empty(), "{}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "only {seen} policies");
+}
+
+/// One request of a table, and what the policy must say.
+enum Case {
+    Exec(Execute, Option<Rule>),
+    ExecRunning(Execute, usize, Option<Rule>),
+    Put(&'static str, u64, Option<Rule>),
+    PutStreamed(&'static str, u64, Option<Rule>),
+    Get(&'static str, Option<Rule>),
+    GetSized(&'static str, u64, Option<Rule>),
+    Status(Option<Rule>),
+    Signal(i32, Option<Rule>),
+    StopAgent(Option<Rule>),
+}
+
+fn argv(args: &[&str]) -> Execute {
+    Execute::argv(args.iter().copied())
+}
+
+fn with(mut request: Execute, change: impl FnOnce(&mut Execute)) -> Execute {
+    change(&mut request);
+    request
+}
+
+fn run_table(policy: &Policy, cases: Vec<Case>) {
+    for (index, case) in cases.into_iter().enumerate() {
+        let (outcome, expected, what) = match case {
+            Case::Exec(mut exec, expected) => {
+                let what = format!("{exec:?}");
+                let mut request = Request::Exec {
+                    request: &mut exec,
+                    timeout_defaulted: false,
+                    running: 0,
+                };
+                (policy.check(&mut request), expected, what)
+            }
+            Case::ExecRunning(mut exec, running, expected) => {
+                let what = format!("{exec:?} with {running} running");
+                let mut request = Request::Exec {
+                    request: &mut exec,
+                    timeout_defaulted: false,
+                    running,
+                };
+                (policy.check(&mut request), expected, what)
+            }
+            Case::Put(path, bytes, expected) => (
+                policy.check(&mut Request::Put {
+                    path,
+                    size: Size::Known(bytes),
+                }),
+                expected,
+                format!("put {path} {bytes}"),
+            ),
+            Case::PutStreamed(path, bytes, expected) => (
+                policy.check(&mut Request::Put {
+                    path,
+                    size: Size::AtLeast(bytes),
+                }),
+                expected,
+                format!("put {path} streamed {bytes}"),
+            ),
+            Case::Get(path, expected) => (
+                policy.check(&mut Request::Get {
+                    path,
+                    size: Size::Unknown,
+                }),
+                expected,
+                format!("get {path}"),
+            ),
+            Case::GetSized(path, bytes, expected) => (
+                policy.check(&mut Request::Get {
+                    path,
+                    size: Size::Known(bytes),
+                }),
+                expected,
+                format!("get {path} of {bytes}"),
+            ),
+            Case::Status(expected) => (
+                policy.check(&mut Request::Status),
+                expected,
+                "status".to_owned(),
+            ),
+            Case::Signal(signal, expected) => (
+                policy.check(&mut Request::Signal { signal }),
+                expected,
+                format!("signal {signal}"),
+            ),
+            Case::StopAgent(expected) => (
+                policy.check(&mut Request::StopAgent),
+                expected,
+                "stop agent".to_owned(),
+            ),
+        };
+        let got = outcome.as_ref().err().map(|denial| denial.rule);
+        assert_eq!(
+            got,
+            expected,
+            "{} case {index}: {what}: {outcome:?}",
+            policy.name()
+        );
+        if let Err(denial) = outcome {
+            assert_eq!(&*denial.policy, policy.name());
+            assert!(!denial.detail.is_empty());
+        }
+    }
+}
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn ci_runner_decides_its_table() {
+    use Case::*;
+    let policy = shipped("ci-runner");
+    let env = |name: &str| {
+        with(argv(&["make", "test"]), |e| {
+            e.env = BTreeMap::from([(name.to_owned(), "x".to_owned())]);
+        })
+    };
+    run_table(
+        &policy,
+        vec![
+            Exec(argv(&["make", "-j2"]), None),
+            Exec(argv(&["/usr/bin/git", "status"]), None),
+            Exec(argv(&["/bin/ls", "-l"]), None),
+            Exec(Execute::shell("cargo test 2>&1 | tail"), None),
+            Exec(argv(&["sh", "-c", "true"]), None),
+            Exec(argv(&["/opt/tool/bin/run"]), Some(Rule::ExecProgram)),
+            Exec(argv(&["/usr/bin/sub/dir/x"]), Some(Rule::ExecProgram)),
+            Exec(argv(&["./configure"]), Some(Rule::ExecProgram)),
+            Exec(argv(&["/usr/bin/../../tmp/x"]), Some(Rule::ExecProgram)),
+            Exec(argv(&["perl"]), Some(Rule::ExecProgram)),
+            Exec(env("CI"), None),
+            Exec(env("CARGO_HOME"), None),
+            Exec(env("LC_ALL"), None),
+            Exec(env("PATH"), Some(Rule::ExecEnv)),
+            Exec(env("LD_PRELOAD"), Some(Rule::ExecEnv)),
+            Exec(
+                with(argv(&["make"]), |e| e.cwd = Some("/work/repo".into())),
+                None,
+            ),
+            Exec(with(argv(&["make"]), |e| e.cwd = Some("/tmp".into())), None),
+            Exec(
+                with(argv(&["make"]), |e| e.cwd = Some("/workshop".into())),
+                Some(Rule::ExecCwd),
+            ),
+            Exec(
+                with(argv(&["make"]), |e| e.cwd = Some("/work/../etc".into())),
+                Some(Rule::ExecCwd),
+            ),
+            Exec(
+                with(argv(&["make"]), |e| e.cwd = Some("work".into())),
+                Some(Rule::ExecCwd),
+            ),
+            Exec(
+                with(argv(&["make"]), |e| e.timeout_ms = Some(3_600_000)),
+                None,
+            ),
+            Exec(
+                with(argv(&["make"]), |e| e.timeout_ms = Some(3_600_001)),
+                Some(Rule::ExecTimeout),
+            ),
+            Exec(
+                with(argv(&["make"]), |e| e.stdout_cap = Some(64 * MIB)),
+                None,
+            ),
+            Exec(
+                with(argv(&["make"]), |e| e.stderr_cap = Some(64 * MIB + 1)),
+                Some(Rule::ExecOutputCap),
+            ),
+            Exec(with(argv(&["make"]), |e| e.stdin = true), None),
+            ExecRunning(argv(&["make"]), 7, None),
+            ExecRunning(argv(&["make"]), 8, Some(Rule::ExecConcurrency)),
+            Put("/work/src.tar", GIB, None),
+            Put("/work/src.tar", GIB + 1, Some(Rule::PutSize)),
+            PutStreamed("/tmp/x", GIB + 1, Some(Rule::PutSize)),
+            Put("/etc/passwd", 10, Some(Rule::PutPath)),
+            Put("/work/../etc/passwd", 10, Some(Rule::PutPath)),
+            Get("/work/target/report.xml", None),
+            Get("/root/.ssh/id_rsa", Some(Rule::GetPath)),
+            GetSized("/tmp/log", GIB + 1, Some(Rule::GetSize)),
+            Status(None),
+            Signal(15, None),
+            Signal(2, None),
+            Signal(9, None),
+            Signal(19, Some(Rule::Signal)),
+            StopAgent(Some(Rule::StopAgent)),
+        ],
+    );
+}
+
+#[test]
+fn python_interpreter_decides_its_table() {
+    use Case::*;
+    let policy = shipped("python-interpreter");
+    let in_sandbox = |e: &mut Execute| e.cwd = Some("/sandbox".into());
+    run_table(
+        &policy,
+        vec![
+            Exec(argv(&["python3", "/sandbox/main.py"]), None),
+            Exec(argv(&["/usr/bin/python3", "-c", "print(1)"]), None),
+            Exec(argv(&["/usr/bin/python3.11", "-V"]), None),
+            Exec(with(argv(&["python3", "-"]), |e| e.stdin = true), None),
+            Exec(Execute::shell("python3 main.py"), Some(Rule::ExecShell)),
+            Exec(argv(&["sh", "-c", "python3"]), Some(Rule::ExecShell)),
+            Exec(argv(&["/bin/busybox", "sh"]), Some(Rule::ExecShell)),
+            Exec(argv(&["/usr/bin/env", "python3"]), Some(Rule::ExecShell)),
+            Exec(argv(&["pip", "install", "x"]), Some(Rule::ExecProgram)),
+            Exec(argv(&["/usr/local/bin/python3"]), Some(Rule::ExecProgram)),
+            Exec(argv(&["/tmp/python3"]), Some(Rule::ExecProgram)),
+            Exec(
+                with(argv(&["python3"]), |e| {
+                    e.env = BTreeMap::from([("PYTHONPATH".to_owned(), "/tmp".to_owned())]);
+                }),
+                Some(Rule::ExecEnv),
+            ),
+            Exec(
+                with(argv(&["python3"]), |e| {
+                    e.env = BTreeMap::from([("PYTHONUNBUFFERED".to_owned(), "1".to_owned())]);
+                }),
+                None,
+            ),
+            Exec(with(argv(&["python3"]), in_sandbox), None),
+            Exec(
+                with(argv(&["python3"]), |e| e.cwd = Some("/".into())),
+                Some(Rule::ExecCwd),
+            ),
+            Exec(
+                with(argv(&["python3"]), |e| e.timeout_ms = Some(300_001)),
+                Some(Rule::ExecTimeout),
+            ),
+            Exec(
+                with(argv(&["python3"]), |e| e.stdout_cap = Some(9 * MIB)),
+                Some(Rule::ExecOutputCap),
+            ),
+            ExecRunning(argv(&["python3"]), 1, None),
+            ExecRunning(argv(&["python3"]), 2, Some(Rule::ExecConcurrency)),
+            Put("/sandbox/main.py", 1000, None),
+            Put("/sandbox/data.bin", 64 * MIB + 1, Some(Rule::PutSize)),
+            Put("/tmp/main.py", 10, Some(Rule::PutPath)),
+            Get("/sandbox/out.png", None),
+            Get("/etc/shadow", Some(Rule::GetPath)),
+            Status(None),
+            Signal(2, None),
+            Signal(1, Some(Rule::Signal)),
+            StopAgent(Some(Rule::StopAgent)),
+        ],
+    );
+}
+
+#[test]
+fn read_only_decides_its_table() {
+    use Case::*;
+    let policy = shipped("read-only");
+    run_table(
+        &policy,
+        vec![
+            Exec(argv(&["ls", "-la", "/"]), None),
+            Exec(argv(&["/bin/cat", "/etc/os-release"]), None),
+            Exec(argv(&["/usr/bin/sha256sum", "/bin/busybox"]), None),
+            Exec(argv(&["ps"]), None),
+            Exec(argv(&["rm", "-rf", "/"]), Some(Rule::ExecProgram)),
+            Exec(argv(&["/bin/rm", "/x"]), Some(Rule::ExecProgram)),
+            Exec(argv(&["find", "/", "-delete"]), Some(Rule::ExecProgram)),
+            Exec(argv(&["date", "-s", "2000-01-01"]), Some(Rule::ExecProgram)),
+            Exec(argv(&["/bin/sh"]), Some(Rule::ExecShell)),
+            Exec(Execute::shell("ls"), Some(Rule::ExecShell)),
+            Exec(
+                with(argv(&["cat"]), |e| e.stdin = true),
+                Some(Rule::ExecStdin),
+            ),
+            Exec(
+                with(argv(&["ls"]), |e| {
+                    e.env = BTreeMap::from([("LANG".to_owned(), "C".to_owned())]);
+                }),
+                Some(Rule::ExecEnv),
+            ),
+            Exec(
+                with(argv(&["ls"]), |e| e.cwd = Some("/var/log".into())),
+                None,
+            ),
+            Put("/tmp/x", 1, Some(Rule::Put)),
+            Get("/var/log/messages", None),
+            GetSized("/var/log/big", 64 * MIB + 1, Some(Rule::GetSize)),
+            Status(None),
+            Signal(15, None),
+            Signal(2, Some(Rule::Signal)),
+            StopAgent(Some(Rule::StopAgent)),
+        ],
+    );
+}
+
+#[test]
+fn deny_all_file_and_builtin_deny_everything_in_the_table() {
+    use Case::*;
+    for policy in [shipped("deny-all"), Policy::deny_all()] {
+        run_table(
+            &policy,
+            vec![
+                Exec(argv(&["true"]), Some(Rule::Exec)),
+                Exec(Execute::shell("true"), Some(Rule::Exec)),
+                Put("/tmp/x", 0, Some(Rule::Put)),
+                Get("/tmp/x", Some(Rule::Get)),
+                Status(Some(Rule::Status)),
+                Signal(9, Some(Rule::Signal)),
+                StopAgent(Some(Rule::StopAgent)),
+            ],
+        );
+    }
+}
+
+#[test]
+fn limits_left_out_are_filled_in_and_a_default_timeout_is_lowered() {
+    let policy = shipped("python-interpreter");
+    let mut exec = argv(&["python3"]);
+    exec.timeout_ms = Some(600_000);
+    policy
+        .check(&mut Request::Exec {
+            request: &mut exec,
+            timeout_defaulted: true,
+            running: 0,
+        })
+        .expect("a default timeout is lowered, not denied");
+    assert_eq!(exec.timeout_ms, Some(300_000));
+    assert_eq!(exec.stdout_cap, Some(8 * MIB));
+    assert_eq!(exec.stderr_cap, Some(8 * MIB));
+    assert_eq!(exec.cwd.as_deref(), Some("/sandbox"));
+
+    // What the caller set within the limits is kept.
+    let mut exec = argv(&["python3"]);
+    exec.timeout_ms = Some(1_000);
+    exec.stdout_cap = Some(10);
+    exec.cwd = Some("/sandbox/run".into());
+    policy
+        .check(&mut Request::Exec {
+            request: &mut exec,
+            timeout_defaulted: false,
+            running: 0,
+        })
+        .expect("allowed");
+    assert_eq!(exec.timeout_ms, Some(1_000));
+    assert_eq!(exec.stdout_cap, Some(10));
+    assert_eq!(exec.stderr_cap, Some(8 * MIB));
+    assert_eq!(exec.cwd.as_deref(), Some("/sandbox/run"));
+}
+
+fn any_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-zA-Z0-9_./-]{0,24}",
+        Just("/bin/sh".to_owned()),
+        Just("/".to_owned()),
+        Just("python3".to_owned()),
+        Just("/sandbox/../etc".to_owned()),
+        any::<String>(),
+    ]
+}
+
+fn any_execute() -> impl Strategy<Value = Execute> {
+    (
+        prop_oneof![
+            proptest::collection::vec(any_text(), 0..4).prop_map(Command::Argv),
+            any_text().prop_map(Command::Shell),
+        ],
+        proptest::collection::btree_map(any_text(), any_text(), 0..3),
+        any::<bool>(),
+        proptest::option::of(any_text()),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(command, env, clear_env, cwd, timeout_ms, stdout_cap, stderr_cap, stdin)| {
+                let mut exec = match command {
+                    Command::Argv(argv) => Execute::argv(argv),
+                    Command::Shell(line) => Execute::shell(line),
+                };
+                exec.env = env;
+                exec.clear_env = clear_env;
+                exec.cwd = cwd;
+                exec.timeout_ms = timeout_ms;
+                exec.stdout_cap = stdout_cap;
+                exec.stderr_cap = stderr_cap;
+                exec.stdin = stdin;
+                exec
+            },
+        )
+}
+
+fn any_size() -> impl Strategy<Value = Size> {
+    prop_oneof![
+        any::<u64>().prop_map(Size::Known),
+        any::<u64>().prop_map(Size::AtLeast),
+        Just(Size::Unknown),
+    ]
+}
+
+/// The kinds of request, as owned values to draw.
+#[derive(Debug, Clone)]
+enum AnyRequest {
+    Exec(Execute, bool, usize),
+    Put(String, Size),
+    Get(String, Size),
+    Status,
+    Signal(i32),
+    StopAgent,
+}
+
+fn any_request() -> impl Strategy<Value = AnyRequest> {
+    prop_oneof![
+        (any_execute(), any::<bool>(), any::<usize>())
+            .prop_map(|(e, d, r)| AnyRequest::Exec(e, d, r)),
+        (any_text(), any_size()).prop_map(|(p, s)| AnyRequest::Put(p, s)),
+        (any_text(), any_size()).prop_map(|(p, s)| AnyRequest::Get(p, s)),
+        Just(AnyRequest::Status),
+        any::<i32>().prop_map(AnyRequest::Signal),
+        Just(AnyRequest::StopAgent),
+    ]
+}
+
+fn check(policy: &Policy, request: &mut AnyRequest) -> Result<(), paddock_policy::Denial> {
+    match request {
+        AnyRequest::Exec(exec, defaulted, running) => policy.check(&mut Request::Exec {
+            request: exec,
+            timeout_defaulted: *defaulted,
+            running: *running,
+        }),
+        AnyRequest::Put(path, size) => policy.check(&mut Request::Put { path, size: *size }),
+        AnyRequest::Get(path, size) => policy.check(&mut Request::Get { path, size: *size }),
+        AnyRequest::Status => policy.check(&mut Request::Status),
+        AnyRequest::Signal(signal) => policy.check(&mut Request::Signal { signal: *signal }),
+        AnyRequest::StopAgent => policy.check(&mut Request::StopAgent),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// No request of any kind, with any content, passes a deny-all policy.
+    #[test]
+    fn nothing_escapes_deny_all(mut request in any_request()) {
+        for policy in [Policy::deny_all(), shipped("deny-all")] {
+            prop_assert!(check(&policy, &mut request).is_err(), "{request:?} passed");
+        }
+    }
+
+    /// Whatever a shipped policy lets through obeys it: the program is not
+    /// a shell when shells are off, the working directory and paths are
+    /// under its prefixes, and timeouts, caps and sizes are within its
+    /// limits (filled in where the request left them out).
+    #[test]
+    fn what_passes_a_shipped_policy_obeys_it(request in any_request()) {
+        for name in ["ci-runner", "python-interpreter", "read-only"] {
+            let policy = shipped(name);
+            let mut drawn = request.clone();
+            if check(&policy, &mut drawn).is_err() {
+                continue;
+            }
+            match &drawn {
+                AnyRequest::Exec(exec, _, running) => {
+                    let rules = policy.exec().expect("an exec passed");
+                    if !rules.shell() {
+                        prop_assert!(matches!(exec.command, Command::Argv(_)));
+                    }
+                    if let Some(max) = rules.max_timeout_ms() {
+                        prop_assert!(exec.timeout_ms.is_some_and(|t| t <= max));
+                    }
+                    if let Some(max) = rules.max_output_bytes() {
+                        prop_assert!(exec.stdout_cap.is_some_and(|c| c <= max));
+                        prop_assert!(exec.stderr_cap.is_some_and(|c| c <= max));
+                    }
+                    if let Some(max) = rules.max_concurrent() {
+                        prop_assert!(*running < max);
+                    }
+                    let cwd = exec.cwd.as_deref().expect("a cwd is filled in");
+                    let cwd = paddock_policy::normalize(cwd).expect("a checked cwd");
+                    prop_assert!(!cwd.contains("/../"));
+                }
+                AnyRequest::Put(path, size) | AnyRequest::Get(path, size) => {
+                    let rules = match drawn {
+                        AnyRequest::Put(..) => policy.put(),
+                        _ => policy.get(),
+                    }.expect("a transfer passed");
+                    let path = paddock_policy::normalize(path).expect("a checked path");
+                    let under = rules.paths().iter().any(|prefix| {
+                        prefix == "/" || path == *prefix || path.starts_with(&format!("{prefix}/"))
+                    });
+                    prop_assert!(under, "{} is outside {:?}", path, rules.paths());
+                    if let (Some(max), Size::Known(n) | Size::AtLeast(n)) = (rules.max_bytes(), size) {
+                        prop_assert!(n <= &max);
+                    }
+                }
+                AnyRequest::Signal(signal) => prop_assert!((1..=64).contains(signal)),
+                AnyRequest::Status => {}
+                AnyRequest::StopAgent => prop_assert!(false, "stop_agent passed"),
+            }
+        }
+    }
+}
