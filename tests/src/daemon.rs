@@ -99,10 +99,16 @@ impl DaemonProcess {
         });
         let deadline = Instant::now() + within;
         let (mut socket, mut tcp) = (None, None);
+        // What it said so far, for the error when it never serves.
+        let mut said: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         while socket.is_none() || tcp.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    if said.len() == 20 {
+                        said.pop_front();
+                    }
+                    said.push_back(line.clone());
                     if let Some(path) = line.strip_prefix("paddock: serving on ") {
                         socket = Some(PathBuf::from(path));
                     }
@@ -110,10 +116,18 @@ impl DaemonProcess {
                         tcp = Some(addr.parse().context("the daemon's TCP address")?);
                     }
                 }
-                Err(_) => {
+                Err(err) => {
                     let _ = child.kill();
                     let status = child.wait().ok();
-                    bail!("the daemon did not serve within {within:?} (exit: {status:?})");
+                    let said = Vec::from(said).join("\n");
+                    match err {
+                        std::sync::mpsc::RecvTimeoutError::Disconnected => bail!(
+                            "the daemon exited before it served (exit: {status:?}); it said:\n{said}"
+                        ),
+                        std::sync::mpsc::RecvTimeoutError::Timeout => bail!(
+                            "the daemon did not serve within {within:?} (exit: {status:?}); it said:\n{said}"
+                        ),
+                    }
                 }
             }
         }

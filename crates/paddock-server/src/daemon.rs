@@ -317,7 +317,7 @@ impl Daemon {
     /// `404 pool_not_found`.
     pub fn slots(&self, caller: &Caller, pool: &str) -> Result<SlotList, ApiError> {
         let entry = self.pool(pool)?;
-        let domain = |index: u32| format!("paddock-{pool}-{index}");
+        let domain = |index: u32| paddock::vm::backend::slot_name(pool, index);
         let mut slots: Vec<SlotStatus> = entry
             .pool
             .ready_slots()

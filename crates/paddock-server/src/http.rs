@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
@@ -691,13 +691,7 @@ async fn get_file(
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let body = Body::from_stream(tokio_util::io::ReaderStream::new(spool));
-        let started = Instant::now();
-        tracing::debug!(
-            path,
-            size = download.size,
-            ?started,
-            "serving a downloaded file"
-        );
+        tracing::debug!(path, size = download.size, "serving a downloaded file");
         Ok::<_, ApiError>(
             (
                 [

@@ -126,9 +126,9 @@ fn main() -> anyhow::Result<()> {
             }
             cmd.run()
         }
-        Task::BenchVm => bench_on_vms("vm"),
-        Task::BenchSlo => bench_on_vms("slo"),
-        Task::BenchObserve => bench_on_vms("observe"),
+        Task::BenchVm => bench_on_vms("vm", &[]),
+        Task::BenchSlo => bench_on_vms("slo", &[]),
+        Task::BenchObserve => bench_on_vms("observe", &[]),
         Task::BenchDaemon => bench_daemon(),
         Task::Soak {
             cycles,
@@ -350,11 +350,12 @@ fn run_tests(
     cmd.run()
 }
 
-/// Runs the real-VM benchmark `bench` after setting the host up.
-fn bench_on_vms(bench: &str) -> anyhow::Result<()> {
+/// Runs the real-VM benchmark `bench` after setting the host up, with
+/// `env` besides `PADDOCK_IMAGE`.
+fn bench_on_vms(bench: &str, env: &[(&str, &std::path::Path)]) -> anyhow::Result<()> {
     host::ensure_libvirt()?;
     let image = image::ensure_image()?;
-    Cmd::cargo([
+    let mut cmd = Cmd::cargo([
         "bench",
         "--locked",
         "-p",
@@ -362,29 +363,20 @@ fn bench_on_vms(bench: &str) -> anyhow::Result<()> {
         "--bench",
         bench,
     ])
-    .env("PADDOCK_IMAGE", &image)
-    .run()
+    .env("PADDOCK_IMAGE", &image);
+    for (key, value) in env {
+        cmd = cmd.env(key, value);
+    }
+    cmd.run()
 }
 
 /// Runs the `daemon` benchmark after setting the host up, with the release
 /// `paddock` binary (built like the bench, so that the daemon and the
 /// library are compared at the same optimization) in `PADDOCK_BIN`.
 fn bench_daemon() -> anyhow::Result<()> {
-    host::ensure_libvirt()?;
-    let image = image::ensure_image()?;
     Cmd::cargo(["build", "--release", "--locked", "-p", "paddock-cli"]).run()?;
     let binary = cargo_target_dir().join("release/paddock");
-    Cmd::cargo([
-        "bench",
-        "--locked",
-        "-p",
-        "paddock-benches",
-        "--bench",
-        "daemon",
-    ])
-    .env("PADDOCK_IMAGE", &image)
-    .env("PADDOCK_BIN", &binary)
-    .run()
+    bench_on_vms("daemon", &[("PADDOCK_BIN", &binary)])
 }
 
 /// Where cargo puts what it builds: `$CARGO_TARGET_DIR` (relative to the

@@ -705,7 +705,9 @@ pub(crate) fn check_pool_socket_paths(pool_dir: &Path, pool: &str) -> Result<(),
     check_socket_path(&pool_dir.join("slot-999999").join("agent.sock"))
 }
 
-fn slot_name(pool: &str, index: u32) -> String {
+/// The domain name of slot `index` of pool `pool`.
+#[must_use]
+pub fn slot_name(pool: &str, index: u32) -> String {
     format!("paddock-{pool}-{index}")
 }
 
