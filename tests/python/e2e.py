@@ -119,6 +119,23 @@ def run(args, summary):
         released, lease = lease, None
         expect_error(lambda: client.exec(released, argv=["true"]),
                      {(409, "lease_ended"), (404, "lease_not_found")}, "exec on the released lease")
+
+        if args.read_only_pool is not None:
+            # A pool held to the shipped read-only policy: `ls` runs, `rm`
+            # is refused before it reaches the guest, naming the rule.
+            lease = client.acquire(args.read_only_pool, wait_ms=args.wait_ms)
+            listed = client.exec(lease, argv=["ls", "/"])
+            check(listed["exit_code"] == 0, f"ls / under read-only: {listed}")
+            err = expect_error(lambda: client.exec(lease, argv=["rm", "-rf", "/tmp"]),
+                               {(403, "policy_denied")}, "rm under the read-only policy")
+            check(err.rule == "exec.program", f"the denial's rule is {err.rule!r}")
+            check(err.retry_after_ms is None, "a denial is not retried")
+            err = expect_error(lambda: client.put_file(lease, "/tmp/x", b"x"),
+                               {(403, "policy_denied")}, "an upload under the read-only policy")
+            check(err.rule == "put", f"the upload's denial rule is {err.rule!r}")
+            client.release(lease)
+            lease = None
+            summary["policy_denied"] = True
     finally:
         if lease is not None:
             try:
@@ -137,6 +154,7 @@ def main():
     parser.add_argument("--other-token", help="another tenant's token, which must not see the lease")
     parser.add_argument("--socket", help="the daemon's Unix socket (instead of --url/--token)")
     parser.add_argument("--pool", required=True)
+    parser.add_argument("--read-only-pool", help="a pool held to policies/read-only.toml")
     parser.add_argument("--wait-ms", type=int, default=60_000, help="how long the acquire may wait")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     args = parser.parse_args()

@@ -43,15 +43,17 @@ class PaddockError(Exception):
     `status` is the HTTP status; `code` the stable error code (e.g.
     `lease_not_found`), or None when the body was not an API error object;
     `message` the human text; `retry_after_ms` set on refusals that pass with
-    time (e.g. `rate_limited`), else None.
+    time (e.g. `rate_limited`), else None; `rule` the policy rule that
+    denied the request (`policy_denied`), else None.
     """
 
-    def __init__(self, status, code, message, retry_after_ms=None):
+    def __init__(self, status, code, message, retry_after_ms=None, rule=None):
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.retry_after_ms = retry_after_ms
+        self.rule = rule
 
 
 class PaddockProtocolError(Exception):
@@ -79,6 +81,7 @@ def _error_from(response):
             error["code"],
             error.get("message", ""),
             error.get("retry_after_ms"),
+            error.get("rule"),
         )
     except (ValueError, KeyError, TypeError):
         text = response.text
