@@ -290,6 +290,11 @@ policy = "{read_only}"
         .find(|p| p.name == other)
         .and_then(|p| p.policy.clone());
     assert_eq!(policy.as_deref(), Some("read-only"), "{pools:?}");
+    let table = stdout(&daemon.operator(&["pools"])?);
+    assert!(
+        table.lines().any(|l| l.starts_with(other.as_str()) && l.contains("read-only")),
+        "{table}"
+    );
     let listed = daemon.operator(&["exec", &other, "--", "ls", "/"])?;
     assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
     assert!(stdout(&listed).contains("proc"), "{}", stdout(&listed));

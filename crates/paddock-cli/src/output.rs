@@ -48,6 +48,7 @@ pub fn pools(list: &PoolList, json: bool) {
                 p.preparing.to_string(),
                 format!("{}..{}", p.min_ready, p.max_size),
                 p.reset.clone(),
+                p.policy.clone().unwrap_or_else(|| "-".into()),
                 if p.draining {
                     "draining".into()
                 } else if p.backend_available {
@@ -66,6 +67,7 @@ pub fn pools(list: &PoolList, json: bool) {
             "PREPARING",
             "SIZE",
             "RESET",
+            "POLICY",
             "STATE",
         ],
         &rows,
