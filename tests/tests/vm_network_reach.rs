@@ -492,8 +492,13 @@ async fn host_listeners_refuse(
 
 /// One slot listens on port 80; the other cannot connect to it, neither
 /// across the bridge (with the listener's MAC already known, so no ARP
-/// reply is needed) nor routed through the host. Control: the listener
-/// answers its own guest, and logs that connection only.
+/// reply is needed; the network's isolated ports stop this even without
+/// the filter) nor routed through the host (the filter stops this: the
+/// subnet is in 10/8, and the listener's filter drops new connections
+/// in). No TCP segment of it reaches the listening guest: its answer
+/// could not come back across the isolated ports, so a failed fetch alone
+/// would prove nothing. Control: the listener answers its own guest, and
+/// logs that connection only.
 async fn slot_to_slot(
     from: &AgentClient,
     to: &AgentClient,
@@ -523,6 +528,10 @@ async fn slot_to_slot(
         &format!("arp -i eth0 -s {listener_ip} {}", to_identity.mac),
     )
     .await?;
+    // The listener's TCP segments in: without a handshake (its answer may
+    // not find its way back) a segment that got through still counts.
+    let segments_in = "awk '/^Tcp:/ { n++; if (n == 2) print $11 }' /proc/net/snmp";
+    let segments_before = guest_number(to, segments_in).await?;
     let direct = guest_fetch(from, listener_ip, WEB).await?;
     guest_sh(
         from,
@@ -535,6 +544,7 @@ async fn slot_to_slot(
     .await?;
     let routed = guest_fetch(from, listener_ip, WEB).await?;
     guest_sh(from, &format!("ip route del {listener_ip}/32")).await?;
+    let segments_after = guest_number(to, segments_in).await?;
     assert!(
         direct.is_err(),
         "a slot reached the other across the bridge: {direct:?}"
@@ -542,6 +552,10 @@ async fn slot_to_slot(
     assert!(
         routed.is_err(),
         "a slot reached the other through the host: {routed:?}"
+    );
+    assert_eq!(
+        segments_after, segments_before,
+        "TCP segments of the other slot reached the listening slot"
     );
 
     assert_eq!(
@@ -562,7 +576,9 @@ async fn slot_to_slot(
 /// A guest that takes another address of its subnet, or another MAC, gets
 /// nothing out, although its frames leave it (its `tx_packets` moves and
 /// the gateway's MAC is pinned, so no ARP is needed); the test host receives
-/// nothing. With its own identity back, the same fetch works again.
+/// nothing. The counter is what tells: with a forged MAC the answer could
+/// not come back, so a failed fetch alone would prove nothing. With its own
+/// identity back, the same fetch works again.
 async fn forged_ip_and_mac(
     test_host: &NetnsHost,
     network: &NetworkSpec,
