@@ -437,7 +437,14 @@ async fn gateway(network: &NetworkSpec, guest: &AgentClient, own: &NatAttachment
     host_listeners_refuse(guest, own, gateway).await?;
     let dns = guest_sh(
         guest,
-        &format!("sleep 4 | nc -w 3 {gateway} 53 & sleep 2; netstat -tn; wait"),
+        // The connection stays open while `sleep` keeps nc's input open;
+        // up to 5 s for it to show, however loaded the machine.
+        &format!(
+            "sleep 8 | nc -w 3 {gateway} 53 & \
+             for i in $(seq 20); do \
+               netstat -tn | grep -q '{gateway}:53 .*ESTABLISHED' && break; sleep 0.25; \
+             done; netstat -tn"
+        ),
     )
     .await?;
     assert!(
