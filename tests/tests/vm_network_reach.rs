@@ -189,6 +189,16 @@ fn all_failed(results: &[Result<String, String>], targets: &[(Ipv4Addr, u16)]) -
         .collect()
 }
 
+/// Removes a pool's directory on drop: a pool dropped unclosed (a failing
+/// test) destroys its slots but leaves its golden's files.
+struct PoolDirGuard(std::path::PathBuf);
+
+impl Drop for PoolDirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A NAT-filtered pool of two on its own network, the test host (with the
 /// metadata and private addresses) behind the network's bridge, and a probe
 /// on the bridge.
@@ -198,6 +208,7 @@ struct Reach {
     // its route, then the network.
     probe: BridgeProbe,
     pool: VmPool,
+    _pool_dir: PoolDirGuard,
     pool_name: String,
     network: NetworkSpec,
     test_host: NetnsHost,
@@ -226,6 +237,7 @@ impl Reach {
 
         let paddock = test_paddock().await?;
         let pool_name = format!("pr{marker}");
+        let pool_dir = PoolDirGuard(std::path::Path::new(POOL_ROOT).join(&pool_name));
         let mut spec = VmPoolSpec::new(pool_name.clone());
         spec.reset = ResetStrategy::InPlace;
         spec.client = test_config();
@@ -256,6 +268,7 @@ impl Reach {
         Ok(Self {
             probe,
             pool,
+            _pool_dir: pool_dir,
             pool_name,
             network,
             test_host,
@@ -727,6 +740,8 @@ async fn isolated_slots_and_sandboxes_have_no_interface() -> TestResult {
 
     let paddock = test_paddock().await?;
     let pool_name = format!("pi{}", unique_marker());
+    let pool_dir = std::path::Path::new(POOL_ROOT).join(&pool_name);
+    let _pool_dir = PoolDirGuard(pool_dir.clone());
     let mut spec = VmPoolSpec::new(pool_name.clone());
     spec.client = test_config();
     let pool = paddock
@@ -748,5 +763,6 @@ async fn isolated_slots_and_sandboxes_have_no_interface() -> TestResult {
     assert_eq!(interfaces(lease.client()).await?, ["lo"]);
     lease.release();
     pool.close().await?;
+    assert!(!pool_dir.exists(), "{} is still there", pool_dir.display());
     Ok(())
 }
