@@ -8,6 +8,7 @@
 //! and memory, not what the code under test reports about itself.
 
 pub mod daemon;
+pub mod guest_net;
 pub mod libvirtd;
 pub mod netns;
 pub mod prometheus_server;

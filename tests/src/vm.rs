@@ -247,6 +247,23 @@ impl Drop for DomainGuard {
     }
 }
 
+/// Destroys and undefines the libvirt network of this name on drop, also
+/// while a test unwinds (pools leave their network defined).
+#[derive(Debug)]
+pub struct NetworkGuard(pub String);
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        for action in ["net-destroy", "net-undefine"] {
+            let _ = std::process::Command::new("virsh")
+                .args(["-q", "-c", SYSTEM_URI, action, &self.0])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// Checks that the guest's agent contains whole process trees: it announces
 /// `contain-tree` (a cgroup v2 per execution), its console never said it
 /// found no cgroup2 hierarchy, and a process that left the execution's

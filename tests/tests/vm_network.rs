@@ -7,17 +7,18 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use paddock::{PoolConfig, PoolNetwork, ResetStrategy, VmPoolSpec};
 use paddock_agent_client::{AgentClient, Execute};
 use paddock_libvirt::{
     Libvirt, NatAttachment, NetworkKind, NetworkMode, NetworkSpec, builtin_filters,
 };
-use paddock_tests::netns::{NetnsHost, TEST_HOST, http_body, page};
+use paddock_tests::guest_net::wait_for_address;
+use paddock_tests::netns::{NetnsHost, TEST_HOST, page};
 use paddock_tests::vm::{
-    POOL_ROOT, SYSTEM_URI, TestSandbox, TestSandboxOptions, enabled, test_paddock,
+    NetworkGuard, POOL_ROOT, SYSTEM_URI, TestSandbox, TestSandboxOptions, enabled, test_paddock,
 };
 use paddock_tests::{test_config, unique_marker};
 
@@ -28,49 +29,10 @@ const ALLOWED_PORT: u16 = 80;
 /// Not in the filter's list, so dropped.
 const BLOCKED_PORT: u16 = 8080;
 
-/// Removes the test's network, also when the test fails.
-struct NetworkGuard(String);
-
-impl Drop for NetworkGuard {
-    fn drop(&mut self) {
-        for action in ["net-destroy", "net-undefine"] {
-            let _ = std::process::Command::new("virsh")
-                .args(["-q", "-c", SYSTEM_URI, action, &self.0])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// Fetches the test host's page on `port` from the guest with busybox `nc`;
-/// the page, or why there is none.
+/// Fetches the test host's page on `port` from the guest; the page, or why
+/// there is none.
 async fn guest_fetch(client: &AgentClient, port: u16) -> anyhow::Result<Result<String, String>> {
-    let out = client
-        .exec_collect(Execute::shell(format!(
-            "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 4 {TEST_HOST} {port} 2>&1"
-        )))
-        .await?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    Ok(http_body(&text).map_err(|e| format!("exit {:?}: {e}: {text}", out.result.exit_code)))
-}
-
-/// Waits until the guest's `eth0` has `ip` (udhcpc runs in the background).
-async fn wait_for_address(client: &AgentClient, ip: Ipv4Addr) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = client
-            .exec_collect(Execute::shell("ip -4 addr show dev eth0"))
-            .await?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if text.contains(&format!("inet {ip}/")) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the guest did not get {ip} by DHCP: {text}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    paddock_tests::guest_net::guest_fetch(client, TEST_HOST, port).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,8 +14,9 @@ use crate::xml::{Element, XmlError};
 
 /// The egress filter of NAT-filtered sandboxes. Interfaces reference it with
 /// the parameters `IP` (the slot's reserved address) and `GATEWAY` (the
-/// network's bridge address): anti-spoofing, DHCP, DNS to the gateway, new
-/// outbound TCP to ports 80, 443, 22 and 9418, nothing to private ranges.
+/// network's bridge address): anti-spoofing, DHCP with the gateway only,
+/// DNS to the gateway, new outbound TCP to ports 80, 443, 22 and 9418,
+/// nothing to private ranges.
 pub const EGRESS_FILTER: &str = "paddock-egress";
 
 /// The filter that drops every frame to and from an interface.

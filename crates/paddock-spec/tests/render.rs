@@ -160,7 +160,9 @@ fn egress_filter_has_the_rules_the_design_requires() {
     let xml = std::fs::read_to_string(dir.join("paddock-egress.xml")).expect("egress filter");
     for needle in [
         "<filterref filter='clean-traffic'/>",
-        "<udp srcportstart='68' dstportstart='67'/>",
+        "<udp dstipaddr='255.255.255.255' srcportstart='68' dstportstart='67'/>",
+        "<udp dstipaddr='$GATEWAY' srcportstart='68' dstportstart='67'/>",
+        "<udp srcipaddr='$GATEWAY' srcportstart='67' dstportstart='68'/>",
         "<udp dstipaddr='$GATEWAY' dstportstart='53' state='NEW'/>",
         "<tcp dstipaddr='$GATEWAY' dstportstart='53' state='NEW'/>",
         "<all state='ESTABLISHED,RELATED'/>",
