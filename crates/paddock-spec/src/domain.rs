@@ -104,9 +104,31 @@ pub enum Profile {
     Custom(Resources),
 }
 
-/// Memory QEMU needs besides guest RAM; under TCG the translation cache alone
-/// may take up to 1 GiB.
-pub const QEMU_OVERHEAD_MIB: u64 = 1024;
+/// Memory a QEMU process needs besides guest RAM and the TCG translation
+/// cache, per domain: its heap, libraries, device state and buffers.
+/// Measured here (QEMU 7.2, TCG, 1 vCPU, 256 MiB guest, idle after boot):
+/// resident 374 MiB, of which 256 MiB guest RAM (the guest kernel's
+/// `init_on_free=1` touches all of it at boot) and 55 MiB translated code,
+/// leaving about 63 MiB; this doubles it for transient buffers (snapshots,
+/// saves, disk I/O).
+pub const QEMU_OVERHEAD_MIB: u64 = 128;
+
+/// Memory a QEMU process needs per vCPU besides [`QEMU_OVERHEAD_MIB`]: the
+/// vCPU thread's stack and its software TLB.
+pub const QEMU_OVERHEAD_PER_VCPU_MIB: u64 = 16;
+
+/// The default TCG translation cache (`<features><tcg><tb-cache>`). QEMU's
+/// own default here is 1 GiB (an eighth of host memory, at most 1 GiB),
+/// which it may fill and keep resident; the busybox guest's boot and every
+/// busybox applet translated 55-62 MiB, so 256 MiB leaves room for larger
+/// guest programs while bounding QEMU's memory four times tighter.
+pub const TCG_TB_CACHE_MIB: u64 = 256;
+
+/// Threads a QEMU process may need besides one per vCPU: the main loop, RCU,
+/// the monitor's I/O thread, migration (saves and snapshots) and a block
+/// thread pool of up to 64 workers (QEMU 7.2's fixed maximum). An idle
+/// 1-vCPU guest here has 4 threads, 7 under parallel disk writes.
+pub const QEMU_THREADS: u32 = 128;
 
 impl Profile {
     /// The profile's vCPUs and memory.
@@ -129,14 +151,17 @@ impl Profile {
         }
     }
 
-    /// Default cgroup limits: CPU weight and a hard cap of `vcpus` host CPUs
-    /// for the whole QEMU process, a memory soft limit of guest RAM plus
-    /// [`QEMU_OVERHEAD_MIB`], and a block I/O weight growing with the vCPUs.
+    /// Default limits, all derived from the vCPUs and memory:
     ///
-    /// Guest RAM itself is capped by the domain's memory size. No memory hard
-    /// limit by default: libvirt then raises QEMU's `RLIMIT_MEMLOCK` to it,
-    /// which needs `CAP_SYS_RESOURCE`, and containers (this project's CI
-    /// included) lack it, so the domain would not start.
+    /// - CPU: a weight of 1024 per vCPU, and a hard cap of `vcpus` host
+    ///   CPUs for the whole QEMU process (emulator and I/O threads
+    ///   included), so a guest never uses more than its vCPUs' worth;
+    /// - memory: a hard limit of guest RAM plus the TCG translation cache
+    ///   ([`TCG_TB_CACHE_MIB`], bounded by the domain's `<tb-cache>`) plus
+    ///   [`QEMU_OVERHEAD_MIB`] and [`QEMU_OVERHEAD_PER_VCPU_MIB`] per vCPU.
+    ///   Under KVM the cache is not used and stays as slack;
+    /// - threads: `pids.max` of [`QEMU_THREADS`] plus one per vCPU;
+    /// - a block I/O weight growing with the vCPUs.
     #[must_use]
     pub fn tuning(self) -> Tuning {
         let Resources { vcpus, memory_mib } = self.resources();
@@ -147,32 +172,67 @@ impl Profile {
                 period_us,
                 quota_us: u64::from(vcpus).saturating_mul(period_us),
             }),
-            memory_hard_limit_mib: None,
-            memory_soft_limit_mib: Some(memory_mib.saturating_add(QEMU_OVERHEAD_MIB)),
+            memory_hard_limit_mib: Some(
+                memory_mib
+                    .saturating_add(TCG_TB_CACHE_MIB)
+                    .saturating_add(QEMU_OVERHEAD_MIB)
+                    .saturating_add(u64::from(vcpus).saturating_mul(QEMU_OVERHEAD_PER_VCPU_MIB)),
+            ),
+            memory_soft_limit_mib: None,
             blkio_weight: Some(
                 u16::try_from(vcpus.saturating_mul(250))
                     .unwrap_or(1000)
                     .clamp(100, 1000),
             ),
+            pids_max: Some(QEMU_THREADS.saturating_add(vcpus)),
+            tcg_tb_cache_mib: Some(TCG_TB_CACHE_MIB),
         }
     }
 }
 
-/// cgroup limits, rendered as `<cputune>`, `<memtune>` and `<blkiotune>`.
-/// `None` leaves a limit unset.
+/// Limits on a domain's QEMU process. `None` leaves a limit unset.
+///
+/// libvirt applies the CPU, soft memory and block I/O limits (rendered as
+/// `<cputune>`, `<memtune>` and `<blkiotune>`) and the translation cache
+/// size (`<features><tcg>`). The memory hard limit and the thread limit are
+/// not in the domain XML: `paddock-libvirt`'s `Vm::confine` writes them
+/// into the domain's cgroups after each QEMU start. libvirt 9.0 has no
+/// thread (pids) tunable, and its `<hard_limit>` also raises QEMU's
+/// `RLIMIT_MEMLOCK` to the limit, which needs `CAP_SYS_RESOURCE` that
+/// libvirtd lacks in a container (this project's CI): the domain would not
+/// start ("cannot limit locked memory").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tuning {
     /// Relative CPU weight (`<cputune><shares>`).
     pub cpu_shares: Option<u32>,
     /// CPU bandwidth cap for the whole domain (`<global_period>`, `<global_quota>`).
     pub cpu_quota: Option<CpuQuota>,
-    /// Memory hard limit in MiB (`<memtune><hard_limit>`); needs
-    /// `CAP_SYS_RESOURCE` in libvirtd (see [`Profile::tuning`]).
+    /// Memory hard limit in MiB of the domain's memory cgroup
+    /// (`memory.limit_in_bytes`, and `memory.memsw.limit_in_bytes` where
+    /// swap is accounted; `memory.max` on cgroup v2): QEMU's whole
+    /// footprint, guest RAM included. Beyond it the kernel reclaims QEMU's
+    /// page cache, then kills QEMU. Applied after start, not rendered.
     pub memory_hard_limit_mib: Option<u64>,
     /// Memory soft limit in MiB (`<memtune><soft_limit>`).
     pub memory_soft_limit_mib: Option<u64>,
     /// Relative block I/O weight, 100..=1000 (`<blkiotune><weight>`).
     pub blkio_weight: Option<u16>,
+    /// Most threads the QEMU process may have (`pids.max` of a pids cgroup
+    /// holding it). QEMU runs with `-sandbox ...,spawn=deny`, so it cannot
+    /// fork: this bounds its threads. Applied after start, not rendered.
+    pub pids_max: Option<u32>,
+    /// The TCG translation cache in MiB (`<features><tcg><tb-cache>`);
+    /// rendered only for a domain that runs under TCG.
+    pub tcg_tb_cache_mib: Option<u64>,
+}
+
+impl Tuning {
+    /// Whether a limit must be written into the domain's cgroups after
+    /// QEMU starts (the memory hard limit or the thread limit).
+    #[must_use]
+    pub fn has_cgroup_limits(&self) -> bool {
+        self.memory_hard_limit_mib.is_some() || self.pids_max.is_some()
+    }
 }
 
 /// A CPU bandwidth cap: `quota_us` of CPU time per `period_us`.
@@ -180,8 +240,21 @@ pub struct Tuning {
 pub struct CpuQuota {
     /// Period in microseconds (1000..=1000000).
     pub period_us: u64,
-    /// CPU time allowed per period in microseconds.
+    /// CPU time allowed per period in microseconds (at least 1000).
     pub quota_us: u64,
+}
+
+impl CpuQuota {
+    /// A cap of `percent` per cent of one host CPU, over libvirt's default
+    /// period of 100 ms (`percent` 50 is half a CPU, 200 two CPUs).
+    #[must_use]
+    pub fn percent_of_one_cpu(percent: u32) -> Self {
+        let period_us = 100_000;
+        Self {
+            period_us,
+            quota_us: u64::from(percent).saturating_mul(period_us) / 100,
+        }
+    }
 }
 
 /// Which accelerator QEMU uses.
@@ -416,8 +489,15 @@ mod tests {
                 quota_us: 200_000
             })
         );
-        assert_eq!(t.memory_soft_limit_mib, Some(2048 + QEMU_OVERHEAD_MIB));
-        assert_eq!(t.memory_hard_limit_mib, None);
+        assert_eq!(t.memory_soft_limit_mib, None);
+        assert_eq!(
+            t.memory_hard_limit_mib,
+            Some(2048 + TCG_TB_CACHE_MIB + QEMU_OVERHEAD_MIB + 2 * QEMU_OVERHEAD_PER_VCPU_MIB)
+        );
+        assert_eq!(t.pids_max, Some(QEMU_THREADS + 2));
+        assert_eq!(t.tcg_tb_cache_mib, Some(TCG_TB_CACHE_MIB));
+        assert!(t.has_cgroup_limits());
+        assert!(!Tuning::default().has_cgroup_limits());
         assert_eq!(t.blkio_weight, Some(500));
         let huge = Profile::Custom(Resources {
             vcpus: u32::MAX,
@@ -425,7 +505,21 @@ mod tests {
         })
         .tuning();
         assert_eq!(huge.blkio_weight, Some(1000));
-        assert_eq!(huge.memory_soft_limit_mib, Some(u64::MAX));
+        assert_eq!(huge.memory_hard_limit_mib, Some(u64::MAX));
+        assert_eq!(huge.pids_max, Some(u32::MAX));
+    }
+
+    #[test]
+    fn a_quota_in_percent_of_one_cpu() {
+        assert_eq!(
+            CpuQuota::percent_of_one_cpu(50),
+            CpuQuota {
+                period_us: 100_000,
+                quota_us: 50_000
+            }
+        );
+        assert_eq!(CpuQuota::percent_of_one_cpu(250).quota_us, 250_000);
+        assert_eq!(CpuQuota::percent_of_one_cpu(u32::MAX).period_us, 100_000);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use crate::domain::{
-    AgentChannel, Boot, DomainRole, DomainSpec, METADATA_NAMESPACE, NetworkMode, PaddockMetadata,
-    Tuning, VsockCid,
+    Acceleration, AgentChannel, Boot, DomainRole, DomainSpec, METADATA_NAMESPACE, NetworkMode,
+    PaddockMetadata, Tuning, VsockCid,
 };
 use crate::xml::{Element, XmlError, XmlWriter};
 
@@ -30,8 +30,11 @@ const HYBRID_VSOCK_CHARDEV: &str = "paddock-vsock";
 ///
 /// # Errors
 /// [`XmlError::InvalidSpec`] for values libvirt would reject (zero vCPUs or
-/// memory, a vsock CID below 3, disk boot without a disk) and
-/// [`XmlError::NonUtf8Path`] for a path that cannot be written into XML.
+/// memory, a vsock CID below 3, disk boot without a disk, a CPU period or
+/// quota out of libvirt's range) or that could not work (a memory hard
+/// limit not above the guest's memory, a zero thread limit or translation
+/// cache), and [`XmlError::NonUtf8Path`] for a path that cannot be written
+/// into XML.
 pub fn render_domain(spec: &DomainSpec) -> Result<String, XmlError> {
     let resources = spec.profile.resources();
     if resources.vcpus == 0 || resources.memory_mib == 0 {
@@ -39,6 +42,7 @@ pub fn render_domain(spec: &DomainSpec) -> Result<String, XmlError> {
             "a domain needs at least one vCPU and some memory",
         ));
     }
+    check_tuning(&spec.tuning, resources.memory_mib)?;
     let hybrid = matches!(spec.channel, AgentChannel::HybridVsock { .. });
     let mut w = XmlWriter::new();
     let domain_type = spec.acceleration.domain_type();
@@ -76,6 +80,13 @@ pub fn render_domain(spec: &DomainSpec) -> Result<String, XmlError> {
     render_os(&mut w, spec)?;
     w.start("features", &[])?;
     w.empty("acpi", &[])?;
+    if let (Acceleration::Tcg, Some(mib)) =
+        (spec.acceleration.resolve(), spec.tuning.tcg_tb_cache_mib)
+    {
+        w.start("tcg", &[])?;
+        w.text("tb-cache", &[("unit", "MiB")], &mib.to_string())?;
+        w.end("tcg")?;
+    }
     w.end("features")?;
     for event in ["on_poweroff", "on_reboot", "on_crash"] {
         w.text(event, &[], "destroy")?;
@@ -130,6 +141,38 @@ fn render_metadata(w: &mut XmlWriter, m: &PaddockMetadata) -> Result<(), XmlErro
     Ok(())
 }
 
+/// Refuses limits libvirt would reject or that could not work.
+fn check_tuning(t: &Tuning, memory_mib: u64) -> Result<(), XmlError> {
+    if let Some(quota) = t.cpu_quota {
+        if !(1000..=1_000_000).contains(&quota.period_us) {
+            return Err(XmlError::InvalidSpec(
+                "the CPU period must be 1000 to 1000000 microseconds",
+            ));
+        }
+        if quota.quota_us < 1000 {
+            return Err(XmlError::InvalidSpec(
+                "the CPU quota must be at least 1000 microseconds",
+            ));
+        }
+    }
+    if t.memory_hard_limit_mib
+        .is_some_and(|hard| hard <= memory_mib)
+    {
+        return Err(XmlError::InvalidSpec(
+            "the memory hard limit must be above the guest's memory",
+        ));
+    }
+    if t.pids_max == Some(0) {
+        return Err(XmlError::InvalidSpec("the thread limit must be at least 1"));
+    }
+    if t.tcg_tb_cache_mib == Some(0) {
+        return Err(XmlError::InvalidSpec(
+            "the translation cache must be at least 1 MiB",
+        ));
+    }
+    Ok(())
+}
+
 fn render_tuning(w: &mut XmlWriter, t: &Tuning) -> Result<(), XmlError> {
     if t.cpu_shares.is_some() || t.cpu_quota.is_some() {
         w.start("cputune", &[])?;
@@ -142,14 +185,10 @@ fn render_tuning(w: &mut XmlWriter, t: &Tuning) -> Result<(), XmlError> {
         }
         w.end("cputune")?;
     }
-    if t.memory_hard_limit_mib.is_some() || t.memory_soft_limit_mib.is_some() {
+    // The hard limit is not libvirt's `<hard_limit>`: see `Tuning`.
+    if let Some(soft) = t.memory_soft_limit_mib {
         w.start("memtune", &[])?;
-        if let Some(hard) = t.memory_hard_limit_mib {
-            w.text("hard_limit", &[("unit", "MiB")], &hard.to_string())?;
-        }
-        if let Some(soft) = t.memory_soft_limit_mib {
-            w.text("soft_limit", &[("unit", "MiB")], &soft.to_string())?;
-        }
+        w.text("soft_limit", &[("unit", "MiB")], &soft.to_string())?;
         w.end("memtune")?;
     }
     if let Some(weight) = t.blkio_weight {

@@ -36,7 +36,8 @@ pub use definition::{DefinitionUpdate, definition_update};
 pub use domain::{
     Acceleration, AgentChannel, Boot, CpuQuota, DomainRole, DomainSpec, ImageFormat,
     METADATA_NAMESPACE, MacAddress, NatAttachment, NetworkMode, OverlayDisk, PaddockMetadata,
-    Profile, QEMU_OVERHEAD_MIB, Resources, Tuning, VsockCid, kvm_usable,
+    Profile, QEMU_OVERHEAD_MIB, QEMU_OVERHEAD_PER_VCPU_MIB, QEMU_THREADS, Resources,
+    TCG_TB_CACHE_MIB, Tuning, VsockCid, kvm_usable,
 };
 pub use domain_xml::{parse_metadata, render_domain};
 pub use network::{

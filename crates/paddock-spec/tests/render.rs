@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use paddock_spec::{
-    Boot, NetworkKind, SnapshotSpec, Tuning, load_filters, render_domain, render_network,
-    render_snapshot,
+    Acceleration, Boot, CpuQuota, NetworkKind, SnapshotSpec, TCG_TB_CACHE_MIB, Tuning, XmlError,
+    load_filters, render_domain, render_network, render_snapshot,
 };
 use sample::{Chan, Net};
 
@@ -41,7 +41,7 @@ fn documents() -> Vec<(String, &'static str, String)> {
     let mut disk_boot = sample::domain(Net::Isolated, Chan::VirtioSerial);
     disk_boot.boot = Boot::Disk;
     disk_boot.tuning = Tuning {
-        memory_hard_limit_mib: Some(2048),
+        memory_soft_limit_mib: Some(1024),
         ..disk_boot.profile.tuning()
     };
     docs.push((
@@ -179,4 +179,108 @@ fn egress_filter_has_the_rules_the_design_requires() {
     ] {
         assert!(xml.contains(needle), "egress filter lacks {needle}");
     }
+}
+
+#[test]
+fn the_translation_cache_is_bounded_under_tcg_and_cgroup_only_limits_stay_out_of_the_xml() {
+    let mut spec = sample::domain(Net::Isolated, Chan::VirtioSerial);
+    assert!(spec.tuning.memory_hard_limit_mib.is_some() && spec.tuning.pids_max.is_some());
+    let tcg = render_domain(&spec).expect("renders");
+    assert!(
+        tcg.contains(&format!(
+            "<tcg>\n      <tb-cache unit=\"MiB\">{TCG_TB_CACHE_MIB}</tb-cache>\n    </tcg>"
+        )),
+        "{tcg}"
+    );
+    // libvirt's <hard_limit> would raise RLIMIT_MEMLOCK, which a container
+    // refuses; Paddock writes the cgroup itself.
+    assert!(!tcg.contains("hard_limit"), "{tcg}");
+    spec.acceleration = Acceleration::Kvm;
+    let kvm = render_domain(&spec).expect("renders");
+    assert!(
+        !kvm.contains("<tcg>"),
+        "a KVM domain has no TCG features: {kvm}"
+    );
+    spec.acceleration = Acceleration::Tcg;
+    spec.tuning.tcg_tb_cache_mib = None;
+    assert!(!render_domain(&spec).expect("renders").contains("<tcg>"));
+}
+
+#[test]
+fn limits_that_could_not_work_are_refused() {
+    let base = sample::domain(Net::Isolated, Chan::VirtioSerial);
+    let memory_mib = base.profile.resources().memory_mib;
+    let cases: [(&str, Tuning); 6] = [
+        (
+            "hard limit at the guest's memory",
+            Tuning {
+                memory_hard_limit_mib: Some(memory_mib),
+                ..base.tuning
+            },
+        ),
+        (
+            "no threads",
+            Tuning {
+                pids_max: Some(0),
+                ..base.tuning
+            },
+        ),
+        (
+            "an empty translation cache",
+            Tuning {
+                tcg_tb_cache_mib: Some(0),
+                ..base.tuning
+            },
+        ),
+        (
+            "a quota below libvirt's minimum",
+            Tuning {
+                cpu_quota: Some(CpuQuota {
+                    period_us: 100_000,
+                    quota_us: 999,
+                }),
+                ..base.tuning
+            },
+        ),
+        (
+            "a period below libvirt's range",
+            Tuning {
+                cpu_quota: Some(CpuQuota {
+                    period_us: 999,
+                    quota_us: 1000,
+                }),
+                ..base.tuning
+            },
+        ),
+        (
+            "a period above libvirt's range",
+            Tuning {
+                cpu_quota: Some(CpuQuota {
+                    period_us: 1_000_001,
+                    quota_us: 1000,
+                }),
+                ..base.tuning
+            },
+        ),
+    ];
+    for (what, tuning) in cases {
+        let mut spec = base.clone();
+        spec.tuning = tuning;
+        assert!(
+            matches!(render_domain(&spec), Err(XmlError::InvalidSpec(_))),
+            "{what} was accepted"
+        );
+    }
+    let mut edge = base.clone();
+    edge.tuning = Tuning {
+        memory_hard_limit_mib: Some(memory_mib + 1),
+        pids_max: Some(1),
+        tcg_tb_cache_mib: Some(1),
+        cpu_quota: Some(CpuQuota {
+            period_us: 1000,
+            quota_us: 1000,
+        }),
+        ..base.tuning
+    };
+    render_domain(&edge).expect("the smallest workable limits render");
 }
