@@ -11,10 +11,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use paddock_spec::{PaddockMetadata, parse_metadata};
+use paddock_spec::{PaddockMetadata, Tuning, parse_metadata};
 use virt::domain::Domain;
 use virt::error::Error as VirtError;
 
+use crate::confine::{self, ConfineError, Confinement, Driver};
 use crate::connection::Libvirt;
 use crate::error::{LibvirtError, blocking};
 use crate::link::Repeat;
@@ -116,6 +117,9 @@ pub struct Vm {
     name: Arc<str>,
     /// The handle and the connection generation it belongs to.
     handle: Arc<Mutex<(u64, Arc<Domain>)>>,
+    /// Paddock's pids cgroup of the domain's QEMU, if [`Vm::confine`] made
+    /// one: removed with the domain.
+    pids_group: Arc<Mutex<Option<std::path::PathBuf>>>,
 }
 
 impl Vm {
@@ -126,6 +130,7 @@ impl Vm {
             libvirt: libvirt.clone(),
             name: name.into(),
             handle: Arc::new(Mutex::new((generation, Arc::new(dom)))),
+            pids_group: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -227,6 +232,83 @@ impl Vm {
         }
     }
 
+    /// The pid of the domain's running QEMU, from libvirt's pid file,
+    /// checked against the process's command line. Only a local
+    /// `qemu:///system` connection has one here.
+    ///
+    /// # Errors
+    /// [`ConfineError::NotLocal`] for another connection; the pid file is
+    /// missing or names no QEMU of this domain (it is not running).
+    pub fn qemu_pid(&self) -> Result<u32, ConfineError> {
+        match Driver::of_uri(self.libvirt.uri()) {
+            Driver::LocalQemu => confine::qemu_pid(Path::new(confine::QEMU_RUN_DIR), &self.name),
+            Driver::Test | Driver::Other => Err(ConfineError::NotLocal {
+                uri: self.libvirt.uri().to_owned(),
+            }),
+        }
+    }
+
+    /// Writes `tuning`'s memory hard limit and thread limit into the
+    /// cgroups of the domain's running QEMU ([`crate::confine`]); libvirt
+    /// applies the rest of it. Call it after every start of a new QEMU: a
+    /// boot, a restore, a snapshot revert. On the test driver, which runs
+    /// no process, it does nothing.
+    ///
+    /// # Errors
+    /// [`ConfineError`]: no local QEMU to confine (another connection),
+    /// no pid, a missing controller, a cgroup shared with other processes,
+    /// or a write the kernel refused. The domain keeps running: the caller
+    /// decides (Paddock destroys it).
+    pub async fn confine(&self, tuning: &Tuning) -> Result<Confinement, ConfineError> {
+        if !tuning.has_cgroup_limits() {
+            return Ok(Confinement::default());
+        }
+        match Driver::of_uri(self.libvirt.uri()) {
+            Driver::Test => return Ok(Confinement::default()),
+            Driver::Other => {
+                return Err(ConfineError::NotLocal {
+                    uri: self.libvirt.uri().to_owned(),
+                });
+            }
+            Driver::LocalQemu => {}
+        }
+        let (name, tuning) = (self.name.to_string(), *tuning);
+        let confined = tokio::task::spawn_blocking(move || {
+            let pid = confine::qemu_pid(Path::new(confine::QEMU_RUN_DIR), &name)?;
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| {
+                ConfineError::Read {
+                    path: "/proc/self/mountinfo".into(),
+                    source,
+                }
+            })?;
+            confine::apply(&name, pid, &tuning, &mountinfo)
+        })
+        .await
+        .map_err(|source| ConfineError::Worker {
+            domain: self.name.to_string(),
+            source,
+        })??;
+        if confined.pids_cgroup_owned {
+            *self
+                .pids_group
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = confined.pids_cgroup.clone();
+        }
+        Ok(confined)
+    }
+
+    /// Removes Paddock's pids cgroup of the domain, once its QEMU is gone.
+    fn release_confinement(&self) {
+        let group = self
+            .pids_group
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(group) = group {
+            confine::release(&group);
+        }
+    }
+
     /// Starts the defined domain.
     ///
     /// # Errors
@@ -304,6 +386,14 @@ impl Vm {
     /// # Errors
     /// libvirt refuses to undefine a domain that still exists.
     pub fn discard_blocking(&self) -> Result<(), LibvirtError> {
+        let discarded = self.discard_blocking_inner();
+        if discarded.is_ok() {
+            self.release_confinement();
+        }
+        discarded
+    }
+
+    fn discard_blocking_inner(&self) -> Result<(), LibvirtError> {
         let (generation, dom) = self.cached();
         match discard_domain(&dom, &self.object()) {
             Err(err) if err.should_reconnect() => {
@@ -335,10 +425,16 @@ impl Vm {
     /// # Errors
     /// As [`Vm::discard_blocking`], or [`LibvirtError::Unreachable`].
     pub async fn discard(&self) -> Result<(), LibvirtError> {
-        match self.call("undefine", discard_raw).await {
+        let discarded = match self.call("undefine", discard_raw).await {
             Err(err) if err.is_not_found() => Ok(()),
             other => other,
+        };
+        if discarded.is_ok() {
+            let vm = self.clone();
+            // An rmdir on cgroupfs: quick, but a file system call.
+            let _ = tokio::task::spawn_blocking(move || vm.release_confinement()).await;
         }
+        discarded
     }
 
     /// The current state and its reason.

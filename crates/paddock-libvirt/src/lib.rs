@@ -27,12 +27,16 @@
 //! - [`Libvirt::apply_network`] and [`Libvirt::apply_filter`] apply networks
 //!   and filters idempotently ([`network`]).
 //! - [`overlay`] makes and removes qcow2 overlays (with `qemu-img`).
+//! - [`Vm::confine`] writes the limits libvirt does not set (the memory
+//!   hard limit, the thread limit) into the cgroups of a domain's QEMU
+//!   ([`confine`]).
 //!
 //! libvirt calls block, so every one runs on tokio's blocking pool: nothing
 //! here blocks an async worker thread. Errors name the operation, the object
 //! and libvirt's error code ([`LibvirtError`]); libvirt's own printing of
 //! errors to stderr is switched off by [`Libvirt::open`].
 
+pub mod confine;
 mod connection;
 pub mod domain;
 pub mod error;
@@ -46,6 +50,7 @@ pub mod stats;
 pub use paddock_spec as spec;
 pub use paddock_spec::saved_image;
 
+pub use confine::{ConfineError, Confinement};
 pub use connection::{Libvirt, RestoreMode};
 pub use domain::{DomainState, DomainStatus, ShutdownOutcome, Vm};
 pub use error::LibvirtError;
@@ -59,9 +64,9 @@ pub use overlay::{OverlayError, create_blank_qcow2, create_overlay, remove_overl
 pub use paddock_spec::{
     Acceleration, AgentChannel, Boot, CpuQuota, DomainRole, DomainSpec, ImageFormat,
     METADATA_NAMESPACE, MacAddress, NatAttachment, NetworkMode, OverlayDisk, PaddockMetadata,
-    Profile, QEMU_OVERHEAD_MIB, Resources, SavedImageError, SavedImageHeader, Tuning, Uuid,
-    VsockCid, XmlError, derive_saved_image, kvm_usable, parse_metadata, read_saved_image_header,
-    render_domain,
+    Profile, QEMU_OVERHEAD_MIB, QEMU_OVERHEAD_PER_VCPU_MIB, QEMU_THREADS, Resources,
+    SavedImageError, SavedImageHeader, TCG_TB_CACHE_MIB, Tuning, Uuid, VsockCid, XmlError,
+    derive_saved_image, kvm_usable, parse_metadata, read_saved_image_header, render_domain,
 };
 pub use snapshot::{SnapshotInfo, SnapshotSpec, render_snapshot};
 pub use stats::{BlockStats, DomainStats, InterfaceStats};
