@@ -47,7 +47,7 @@ use paddock_events::{Emitter, EventKind};
 use paddock_image::GuestImage;
 use paddock_libvirt::{
     AgentChannel, DomainRole, DomainSpec, ImageFormat, Libvirt, NatAttachment, NetworkMode,
-    OverlayDisk, RestoreMode, SnapshotSpec, Uuid, create_overlay,
+    OverlayDisk, RestoreMode, SnapshotSpec, Tuning, Uuid, create_overlay,
 };
 
 use super::VmError;
@@ -93,6 +93,13 @@ pub struct VmPoolSpec {
     pub memory_mib: u64,
     /// Virtual CPUs.
     pub vcpus: u32,
+    /// The limits on each slot's QEMU (CPU, memory, threads); `None`: the
+    /// defaults for `vcpus` and `memory_mib`
+    /// ([`paddock_libvirt::Profile::tuning`]). libvirt applies the CPU
+    /// limits; the memory and thread limits are written into the slot's
+    /// cgroups after each new QEMU (creation, `Restore` and `Revert`
+    /// resets), before the slot is ready.
+    pub tuning: Option<Tuning>,
     /// Shell commands run in the template before the golden is captured;
     /// each must exit 0.
     pub warmup: Vec<String>,
@@ -124,6 +131,7 @@ impl VmPoolSpec {
             name: name.into(),
             memory_mib: 256,
             vcpus: 1,
+            tuning: None,
             warmup: Vec::new(),
             rewarm: vec!["true".into()],
             reset: ResetStrategy::default(),
@@ -576,6 +584,11 @@ impl VmBackend {
                 RestoreMode::Running,
             )
             .await?;
+        // Before the agent is reached: nothing of a lease runs unconfined.
+        if let Err(err) = vm.confine(&spec.tuning).await {
+            let _ = vm.discard().await;
+            return Err(VmError::confine(&spec.name)(err));
+        }
         let client = AgentClient::connect(
             Transport::VirtioSerial {
                 path: dir.join("agent.sock"),
@@ -664,10 +677,19 @@ impl VmBackend {
                     .await?;
                 let vm = self.libvirt.lookup(slot.name()).await?;
                 slot.guest.replace_vm(vm);
+                slot.vm()
+                    .confine(&slot.spec().tuning)
+                    .await
+                    .map_err(VmError::confine(slot.name()))?;
                 phases.restore = lap();
             }
             ResetStrategy::Revert => {
                 slot.vm().revert_to_snapshot(GOLDEN_SNAPSHOT).await?;
+                // libvirt 9.0 reverts into a new QEMU.
+                slot.vm()
+                    .confine(&slot.spec().tuning)
+                    .await
+                    .map_err(VmError::confine(slot.name()))?;
                 phases.stop_or_revert = lap();
             }
             ResetStrategy::InPlace => {

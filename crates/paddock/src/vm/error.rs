@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use paddock_agent_client::{ClientError, Continuity};
 use paddock_image::ImageError;
-use paddock_libvirt::{ApplyError, DomainState, LibvirtError, OverlayError};
+use paddock_libvirt::{ApplyError, ConfineError, DomainState, LibvirtError, OverlayError};
 
 use crate::pool::PoolError;
 
@@ -40,6 +40,16 @@ pub enum VmError {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// The domain's QEMU could not be given its memory or thread limit; the
+    /// domain is not used (it is destroyed).
+    #[error("Cannot confine the QEMU of {domain}")]
+    Confine {
+        /// The domain.
+        domain: String,
+        /// Why.
+        #[source]
+        source: ConfineError,
     },
     /// A disk image could not be created or removed.
     #[error("Disk image operation failed")]
@@ -185,6 +195,7 @@ impl VmError {
             Self::NotReady { .. } => "not_ready",
             Self::Io { .. } => "io",
             Self::Disk(_) => "disk",
+            Self::Confine { .. } => "confine",
             Self::VsockBackend { .. } => "vsock_backend",
             Self::NotRestored { .. } => "not_restored",
             Self::CommandFailed { .. } => "command_failed",
@@ -198,6 +209,12 @@ impl VmError {
             Self::RebuildUnfinished { .. } => "rebuild_unfinished",
             Self::Pool(_) => "pool",
         }
+    }
+
+    /// A closure that wraps a confinement error of `domain`.
+    pub(crate) fn confine(domain: &str) -> impl FnOnce(ConfineError) -> Self {
+        let domain = domain.to_owned();
+        move |source| Self::Confine { domain, source }
     }
 
     /// A closure that wraps an I/O error on `path`.

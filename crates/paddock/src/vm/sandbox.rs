@@ -24,7 +24,7 @@ use paddock_agent_client::{AgentClient, ClientConfig, Transport};
 use paddock_image::GuestImage;
 use paddock_libvirt::{
     Acceleration, AgentChannel, Boot, DomainRole, DomainSpec, ImageFormat, Libvirt, NetworkMode,
-    OverlayDisk, PaddockMetadata, Profile, Resources, SnapshotInfo, SnapshotSpec, Uuid, Vm,
+    OverlayDisk, PaddockMetadata, Profile, Resources, SnapshotInfo, SnapshotSpec, Tuning, Uuid, Vm,
     create_blank_qcow2, create_overlay,
 };
 
@@ -73,6 +73,9 @@ pub struct SandboxConfig {
     pub memory_mib: u64,
     /// Virtual CPUs.
     pub vcpus: u32,
+    /// The limits on the domain's QEMU; `None`: the defaults for `vcpus`
+    /// and `memory_mib` ([`Profile::tuning`]).
+    pub tuning: Option<Tuning>,
     /// The guest's network.
     pub network: NetworkMode,
     /// How the host reaches the agent.
@@ -108,6 +111,7 @@ impl SandboxConfig {
             state_root: DEFAULT_STATE_ROOT.into(),
             memory_mib: 256,
             vcpus: 1,
+            tuning: None,
             network: NetworkMode::Isolated,
             channel: ChannelConfig::VirtioSerial,
             ready_timeout: Duration::from_secs(90),
@@ -193,7 +197,9 @@ impl Sandbox {
                     .map_or(0, |d| d.as_secs()),
             },
             profile: Profile::Custom(resources),
-            tuning: Profile::Custom(resources).tuning(),
+            tuning: config
+                .tuning
+                .unwrap_or_else(|| Profile::Custom(resources).tuning()),
             acceleration: Acceleration::Auto,
             boot: Boot::Kernel {
                 kernel: image.kernel.clone(),
@@ -236,6 +242,9 @@ impl Sandbox {
         let mut domain = DomainGuard(Some(vm.clone()));
         let started = Instant::now();
         vm.start().await?;
+        vm.confine(&spec.tuning)
+            .await
+            .map_err(VmError::confine(&config.name))?;
         let client_config = ClientConfig {
             connect_timeout: config.ready_timeout,
             ..config.client.clone()
