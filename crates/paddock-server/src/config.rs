@@ -23,6 +23,9 @@
 //! policy = "policies/python-interpreter.toml"  # relative to this file
 //! [pool.limits]
 //! lease_execs_per_second = 20
+//! [pool.resources]                      # limits on each slot's QEMU (optional)
+//! cpu_percent = 50                        # of one host CPU; default 100 per vCPU
+//! memory_hard_limit_mib = 700             # default: memory + cache + overhead
 //! ```
 
 use std::net::SocketAddr;
@@ -30,6 +33,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use paddock::libvirt::{CpuQuota, Profile, Resources};
 use paddock::{PoolConfig, RateLimit, RateLimits, ResetStrategy, VmPoolSpec};
 use serde::Deserialize;
 
@@ -189,6 +193,8 @@ struct PoolFile {
     /// file's directory unless absolute.
     #[serde(default)]
     policy: Option<PathBuf>,
+    #[serde(default)]
+    resources: ResourcesFile,
 }
 
 const fn default_memory_mib() -> u64 {
@@ -227,6 +233,91 @@ struct LimitsFile {
     lease_file_kib_per_second: Option<u32>,
     lease_received_kib_per_second: Option<u32>,
     tenant_throttle_s: Option<u64>,
+}
+
+/// `[pool.resources]`: the limits on each slot's QEMU. Every one is
+/// optional; an absent one keeps the default derived from `vcpus` and
+/// `memory_mib` (`paddock::libvirt::Profile::tuning`).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourcesFile {
+    /// Host CPU time the whole QEMU may use, in per cent of one CPU
+    /// (default 100 per vCPU).
+    cpu_percent: Option<u32>,
+    /// Relative CPU weight against other domains (default 1024 per vCPU).
+    cpu_shares: Option<u32>,
+    /// Memory hard limit of the QEMU process, guest RAM included.
+    memory_hard_limit_mib: Option<u64>,
+    /// Most threads QEMU may have.
+    pids_max: Option<u32>,
+    /// TCG translation cache.
+    tcg_tb_cache_mib: Option<u64>,
+}
+
+/// The fewest threads a QEMU is let have besides one per vCPU: an idle one
+/// has 3 of its own here, up to 7 under disk I/O and snapshots.
+const MIN_QEMU_THREADS: u32 = 16;
+
+impl ResourcesFile {
+    /// The pool's limits: the defaults for `vcpus` and `memory_mib` with
+    /// the file's values in their place.
+    fn to_tuning(
+        self,
+        vcpus: u32,
+        memory_mib: u64,
+    ) -> Result<paddock::libvirt::Tuning, (&'static str, String)> {
+        let mut tuning = Profile::Custom(Resources { vcpus, memory_mib }).tuning();
+        if let Some(percent) = self.cpu_percent {
+            if !(1..=100_000).contains(&percent) {
+                return Err(("resources.cpu_percent", "must be 1 to 100000".into()));
+            }
+            tuning.cpu_quota = Some(CpuQuota::percent_of_one_cpu(percent));
+        }
+        if let Some(shares) = self.cpu_shares {
+            if !(2..=262_144).contains(&shares) {
+                return Err(("resources.cpu_shares", "must be 2 to 262144".into()));
+            }
+            tuning.cpu_shares = Some(shares);
+        }
+        if let Some(mib) = self.tcg_tb_cache_mib {
+            if !(16..=4096).contains(&mib) {
+                return Err(("resources.tcg_tb_cache_mib", "must be 16 to 4096".into()));
+            }
+            tuning.tcg_tb_cache_mib = Some(mib);
+            if self.memory_hard_limit_mib.is_none() {
+                // The default limit makes room for the default cache.
+                tuning.memory_hard_limit_mib = tuning.memory_hard_limit_mib.map(|limit| {
+                    limit
+                        .saturating_sub(paddock::libvirt::TCG_TB_CACHE_MIB)
+                        .saturating_add(mib)
+                });
+            }
+        }
+        if let Some(mib) = self.memory_hard_limit_mib {
+            let floor = memory_mib.saturating_add(tuning.tcg_tb_cache_mib.unwrap_or(0));
+            if mib <= floor {
+                return Err((
+                    "resources.memory_hard_limit_mib",
+                    format!(
+                        "must be above {floor}: the guest's memory and QEMU's translation \
+                         cache, or QEMU is killed when the guest uses them"
+                    ),
+                ));
+            }
+            tuning.memory_hard_limit_mib = Some(mib);
+        }
+        if let Some(max) = self.pids_max {
+            let floor = MIN_QEMU_THREADS.saturating_add(vcpus);
+            if max < floor {
+                return Err((
+                    "resources.pids_max",
+                    format!("must be at least {floor}: QEMU's own threads and one per vCPU"),
+                ));
+            }
+            tuning.pids_max = Some(max);
+        }
+        Ok(tuning)
+    }
 }
 
 /// One pool: what the library needs to make it.
@@ -393,6 +484,7 @@ impl PoolFile {
         let mut spec = VmPoolSpec::new(&self.name);
         spec.memory_mib = self.memory_mib;
         spec.vcpus = self.vcpus;
+        spec.tuning = Some(self.resources.to_tuning(self.vcpus, self.memory_mib)?);
         spec.warmup.clone_from(&self.warmup);
         if let Some(rewarm) = &self.rewarm {
             spec.rewarm.clone_from(rewarm);
@@ -598,6 +690,67 @@ min_redy = 2
                 .contains("pool.a.limits.lease_execs_per_second"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn resources_default_from_the_vms_and_take_the_files_values() {
+        let pool = |resources: &str| {
+            parse(&format!(
+                "[server]\nimage = \"/i\"\n[[pool]]\nname = \"a\"\nvcpus = 2\nmemory_mib = 512\n{resources}"
+            ))
+        };
+        let defaults = pool("").expect("no [pool.resources]");
+        let expected = Profile::Custom(Resources {
+            vcpus: 2,
+            memory_mib: 512,
+        })
+        .tuning();
+        assert_eq!(defaults.pools[0].spec.tuning, Some(expected));
+        let set = pool(
+            "[pool.resources]\ncpu_percent = 50\ncpu_shares = 100\nmemory_hard_limit_mib = 1000\n\
+             pids_max = 64\ntcg_tb_cache_mib = 128\n",
+        )
+        .expect("all set");
+        let tuning = set.pools[0].spec.tuning.expect("tuning");
+        assert_eq!(tuning.cpu_quota, Some(CpuQuota::percent_of_one_cpu(50)));
+        assert_eq!(tuning.cpu_shares, Some(100));
+        assert_eq!(tuning.memory_hard_limit_mib, Some(1000));
+        assert_eq!(tuning.pids_max, Some(64));
+        assert_eq!(tuning.tcg_tb_cache_mib, Some(128));
+        let smaller_cache = pool("[pool.resources]\ntcg_tb_cache_mib = 64\n").expect("cache");
+        assert_eq!(
+            smaller_cache.pools[0]
+                .spec
+                .tuning
+                .and_then(|t| t.memory_hard_limit_mib),
+            expected
+                .memory_hard_limit_mib
+                .map(|limit| limit - paddock::libvirt::TCG_TB_CACHE_MIB + 64),
+            "the default memory limit follows the cache"
+        );
+        for (resources, field) in [
+            ("cpu_percent = 0", "pool.a.resources.cpu_percent"),
+            ("cpu_shares = 1", "pool.a.resources.cpu_shares"),
+            (
+                "memory_hard_limit_mib = 768",
+                "pool.a.resources.memory_hard_limit_mib",
+            ),
+            ("pids_max = 17", "pool.a.resources.pids_max"),
+            ("tcg_tb_cache_mib = 8", "pool.a.resources.tcg_tb_cache_mib"),
+        ] {
+            let err = pool(&format!("[pool.resources]\n{resources}\n")).expect_err(resources);
+            match &err {
+                ConfigError::Invalid {
+                    line, field: at, ..
+                } => {
+                    assert_eq!(*line, 3, "{err}");
+                    assert_eq!(at, field, "{err}");
+                }
+                other => panic!("{resources}: {other:?}"),
+            }
+        }
+        let unknown = pool("[pool.resources]\ncpus = 2\n").expect_err("unknown key");
+        assert!(unknown.to_string().contains("cpus"), "{unknown}");
     }
 
     #[test]

@@ -223,6 +223,7 @@ impl Daemon {
             let spec = &declared.spec;
             let same_vms = running_spec.memory_mib == spec.memory_mib
                 && running_spec.vcpus == spec.vcpus
+                && running_spec.tuning == spec.tuning
                 && running_spec.warmup == spec.warmup
                 && running_spec.rewarm == spec.rewarm
                 && running_spec.reset == spec.reset;
