@@ -116,6 +116,11 @@ pub struct TestSandboxOptions {
     pub channel: ChannelConfig,
     /// Guest memory.
     pub memory_mib: u64,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// The limits on the domain's QEMU; `None`: the defaults for the vCPUs
+    /// and memory.
+    pub tuning: Option<paddock_libvirt::Tuning>,
     /// How long the agent may take to answer after the domain started.
     pub ready_timeout: Duration,
     /// Kernel command line to use instead of the image's.
@@ -132,6 +137,8 @@ impl Default for TestSandboxOptions {
             network: NetworkMode::Isolated,
             channel: ChannelConfig::VirtioSerial,
             memory_mib: 256,
+            vcpus: 1,
+            tuning: None,
             ready_timeout: Duration::from_secs(90),
             cmdline: None,
             scratch_disk_mib: None,
@@ -173,6 +180,8 @@ impl TestSandbox {
         config.network = options.network;
         config.channel = options.channel;
         config.memory_mib = options.memory_mib;
+        config.vcpus = options.vcpus;
+        config.tuning = options.tuning;
         config.ready_timeout = options.ready_timeout;
         config.cmdline = options.cmdline;
         config.state_disk_mib = options.scratch_disk_mib;
