@@ -50,6 +50,7 @@ fn spec(channel: AgentChannel, network: NetworkMode) -> DomainSpec {
         console_log: "/run/paddock/pool-web/17/console.log".into(),
         channel,
         network,
+        run_as: None,
     }
 }
 

@@ -315,6 +315,66 @@ async fn every_new_qemu_of_a_slot_is_confined() -> TestResult {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_limit_below_what_qemu_needs_is_enforced() -> TestResult {
+    if !enabled("a_thread_limit_below_what_qemu_needs_is_enforced") {
+        return Ok(());
+    }
+    // Parallel disk writes make QEMU start block workers (7 threads in
+    // all here); one thread more than an idle QEMU has leaves no room.
+    let tuning = Tuning {
+        pids_max: Some(5),
+        ..Profile::Custom(Resources {
+            vcpus: 1,
+            memory_mib: 256,
+        })
+        .tuning()
+    };
+    let sandbox = TestSandbox::boot(TestSandboxOptions {
+        tuning: Some(tuning),
+        scratch_disk_mib: Some(64),
+        ..TestSandboxOptions::default()
+    })
+    .await?;
+    let pid = qemu_pid(sandbox.name())?;
+    // Not `assert_cgroups_applied`: QEMU may have more threads than that
+    // when it is moved in (the kernel lets it; only new ones are refused).
+    let pids = cgroup_of(pid, "pids")?;
+    ensure!(std::fs::read_to_string(pids.join("pids.max"))?.trim() == "5");
+    let events = || stat_file(&pids.join("pids.events"));
+    let refused_before = events()?.get("max").copied().unwrap_or(0);
+    let mut writes = Execute::shell(
+        "for i in 1 2 3 4 5 6 7 8; do dd if=/dev/urandom of=/dev/vda bs=64k count=100 \
+         seek=$((i * 100)) oflag=direct 2>/dev/null & done; wait; echo written",
+    );
+    writes.timeout_ms = Some(60_000);
+    let outcome = sandbox.client().exec_collect(writes).await;
+    let alive = qemu_pid(sandbox.name()).is_ok_and(|now| now == pid);
+    if alive {
+        let refused = events()?.get("max").copied().unwrap_or(0) - refused_before;
+        eprintln!("QEMU alive; thread creations refused: {refused}");
+        ensure!(
+            refused > 0,
+            "the kernel refused QEMU a thread beyond pids.max"
+        );
+        ensure!(threads_of(pid) <= 5, "{} threads", threads_of(pid));
+    } else {
+        // QEMU aborts when it cannot start a thread (its cgroup goes with
+        // it): why the default leaves room for all of them.
+        let log = std::fs::read_to_string(
+            Path::new("/var/log/libvirt/qemu").join(format!("{}.log", sandbox.name())),
+        )?;
+        eprintln!("QEMU ended; the writes: {:?}", outcome.map(|o| o.result));
+        ensure!(
+            log.contains("qemu_thread_create: Resource temporarily unavailable"),
+            "QEMU ended because a thread was refused: {}",
+            log.lines().rev().take(3).collect::<Vec<_>>().join(" | ")
+        );
+    }
+    sandbox.destroy().await?;
+    Ok(())
+}
+
 /// Guest CPU time a QEMU may use over `elapsed` under `quota`, with room
 /// for the scheduler's accounting (a period's overrun, 10 ms ticks).
 fn quota_bound(quota: CpuQuota, elapsed: Duration) -> Duration {
@@ -607,5 +667,162 @@ async fn a_memory_limit_below_what_qemu_needs_stops_the_guest_with_a_typed_error
     }
     drop(lease);
     pool.close().await?;
+    Ok(())
+}
+
+/// A system user of a test's own, in the `libvirt-qemu` group (QEMU reads
+/// its per-domain files under `/var/lib/libvirt/qemu`, `0750` on Debian),
+/// removed with its group on drop.
+struct TestUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+impl TestUser {
+    fn create() -> anyhow::Result<Self> {
+        let name = format!("paddock-t{}", unique_marker());
+        let made = std::process::Command::new("useradd")
+            .args(["--system", "--no-create-home", "--home-dir", "/nonexistent"])
+            .args(["--shell", "/usr/sbin/nologin", "--user-group"])
+            .args(["--groups", "libvirt-qemu", &name])
+            .output()?;
+        ensure!(
+            made.status.success(),
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        // From here on the drop removes it.
+        let mut user = Self {
+            name,
+            uid: 0,
+            gid: 0,
+        };
+        user.uid = id(&["-u", &user.name])?;
+        user.gid = id(&["-g", &user.name])?;
+        Ok(user)
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel")
+            .arg(&self.name)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn id(args: &[&str]) -> anyhow::Result<u32> {
+    let out = std::process::Command::new("id").args(args).output()?;
+    ensure!(out.status.success(), "id {args:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// The ids of a `/proc/<pid>/status` line (`Uid:`, `Gid:`, `Groups:`).
+fn status_ids(pid: u32, field: &str) -> anyhow::Result<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .with_context(|| format!("no {field} in the status of {pid}"))?;
+    Ok(line
+        .split_whitespace()
+        .filter_map(|id| id.parse().ok())
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_can_run_its_qemus_as_a_user_of_its_own() -> TestResult {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    if !enabled("a_pool_can_run_its_qemus_as_a_user_of_its_own") {
+        return Ok(());
+    }
+    let user = TestUser::create()?;
+    let group = std::process::Command::new("getent")
+        .args(["group", "libvirt-qemu"])
+        .output()?;
+    let libvirt_qemu: u32 = String::from_utf8_lossy(&group.stdout)
+        .split(':')
+        .nth(2)
+        .context("the libvirt-qemu group")?
+        .parse()?;
+    let label = paddock_libvirt::DacLabel {
+        uid: user.uid,
+        gid: user.gid,
+    };
+    let paddock = test_paddock().await?;
+    let mut spec = VmPoolSpec::new(format!("cu{}", unique_marker()));
+    // A new QEMU and a new overlay at every reset.
+    spec.reset = ResetStrategy::Restore;
+    spec.run_as = Some(label);
+    spec.client = test_config();
+    let pool = paddock
+        .create_pool(
+            spec,
+            PoolConfig {
+                min_ready: 1,
+                max_size: 1,
+                acquire_timeout: Duration::from_secs(120),
+                health_check_interval: None,
+                ..PoolConfig::default()
+            },
+        )
+        .await?;
+    pool.wait_ready(Duration::from_secs(180)).await?;
+    // A sandbox of libvirt's own user, from the same kernel and
+    // initramfs, at the same time: libvirt relabels no shared file for the
+    // pool, so neither is refused.
+    let neighbour = TestSandbox::boot(TestSandboxOptions::default()).await?;
+    let neighbour_pid = qemu_pid(neighbour.name())?;
+    ensure!(status_ids(neighbour_pid, "Uid:")?[0] != user.uid);
+    let mut pids = Vec::new();
+    for round in 0..2 {
+        let lease = pool.acquire().await?;
+        let pid = qemu_pid(lease.name())?;
+        ensure!(
+            status_ids(pid, "Uid:")? == [user.uid; 4],
+            "round {round}: QEMU runs as {}",
+            user.name
+        );
+        ensure!(status_ids(pid, "Gid:")? == [user.gid; 4]);
+        ensure!(
+            status_ids(pid, "Groups:")?.contains(&libvirt_qemu),
+            "libvirt gave QEMU the user's groups"
+        );
+        let overlay = &lease.spec().disk.as_ref().context("a disk")?.overlay;
+        let meta = std::fs::metadata(overlay)?;
+        ensure!(
+            (meta.uid(), meta.gid(), meta.permissions().mode() & 0o777)
+                == (user.uid, user.gid, 0o600),
+            "the overlay {} is the user's alone",
+            overlay.display()
+        );
+        assert_cgroups_applied(pid, &lease.spec().tuning)?;
+        let out = lease
+            .client()
+            .exec_collect(Execute::shell(
+                "echo written | dd of=/dev/vda conv=fsync 2>/dev/null && \
+                 echo 3 > /proc/sys/vm/drop_caches && head -c 8 /dev/vda",
+            ))
+            .await?;
+        ensure!(
+            out.stdout == b"written\n",
+            "the guest writes its disk through QEMU: {:?} {}",
+            out.result,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pids.push(pid);
+        lease.release();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        pids[0] != pids[1],
+        "the reset ran a new QEMU, as the user too"
+    );
+    neighbour.destroy().await?;
+    pool.close().await?;
+    drop(user);
     Ok(())
 }

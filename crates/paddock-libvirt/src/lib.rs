@@ -62,7 +62,7 @@ pub use network::{
 };
 pub use overlay::{OverlayError, create_blank_qcow2, create_overlay, remove_overlay};
 pub use paddock_spec::{
-    Acceleration, AgentChannel, Boot, CpuQuota, DomainRole, DomainSpec, ImageFormat,
+    Acceleration, AgentChannel, Boot, CpuQuota, DacLabel, DomainRole, DomainSpec, ImageFormat,
     METADATA_NAMESPACE, MacAddress, NatAttachment, NetworkMode, OverlayDisk, PaddockMetadata,
     Profile, QEMU_OVERHEAD_MIB, QEMU_OVERHEAD_PER_VCPU_MIB, QEMU_THREADS, Resources,
     SavedImageError, SavedImageHeader, TCG_TB_CACHE_MIB, Tuning, Uuid, VsockCid, XmlError,

@@ -104,6 +104,7 @@ fn tiny(name: &str, slot: u32, dir: &Path, network: NetworkMode) -> DomainSpec {
             name: "org.paddock.agent.0".into(),
         },
         network,
+        run_as: None,
     }
 }
 

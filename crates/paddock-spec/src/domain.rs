@@ -40,6 +40,31 @@ pub struct DomainSpec {
     pub channel: AgentChannel,
     /// The guest's network.
     pub network: NetworkMode,
+    /// The host user and group QEMU runs as, instead of libvirt's (user
+    /// `libvirt-qemu`); `None` keeps libvirt's.
+    pub run_as: Option<DacLabel>,
+}
+
+/// A host user and group for a domain's QEMU: libvirt's static DAC label,
+/// rendered as `<seclabel type='static' model='dac' relabel='no'>`.
+///
+/// libvirt changes the owner of no file for it (`relabel='no'`): with
+/// `relabel='yes'` it would chown the image's kernel and initramfs, which
+/// every pool shares, and refuses ("already in use") while a domain of
+/// another user runs from them. So the files QEMU opens by path must be
+/// readable by the user (the image's are world-readable) and its writable
+/// ones (disk overlays) handed to it by the caller; libvirt opens the
+/// console log, the agent socket and saved images itself and passes them
+/// to QEMU. The user must be in the `libvirt-qemu` group: QEMU reads its
+/// per-domain files under `/var/lib/libvirt/qemu`, which is `0750
+/// libvirt-qemu:libvirt-qemu` on Debian, and libvirt gives QEMU the user's
+/// groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DacLabel {
+    /// The user id.
+    pub uid: u32,
+    /// The group id.
+    pub gid: u32,
 }
 
 /// What a domain is, as far as Paddock is concerned. Stored in the domain's

@@ -92,6 +92,14 @@ pub fn render_domain(spec: &DomainSpec) -> Result<String, XmlError> {
         w.text(event, &[], "destroy")?;
     }
     render_devices(&mut w, spec)?;
+    if let Some(label) = spec.run_as {
+        w.start(
+            "seclabel",
+            &[("type", "static"), ("model", "dac"), ("relabel", "no")],
+        )?;
+        w.text("label", &[], &format!("+{}:+{}", label.uid, label.gid))?;
+        w.end("seclabel")?;
+    }
     if let AgentChannel::HybridVsock { socket } = &spec.channel {
         let socket = utf8(socket, "hybrid vsock socket")?;
         let chardev = format!(

@@ -5,8 +5,8 @@
 //! re-exports all of it.
 //!
 //! - [`DomainSpec`] describes a sandbox domain (profile, cgroup limits,
-//!   accelerator, boot, disk overlay, agent channel, network, and Paddock's
-//!   metadata); [`render_domain`] turns it into domain XML with quick-xml and
+//!   accelerator, boot, disk overlay, agent channel, network, the user
+//!   QEMU runs as, and Paddock's metadata); [`render_domain`] turns it into domain XML with quick-xml and
 //!   [`parse_metadata`] reads the metadata back from a domain's XML.
 //! - [`NetworkSpec`] describes a Paddock network with a DHCP
 //!   [`Reservation`] per slot; [`render_network`] writes its XML.
@@ -34,7 +34,7 @@ mod xml;
 
 pub use definition::{DefinitionUpdate, definition_update};
 pub use domain::{
-    Acceleration, AgentChannel, Boot, CpuQuota, DomainRole, DomainSpec, ImageFormat,
+    Acceleration, AgentChannel, Boot, CpuQuota, DacLabel, DomainRole, DomainSpec, ImageFormat,
     METADATA_NAMESPACE, MacAddress, NatAttachment, NetworkMode, OverlayDisk, PaddockMetadata,
     Profile, QEMU_OVERHEAD_MIB, QEMU_OVERHEAD_PER_VCPU_MIB, QEMU_THREADS, Resources,
     TCG_TB_CACHE_MIB, Tuning, VsockCid, kvm_usable,

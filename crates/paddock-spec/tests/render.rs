@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use paddock_spec::{
-    Acceleration, Boot, CpuQuota, NetworkKind, SnapshotSpec, TCG_TB_CACHE_MIB, Tuning, XmlError,
-    load_filters, render_domain, render_network, render_snapshot,
+    Acceleration, Boot, CpuQuota, DacLabel, NetworkKind, SnapshotSpec, TCG_TB_CACHE_MIB, Tuning,
+    XmlError, load_filters, render_domain, render_network, render_snapshot,
 };
 use sample::{Chan, Net};
 
@@ -48,6 +48,13 @@ fn documents() -> Vec<(String, &'static str, String)> {
         "domain-disk-boot.xml".into(),
         "domain",
         render_domain(&disk_boot).expect("renders"),
+    ));
+    let mut run_as = sample::domain(Net::Isolated, Chan::VirtioSerial);
+    run_as.run_as = Some(DacLabel { uid: 995, gid: 995 });
+    docs.push((
+        "domain-run-as.xml".into(),
+        "domain",
+        render_domain(&run_as).expect("renders"),
     ));
     for (kind, name) in [
         (NetworkKind::Nat, "nat"),
@@ -135,7 +142,7 @@ fn validate(schema: &str, path: &Path) {
 fn generated_domains_networks_and_snapshots_validate_against_libvirt_schemas() {
     let dir = tempfile::tempdir().expect("tempdir");
     let docs = documents();
-    assert_eq!(docs.len(), 9 + 1 + 2 + 1);
+    assert_eq!(docs.len(), 9 + 2 + 2 + 1);
     for (name, schema, xml) in docs {
         let path = dir.path().join(name);
         std::fs::write(&path, xml).expect("write");

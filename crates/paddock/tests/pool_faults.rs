@@ -86,6 +86,7 @@ fn spec(index: u32) -> DomainSpec {
             name: "org.paddock.agent.0".into(),
         },
         network: NetworkMode::Isolated,
+        run_as: None,
     }
 }
 

@@ -98,5 +98,6 @@ pub fn domain(net: Net, chan: Chan) -> DomainSpec {
                 mac: MacAddress([0x52, 0x54, 0x00, 0xbe, 0xef, 0x03]),
             },
         },
+        run_as: None,
     }
 }

@@ -46,8 +46,8 @@ use paddock_agent_client::{AgentClient, ClientConfig, Execute, RequestGate, Tran
 use paddock_events::{Emitter, EventKind};
 use paddock_image::GuestImage;
 use paddock_libvirt::{
-    AgentChannel, DomainRole, DomainSpec, ImageFormat, Libvirt, NatAttachment, NetworkMode,
-    OverlayDisk, RestoreMode, SnapshotSpec, Tuning, Uuid, create_overlay,
+    AgentChannel, DacLabel, DomainRole, DomainSpec, ImageFormat, Libvirt, NatAttachment,
+    NetworkMode, OverlayDisk, RestoreMode, SnapshotSpec, Tuning, Uuid, create_overlay,
 };
 
 use super::VmError;
@@ -100,6 +100,11 @@ pub struct VmPoolSpec {
     /// cgroups after each new QEMU (creation, `Restore` and `Revert`
     /// resets), before the slot is ready.
     pub tuning: Option<Tuning>,
+    /// The host user and group the pool's QEMUs run as instead of
+    /// libvirt's (`libvirt-qemu`), so that a QEMU broken into reaches
+    /// neither other pools' disks nor their QEMUs; `None` (the default)
+    /// keeps libvirt's. See [`DacLabel`] for what the host needs.
+    pub run_as: Option<DacLabel>,
     /// Shell commands run in the template before the golden is captured;
     /// each must exit 0.
     pub warmup: Vec<String>,
@@ -132,6 +137,7 @@ impl VmPoolSpec {
             memory_mib: 256,
             vcpus: 1,
             tuning: None,
+            run_as: None,
             warmup: Vec::new(),
             rewarm: vec!["true".into()],
             reset: ResetStrategy::default(),
@@ -574,6 +580,7 @@ impl VmBackend {
         create_qemu_dir(dir)?;
         if let Some(disk) = &spec.disk {
             create_overlay(disk).await?;
+            super::dac::hand_over(disk, spec.run_as).await?;
         }
         let vm = self
             .libvirt
@@ -670,6 +677,7 @@ impl VmBackend {
                 phases.stop_or_revert = lap();
                 if let Some(disk) = &slot.spec().disk {
                     create_overlay(disk).await?;
+                    super::dac::hand_over(disk, slot.spec().run_as).await?;
                 }
                 phases.overlay = lap();
                 self.libvirt

@@ -110,6 +110,7 @@ impl Golden {
         config.memory_mib = spec.memory_mib;
         config.vcpus = spec.vcpus;
         config.tuning = spec.tuning;
+        config.run_as = spec.run_as;
         config.ready_timeout = spec.boot_timeout;
         config.client = spec.client.clone();
         config.base_disk = Some(base_disk.clone());

@@ -9,8 +9,19 @@
 //!   restored from the golden and the three reset strategies.
 //! - [`network`]: each slot's address on a NAT-filtered network.
 //! - [`recover`]: removing what a crashed process left of a pool.
+//!
+//! Every new QEMU, a sandbox's, a slot's restored from the golden, or one a
+//! `Restore` or `Revert` reset starts, is confined before its guest is
+//! handed out: libvirt applies the CPU limits of its
+//! [`paddock_libvirt::Tuning`] and the rest of the domain XML (QEMU's
+//! seccomp sandbox is libvirt's default), and
+//! [`paddock_libvirt::Vm::confine`] writes the memory hard limit and the
+//! thread limit into its cgroups. A pool may run its QEMUs as a host user
+//! of its own ([`VmPoolSpec::run_as`]); each disk overlay is then handed to
+//! that user.
 
 pub mod backend;
+mod dac;
 mod error;
 pub mod golden;
 pub mod guest;

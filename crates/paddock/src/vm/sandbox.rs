@@ -23,9 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use paddock_agent_client::{AgentClient, ClientConfig, Transport};
 use paddock_image::GuestImage;
 use paddock_libvirt::{
-    Acceleration, AgentChannel, Boot, DomainRole, DomainSpec, ImageFormat, Libvirt, NetworkMode,
-    OverlayDisk, PaddockMetadata, Profile, Resources, SnapshotInfo, SnapshotSpec, Tuning, Uuid, Vm,
-    create_blank_qcow2, create_overlay,
+    Acceleration, AgentChannel, Boot, DacLabel, DomainRole, DomainSpec, ImageFormat, Libvirt,
+    NetworkMode, OverlayDisk, PaddockMetadata, Profile, Resources, SnapshotInfo, SnapshotSpec,
+    Tuning, Uuid, Vm, create_blank_qcow2, create_overlay,
 };
 
 use super::VmError;
@@ -76,6 +76,10 @@ pub struct SandboxConfig {
     /// The limits on the domain's QEMU; `None`: the defaults for `vcpus`
     /// and `memory_mib` ([`Profile::tuning`]).
     pub tuning: Option<Tuning>,
+    /// The host user and group QEMU runs as instead of libvirt's (see
+    /// [`DacLabel`] for what the host needs); the disk overlay is handed
+    /// to them.
+    pub run_as: Option<DacLabel>,
     /// The guest's network.
     pub network: NetworkMode,
     /// How the host reaches the agent.
@@ -112,6 +116,7 @@ impl SandboxConfig {
             memory_mib: 256,
             vcpus: 1,
             tuning: None,
+            run_as: None,
             network: NetworkMode::Isolated,
             channel: ChannelConfig::VirtioSerial,
             ready_timeout: Duration::from_secs(90),
@@ -180,6 +185,9 @@ impl Sandbox {
             (None, Some(mib)) => Some(state_disk(&dir, mib).await?),
             (None, None) => None,
         };
+        if let Some(disk) = &disk {
+            super::dac::hand_over(disk, config.run_as).await?;
+        }
         let resources = Resources {
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
@@ -221,6 +229,7 @@ impl Sandbox {
                 },
             },
             network: config.network.clone(),
+            run_as: config.run_as,
         };
         let (backend, transport) = match &config.channel {
             ChannelConfig::VirtioSerial => (
