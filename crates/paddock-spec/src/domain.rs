@@ -131,21 +131,24 @@ pub enum Profile {
 
 /// Memory a QEMU process needs besides guest RAM and the TCG translation
 /// cache, per domain: its heap, libraries, device state and buffers.
-/// Measured here (QEMU 7.2, TCG, 1 vCPU, 256 MiB guest, idle after boot):
-/// resident 374 MiB, of which 256 MiB guest RAM (the guest kernel's
-/// `init_on_free=1` touches all of it at boot) and 55 MiB translated code,
-/// leaving about 63 MiB; this doubles it for transient buffers (snapshots,
-/// saves, disk I/O).
+/// Measured here (QEMU 7.2, TCG, 1 vCPU, 256 MiB guest, idle after boot,
+/// median of three): 373 MiB resident, of which 256 MiB guest RAM (the
+/// guest kernel's `init_on_free=1` touches all of it at boot) and 54 MiB
+/// translated code, leaving 63 MiB (38 MiB anonymous, 25 MiB mapped
+/// files); with the translation cache full, 30 MiB of anonymous memory
+/// besides RAM and cache. This doubles the idle figure for transient
+/// buffers (snapshots, saves, disk I/O).
 pub const QEMU_OVERHEAD_MIB: u64 = 128;
 
 /// Memory a QEMU process needs per vCPU besides [`QEMU_OVERHEAD_MIB`]: the
-/// vCPU thread's stack and its software TLB.
+/// vCPU thread's stack and its software TLB, which grows with the guest's
+/// working set. A second vCPU added 3.4 MiB to an idle guest here.
 pub const QEMU_OVERHEAD_PER_VCPU_MIB: u64 = 16;
 
 /// The default TCG translation cache (`<features><tcg><tb-cache>`). QEMU's
 /// own default here is 1 GiB (an eighth of host memory, at most 1 GiB),
 /// which it may fill and keep resident; the busybox guest's boot and every
-/// busybox applet translated 55-62 MiB, so 256 MiB leaves room for larger
+/// busybox applet translated 55-61 MiB, so 256 MiB leaves room for larger
 /// guest programs while bounding QEMU's memory four times tighter.
 pub const TCG_TB_CACHE_MIB: u64 = 256;
 
