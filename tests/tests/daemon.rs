@@ -292,7 +292,9 @@ policy = "{read_only}"
     assert_eq!(policy.as_deref(), Some("read-only"), "{pools:?}");
     let table = stdout(&daemon.operator(&["pools"])?);
     assert!(
-        table.lines().any(|l| l.starts_with(other.as_str()) && l.contains("read-only")),
+        table
+            .lines()
+            .any(|l| l.starts_with(other.as_str()) && l.contains("read-only")),
         "{table}"
     );
     let listed = daemon.operator(&["exec", &other, "--", "ls", "/"])?;
