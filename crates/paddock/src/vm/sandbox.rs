@@ -73,7 +73,9 @@ pub struct SandboxConfig {
     pub memory_mib: u64,
     /// Virtual CPUs.
     pub vcpus: u32,
-    /// The guest's network.
+    /// The guest's network. A sandbox on a NAT-filtered network is on a
+    /// network its caller applied; so is the host firewall of its bridge
+    /// ([`super::HostFirewall`]), which pools apply themselves.
     pub network: NetworkMode,
     /// How the host reaches the agent.
     pub channel: ChannelConfig,
