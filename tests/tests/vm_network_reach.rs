@@ -2,9 +2,10 @@
 //! of one pool behind `paddock-egress`: not to the host's address on the
 //! pool's bridge, not to the other slot, not into the private ranges or
 //! link-local (the cloud metadata address), not anywhere through the DHCP
-//! ports, not out with another IP, MAC or ARP claim than its own; and an
-//! isolated guest has no NIC at all. (The host's *other* addresses are a
-//! known gap, in an ignored test below.)
+//! ports, not out with another IP, MAC or ARP claim than its own, not to
+//! any other of the host's addresses (Paddock's host firewall of the
+//! bridge, `paddock::vm::firewall`, whose rules go when the pool closes);
+//! and an isolated guest has no NIC at all.
 //!
 //! Every target is made by the test: the test host ([`NetnsHost`]) lives in
 //! a network namespace and also carries the metadata address and one
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use paddock::vm::HostFirewall;
 use paddock::{PoolConfig, PoolNetwork, ResetStrategy, VmPool, VmPoolSpec};
 use paddock_agent_client::{AgentClient, Execute};
 use paddock_libvirt::{NatAttachment, NetworkKind, NetworkSpec, builtin_filters};
@@ -205,14 +207,25 @@ impl Drop for PoolDirGuard {
 struct Reach {
     // Dropped in this order: the probe leaves the bridge, the pool goes
     // (a pool dropped unclosed destroys its slots), then the test host and
-    // its route, then the network.
+    // its route, the host firewall of the bridge, then the network.
     probe: BridgeProbe,
     pool: VmPool,
     _pool_dir: PoolDirGuard,
     pool_name: String,
     network: NetworkSpec,
     test_host: NetnsHost,
+    _firewall: FirewallGuard,
     _network: NetworkGuard,
+}
+
+/// Removes the host firewall of the pool's bridge on drop: a pool dropped
+/// unclosed (a failing test) leaves it.
+struct FirewallGuard(HostFirewall);
+
+impl Drop for FirewallGuard {
+    fn drop(&mut self) {
+        let _ = self.0.remove_blocking();
+    }
 }
 
 impl Reach {
@@ -229,6 +242,7 @@ impl Reach {
             slots: 3,
         };
         let guard = NetworkGuard(network.name.clone());
+        let firewall = FirewallGuard(HostFirewall::new(&network)?);
         let mut test_host =
             NetnsHost::start_with_addresses(&format!("rh{tag}"), &[WEB], &extra_addresses())?;
         // Before any guest exists: whatever a guest on this bridge sends past
@@ -272,24 +286,53 @@ impl Reach {
             pool_name,
             network,
             test_host,
+            _firewall: firewall,
             _network: guard,
         })
     }
 
-    /// Closes the pool and checks it left nothing on disk.
+    /// Closes the pool and checks it left nothing on disk and no host
+    /// firewall rule of its bridge.
     async fn close(self) -> TestResult {
         let Self {
             probe,
             pool,
             pool_name,
+            network,
             ..
         } = self;
         drop(probe);
+        assert!(
+            !firewall_rules(&network.bridge)?.is_empty(),
+            "control: the pool's bridge has its host firewall while the pool is open"
+        );
         pool.close().await?;
         let dir = std::path::Path::new(POOL_ROOT).join(&pool_name);
         assert!(!dir.exists(), "{} is still there", dir.display());
+        let left = firewall_rules(&network.bridge)?;
+        assert!(left.is_empty(), "the closed pool left {left:?}");
         Ok(())
     }
+}
+
+/// The lines of `iptables -t mangle -S` (the table of Paddock's host
+/// firewall) that name `bridge`: its chain and the jump to it.
+fn firewall_rules(bridge: &str) -> anyhow::Result<Vec<String>> {
+    let out = std::process::Command::new("iptables")
+        .args(["-w", "-t", paddock::vm::firewall::TABLE, "-S"])
+        .output()
+        .context("running iptables -S")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "iptables -S: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chain = format!("{}{bridge}", paddock::vm::firewall::CHAIN_PREFIX);
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.contains(&chain) || line.contains(&format!("-i {bridge} ")))
+        .map(str::to_owned)
+        .collect())
 }
 
 /// The test host's addresses besides its own: the metadata address and the
@@ -344,11 +387,10 @@ async fn nat_filtered_slots_reach_nothing_they_should_not() -> TestResult {
 /// The host's other addresses (here its end of the test host's veth pair)
 /// on ports the filter allows. The filter cannot tell them from the outside
 /// (nwfilter has no "destination is this host" match, and the filter only
-/// names the gateway), so a guest reaches a service listening on all of
-/// the host's addresses there; run it with `--ignored` to see it fail.
+/// names the gateway), so what stops the guest is the host firewall of the
+/// pool's bridge (`paddock::vm::firewall`). Without its rules this test
+/// fails: the listeners on ports 80 and 443 answer the guest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: the filter blocks the host's address on the pool's bridge only \
-            (nwfilters/README.md); this fails until the host is guarded another way"]
 async fn nat_filtered_slots_reach_none_of_the_hosts_other_addresses() -> TestResult {
     if !enabled("nat_filtered_slots_reach_none_of_the_hosts_other_addresses") {
         return Ok(());

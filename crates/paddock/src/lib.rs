@@ -145,7 +145,8 @@ impl Paddock {
     }
 
     /// Creates the pool `spec` describes: checks the configuration, defines
-    /// its network and filters, removes what an earlier process left of a
+    /// its network and filters and applies the host firewall of its bridge
+    /// ([`vm::HostFirewall`]), removes what an earlier process left of a
     /// pool of that name (once, before anything of the new pool exists),
     /// builds its golden (boot, warm-up, capture), and starts filling it.
     /// Returns before `min_ready` slots are ready ([`Pool::wait_ready`]
@@ -154,7 +155,8 @@ impl Paddock {
     /// # Errors
     /// [`VmError::Pool`] or [`VmError::Config`] for an invalid
     /// configuration; otherwise why the network or the golden could not be
-    /// made.
+    /// made, or [`VmError::Firewall`] when its host firewall could not be
+    /// applied.
     pub async fn create_pool(
         &self,
         spec: VmPoolSpec,
@@ -192,10 +194,14 @@ impl Paddock {
             network, filters, ..
         } = &spec.network
         {
+            let firewall = vm::HostFirewall::new(network)?;
             for filter in filters {
                 self.libvirt.apply_filter(filter).await?;
             }
             self.libvirt.apply_network(network).await?;
+            // On every creation, not only when the network is new: the
+            // rules do not survive a reboot, the network does.
+            firewall.apply().await?;
         }
         let recovered = vm::recover_pool(&self.libvirt, &spec.name, &pool_dir).await?;
         if recovered > 0 {

@@ -52,6 +52,7 @@ use paddock_libvirt::{
 
 use super::VmError;
 use super::error::check_socket_path;
+use super::firewall::HostFirewall;
 use super::golden::Golden;
 use super::guest::{Guest, create_qemu_dir};
 use super::network::{PoolNetwork, SlotAddresses, configure_guest};
@@ -1064,12 +1065,14 @@ impl Pool<VmBackend> {
     /// Shuts the pool down ([`Pool::shutdown`]) and removes all it made:
     /// its slots, removals that failed earlier (waiting up to
     /// [`CLOSE_WAIT`] for libvirtd if it is away), the golden's files, and
-    /// the pool's directory. Returns `Ok` only when no domain and no file
-    /// of the pool is left.
+    /// the pool's directory, then (once no domain of the pool is left) the
+    /// host firewall of a NAT-filtered pool's bridge ([`HostFirewall`]; the
+    /// network itself stays defined). Returns `Ok` only when no domain, no
+    /// file and no firewall rule of the pool is left.
     ///
     /// # Errors
-    /// [`VmError::NotClosed`] listing what is left, or a golden file that
-    /// cannot be removed.
+    /// [`VmError::NotClosed`] listing what is left, a golden file that
+    /// cannot be removed, or [`VmError::Firewall`].
     pub async fn close(&self) -> Result<(), VmError> {
         self.close_within(CLOSE_WAIT).await
     }
@@ -1095,6 +1098,7 @@ impl Pool<VmBackend> {
         }
         // Only if empty: anything else there is not the pool's.
         let _ = tokio::fs::remove_dir(&backend.pool_dir).await;
+
         let listed = match reachable {
             Ok(()) => backend.libvirt.paddock_domains().await,
             Err(unreachable) => Err(unreachable),
@@ -1113,11 +1117,23 @@ impl Pool<VmBackend> {
         };
         left.sort();
         left.dedup();
+        // The network stays defined; its bridge's host firewall goes with
+        // the pool's last domain (the next pool on the network applies it
+        // again). While a guest of the pool may be left, it stays.
+        let firewall = match &backend.spec.network {
+            PoolNetwork::NatFiltered { network, .. } if left.is_empty() && cause.is_none() => {
+                match HostFirewall::new(network) {
+                    Ok(firewall) => firewall.remove().await,
+                    Err(err) => Err(err),
+                }
+            }
+            _ => Ok(()),
+        };
         let paths: Vec<PathBuf> = std::fs::read_dir(&backend.pool_dir)
             .map(|entries| entries.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
         if left.is_empty() && paths.is_empty() && cause.is_none() {
-            Ok(())
+            firewall.map_err(VmError::Firewall)
         } else {
             Err(VmError::NotClosed {
                 domains: left,

@@ -7,6 +7,7 @@ use paddock_agent_client::{ClientError, Continuity};
 use paddock_image::ImageError;
 use paddock_libvirt::{ApplyError, ConfineError, DomainState, LibvirtError, OverlayError};
 
+use super::firewall::FirewallError;
 use crate::pool::PoolError;
 
 /// Why an operation on a sandbox, a golden or a VM pool failed.
@@ -93,6 +94,10 @@ pub enum VmError {
     /// The pool's network or filters could not be defined.
     #[error("Cannot set up the pool's network")]
     Network(#[from] ApplyError),
+    /// The host firewall of the pool's bridge could not be applied or
+    /// removed.
+    #[error("Cannot set up the host firewall of the pool's network")]
+    Firewall(#[from] FirewallError),
     /// The slot's agent answers but is not the one its session began with:
     /// it was restarted in the guest (killed and respawned), so whatever ran
     /// in the lease is gone with it.
@@ -201,6 +206,7 @@ impl VmError {
             Self::CommandFailed { .. } => "command_failed",
             Self::NoFreeAddress { .. } => "no_free_address",
             Self::Network(_) => "network",
+            Self::Firewall(_) => "firewall",
             Self::AgentRestarted { .. } => "agent_restarted",
             Self::GuestStopped { .. } => "guest_stopped",
             Self::Image(_) => "image_missing",

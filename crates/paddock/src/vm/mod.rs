@@ -8,6 +8,8 @@
 //! - [`backend`]: the pool's [`crate::pool::SlotBackend`] of VMs: slots
 //!   restored from the golden and the three reset strategies.
 //! - [`network`]: each slot's address on a NAT-filtered network.
+//! - [`firewall`]: the host firewall of a NAT-filtered pool's bridge (what
+//!   a guest may send to the host itself).
 //! - [`recover`]: removing what a crashed process left of a pool.
 //!
 //! Every new QEMU, a sandbox's, a slot's restored from the golden, or one a
@@ -23,6 +25,7 @@
 pub mod backend;
 mod dac;
 mod error;
+pub mod firewall;
 pub mod golden;
 pub mod guest;
 pub mod network;
@@ -33,6 +36,7 @@ pub use backend::{
     GoldenRebuild, ResetPhases, ResetStrategy, SlotSample, VmBackend, VmPoolSpec, VmSlot,
 };
 pub use error::{SOCKET_PATH_MAX, VmError};
+pub use firewall::{FirewallError, HostFirewall};
 pub use golden::{Golden, GoldenId};
 pub use guest::{Guest, create_qemu_dir};
 pub use network::{PoolNetwork, identity_script};

@@ -33,11 +33,14 @@ pub enum PoolNetwork {
     #[default]
     Isolated,
     /// Each slot on a Paddock NAT network, with its own reserved MAC and
-    /// IPv4 address, behind an nwfilter.
+    /// IPv4 address, behind an nwfilter, and the host behind the host
+    /// firewall of the network's bridge ([`super::HostFirewall`]).
     NatFiltered {
         /// The network, one per pool (each pool hands out all of its
         /// reservations). [`crate::Paddock::create_pool`] defines or
-        /// updates it; it stays defined after the pool closes. It needs
+        /// updates it and applies its bridge's host firewall; the network
+        /// stays defined after the pool closes, the firewall goes with the
+        /// pool (`Pool::close`). It needs
         /// more reservations ([`NetworkSpec::slots`]) than the pool's
         /// `max_size`: the last one is the golden's.
         network: NetworkSpec,

@@ -80,7 +80,9 @@ pub struct SandboxConfig {
     /// [`DacLabel`] for what the host needs); the disk overlay is handed
     /// to them.
     pub run_as: Option<DacLabel>,
-    /// The guest's network.
+    /// The guest's network. A sandbox on a NAT-filtered network is on a
+    /// network its caller applied; so is the host firewall of its bridge
+    /// ([`super::HostFirewall`]), which pools apply themselves.
     pub network: NetworkMode,
     /// How the host reaches the agent.
     pub channel: ChannelConfig,
