@@ -548,6 +548,57 @@ fn domains_of(pool: &str) -> anyhow::Result<Vec<String>> {
     })
 }
 
+/// `paddock gc` never turns a bad pool name into a path: `--pool` is
+/// refused naming the rule, and a directory in the state root whose name
+/// breaks it is skipped, its contents left alone. No VM: libvirt's test
+/// driver stands in.
+#[test]
+fn gc_refuses_and_skips_bad_pool_names() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("state");
+    // What gc would remove under a pool's directory, under a bad name.
+    let kept = root.join("Bad Name").join("slot-0");
+    std::fs::create_dir_all(&kept)?;
+    let socket = dir.path().join("no-daemon.sock");
+    let binary = paddock_tests::daemon::paddock_binary()?;
+    let gc = |extra: &[&str]| {
+        std::process::Command::new(&binary)
+            .args(["--socket", &socket.to_string_lossy(), "gc"])
+            .args(["--libvirt-uri", "test:///default", "--state-root"])
+            .arg(&root)
+            .args(extra)
+            .output()
+    };
+    for bad in ["../state", "a/b", "", "Bad Name"] {
+        let refused = gc(&["--pool", bad])?;
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            stderr(&refused)
+        );
+        assert!(
+            stderr(&refused).contains("--pool") && stderr(&refused).contains("pool name"),
+            "{bad:?}: {}",
+            stderr(&refused)
+        );
+    }
+    let swept = gc(&[])?;
+    assert!(
+        swept.status.success(),
+        "{}{}",
+        stdout(&swept),
+        stderr(&swept)
+    );
+    assert!(
+        stderr(&swept).contains("skipping \"Bad Name\""),
+        "{}",
+        stderr(&swept)
+    );
+    assert!(kept.exists(), "a bad name's directory was left alone");
+    Ok(())
+}
+
 #[test]
 fn gc_removes_what_a_killed_daemon_left_and_doctor_checks_the_host() -> TestResult {
     if !enabled("gc_removes_what_a_killed_daemon_left_and_doctor_checks_the_host") {

@@ -369,13 +369,22 @@ fn summary(line: &[u8]) -> String {
 }
 
 /// `paddock gc`: removes every Paddock domain and pool directory (or only
-/// `only`'s), when no daemon answers on `socket`.
+/// `only`'s), when no daemon answers on `socket`. A pool name that breaks
+/// the naming rule ([`paddock::names`]) is refused for `only`, and skipped
+/// (with a warning) when a domain's metadata or a directory gives it: it
+/// must never become a path.
 pub async fn gc(
     only: Option<&str>,
     uri: &str,
     state_root: &Path,
     socket: &Path,
 ) -> Result<u8, Failure> {
+    if let Some(only) = only {
+        paddock::names::check_pool_name(only).map_err(|err| Failure {
+            status: 2,
+            error: anyhow::Error::new(err).context("--pool"),
+        })?;
+    }
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
         return Err(Failure {
             status: 1,
@@ -406,6 +415,13 @@ pub async fn gc(
     if let Some(only) = only {
         pools.retain(|pool| pool == only);
     }
+    pools.retain(|pool| match paddock::names::check_pool_name(pool) {
+        Ok(()) => true,
+        Err(err) => {
+            eprintln!("skipping {pool:?}: not a pool's name ({err})");
+            false
+        }
+    });
     let mut removed = 0;
     for pool in &pools {
         let dir = state_root.join(pool);

@@ -1,6 +1,9 @@
 //! The daemon's configuration file (TOML): the server's listeners and
 //! files, the tenants and their tokens, and the pools. Unknown keys are
-//! errors, and every error names the file, the line and the field.
+//! errors, and every error names the file, the line and the field. Pool
+//! names follow the library's rule ([`paddock::names`]: 1 to 20 of `a-z`,
+//! `0-9`, `-` and `_`, starting with a letter or digit); a file with
+//! another is refused at load, naming the rule it broke.
 //!
 //! ```toml
 //! [server]
@@ -412,13 +415,16 @@ impl Config {
             let span = pool.span();
             let declared = pool.get_ref();
             let field = |name: &str| format!("pool.{}.{name}", declared.name);
-            if !valid_pool_name(&declared.name)
-                || pools.iter().any(|p| p.spec.name == declared.name)
-            {
+            // The library's rule: pool names become paths, domain names
+            // and XML.
+            if let Err(err) = paddock::names::check_pool_name(&declared.name) {
+                return Err(invalid(span, field("name"), err.to_string()));
+            }
+            if pools.iter().any(|p| p.spec.name == declared.name) {
                 return Err(invalid(
                     span,
                     field("name"),
-                    "1 to 32 of a-z, 0-9 and '-', and not the name of another pool".into(),
+                    "the name of another pool".into(),
                 ));
             }
             let mut declaration = declared
@@ -451,14 +457,6 @@ fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset)
         .map_or(0, |before| before.matches('\n').count())
         + 1
-}
-
-/// Pool names become part of domain names and paths.
-fn valid_pool_name(name: &str) -> bool {
-    (1..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn rate(
@@ -751,6 +749,50 @@ min_redy = 2
         }
         let unknown = pool("[pool.resources]\ncpus = 2\n").expect_err("unknown key");
         assert!(unknown.to_string().contains("cpus"), "{unknown}");
+    }
+
+    #[test]
+    fn pool_names_follow_the_librarys_rule_and_bad_ones_name_their_line() {
+        let file = |name: &str| {
+            format!(
+                "[server]\nimage = \"/i\"\n\n[[pool]]\nname = \"ok\"\n\n[[pool]]\nname = {}\n",
+                toml::Value::String(name.to_owned())
+            )
+        };
+        for good in ["py", "ci-runners", "web_3", "0day", "abcdefghijklmnopqrst"] {
+            let config = parse(&file(good)).unwrap_or_else(|err| panic!("{good}: {err}"));
+            assert_eq!(config.pools[1].spec.name, good);
+        }
+        // Each bad name, and words of the rule its error must give.
+        let bad = [
+            ("", "cannot be empty"),
+            ("abcdefghijklmnopqrstu", "at most 20"),
+            ("../etc", "only a-z"),
+            ("a/b", "only a-z"),
+            ("Bad Name", "only a-z"),
+            ("a b", "only a-z"),
+            ("q\"uote", "only a-z"),
+            ("<x>", "only a-z"),
+            ("a&b", "only a-z"),
+            ("-rf", "starts with"),
+            ("_x", "starts with"),
+        ];
+        for (name, rule) in bad {
+            let err = parse(&file(name)).expect_err(name);
+            match &err {
+                ConfigError::Invalid {
+                    line,
+                    field,
+                    problem,
+                    ..
+                } => {
+                    assert_eq!(*line, 7, "{name:?}: {err}");
+                    assert_eq!(field, &format!("pool.{name}.name"), "{err}");
+                    assert!(problem.contains(rule), "{name:?}: {err}");
+                }
+                other => panic!("{name:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

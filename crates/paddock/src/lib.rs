@@ -34,6 +34,7 @@
 //! ```
 
 pub mod limits;
+pub mod names;
 pub mod observe;
 pub mod pool;
 pub mod vm;
@@ -153,15 +154,17 @@ impl Paddock {
     /// waits for them).
     ///
     /// # Errors
-    /// [`VmError::Pool`] or [`VmError::Config`] for an invalid
-    /// configuration; otherwise why the network or the golden could not be
-    /// made, or [`VmError::Firewall`] when its host firewall could not be
-    /// applied.
+    /// [`VmError::Name`] for a pool name that breaks the naming rule
+    /// ([`names`]), [`VmError::Pool`] or [`VmError::Config`] for an invalid
+    /// configuration (all before anything is made); otherwise why the
+    /// network or the golden could not be made, or [`VmError::Firewall`]
+    /// when its host firewall could not be applied.
     pub async fn create_pool(
         &self,
         spec: VmPoolSpec,
         mut config: PoolConfig,
     ) -> Result<VmPool, VmError> {
+        names::check_pool_name(&spec.name)?;
         config.validate()?;
         let events = self
             .config

@@ -542,10 +542,7 @@ async fn a_pool_whose_sockets_would_not_fit_is_refused_before_anything_is_made()
         .await
         .expect("test driver");
     let err = paddock
-        .create_pool(
-            paddock::VmPoolSpec::new("a-pool-name-long-enough-to-overflow"),
-            config(1, 1),
-        )
+        .create_pool(paddock::VmPoolSpec::new("a-pool-name-long"), config(1, 1))
         .await
         .expect_err("the golden's socket path is too long");
     let VmError::SocketPathTooLong { path, len } = &err else {
@@ -553,4 +550,82 @@ async fn a_pool_whose_sockets_would_not_fit_is_refused_before_anything_is_made()
     };
     assert!(*len > paddock::vm::SOCKET_PATH_MAX, "{err}");
     assert!(path.ends_with("agent.sock"), "{err}");
+}
+
+/// An image whose files need not exist: the tests below fail before any
+/// is read.
+fn no_image() -> paddock::GuestImage {
+    paddock::GuestImage {
+        hash: "none".into(),
+        kernel: "/nonexistent/vmlinuz".into(),
+        initramfs: "/nonexistent/initramfs".into(),
+        cmdline: String::new(),
+        agent_serial_port: "org.paddock.agent.0".into(),
+        agent_vsock_port: 1024,
+        root_disk: None,
+        build: None,
+    }
+}
+
+/// Names that would climb out of the state root, break XML or a domain
+/// name, or are empty: each entry point refuses them before making
+/// anything (and a name too long for it).
+const BAD_NAMES: [&str; 6] = ["../escape", "a/b", "quote\"d", "<pool>", "has space", ""];
+
+#[tokio::test]
+async fn create_pool_refuses_bad_names_before_anything_is_made() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut settings = paddock::PaddockConfig::new(no_image());
+    settings.libvirt_uri = "test:///default".into();
+    settings.state_root = root.path().join("state");
+    let paddock = paddock::Paddock::connect(settings)
+        .await
+        .expect("test driver");
+    for name in BAD_NAMES.into_iter().chain(["a-name-too-long-for-a-pool"]) {
+        let err = paddock
+            .create_pool(paddock::VmPoolSpec::new(name), config(1, 1))
+            .await
+            .expect_err(name);
+        assert!(matches!(err, VmError::Name(_)), "{name:?}: {err:?}");
+        let rule = std::error::Error::source(&err)
+            .expect("the rule")
+            .to_string();
+        assert!(rule.contains("pool name"), "{name:?}: {rule}");
+    }
+    assert!(
+        !root.path().join("state").exists(),
+        "nothing was made for a bad name"
+    );
+    assert!(!root.path().join("escape").exists());
+}
+
+#[tokio::test]
+async fn sandbox_boot_and_recovery_refuse_bad_names() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let libvirt = Libvirt::open("test:///default").await.expect("test driver");
+    let too_long = "x".repeat(paddock::names::SANDBOX_NAME_MAX + 1);
+    for name in BAD_NAMES.into_iter().chain([too_long.as_str()]) {
+        let mut config = paddock::SandboxConfig::new(name);
+        config.state_root = root.path().join("state");
+        let err = paddock::Sandbox::boot(&libvirt, &no_image(), config)
+            .await
+            .expect_err(name);
+        assert!(matches!(err, VmError::Name(_)), "{name:?}: {err:?}");
+        let rule = std::error::Error::source(&err)
+            .expect("the rule")
+            .to_string();
+        assert!(rule.contains("sandbox name"), "{name:?}: {rule}");
+    }
+    assert!(!root.path().join("state").exists(), "nothing was made");
+    // Recovery (`paddock gc`) of a pool named by a domain's metadata or a
+    // directory: a bad name removes nothing.
+    let victim = root.path().join("slot-0");
+    std::fs::create_dir(&victim).expect("mkdir");
+    for name in ["..", "../x", "a/b"] {
+        let err = paddock::vm::recover_pool(&libvirt, name, &root.path().join("state").join(name))
+            .await
+            .expect_err(name);
+        assert!(matches!(err, VmError::Name(_)), "{name:?}: {err:?}");
+    }
+    assert!(victim.exists(), "a bad name removed nothing");
 }

@@ -88,7 +88,11 @@ const GOLDEN_SNAPSHOT: &str = "golden";
 /// What a pool of VMs is made of.
 #[derive(Debug, Clone)]
 pub struct VmPoolSpec {
-    /// The pool's name: part of every domain name and in their metadata.
+    /// The pool's name: part of every domain name, directory and socket
+    /// path, and in their metadata. It must follow the naming rule
+    /// ([`crate::names`]: 1 to 20 of `a-z`, `0-9`, `-`, `_`, starting with
+    /// a letter or digit); [`crate::Paddock::create_pool`] refuses it
+    /// otherwise.
     pub name: String,
     /// Guest memory.
     pub memory_mib: u64,

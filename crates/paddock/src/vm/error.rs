@@ -142,6 +142,10 @@ pub enum VmError {
         /// Its length in bytes.
         len: usize,
     },
+    /// A pool or sandbox name breaks the naming rule
+    /// ([`crate::names`]); nothing was made from it.
+    #[error("Invalid name")]
+    Name(#[from] crate::names::NameError),
     /// The VM pool's specification is unusable.
     #[error("Invalid VM pool specification: {0}")]
     Config(&'static str),
@@ -211,7 +215,7 @@ impl VmError {
             Self::GuestStopped { .. } => "guest_stopped",
             Self::Image(_) => "image_missing",
             Self::NotClosed { .. } => "not_closed",
-            Self::Config(_) | Self::SocketPathTooLong { .. } => "config",
+            Self::Config(_) | Self::SocketPathTooLong { .. } | Self::Name(_) => "config",
             Self::RebuildUnfinished { .. } => "rebuild_unfinished",
             Self::Pool(_) => "pool",
         }

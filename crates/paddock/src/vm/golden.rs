@@ -66,8 +66,9 @@ impl Golden {
     /// nothing of it is left.
     ///
     /// # Errors
-    /// The template does not boot, a warm-up command fails, or the capture
-    /// fails.
+    /// [`VmError::Name`] for a pool name that breaks the naming rule
+    /// (before anything is made); the template does not boot, a warm-up
+    /// command fails, or the capture fails.
     pub async fn build(
         libvirt: &Libvirt,
         image: &GuestImage,
@@ -75,6 +76,7 @@ impl Golden {
         pool_dir: &Path,
         identity: Option<&NatAttachment>,
     ) -> Result<Self, VmError> {
+        crate::names::check_pool_name(&spec.name)?;
         let id = Uuid::new_v4().simple().to_string();
         let dir = pool_dir.join(format!("golden-{}", &id[..8]));
         create_qemu_dir(&dir)?;

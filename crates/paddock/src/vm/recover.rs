@@ -17,12 +17,15 @@ use super::VmError;
 /// cannot be removed is logged and left; its name stays taken.
 ///
 /// # Errors
-/// libvirt cannot list the domains.
+/// [`VmError::Name`] for a pool name that breaks the naming rule
+/// ([`crate::names`]; nothing is touched), or libvirt cannot list the
+/// domains.
 pub async fn recover_pool(
     libvirt: &Libvirt,
     pool: &str,
     pool_dir: &Path,
 ) -> Result<usize, VmError> {
+    crate::names::check_pool_name(pool)?;
     let mut removed = 0;
     for (vm, metadata) in libvirt.paddock_domains().await? {
         if metadata.pool == pool {

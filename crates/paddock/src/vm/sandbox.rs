@@ -65,7 +65,8 @@ const BACKEND_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How to boot a sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
-    /// The libvirt domain name; also names the sandbox's directory.
+    /// The libvirt domain name; also names the sandbox's directory. It
+    /// must follow the naming rule ([`crate::names`]).
     pub name: String,
     /// The directory under which the sandbox's own directory is created.
     pub state_root: PathBuf,
@@ -156,14 +157,16 @@ impl Sandbox {
     /// Boots a sandbox from `image` and waits for its agent.
     ///
     /// # Errors
-    /// [`VmError::NotReady`] (with the console tail) when the agent does
-    /// not answer in time; otherwise the failing step's error. Whatever was
-    /// created is removed again.
+    /// [`VmError::Name`] for a name that breaks the naming rule (before
+    /// anything is made); [`VmError::NotReady`] (with the console tail)
+    /// when the agent does not answer in time; otherwise the failing step's
+    /// error. Whatever was created is removed again.
     pub async fn boot(
         libvirt: &Libvirt,
         image: &GuestImage,
         config: SandboxConfig,
     ) -> Result<Self, VmError> {
+        crate::names::check_sandbox_name(&config.name)?;
         let dir = config.state_root.join(&config.name);
         // Before anything is made: QEMU could not bind a longer one.
         for socket in ["agent.sock", "vhost-user.sock"] {
