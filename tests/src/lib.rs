@@ -7,6 +7,7 @@
 //! probes read `/proc` so tests can check what really happened to processes
 //! and memory, not what the code under test reports about itself.
 
+pub mod access;
 pub mod daemon;
 pub mod guest_net;
 pub mod libvirtd;

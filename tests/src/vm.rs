@@ -220,13 +220,14 @@ pub async fn test_domains(libvirt: &Libvirt) -> anyhow::Result<Vec<String>> {
 }
 
 /// A directory for a test domain's files under the tests' sandbox root,
-/// writable by QEMU (which runs as another user).
+/// reachable by QEMU (which runs as another user) as a sandbox's is.
 ///
 /// # Errors
-/// When it cannot be created.
+/// When it cannot be created, or QEMU's group does not exist.
 pub fn domain_dir(name: &str) -> anyhow::Result<PathBuf> {
     let dir = Path::new(SANDBOX_ROOT).join(name);
-    paddock::vm::create_qemu_dir(&dir)?;
+    let group = paddock::vm::QemuGroup::resolve(paddock::vm::DEFAULT_QEMU_GROUP)?;
+    paddock::vm::create_qemu_dir(&dir, &group)?;
     Ok(dir)
 }
 

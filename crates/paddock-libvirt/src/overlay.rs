@@ -7,10 +7,18 @@
 //! the very same `qemu-img` inside libvirtd; calling it directly needs only
 //! the binary (Debian package `qemu-utils`), behaves the same with or
 //! without a daemon (the test driver's volumes exist only in its memory),
-//! and leaves an ordinary file that is removed by unlinking it. libvirt
-//! still labels the files (owner, permissions) when a domain starts.
+//! and leaves an ordinary file that is removed by unlinking it.
+//!
+//! A disk holds a guest's data: every image made here gets mode
+//! [`DISK_MODE`] (0640) once qemu-img wrote it, whatever the umask, so only
+//! its owner and its group (QEMU's, in the directories `paddock` makes)
+//! can read it. libvirt's DAC driver (`dynamic_ownership`) gives the
+//! overlay to QEMU's user while its domain runs and gives it back when the
+//! domain stops; backing images stay QEMU's user's after their first
+//! domain. It changes owners, never modes.
 
 use std::io;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -20,6 +28,10 @@ use tokio::process::Command;
 
 /// How long `qemu-img create` may take (it writes a few KiB of metadata).
 pub const QEMU_IMG_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The mode of every image made here: read-write for its owner, readable
+/// by its group, nothing for others.
+pub const DISK_MODE: u32 = 0o640;
 
 /// Why an overlay could not be created or removed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +56,16 @@ pub enum OverlayError {
         status: ExitStatus,
         /// What it printed on stderr.
         stderr: String,
+    },
+    /// The new image's mode could not be set to [`DISK_MODE`]; it was
+    /// removed again.
+    #[error("Could not set the mode of the image {path:?}")]
+    Mode {
+        /// The image.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
     },
     /// The overlay file could not be removed.
     #[error("Could not remove the overlay {path:?}")]
@@ -114,6 +136,15 @@ async fn run_qemu_img(mut command: Command, creates: &Path) -> Result<(), Overla
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         });
     }
+    if let Err(source) =
+        tokio::fs::set_permissions(creates, std::fs::Permissions::from_mode(DISK_MODE)).await
+    {
+        let _ = tokio::fs::remove_file(creates).await;
+        return Err(OverlayError::Mode {
+            path: creates.to_path_buf(),
+            source,
+        });
+    }
     Ok(())
 }
 
@@ -128,5 +159,44 @@ pub async fn remove_overlay(disk: &OverlayDisk) -> Result<(), OverlayError> {
             source: e,
         }),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use paddock_spec::ImageFormat;
+
+    use super::*;
+
+    fn have_qemu_img() -> bool {
+        std::process::Command::new("qemu-img")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+
+    #[tokio::test]
+    async fn images_are_closed_to_others_whatever_the_umask() {
+        if !have_qemu_img() {
+            eprintln!("SKIPPED: no qemu-img (package qemu-utils)");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("base.qcow2");
+        // A world-readable file in the way: creating replaces its mode too.
+        std::fs::write(&base, b"old").expect("write");
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        create_blank_qcow2(&base, 1).await.expect("blank");
+        let disk = OverlayDisk {
+            overlay: dir.path().join("overlay.qcow2"),
+            base: base.clone(),
+            base_format: ImageFormat::Qcow2,
+        };
+        create_overlay(&disk).await.expect("overlay");
+        for image in [&base, &disk.overlay] {
+            let mode = std::fs::metadata(image).expect("made").permissions().mode() & 0o7777;
+            assert_eq!(mode, DISK_MODE, "{image:?}: {mode:o}");
+        }
     }
 }

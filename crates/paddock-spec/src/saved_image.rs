@@ -221,7 +221,10 @@ pub fn read_saved_image_header(path: &Path) -> Result<SavedImageHeader, SavedIma
 
 /// Writes `derived` as a copy of the save image `golden` whose domain XML is
 /// `domain_xml` (see the module docs for what the XML may change). Blocking:
-/// it copies the whole memory image; call it from a blocking thread.
+/// it copies the whole memory image; call it from a blocking thread. The
+/// copy holds a guest's memory: it is readable by its owner only (mode
+/// [`DERIVED_IMAGE_MODE`], as libvirt writes saved images), and libvirtd,
+/// which runs as root, reads it for QEMU.
 ///
 /// # Errors
 /// [`SavedImageError`] when `golden` is not a usable image or a file
@@ -253,7 +256,8 @@ pub fn derive_saved_image(
     // half-written image under the final name.
     let partial = derived.with_extension("partial");
     let result = (|| {
-        let mut output = BufWriter::new(File::create(&partial).map_err(derived_io)?);
+        let file = create_private(&partial).map_err(derived_io)?;
+        let mut output = BufWriter::new(file);
         new_header
             .write_to(&mut output)
             .map_err(|err| with_path(err, derived))?;
@@ -268,6 +272,23 @@ pub fn derive_saved_image(
         let _ = std::fs::remove_file(&partial);
     }
     result
+}
+
+/// The mode of a derived save image: its owner's alone.
+pub const DERIVED_IMAGE_MODE: u32 = 0o600;
+
+/// Creates (or truncates) `path` with mode [`DERIVED_IMAGE_MODE`], whatever
+/// the umask or the mode of a file left there before.
+fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(DERIVED_IMAGE_MODE)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(DERIVED_IMAGE_MODE))?;
+    Ok(file)
 }
 
 fn with_path(err: SavedImageError, path: &Path) -> SavedImageError {
@@ -371,6 +392,25 @@ mod tests {
         assert!(
             matches!(err, SavedImageError::Io { ref path, .. } if path.ends_with("missing.img"))
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_derived_image_is_its_owners_alone() -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir()?;
+        let golden = dir.path().join("golden.img");
+        std::fs::write(&golden, image("<domain/>", b"", b"memory"))?;
+        let derived = dir.path().join("slot.img");
+        // A world-readable file left under the name, and one under the
+        // temporary name: neither mode survives.
+        for stale in [&derived, &derived.with_extension("partial")] {
+            std::fs::write(stale, b"stale")?;
+            std::fs::set_permissions(stale, std::fs::Permissions::from_mode(0o666))?;
+        }
+        derive_saved_image(&golden, "<domain><name>b</name></domain>", &derived)?;
+        let mode = std::fs::metadata(&derived)?.permissions().mode() & 0o7777;
+        assert_eq!(mode, DERIVED_IMAGE_MODE, "{mode:o}");
         Ok(())
     }
 

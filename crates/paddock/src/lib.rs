@@ -64,8 +64,12 @@ pub struct PaddockConfig {
     pub libvirt_uri: String,
     /// The guest image every pool boots.
     pub image: GuestImage,
-    /// Where pools keep their files (a directory per pool).
+    /// Where pools keep their files (a directory per pool). It is made (or
+    /// kept) QEMU's group's, mode 2750 ([`vm::files`]).
     pub state_root: PathBuf,
+    /// The group QEMU runs as (libvirt's `qemu.conf`), which gets the
+    /// pools' directories and files ([`vm::files`]).
+    pub qemu_group: String,
     /// Where the events of every pool go (metrics, the audit log, anomaly
     /// detection and the embedder's own subscribers; see
     /// [`paddock_events`]). `None` (the default) emits nothing.
@@ -93,6 +97,7 @@ impl PaddockConfig {
             libvirt_uri: "qemu:///system".into(),
             image,
             state_root: DEFAULT_STATE_ROOT.into(),
+            qemu_group: vm::DEFAULT_QEMU_GROUP.into(),
             events: None,
             metrics: None,
         }
@@ -156,9 +161,10 @@ impl Paddock {
     /// # Errors
     /// [`VmError::Name`] for a pool name that breaks the naming rule
     /// ([`names`]), [`VmError::Pool`] or [`VmError::Config`] for an invalid
-    /// configuration (all before anything is made); otherwise why the
-    /// network or the golden could not be made, or [`VmError::Firewall`]
-    /// when its host firewall could not be applied.
+    /// configuration, [`VmError::NoQemuGroup`] when QEMU's group does not
+    /// exist (all before anything is made); otherwise why the network or
+    /// the golden could not be made, or [`VmError::Firewall`] when its host
+    /// firewall could not be applied.
     pub async fn create_pool(
         &self,
         spec: VmPoolSpec,
@@ -166,6 +172,7 @@ impl Paddock {
     ) -> Result<VmPool, VmError> {
         names::check_pool_name(&spec.name)?;
         config.validate()?;
+        let group = vm::QemuGroup::resolve(&self.config.qemu_group)?;
         let events = self
             .config
             .events
@@ -207,6 +214,8 @@ impl Paddock {
             firewall.apply().await?;
         }
         let recovered = vm::recover_pool(&self.libvirt, &spec.name, &pool_dir).await?;
+        vm::create_qemu_dir(&self.config.state_root, &group)?;
+        vm::create_qemu_dir(&pool_dir, &group)?;
         if recovered > 0 {
             tracing::info!(
                 pool = spec.name,
@@ -222,6 +231,7 @@ impl Paddock {
             &spec,
             &pool_dir,
             golden_identity.as_ref(),
+            &group,
         )
         .await?;
         vm::backend::golden_events(&events, &golden, spec.reset, started.elapsed());
@@ -230,7 +240,7 @@ impl Paddock {
             self.config.image.clone(),
             golden,
             spec,
-            pool_dir,
+            (pool_dir, group),
             addresses,
             // Always a gate, so that limits can be set while the pool
             // serves; with none set it admits everything.

@@ -18,7 +18,8 @@
 //! header carries the slot's own domain XML
 //! ([`Libvirt::restore_derived`]), a fresh overlay on the golden disk, the
 //! agent socket and the console log. It is restored from that copy, then
-//! reached through its agent.
+//! reached through its agent. The directory and its files are closed to
+//! everyone but root and QEMU's group ([`super::files`]).
 //!
 //! # Reset strategies
 //!
@@ -52,9 +53,10 @@ use paddock_libvirt::{
 
 use super::VmError;
 use super::error::check_socket_path;
+use super::files::{QemuGroup, create_qemu_dir};
 use super::firewall::HostFirewall;
 use super::golden::Golden;
-use super::guest::{Guest, create_qemu_dir};
+use super::guest::Guest;
 use super::network::{PoolNetwork, SlotAddresses, configure_guest};
 use super::recover::Leftovers;
 use crate::pool::{Pool, SlotBackend};
@@ -293,6 +295,8 @@ pub struct VmBackend {
     rebuilding: tokio::sync::Mutex<()>,
     spec: VmPoolSpec,
     pool_dir: PathBuf,
+    /// QEMU's group, which gets the slots' directories and files.
+    group: QemuGroup,
     addresses: Option<SlotAddresses>,
     /// Domains and directories whose removal failed, tried again later.
     leftovers: Leftovers,
@@ -307,15 +311,16 @@ pub struct VmBackend {
 
 impl VmBackend {
     /// A backend for `spec`'s pool that makes slots from `golden` (built
-    /// from `image`) under `pool_dir`, with `addresses` for a NAT-filtered
-    /// pool, emitting its events through the first of the last pair and
-    /// gating its slots' requests through the second.
+    /// from `image`) under `pool_dir`, their files QEMU's `group`'s, with
+    /// `addresses` for a NAT-filtered pool, emitting its events through the
+    /// first of the last pair and gating its slots' requests through the
+    /// second.
     pub(crate) fn new(
         libvirt: Libvirt,
         image: GuestImage,
         golden: Golden,
         spec: VmPoolSpec,
-        pool_dir: PathBuf,
+        (pool_dir, group): (PathBuf, QemuGroup),
         addresses: Option<SlotAddresses>,
         (events, gate): (Emitter, Arc<crate::LeaseGate>),
     ) -> Self {
@@ -329,6 +334,7 @@ impl VmBackend {
             rebuilding: tokio::sync::Mutex::new(()),
             spec,
             pool_dir,
+            group,
             addresses,
             leftovers: Leftovers::default(),
             events,
@@ -430,6 +436,7 @@ impl VmBackend {
             &spec,
             &self.pool_dir,
             identity.as_ref(),
+            &self.group,
         )
         .await?;
         golden_events(&self.events, &built, self.spec.reset, started.elapsed());
@@ -582,7 +589,7 @@ impl VmBackend {
         address: Option<&NatAttachment>,
         events: &Emitter,
     ) -> Result<Guest, VmError> {
-        create_qemu_dir(dir)?;
+        create_qemu_dir(dir, &self.group)?;
         if let Some(disk) = &spec.disk {
             create_overlay(disk).await?;
             super::dac::hand_over(disk, spec.run_as).await?;
@@ -601,6 +608,7 @@ impl VmBackend {
             let _ = vm.discard().await;
             return Err(VmError::confine(&spec.name)(err));
         }
+        super::files::restrict_sockets(dir)?;
         let client = AgentClient::connect(
             Transport::VirtioSerial {
                 path: dir.join("agent.sock"),

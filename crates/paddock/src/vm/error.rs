@@ -146,6 +146,14 @@ pub enum VmError {
     /// ([`crate::names`]); nothing was made from it.
     #[error("Invalid name")]
     Name(#[from] crate::names::NameError),
+    /// The group QEMU runs as (libvirt's `group` in `qemu.conf`; Debian's
+    /// `libvirt-qemu`) does not exist on this host, so the files a guest's
+    /// QEMU uses cannot be given to it alone.
+    #[error("The group {group} does not exist (QEMU's group: is libvirt-daemon-system installed?)")]
+    NoQemuGroup {
+        /// The group's name.
+        group: String,
+    },
     /// The VM pool's specification is unusable.
     #[error("Invalid VM pool specification: {0}")]
     Config(&'static str),
@@ -216,6 +224,7 @@ impl VmError {
             Self::Image(_) => "image_missing",
             Self::NotClosed { .. } => "not_closed",
             Self::Config(_) | Self::SocketPathTooLong { .. } | Self::Name(_) => "config",
+            Self::NoQemuGroup { .. } => "no_qemu_group",
             Self::RebuildUnfinished { .. } => "rebuild_unfinished",
             Self::Pool(_) => "pool",
         }

@@ -25,7 +25,8 @@ use paddock_libvirt::{
 };
 
 use super::backend::{VmPoolSpec, run_commands};
-use super::guest::{create_qemu_dir, remove_dir};
+use super::files::{QemuGroup, create_qemu_dir};
+use super::guest::remove_dir;
 use super::network::configure_guest;
 use super::{Sandbox, SandboxConfig, VmError};
 
@@ -62,8 +63,9 @@ pub struct Golden {
 impl Golden {
     /// Boots a template from `image` in a new golden directory under
     /// `pool_dir`, gives it `identity` (a NAT-filtered pool's golden
-    /// address), runs the warm-up commands and captures it. On failure
-    /// nothing of it is left.
+    /// address), runs the warm-up commands and captures it. Its files go
+    /// to QEMU's `group` ([`super::files`]). On failure nothing of it is
+    /// left.
     ///
     /// # Errors
     /// [`VmError::Name`] for a pool name that breaks the naming rule
@@ -75,12 +77,13 @@ impl Golden {
         spec: &VmPoolSpec,
         pool_dir: &Path,
         identity: Option<&NatAttachment>,
+        group: &QemuGroup,
     ) -> Result<Self, VmError> {
         crate::names::check_pool_name(&spec.name)?;
         let id = Uuid::new_v4().simple().to_string();
         let dir = pool_dir.join(format!("golden-{}", &id[..8]));
-        create_qemu_dir(&dir)?;
-        let built = Self::build_in(libvirt, image, spec, &dir, &id, identity).await;
+        create_qemu_dir(&dir, group)?;
+        let built = Self::build_in(libvirt, image, spec, &dir, &id, identity, group).await;
         if built.is_err() {
             // The template removed itself; its files go too, so a half
             // built golden is never used.
@@ -96,6 +99,7 @@ impl Golden {
         dir: &Path,
         id: &str,
         identity: Option<&NatAttachment>,
+        group: &QemuGroup,
     ) -> Result<Self, VmError> {
         let base_disk = match &image.root_disk {
             Some(root) => root.clone(),
@@ -107,6 +111,7 @@ impl Golden {
         };
         let mut config = SandboxConfig::new(format!("paddock-{}-golden-{}", spec.name, &id[..8]));
         config.state_root = dir.parent().unwrap_or(dir).to_path_buf();
+        config.qemu_group = group.name().to_owned();
         config.pool = spec.name.clone();
         config.role = DomainRole::Golden;
         config.memory_mib = spec.memory_mib;

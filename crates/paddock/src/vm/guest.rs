@@ -102,11 +102,14 @@ impl Guest {
     }
 
     /// Reconnects the agent after a reset and checks that its session shows
-    /// a restored guest; `reset` names the reset for the error.
+    /// a restored guest; `reset` names the reset for the error. A reset
+    /// that started a new QEMU (restore, revert) had libvirt bind the agent
+    /// socket again: its mode is restricted first.
     pub(crate) async fn reconnect_restored(
         &self,
         reset: impl FnOnce() -> String,
     ) -> Result<(), VmError> {
+        super::files::restrict_sockets(&self.dir)?;
         let session = self.client.reconnect().await?;
         let restore_point = self
             .restore_point
@@ -240,18 +243,6 @@ pub(crate) fn discard_on_thread(vm: Option<Vm>, dir: Option<PathBuf>) {
     {
         let _ = thread.join();
     }
-}
-
-/// Creates `dir` (and its parents) as a directory QEMU can create files in:
-/// QEMU runs as `libvirt-qemu` and makes sockets there, so it is mode 0777.
-///
-/// # Errors
-/// [`VmError::Io`] when it cannot be created or its mode set.
-pub fn create_qemu_dir(dir: &Path) -> Result<(), VmError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::create_dir_all(dir).map_err(VmError::io("create", dir))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
-        .map_err(VmError::io("set the permissions of", dir))
 }
 
 /// Removes `dir` and everything in it; a missing one is fine.

@@ -1,6 +1,8 @@
 //! Real VMs: single [`Sandbox`]es, and pools of them ([`VmBackend`]) made
 //! from a [`Golden`] state.
 //!
+//! - [`files`]: who may touch the host files a guest's QEMU uses (their
+//!   group and modes).
 //! - [`guest`]: the core both share, a running domain with its connected
 //!   agent ([`Guest`]), and how it is discarded.
 //! - [`sandbox`]: one VM booted from the image.
@@ -25,6 +27,7 @@
 pub mod backend;
 mod dac;
 mod error;
+pub mod files;
 pub mod firewall;
 pub mod golden;
 pub mod guest;
@@ -36,9 +39,10 @@ pub use backend::{
     GoldenRebuild, ResetPhases, ResetStrategy, SlotSample, VmBackend, VmPoolSpec, VmSlot,
 };
 pub use error::{SOCKET_PATH_MAX, VmError};
+pub use files::{DEFAULT_QEMU_GROUP, QemuGroup, create_qemu_dir};
 pub use firewall::{FirewallError, HostFirewall};
 pub use golden::{Golden, GoldenId};
-pub use guest::{Guest, create_qemu_dir};
+pub use guest::Guest;
 pub use network::{PoolNetwork, identity_script};
 pub use recover::recover_pool;
 pub use sandbox::{ChannelConfig, DEFAULT_STATE_ROOT, Sandbox, SandboxConfig};

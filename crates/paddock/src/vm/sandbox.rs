@@ -30,7 +30,10 @@ use paddock_libvirt::{
 
 use super::VmError;
 use super::error::check_socket_path;
-use super::guest::{Guest, console_tail, create_qemu_dir, discard_on_thread};
+use super::files::{
+    DEFAULT_QEMU_GROUP, QemuGroup, create_qemu_dir, restrict_memory_image, restrict_sockets,
+};
+use super::guest::{Guest, console_tail, discard_on_thread};
 
 /// Where sandboxes keep their files unless configured otherwise: under
 /// libvirt's own state directory, which QEMU (user `libvirt-qemu`) can reach.
@@ -69,7 +72,11 @@ pub struct SandboxConfig {
     /// must follow the naming rule ([`crate::names`]).
     pub name: String,
     /// The directory under which the sandbox's own directory is created.
+    /// It is made (or kept) QEMU's group's, mode 2750 ([`super::files`]).
     pub state_root: PathBuf,
+    /// The group QEMU runs as (libvirt's `qemu.conf`), which gets the
+    /// sandbox's directory and files ([`super::files`]).
+    pub qemu_group: String,
     /// Guest memory.
     pub memory_mib: u64,
     /// Virtual CPUs.
@@ -116,6 +123,7 @@ impl SandboxConfig {
         Self {
             name: name.into(),
             state_root: DEFAULT_STATE_ROOT.into(),
+            qemu_group: DEFAULT_QEMU_GROUP.into(),
             memory_mib: 256,
             vcpus: 1,
             tuning: None,
@@ -157,22 +165,24 @@ impl Sandbox {
     /// Boots a sandbox from `image` and waits for its agent.
     ///
     /// # Errors
-    /// [`VmError::Name`] for a name that breaks the naming rule (before
-    /// anything is made); [`VmError::NotReady`] (with the console tail)
-    /// when the agent does not answer in time; otherwise the failing step's
-    /// error. Whatever was created is removed again.
+    /// [`VmError::Name`] for a name that breaks the naming rule and
+    /// [`VmError::NoQemuGroup`] when QEMU's group does not exist (both
+    /// before anything is made); [`VmError::NotReady`] (with the console
+    /// tail) when the agent does not answer in time; otherwise the failing
+    /// step's error. Whatever was created is removed again.
     pub async fn boot(
         libvirt: &Libvirt,
         image: &GuestImage,
         config: SandboxConfig,
     ) -> Result<Self, VmError> {
         crate::names::check_sandbox_name(&config.name)?;
+        let group = QemuGroup::resolve(&config.qemu_group)?;
         let dir = config.state_root.join(&config.name);
         // Before anything is made: QEMU could not bind a longer one.
         for socket in ["agent.sock", "vhost-user.sock"] {
             check_socket_path(&dir.join(socket))?;
         }
-        prepare_dirs(&config.state_root, &dir)?;
+        prepare_dirs(&config.state_root, &dir, &group)?;
         let mut files = FilesGuard(Some(dir.clone()));
         let base = config.base_disk.as_ref().or(image.root_disk.as_ref());
         let disk = match (base, config.state_disk_mib) {
@@ -259,6 +269,7 @@ impl Sandbox {
         vm.confine(&spec.tuning)
             .await
             .map_err(VmError::confine(&config.name))?;
+        restrict_sockets(&dir)?;
         let client_config = ClientConfig {
             connect_timeout: config.ready_timeout,
             ..config.client.clone()
@@ -342,6 +353,7 @@ impl Sandbox {
     pub async fn capture(self, memory: &Path, disk: &Path) -> Result<DomainSpec, VmError> {
         self.client().reconnect().await?;
         self.vm().save(memory).await?;
+        restrict_memory_image(memory)?;
         if let Some(overlay) = self.spec().disk.as_ref().map(|d| d.overlay.clone()) {
             tokio::fs::rename(&overlay, disk)
                 .await
@@ -369,8 +381,10 @@ struct BackendProcess(std::process::Child);
 
 impl BackendProcess {
     /// Starts the backend for a sandbox in `dir`: QEMU connects to
-    /// `dir/vhost-user.sock`, the host to `dir/agent.sock`. Both sockets are
-    /// created with umask 0, because QEMU runs as another user.
+    /// `dir/vhost-user.sock`, the host to `dir/agent.sock`. QEMU runs as
+    /// another user: both sockets are created with umask 117 (mode 0660)
+    /// in the set-group-ID directory, so they belong to QEMU's group and to
+    /// no one else.
     async fn start(program: &Path, dir: &Path) -> Result<Self, VmError> {
         let failed = |problem: String| VmError::VsockBackend {
             program: program.to_owned(),
@@ -383,7 +397,7 @@ impl BackendProcess {
             dir.join("agent.sock").display()
         );
         let child = std::process::Command::new("/bin/sh")
-            .args(["-c", "umask 000; exec \"$0\" \"$@\""])
+            .args(["-c", "umask 117; exec \"$0\" \"$@\""])
             .arg(program)
             .args(["--vm", &spec])
             .stdin(std::process::Stdio::null())
@@ -438,13 +452,12 @@ impl Drop for FilesGuard {
     }
 }
 
-/// Creates the state root (traversable by QEMU's user) and the sandbox's
-/// directory.
-fn prepare_dirs(root: &Path, dir: &Path) -> Result<(), VmError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    create_qemu_dir(dir)?;
-    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))
-        .map_err(VmError::io("set the permissions of", root))
+/// Creates the state root and the sandbox's directory as QEMU's group's,
+/// closed to others ([`super::files`]); an existing state root is given
+/// that group and mode too.
+fn prepare_dirs(root: &Path, dir: &Path, group: &QemuGroup) -> Result<(), VmError> {
+    create_qemu_dir(root, group)?;
+    create_qemu_dir(dir, group)
 }
 
 /// A blank qcow2 base of `mib` MiB and an overlay on it, in `dir`: the
