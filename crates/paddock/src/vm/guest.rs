@@ -255,9 +255,85 @@ pub(crate) async fn remove_dir(dir: &Path) -> Result<(), VmError> {
     }
 }
 
-/// The last `lines` lines of a console log (empty if there is none yet).
+/// The most of a console log [`Guest::console_tail`] reads: the guest
+/// writes the log, so it can be of any size; only its end is read.
+pub const CONSOLE_TAIL_MAX_BYTES: u64 = 64 * 1024;
+
+/// The last `lines` lines of a console log (empty if there is none yet),
+/// from at most its last [`CONSOLE_TAIL_MAX_BYTES`], decoded as lossy
+/// UTF-8.
 pub(crate) fn console_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let bytes = read_tail(path, CONSOLE_TAIL_MAX_BYTES).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The last `max` bytes of the file at `path` (all of it if shorter). When
+/// the file is longer, the first, partial line of what was read is dropped.
+fn read_tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read as _, Seek as _};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(max);
+    file.seek(std::io::SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    // The guest may still be writing: `take` keeps the bound.
+    file.take(max).read_to_end(&mut bytes)?;
+    if start > 0 {
+        let first_line_end = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(0, |at| at + 1);
+        bytes.drain(..first_line_end);
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    #[test]
+    fn the_console_tail_reads_only_the_end_of_a_large_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.log");
+        let mut file = std::fs::File::create(&path).expect("create");
+        // 32 MiB of one endless line, then invalid UTF-8 and a few lines.
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..32 {
+            file.write_all(&block).expect("write");
+        }
+        file.write_all(b"\nbad \xff\xfe bytes\nline 1\nline 2\nlast line")
+            .expect("write");
+        drop(file);
+        let tail = console_tail(&path, 3);
+        assert_eq!(tail, "line 1\nline 2\nlast line");
+        let tail = console_tail(&path, 4);
+        assert_eq!(
+            tail,
+            "bad \u{fffd}\u{fffd} bytes\nline 1\nline 2\nlast line"
+        );
+        // Asked for more lines than the window holds: what the window has,
+        // without the megabytes of `x` cut at its start.
+        let tail = console_tail(&path, 1_000_000);
+        assert_eq!(
+            tail,
+            "bad \u{fffd}\u{fffd} bytes\nline 1\nline 2\nlast line"
+        );
+        let window = read_tail(&path, CONSOLE_TAIL_MAX_BYTES).expect("read");
+        assert!(window.len() as u64 <= CONSOLE_TAIL_MAX_BYTES);
+    }
+
+    #[test]
+    fn a_short_or_missing_log_is_read_whole_or_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.log");
+        assert_eq!(console_tail(&path, 10), "");
+        std::fs::write(&path, "one\ntwo\nthree\n").expect("write");
+        assert_eq!(console_tail(&path, 2), "two\nthree");
+        assert_eq!(console_tail(&path, 10), "one\ntwo\nthree");
+    }
 }
