@@ -655,7 +655,8 @@ impl AgentClient {
     }
 
     /// Downloads the guest file `remote` to the local path `local`, with the
-    /// guest file's permission bits. Nothing is left under `local` on failure.
+    /// guest file's permission bits (set-ID and sticky bits dropped). Nothing is
+    /// left under `local` on failure.
     ///
     /// # Errors
     /// As [`AgentClient::get_writer`], or [`ClientError::LocalIo`].

@@ -16,6 +16,16 @@
 //! bounded the same way by the credit this side grants ([`RecvCredit`]). A
 //! stream nobody reads (a dropped [`crate::OutputStream`]) has its data
 //! discarded and its credit returned at once, so it never stalls the agent.
+//!
+//! Everything the agent sends is hostile input, and nothing it sends makes
+//! this side queue without bound: a PING is answered only while no earlier
+//! PONG waits in the writer queue (an agent that floods PINGs and reads
+//! nothing gets one answer, not a growing queue), a request takes one
+//! FILE_INFO and FILE_DATA only after it, and every other kind either ends
+//! its request, is bounded by credit, or ends the session. [`dispatch`](Shared::dispatch) is the whole
+//! of that routing; the `fuzzing` feature drives it, with the handshake
+//! and the requests' consumers, from a scripted agent (`fuzz/`'s
+//! `client_session` target and this crate's proptests).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +64,9 @@ struct Slot {
     outputs: [Option<mpsc::UnboundedSender<Chunk>>; 2],
     recv: Arc<RecvCredit>,
     send: Arc<SendCredit>,
+    /// Whether the request's FILE_INFO came: a second one is a protocol
+    /// error.
+    info_received: bool,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +89,10 @@ struct Shared {
     events: paddock_events::Emitter,
     /// Paces the credit returned for received bytes, if a gate does.
     pacing: Option<Pacing>,
+    /// Set while a PONG waits in the writer queue; cleared by the writer
+    /// once it wrote what it took. PINGs that come meanwhile get no answer
+    /// of their own.
+    pong_queued: std::sync::atomic::AtomicBool,
 }
 
 /// One session with an agent. Dropping it ends the session.
@@ -146,6 +163,7 @@ impl Connection {
                 gate,
                 events: params.events.clone(),
             }),
+            pong_queued: std::sync::atomic::AtomicBool::new(false),
         });
         let reader_task = tokio::spawn(read_loop(Arc::clone(&shared), reader, decoder));
         let writer_task = tokio::spawn(write_loop(Arc::clone(&shared), rx, writer));
@@ -210,6 +228,7 @@ impl Connection {
                 outputs: outputs_tx,
                 recv: Arc::clone(&recv),
                 send: Arc::clone(&send),
+                info_received: false,
             },
         );
         drop(state);
@@ -349,6 +368,8 @@ async fn write_loop(
             shared.fail_all(&ClientError::lost(Some(err)));
             return;
         }
+        // Whatever PONG was queued before this batch was taken is written.
+        shared.pong_queued.store(false, Ordering::Release);
     }
 }
 
@@ -369,6 +390,7 @@ impl Shared {
                 self.pacing.clone(),
             )),
             send: Arc::new(SendCredit::new(self.agent_window)),
+            info_received: false,
         };
         lock(&self.state).slots.insert(id, slot);
         (id, answers)
@@ -384,14 +406,15 @@ impl Shared {
         let id = frame.request_id;
         let message = decode_message(frame).map_err(ClientError::Decode)?;
         let mut state = lock(&self.state);
-        let Some(slot) = state.slots.get(&id) else {
+        let Some(slot) = state.slots.get_mut(&id) else {
             match &message {
                 Message::Error(report) => {
-                    tracing::warn!(id, code = ?report.code, message = %report.message, "agent reported an error");
+                    // Debug-quoted: the text is the guest's.
+                    tracing::warn!(id, code = ?report.code, message = ?report.message, "agent reported an error");
                 }
                 Message::Ping => {
                     drop(state);
-                    return send_frame(&self.writer, id, &Message::Pong);
+                    return self.answer_ping(id);
                 }
                 other => tracing::debug!(id, kind = ?other.kind(), "frame for no open request"),
             }
@@ -408,6 +431,10 @@ impl Shared {
             }
             Message::Stdout(data) => route_output(slot, 0, data),
             Message::Stderr(data) => route_output(slot, 1, data),
+            // FILE_DATA follows a FILE_INFO (FILE_GET's answer): before
+            // one it is no request's data, and a consumer that does not
+            // expect it would drop it without returning its credit.
+            Message::FileData(_) if !slot.info_received => Err(ClientError::Unexpected { kind }),
             Message::FileData(data) => {
                 slot.recv.receive(data.len())?;
                 let len = data.len();
@@ -417,13 +444,15 @@ impl Shared {
                 Ok(())
             }
             Message::WindowUpdate(increment) => slot.send.grant(increment),
+            Message::FileInfo(_) if slot.info_received => Err(ClientError::Unexpected { kind }),
             Message::FileInfo(_) => {
+                slot.info_received = true;
                 let _ = slot.events.send(Ok(message));
                 Ok(())
             }
             Message::Ping => {
                 drop(state);
-                send_frame(&self.writer, id, &Message::Pong)
+                self.answer_ping(id)
             }
             Message::ExecResult(_)
             | Message::Error(_)
@@ -443,6 +472,19 @@ impl Shared {
             // sends were refused above.
             other => Err(ClientError::Unexpected { kind: other.kind() }),
         }
+    }
+
+    /// Queues a PONG for a PING on `id`, unless one is already waiting to
+    /// be written: the agent cannot make the writer queue grow by sending
+    /// PINGs and not reading (the agent never needs an answer to each; it
+    /// sends none of its own, and a peer that pings gets at least one PONG
+    /// per batch the writer gets out).
+    fn answer_ping(&self, id: u64) -> Result<(), ClientError> {
+        if self.pong_queued.swap(true, Ordering::AcqRel) {
+            tracing::trace!(id, "a PONG is already queued; not answering this PING");
+            return Ok(());
+        }
+        send_frame(&self.writer, id, &Message::Pong)
     }
 
     /// Fails every open request and refuses new ones.
@@ -480,4 +522,97 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use paddock_proto::{FileInfo, decode_frame};
+
+    use super::*;
+
+    /// A connection's shared state with no tasks: frames are dispatched by
+    /// hand, and what it would write stays in the returned queue.
+    fn shared() -> (Shared, mpsc::UnboundedReceiver<Vec<u8>>) {
+        let (writer, queue) = mpsc::unbounded_channel();
+        let shared = Shared {
+            state: Mutex::new(State::default()),
+            writer,
+            next_id: AtomicU64::new(100),
+            agent_window: 1024,
+            our_window: 1024,
+            buffered: Arc::new(AtomicU64::new(0)),
+            events: paddock_events::Emitter::disabled(),
+            pacing: None,
+            pong_queued: std::sync::atomic::AtomicBool::new(false),
+        };
+        (shared, queue)
+    }
+
+    fn frame(id: u64, message: &Message) -> Frame {
+        let mut bytes = Vec::new();
+        encode_message(&mut bytes, id, message).expect("encode");
+        decode_frame(&bytes, u32::MAX).expect("decode").0
+    }
+
+    #[test]
+    fn a_ping_flood_queues_one_pong_until_the_writer_wrote_it() {
+        let (shared, mut queue) = shared();
+        let (open, _answers) = shared.open_internal();
+        for id in [0, open, 7].into_iter().cycle().take(10_000) {
+            shared
+                .dispatch(frame(id, &Message::Ping))
+                .expect("a ping is fine");
+        }
+        let queued: Vec<Vec<u8>> = std::iter::from_fn(|| queue.try_recv().ok()).collect();
+        assert_eq!(
+            queued.len(),
+            1,
+            "one PONG for 10,000 PINGs while none was written"
+        );
+        // The writer wrote it: the next PING is answered again.
+        shared.pong_queued.store(false, Ordering::Release);
+        shared.dispatch(frame(0, &Message::Ping)).expect("ping");
+        assert!(
+            queue.try_recv().is_ok(),
+            "answered once the first PONG was out"
+        );
+    }
+
+    #[test]
+    fn file_data_needs_one_file_info_first() {
+        let (shared, _queue) = shared();
+        let (id, mut answers) = shared.open_internal();
+        let data = || frame(id, &Message::FileData(b"data".to_vec()));
+        let info = || {
+            frame(
+                id,
+                &Message::FileInfo(FileInfo {
+                    size: 4,
+                    mode: 0o644,
+                }),
+            )
+        };
+        assert!(matches!(
+            shared.dispatch(data()),
+            Err(ClientError::Unexpected {
+                kind: MessageKind::FileData
+            })
+        ));
+        assert_eq!(
+            shared.buffered.load(Ordering::Relaxed),
+            0,
+            "nothing counted"
+        );
+        shared.dispatch(info()).expect("the first FILE_INFO");
+        shared.dispatch(data()).expect("data after it");
+        assert_eq!(shared.buffered.load(Ordering::Relaxed), 4);
+        assert!(matches!(
+            shared.dispatch(info()),
+            Err(ClientError::Unexpected {
+                kind: MessageKind::FileInfo
+            })
+        ));
+        assert!(matches!(answers.try_recv(), Ok(Ok(Message::FileInfo(_)))));
+        assert!(matches!(answers.try_recv(), Ok(Ok(Message::FileData(_)))));
+    }
 }

@@ -198,7 +198,8 @@ pub(crate) async fn get<W: AsyncWrite + Unpin>(
 
 /// Downloads `remote` to the local `path`: written to a temporary file beside
 /// it and renamed into place only once the checksum matched, so a failed
-/// download never leaves a partial file under the final name.
+/// download never leaves a partial file under the final name. The file gets
+/// the guest's permission bits, never set-ID or sticky ones.
 pub(crate) async fn get_to_path(
     conn: &std::sync::Arc<Connection>,
     remote: &str,
@@ -224,7 +225,7 @@ pub(crate) async fn get_to_path(
         let download = outcome?;
         sink.flush().await.map_err(local_err)?;
         drop(sink);
-        let permissions = std::fs::Permissions::from_mode(download.mode & 0o7777);
+        let permissions = std::fs::Permissions::from_mode(local_mode(download.mode));
         tokio::fs::set_permissions(&partial, permissions)
             .await
             .map_err(local_err)?;
@@ -239,6 +240,14 @@ pub(crate) async fn get_to_path(
 }
 
 use std::os::unix::fs::PermissionsExt as _;
+
+/// The mode a downloaded file gets on the host: the guest's permission
+/// bits, without set-user-ID, set-group-ID and sticky. The mode is the
+/// guest's word: a host process running as root must not turn a file the
+/// guest wrote into a set-user-ID program.
+fn local_mode(guest_mode: u32) -> u32 {
+    guest_mode & 0o777
+}
 
 fn check_remote_path(remote: &str) -> Result<(), ClientError> {
     if remote.starts_with('/') {
@@ -280,7 +289,9 @@ async fn final_error(request: &mut Request, timeout: Duration) -> ClientError {
     loop {
         match next_event(request, timeout, "the agent's error").await {
             Err(err) => return err,
-            Ok(Message::FileDone(_)) | Ok(Message::FileInfo(_)) | Ok(Message::FileData(_)) => {}
+            // Counted when it arrived: give its credit back.
+            Ok(Message::FileData(data)) => request.recv.consumed(data.len()),
+            Ok(Message::FileDone(_) | Message::FileInfo(_)) => {}
             Ok(other) => return unexpected(other),
         }
     }
@@ -289,5 +300,20 @@ async fn final_error(request: &mut Request, timeout: Duration) -> ClientError {
 fn unexpected(message: Message) -> ClientError {
     ClientError::Unexpected {
         kind: message.kind(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guests_set_id_bits_never_reach_the_host() {
+        assert_eq!(local_mode(0o4755), 0o755);
+        assert_eq!(local_mode(0o2750), 0o750);
+        assert_eq!(local_mode(0o1777), 0o777);
+        assert_eq!(local_mode(0o7777), 0o777);
+        assert_eq!(local_mode(0o640), 0o640);
+        assert_eq!(local_mode(u32::MAX), 0o777);
     }
 }
