@@ -29,12 +29,21 @@
 //!   next call; [`AgentClient::session`] tells whether the guest behind it is
 //!   the same boot, a restored snapshot, or a new boot.
 //! - Dropping an [`Execution`] before its result stops it in the guest.
+//! - Everything the agent sends is untrusted: frames are bounded before
+//!   they are buffered, a frame that breaks the protocol ends the session
+//!   with a typed error, and nothing the agent sends makes the client queue
+//!   without bound. The `fuzzing` feature (for `fuzz/`, not an API) drives
+//!   a real client against a scripted hostile agent; the crate's proptests
+//!   do the same.
 
 mod client;
 mod connection;
 mod error;
 mod exec;
 mod files;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod gate;
 mod transport;
 

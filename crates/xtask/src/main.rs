@@ -465,16 +465,18 @@ fn fuzz(seconds: u32) -> anyhow::Result<()> {
         Cmd::cargo(["install", "cargo-fuzz", "--locked"]).run()?;
     }
     let fuzz_dir = workspace_root().join("fuzz");
-    // Each target with its dictionary, and its seeds where the fuzzer would
-    // not find its way past a magic number alone.
+    // Each target with its dictionary, if any, and its seeds where the
+    // fuzzer would not find its way past a magic number alone (or, for the
+    // client's session, to a session that succeeds).
     let targets = [
-        ("frame_decoder", "dict/frame.dict", None),
-        ("message_decode", "dict/message.dict", None),
+        ("frame_decoder", Some("dict/frame.dict"), None),
+        ("message_decode", Some("dict/message.dict"), None),
         (
             "saved_image_header",
-            "dict/saved_image.dict",
+            Some("dict/saved_image.dict"),
             Some("seeds/saved_image_header"),
         ),
+        ("client_session", None, Some("seeds/client_session")),
     ];
     for (target, dict, seeds) in targets {
         let mut cmd = Cmd::cargo(["fuzz", "run", target]);
@@ -484,16 +486,15 @@ fn fuzz(seconds: u32) -> anyhow::Result<()> {
                 .with_context(|| format!("creating fuzz/{corpus}"))?;
             cmd = cmd.arg(corpus).arg(seeds);
         }
-        cmd.args([
-            "--",
-            &format!("-max_total_time={seconds}"),
-            &format!("-dict={dict}"),
-        ])
-        .dir(&fuzz_dir)
-        // cargo-fuzz passes nightly-only flags; the stable compiler accepts
-        // them with RUSTC_BOOTSTRAP (no nightly toolchain is available here).
-        .env("RUSTC_BOOTSTRAP", "1")
-        .run()?;
+        cmd = cmd.args(["--".to_owned(), format!("-max_total_time={seconds}")]);
+        if let Some(dict) = dict {
+            cmd = cmd.arg(format!("-dict={dict}"));
+        }
+        cmd.dir(&fuzz_dir)
+            // cargo-fuzz passes nightly-only flags; the stable compiler accepts
+            // them with RUSTC_BOOTSTRAP (no nightly toolchain is available here).
+            .env("RUSTC_BOOTSTRAP", "1")
+            .run()?;
     }
     Ok(())
 }
