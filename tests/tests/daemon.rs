@@ -650,6 +650,11 @@ fn gc_removes_what_a_killed_daemon_left_and_doctor_checks_the_host() -> TestResu
         "{}",
         stdout(&doctor)
     );
+    assert!(
+        stdout(&doctor).contains("ok    QEMU's group libvirt-qemu exists"),
+        "{}",
+        stdout(&doctor)
+    );
     let broken = std::process::Command::new(&binary)
         .args(["doctor", "--image", "/nonexistent/manifest.json"])
         .output()?;

@@ -504,6 +504,13 @@ pub async fn doctor(image: Option<&Path>, uri: &str, state_root: &Path) -> Resul
                 .map(|err| format!("{err}: build it with `cargo xtask image`")),
         });
     }
+    // Sandbox files belong to QEMU's group and no one else's.
+    checks.push(Check {
+        what: format!("QEMU's group {} exists", paddock::vm::DEFAULT_QEMU_GROUP),
+        problem: paddock::vm::QemuGroup::resolve(paddock::vm::DEFAULT_QEMU_GROUP)
+            .err()
+            .map(|err| format!("{err}: install libvirt-daemon-system")),
+    });
     let free = free_bytes(state_root.parent().unwrap_or(state_root));
     checks.push(Check {
         what: "free disk for pools".into(),
