@@ -157,8 +157,9 @@ async fn garbage_then_recycle(
     });
     anyhow::ensure!(recycled, "slot {slot} was destroyed as recycled");
     let text = observability.render()?;
-    let expected =
-        format!("paddock_slot_recycles_total{{cause=\"recycled\",pool=\"{name}\",reason=\"none\"}} 1");
+    let expected = format!(
+        "paddock_slot_recycles_total{{cause=\"recycled\",pool=\"{name}\",reason=\"none\"}} 1"
+    );
     anyhow::ensure!(text.contains(&expected), "missing {expected}");
 
     // The replacement serves.

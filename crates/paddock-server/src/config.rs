@@ -104,7 +104,8 @@ pub struct ServerConfig {
     /// The libvirt URI.
     #[serde(default = "default_libvirt_uri")]
     pub libvirt_uri: String,
-    /// Where pools keep their files; the library's default if absent.
+    /// Where pools keep their files; the library's default if absent. It
+    /// is made (or kept) root's and QEMU's group's, mode 2750.
     #[serde(default)]
     pub state_root: Option<PathBuf>,
     /// Where the audit log is written; no audit log if absent.

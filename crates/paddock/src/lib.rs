@@ -16,6 +16,10 @@
 //! (a [`Guest`] core, [`Sandbox`], [`Golden`], and [`VmBackend`], the pool's
 //! backend of real VMs). This module joins them.
 //!
+//! Pool and sandbox names follow one rule, checked before they become
+//! paths, domain names or XML ([`names`]). The files a guest's QEMU uses
+//! are QEMU's group's and closed to every other user ([`vm::files`]).
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use paddock::agent::Execute;
