@@ -325,3 +325,34 @@ async fn connect_gives_up_at_its_deadline() -> TestResult {
     assert!(started.elapsed() < Duration::from_secs(5));
     Ok(())
 }
+
+/// A guest's agent that ignores the caps it was asked for: what the host
+/// collects is still held to them, and the result says it was truncated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collected_output_is_held_to_its_cap_on_the_host_too() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = fake_agent(dir.path(), |id| {
+        let mut bytes = Vec::new();
+        encode_message(&mut bytes, id, &Message::Stdout(vec![b'o'; 5000])).expect("encode");
+        encode_message(&mut bytes, id, &Message::Stderr(vec![b'e'; 300])).expect("encode");
+        // It claims it sent everything and truncated nothing.
+        let result = paddock_proto::ExecResult {
+            exit_code: Some(0),
+            stdout_bytes: 5000,
+            stderr_bytes: 300,
+            ..paddock_proto::ExecResult::default()
+        };
+        encode_message(&mut bytes, id, &Message::ExecResult(result)).expect("encode");
+        bytes
+    })?;
+    let client = AgentClient::connect(Transport::Unix { path }, test_config()).await?;
+    let mut request = paddock_agent_client::Execute::argv(["yes"]);
+    request.stdout_cap = Some(100);
+    request.stderr_cap = Some(1000);
+    let out = client.exec_collect(request).await?;
+    assert_eq!(out.stdout, vec![b'o'; 100]);
+    assert!(out.result.stdout_truncated, "{:?}", out.result);
+    assert_eq!(out.stderr, vec![b'e'; 300], "within its cap: whole");
+    assert!(!out.result.stderr_truncated, "{:?}", out.result);
+    Ok(())
+}

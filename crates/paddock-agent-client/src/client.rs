@@ -481,6 +481,7 @@ impl AgentClient {
                 .saturating_add(grace)
                 .saturating_add(config.exec_timeout_margin);
         let stdin = request.stdin;
+        let caps = [request.stdout_cap, request.stderr_cap];
         let started = ExecStart::next();
         config.events.emit(|| EventKind::ExecStarted {
             exec: started.exec,
@@ -502,6 +503,7 @@ impl AgentClient {
                 deadline,
                 config.io_timeout,
                 ExecTracking {
+                    caps,
                     events: config.events.clone(),
                     started,
                     gate: self.gatekeeper(),
@@ -515,7 +517,9 @@ impl AgentClient {
         }
     }
 
-    /// Runs an execution to its end and returns all of its output.
+    /// Runs an execution to its end and returns its output, each stream
+    /// held to the request's cap (or [`crate::MAX_COLLECTED_BYTES`]) on the
+    /// host as well (see [`Execution::collect`]).
     ///
     /// # Errors
     /// As [`AgentClient::exec`] and [`Execution::wait`].

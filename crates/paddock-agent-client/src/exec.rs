@@ -39,6 +39,9 @@ pub struct Execution {
     gate: Option<Gatekeeper>,
     /// Counts it among its client's running executions while it lives.
     _running: RunningExec,
+    /// The stdout and stderr caps it was sent with, which `collect` holds
+    /// on the host too.
+    caps: [Option<u64>; 2],
 }
 
 /// An execution's number (unique within the process, the same in its two
@@ -75,6 +78,7 @@ pub struct ExecOutput {
 /// gate and its place among the client's running executions.
 #[derive(Debug)]
 pub(crate) struct ExecTracking {
+    pub(crate) caps: [Option<u64>; 2],
     pub(crate) events: Emitter,
     pub(crate) started: ExecStart,
     pub(crate) gate: Option<Gatekeeper>,
@@ -90,6 +94,7 @@ impl Execution {
         tracking: ExecTracking,
     ) -> Self {
         let ExecTracking {
+            caps,
             events,
             started,
             gate,
@@ -120,6 +125,7 @@ impl Execution {
             started,
             gate,
             _running: running,
+            caps,
         }
     }
 
@@ -221,13 +227,19 @@ impl Execution {
     }
 
     /// Reads stdout and stderr to the end while waiting for the result.
+    /// Each stream keeps at most the request's cap, or
+    /// [`MAX_COLLECTED_BYTES`] without one, whatever the guest sends: the
+    /// rest is read and dropped, and the result says the stream was
+    /// truncated.
     ///
     /// # Errors
     /// As [`Execution::wait`].
     pub async fn collect(mut self) -> Result<ExecOutput, ClientError> {
         let stdout = self.take_stdout();
         let stderr = self.take_stderr();
-        let reads = async { tokio::join!(read_all(stdout), read_all(stderr)) };
+        let [stdout_cap, stderr_cap] = self.caps.map(|cap| cap.unwrap_or(MAX_COLLECTED_BYTES));
+        let reads =
+            async { tokio::join!(read_all(stdout, stdout_cap), read_all(stderr, stderr_cap)) };
         let Ok((stdout, stderr)) = tokio::time::timeout_at(self.deadline, reads).await else {
             // `wait` reports the timeout and stops the execution.
             return Err(self.wait().await.err().unwrap_or(ClientError::Timeout {
@@ -235,11 +247,15 @@ impl Execution {
                 after: Duration::ZERO,
             }));
         };
-        let result = self.wait().await?;
+        let mut result = self.wait().await?;
+        let (stdout, stdout_dropped) = stdout?;
+        let (stderr, stderr_dropped) = stderr?;
+        result.stdout_truncated |= stdout_dropped;
+        result.stderr_truncated |= stderr_dropped;
         Ok(ExecOutput {
             result,
-            stdout: stdout?,
-            stderr: stderr?,
+            stdout,
+            stderr,
         })
     }
 }
@@ -272,14 +288,27 @@ pub(crate) fn exec_failed(events: &Emitter, err: &ClientError, started: ExecStar
     });
 }
 
-async fn read_all(stream: Option<OutputStream>) -> Result<Vec<u8>, ClientError> {
+/// The most [`Execution::collect`] keeps of a stream whose request set no
+/// cap: 64 MiB. The rest is read and dropped, and the result says the
+/// stream was truncated; stream the output instead to keep more.
+pub const MAX_COLLECTED_BYTES: u64 = 64 << 20;
+
+/// Reads `stream` to its end, keeping at most `cap` bytes: the host's own
+/// bound, whatever the guest sends (its agent may not honour the cap).
+/// Whether anything was dropped comes back with the bytes.
+async fn read_all(stream: Option<OutputStream>, cap: u64) -> Result<(Vec<u8>, bool), ClientError> {
     let mut out = Vec::new();
+    let mut dropped = false;
     if let Some(mut stream) = stream {
         while let Some(chunk) = stream.chunk().await? {
-            out.extend_from_slice(&chunk);
+            let room = usize::try_from(cap.saturating_sub(out.len() as u64)).unwrap_or(usize::MAX);
+            if chunk.len() > room {
+                dropped = true;
+            }
+            out.extend_from_slice(&chunk[..chunk.len().min(room)]);
         }
     }
-    Ok(out)
+    Ok((out, dropped))
 }
 
 /// Stdout or stderr of an execution, as it arrives.

@@ -49,7 +49,7 @@ mod transport;
 
 pub use client::{AgentClient, ClientConfig, Continuity};
 pub use error::ClientError;
-pub use exec::{ExecOutput, Execution, OutputStream, StdinWriter};
+pub use exec::{ExecOutput, Execution, MAX_COLLECTED_BYTES, OutputStream, StdinWriter};
 pub use files::Download;
 pub use gate::{Denial, Flow, GateRequest, PolicyGate, Refusal, RequestGate, Size};
 pub use paddock_proto::{
