@@ -223,7 +223,8 @@ async fn a_removal_that_failed_in_an_outage_is_done_once_libvirtd_is_back() -> T
     // Its QEMU still runs at the end of the outage: nothing could remove
     // it. (Checked before libvirtd is back: once it is, the pool may finish
     // the removal at once, before a listing through libvirt could see it.)
-    let pid_file = format!("/run/libvirt/qemu/{worn_out}.pid");
+    let pid_file =
+        Path::new(paddock::libvirt::confine::QEMU_RUN_DIR).join(format!("{worn_out}.pid"));
     let pid = std::fs::read_to_string(&pid_file)?.trim().to_owned();
     ensure!(
         Path::new(&format!("/proc/{pid}")).exists(),
