@@ -13,6 +13,7 @@ pub mod guest_net;
 pub mod libvirtd;
 pub mod netns;
 pub mod prometheus_server;
+pub mod subnet;
 pub mod vm;
 
 use std::io::Write as _;

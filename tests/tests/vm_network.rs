@@ -5,7 +5,6 @@
 //! anywhere else.
 #![cfg(test)]
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use paddock_libvirt::{
 };
 use paddock_tests::guest_net::wait_for_address;
 use paddock_tests::netns::{NetnsHost, TEST_HOST, page};
+use paddock_tests::subnet::{SubnetLease, net_tag};
 use paddock_tests::vm::{
     NetworkGuard, POOL_ROOT, SYSTEM_URI, TestSandbox, TestSandboxOptions, enabled, test_paddock,
 };
@@ -44,21 +44,20 @@ async fn nat_filtered_guest_reaches_allowed_ports_only() -> TestResult {
     for filter in builtin_filters() {
         libvirt.apply_filter(&filter).await?;
     }
-    let pid = std::process::id();
+    let tag = net_tag();
+    // Released after the network is gone (locals drop in reverse order).
+    let subnet = SubnetLease::take(214)?;
     let net = NetworkSpec {
-        name: format!("pdk-nettest-{pid}"),
-        bridge: format!("pdknt{}", pid % 100_000),
+        name: format!("pdk-nettest-{tag}"),
+        bridge: format!("pdknt{tag}"),
         kind: NetworkKind::Nat,
-        subnet: Ipv4Addr::new(10, 214, u8::try_from(pid % 200)? + 20, 0),
+        subnet: subnet.subnet(),
         slots: 1,
     };
     let _network = NetworkGuard(net.name.clone());
     libvirt.apply_network(&net).await?;
 
-    let test_host = NetnsHost::start(
-        &format!("nt{}", pid % 100_000),
-        &[ALLOWED_PORT, BLOCKED_PORT],
-    )?;
+    let test_host = NetnsHost::start(&format!("nt{tag}"), &[ALLOWED_PORT, BLOCKED_PORT])?;
     let attachment = net
         .attachment(0, "paddock-egress")
         .context("slot 0 has a lease")?;
@@ -111,15 +110,15 @@ fn identity_of(attachment: &NatAttachment) -> String {
 /// address (the host side binds them: the filter drops anything else), and
 /// keeps them across resets; the filter holds for every slot.
 async fn nat_filtered_pool(strategy: ResetStrategy) -> TestResult {
-    let pid = std::process::id();
     let marker = unique_marker();
-    // Bridge names have at most 15 bytes.
-    let tag = &marker[marker.len().saturating_sub(6)..];
+    let tag = net_tag();
+    // Released after the network is gone (locals drop in reverse order).
+    let subnet = SubnetLease::take(215)?;
     let network = NetworkSpec {
         name: format!("pdk-pooltest-{marker}"),
         bridge: format!("pdkpt{tag}"),
         kind: NetworkKind::Nat,
-        subnet: Ipv4Addr::new(10, 215, u8::try_from(pid % 200)? + 20, 0),
+        subnet: subnet.subnet(),
         slots: 3,
     };
     let _network = NetworkGuard(network.name.clone());

@@ -41,6 +41,7 @@ use paddock_tests::guest_net::{guest_fetch, guest_fetch_all, guest_number, guest
 use paddock_tests::netns::{
     BridgeProbe, HOST_SIDE, NetnsHost, TEST_HOST, http_body, page, page_at,
 };
+use paddock_tests::subnet::{SubnetLease, net_tag};
 use paddock_tests::vm::{
     NetworkGuard, POOL_ROOT, TestSandbox, TestSandboxOptions, enabled, test_paddock,
 };
@@ -216,6 +217,8 @@ struct Reach {
     test_host: NetnsHost,
     _firewall: FirewallGuard,
     _network: NetworkGuard,
+    /// Released once the network is gone.
+    _subnet: SubnetLease,
 }
 
 /// Removes the host firewall of the pool's bridge on drop: a pool dropped
@@ -230,15 +233,14 @@ impl Drop for FirewallGuard {
 
 impl Reach {
     async fn start() -> anyhow::Result<Self> {
-        let pid = std::process::id();
         let marker = unique_marker();
-        // Interface names have at most 15 bytes.
-        let tag = &marker[marker.len().saturating_sub(6)..];
+        let tag = net_tag();
+        let subnet = SubnetLease::take(216)?;
         let network = NetworkSpec {
             name: format!("pdk-reach-{marker}"),
             bridge: format!("pdkrc{tag}"),
             kind: NetworkKind::Nat,
-            subnet: Ipv4Addr::new(10, 216, u8::try_from(pid % 200)? + 20, 0),
+            subnet: subnet.subnet(),
             slots: 3,
         };
         let guard = NetworkGuard(network.name.clone());
@@ -288,6 +290,7 @@ impl Reach {
             test_host,
             _firewall: firewall,
             _network: guard,
+            _subnet: subnet,
         })
     }
 
