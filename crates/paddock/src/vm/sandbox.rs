@@ -246,6 +246,7 @@ impl Sandbox {
             },
             network: config.network.clone(),
             run_as: config.run_as,
+            filesystems: Vec::new(),
         };
         let (backend, transport) = match &config.channel {
             ChannelConfig::VirtioSerial => (
