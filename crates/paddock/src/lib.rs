@@ -164,7 +164,8 @@ impl Paddock {
     ///
     /// # Errors
     /// [`VmError::Name`] for a pool name that breaks the naming rule
-    /// ([`names`]), [`VmError::Pool`] or [`VmError::Config`] for an invalid
+    /// ([`names`]), [`VmError::SharesInPool`] for a spec with shared
+    /// folders, [`VmError::Pool`] or [`VmError::Config`] for an invalid
     /// configuration, [`VmError::NoQemuGroup`] when QEMU's group does not
     /// exist (all before anything is made); otherwise why the network or
     /// the golden could not be made, or [`VmError::Firewall`] when its host
@@ -175,6 +176,9 @@ impl Paddock {
         mut config: PoolConfig,
     ) -> Result<VmPool, VmError> {
         names::check_pool_name(&spec.name)?;
+        if !spec.shared_folders.is_empty() {
+            return Err(VmError::SharesInPool { pool: spec.name });
+        }
         config.validate()?;
         let group = vm::QemuGroup::resolve(&self.config.qemu_group)?;
         let events = self

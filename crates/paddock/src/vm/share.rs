@@ -1,0 +1,291 @@
+//! Shared folders of a single [`super::Sandbox`]: host directories the
+//! guest mounts over virtiofs ([`paddock_libvirt::SharedFolder`]).
+//!
+//! # How a folder reaches the guest
+//!
+//! 1. Before anything is made, the folders are checked
+//!    ([`paddock_libvirt::check_shared_folders`]: absolute existing host
+//!    directory, tag, guest path, no duplicates).
+//! 2. The host side ([`ShareExports`]): a read-write folder is exported as
+//!    it is; a read-only one as a read-only, `nosuid`, `nodev` bind mount
+//!    of it at `<state root>/<sandbox>.shares/<tag>`, because libvirt 9.0
+//!    refuses `<readonly/>` for virtiofs. `virtiofsd` then gets `EROFS`
+//!    from the host kernel for any write, whatever the guest mounts (the
+//!    guest's own `ro` would not hold against a hostile guest, which can
+//!    remount). The bind mount is not recursive: mounts below the folder
+//!    are not shared (a recursive one would keep them writable).
+//! 3. The domain gets one virtiofs `<filesystem>` per folder; libvirt
+//!    starts one `virtiofsd` (QEMU's, as root, in its own mount namespace
+//!    pivoted into the exported directory) for each.
+//! 4. Once the agent answers, it runs busybox's `mkdir -p` and
+//!    `mount -t virtiofs -o ro|rw,nosuid,nodev TAG PATH` for each folder;
+//!    a mount that fails fails the boot with [`VmError::ShareMount`]
+//!    (exit code and the guest's error message), and the sandbox is
+//!    removed. The mount runs as an ordinary execution, so a request policy
+//!    that refuses executions ([`paddock_agent_client::ClientConfig`]'s
+//!    gate) refuses it too, and the boot fails with that refusal.
+//! 5. When the sandbox ends, its domain (and with it `virtiofsd`) goes
+//!    first, then the bind mounts are detached and their empty mount points
+//!    removed (only `rmdir`: nothing below a mount point is ever deleted).
+//!    A process that crashed leaves them; the next sandbox of that name
+//!    detaches and removes them before making its own.
+//!
+//! # What the guest can do to the host
+//!
+//! `virtiofsd` keeps the guest inside the exported directory: it pivots
+//! its own mount namespace into it, so a symbolic link the guest makes to
+//! `/etc` is stored as a link (the guest's kernel resolves it, inside the
+//! guest) and never followed on the host by `virtiofsd`. It drops
+//! `CAP_MKNOD`: no device nodes. But virtiofs has only `passthrough`
+//! access: in a read-write folder, files the guest makes belong to the
+//! guest's user id on the host, root's included, with the modes the guest
+//! sets, a set-user-ID bit included. Share read-write only directories
+//! that nothing on the host runs or trusts, on a `nosuid` file system
+//! where possible. (virtio-9p's `mapped` mode, which would keep such files
+//! QEMU's user's, is not available: the guest's cloud kernel has no 9p.)
+//!
+//! # No snapshots
+//!
+//! QEMU cannot save, migrate or snapshot a guest with a vhost-user-fs
+//! device, so [`crate::Paddock::create_pool`] refuses a
+//! [`super::VmPoolSpec`] with shared folders ([`VmError::SharesInPool`])
+//! before it makes anything, and a sandbox with shared folders refuses
+//! [`super::Sandbox::snapshot`], its reverts and
+//! [`super::Sandbox::capture`] ([`VmError::SharesPreventSnapshot`]).
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+
+use paddock_agent_client::{AgentClient, Execute};
+use paddock_libvirt::{FilesystemDevice, SharedFolder};
+
+use super::VmError;
+
+/// The host side of a sandbox's shared folders: the read-only bind mounts
+/// made for it, detached and removed on [`ShareExports::release`] or drop.
+#[derive(Debug, Default)]
+pub(crate) struct ShareExports {
+    /// `<state root>/<sandbox>.shares`, if it was made.
+    root: Option<PathBuf>,
+    /// The bind mounts made in it.
+    mounts: Vec<PathBuf>,
+}
+
+impl ShareExports {
+    /// Makes the host side of `folders` (checked already) for the sandbox
+    /// `name`, and returns the devices its domain gets, in order.
+    pub(crate) fn prepare(
+        state_root: &Path,
+        name: &str,
+        folders: &[SharedFolder],
+    ) -> Result<(Self, Vec<FilesystemDevice>), VmError> {
+        let mut exports = Self::default();
+        let mut devices = Vec::with_capacity(folders.len());
+        if folders.iter().any(|folder| folder.read_only) {
+            let root = state_root.join(format!("{name}.shares"));
+            remove_leftovers(&root)?;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&root)
+                .map_err(VmError::io("create the shared folder directory", &root))?;
+            exports.root = Some(root);
+        }
+        for folder in folders {
+            let source_dir = match (&exports.root, folder.read_only) {
+                (Some(root), true) => {
+                    let target = root.join(&folder.tag);
+                    std::fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&target)
+                        .map_err(VmError::io("create the mount point of", &target))?;
+                    bind_read_only(&folder.host_path, &target).map_err(|source| {
+                        VmError::ShareExport {
+                            path: folder.host_path.clone(),
+                            source,
+                        }
+                    })?;
+                    exports.mounts.push(target.clone());
+                    target
+                }
+                _ => folder.host_path.clone(),
+            };
+            devices.push(FilesystemDevice {
+                source_dir,
+                tag: folder.tag.clone(),
+            });
+        }
+        Ok((exports, devices))
+    }
+
+    /// Detaches the bind mounts and removes their (empty) mount points and
+    /// directory. Idempotent.
+    pub(crate) fn release(&mut self) -> Result<(), VmError> {
+        let mut first_error = None;
+        for target in self.mounts.drain(..) {
+            if let Err(source) = detach(&target) {
+                first_error.get_or_insert(VmError::Io {
+                    action: "detach the shared folder mount",
+                    path: target.clone(),
+                    source,
+                });
+                continue;
+            }
+            if let Err(source) = std::fs::remove_dir(&target) {
+                first_error.get_or_insert(VmError::Io {
+                    action: "remove the mount point",
+                    path: target,
+                    source,
+                });
+            }
+        }
+        if first_error.is_none()
+            && let Some(root) = self.root.take()
+            && let Err(source) = std::fs::remove_dir(&root)
+        {
+            first_error = Some(VmError::Io {
+                action: "remove the shared folder directory",
+                path: root,
+                source,
+            });
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for ShareExports {
+    fn drop(&mut self) {
+        if let Err(err) = self.release() {
+            tracing::warn!(error = %err, "a shared folder's host side was left behind");
+        }
+    }
+}
+
+/// Mounts each folder in the guest behind `client`, in order.
+pub(crate) async fn mount_in_guest(
+    client: &AgentClient,
+    folders: &[SharedFolder],
+) -> Result<(), VmError> {
+    for folder in folders {
+        let guest_path = folder.guest_path.to_string_lossy().into_owned();
+        let options = if folder.read_only {
+            "ro,nosuid,nodev"
+        } else {
+            "rw,nosuid,nodev"
+        };
+        let steps = [
+            Execute::argv(["mkdir", "-p", guest_path.as_str()]),
+            Execute::argv([
+                "mount",
+                "-t",
+                "virtiofs",
+                "-o",
+                options,
+                folder.tag.as_str(),
+                guest_path.as_str(),
+            ]),
+        ];
+        for step in steps {
+            let out = client.exec_collect(step).await?;
+            if out.result.exit_code != Some(0) {
+                return Err(VmError::ShareMount {
+                    tag: folder.tag.clone(),
+                    guest_path: folder.guest_path.clone(),
+                    exit_code: out.result.exit_code,
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Detaches and removes what a crashed process left in `root` (mount
+/// points only: `rmdir`, never a recursive removal).
+fn remove_leftovers(root: &Path) -> Result<(), VmError> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(VmError::io("read", root)(err)),
+    };
+    for entry in entries {
+        let path = entry.map_err(VmError::io("read", root))?.path();
+        // Not mounted (EINVAL) is fine: a mount point whose mount is gone.
+        match detach(&path) {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(err) => return Err(VmError::io("detach the leftover mount", &path)(err)),
+        }
+        std::fs::remove_dir(&path)
+            .map_err(VmError::io("remove the leftover mount point", &path))?;
+    }
+    std::fs::remove_dir(root).map_err(VmError::io("remove the leftover directory", root))
+}
+
+/// Bind-mounts `source` at `target` read-only, `nosuid` and `nodev` (not
+/// recursively), and checks that the kernel reports it read-only.
+fn bind_read_only(source: &Path, target: &Path) -> std::io::Result<()> {
+    let source_c = c_path(source)?;
+    let target_c = c_path(target)?;
+    // SAFETY: both are NUL-terminated paths that outlive the calls; a bind
+    // mount reads neither the file system type nor the data argument.
+    let bound = unsafe {
+        libc::mount(
+            source_c.as_ptr(),
+            target_c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if bound != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let flags =
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    // SAFETY: as above; a bind remount changes the mount's flags only.
+    let remounted = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target_c.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if remounted != 0 {
+        let err = std::io::Error::last_os_error();
+        let _ = detach(target);
+        return Err(err);
+    }
+    // SAFETY: statvfs writes only into the zeroed struct it is given.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out pointer.
+    if unsafe { libc::statvfs(target_c.as_ptr(), &raw mut stats) } != 0 {
+        let err = std::io::Error::last_os_error();
+        let _ = detach(target);
+        return Err(err);
+    }
+    if stats.f_flag & libc::ST_RDONLY == 0 {
+        let _ = detach(target);
+        return Err(std::io::Error::other("the bind mount is still writable"));
+    }
+    Ok(())
+}
+
+/// Lazily unmounts `target` (`MNT_DETACH`: a `virtiofsd` still holding it
+/// keeps its own copy until it exits).
+fn detach(target: &Path) -> std::io::Result<()> {
+    let target_c = c_path(target)?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(target_c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn c_path(path: &Path) -> std::io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has a NUL byte"))
+}
