@@ -3,7 +3,10 @@
 //! errors, and every error names the file, the line and the field. Pool
 //! names follow the library's rule ([`paddock::names`]: 1 to 20 of `a-z`,
 //! `0-9`, `-` and `_`, starting with a letter or digit); a file with
-//! another is refused at load, naming the rule it broke.
+//! another is refused at load, naming the rule it broke. A pool's
+//! `shared_folders` key is refused by name too: shared folders are for the
+//! library's single sandboxes (QEMU cannot snapshot a guest with one, and a
+//! pool's slots are snapshots), and the daemon serves pools only.
 //!
 //! ```toml
 //! [server]

@@ -9,7 +9,9 @@
 //!   the lease gives the slot's agent client ([`Guest::client`]): exec,
 //!   files, status. [`Lease::release`], or dropping the lease, resets the
 //!   slot in the background. See [`pool`] for the rules.
-//! - [`Sandbox`] is a single VM without a pool.
+//! - [`Sandbox`] is a single VM without a pool. Only a sandbox can have
+//!   shared folders (host directories over virtiofs, [`vm::share`]): QEMU
+//!   cannot snapshot a guest with one, so pools refuse them.
 //!
 //! The crate has two halves: [`pool`], the pool's logic, which knows nothing
 //! of VMs and works on any [`SlotBackend`]; and [`vm`], the VMs themselves
