@@ -6,7 +6,7 @@
 //! 1. Before anything is made, the folders are checked
 //!    ([`paddock_libvirt::check_shared_folders`]: absolute existing host
 //!    directory, tag, guest path, no duplicates).
-//! 2. The host side ([`ShareExports`]): a read-write folder is exported as
+//! 2. The host side: a read-write folder is exported as
 //!    it is; a read-only one as a read-only, `nosuid`, `nodev` bind mount
 //!    of it at `<state root>/<sandbox>.shares/<tag>`, because libvirt 9.0
 //!    refuses `<readonly/>` for virtiofs. `virtiofsd` then gets `EROFS`
