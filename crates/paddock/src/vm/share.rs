@@ -289,3 +289,92 @@ fn c_path(path: &Path) -> std::io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has a NUL byte"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bind mounts need root; elsewhere the test says so and passes.
+    fn root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            eprintln!("SKIPPED: bind mounts need root");
+        }
+        root
+    }
+
+    fn folders(host: &Path) -> Vec<SharedFolder> {
+        vec![
+            SharedFolder::read_only(host, "input", "/mnt/input"),
+            SharedFolder::read_write(host, "output", "/mnt/output"),
+        ]
+    }
+
+    #[test]
+    fn a_read_only_folder_is_exported_read_only_and_released_without_a_trace() {
+        if !root() {
+            return;
+        }
+        let state = tempfile::tempdir().expect("state root");
+        let host = tempfile::tempdir().expect("host folder");
+        std::fs::write(host.path().join("kept.txt"), b"host").expect("write");
+        let (mut exports, devices) =
+            ShareExports::prepare(state.path(), "box", &folders(host.path())).expect("prepare");
+        let exported = state.path().join("box.shares/input");
+        assert_eq!(
+            devices,
+            vec![
+                FilesystemDevice {
+                    source_dir: exported.clone(),
+                    tag: "input".into()
+                },
+                FilesystemDevice {
+                    source_dir: host.path().to_owned(),
+                    tag: "output".into()
+                },
+            ]
+        );
+        assert_eq!(
+            std::fs::read(exported.join("kept.txt")).expect("read through the export"),
+            b"host"
+        );
+        let write = std::fs::write(exported.join("new.txt"), b"x").expect_err("read-only");
+        assert_eq!(write.raw_os_error(), Some(libc::EROFS), "{write}");
+        exports.release().expect("release");
+        assert!(!state.path().join("box.shares").exists());
+        assert_eq!(
+            std::fs::read(host.path().join("kept.txt")).expect("the host's file stays"),
+            b"host"
+        );
+    }
+
+    #[test]
+    fn what_a_crashed_process_left_is_detached_before_a_new_export() {
+        if !root() {
+            return;
+        }
+        let state = tempfile::tempdir().expect("state root");
+        let host = tempfile::tempdir().expect("host folder");
+        std::fs::write(host.path().join("kept.txt"), b"host").expect("write");
+        let (crashed, _) =
+            ShareExports::prepare(state.path(), "box", &folders(host.path())).expect("prepare");
+        // A process that died: nothing released.
+        std::mem::forget(crashed);
+        let (mut exports, _) = ShareExports::prepare(state.path(), "box", &folders(host.path()))
+            .expect("prepare over the leftovers");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let target = state.path().join("box.shares/input");
+        let mounts = mountinfo
+            .lines()
+            .filter(|line| line.split(' ').nth(4) == target.to_str())
+            .count();
+        assert_eq!(mounts, 1, "the leftover mount was not detached");
+        exports.release().expect("release");
+        assert!(!state.path().join("box.shares").exists());
+        assert!(
+            host.path().join("kept.txt").exists(),
+            "nothing of the host's went"
+        );
+    }
+}
