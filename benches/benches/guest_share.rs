@@ -74,6 +74,9 @@ async fn run() -> anyhow::Result<()> {
     let local = tempfile::Builder::new()
         .prefix("paddock-bench-local-")
         .tempdir()?;
+    // A read-write folder must not be root's (the guest's root writes
+    // there as its owner): give it to an unused id.
+    std::os::unix::fs::chown(share.path(), Some(4242), Some(4242))?;
     let input = share.path().join("in.bin");
     let crc = write_random_file(&input, FILE_MIB << 20, 0x5eed)?;
 

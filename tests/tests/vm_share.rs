@@ -20,6 +20,9 @@ use paddock_tests::{test_config, unique_marker};
 
 type TestResult = anyhow::Result<()>;
 
+/// The owner of the read-write folders: not root, and no one's.
+const RW_OWNER: u32 = 4242;
+
 /// A host directory for a test's folder, removed (with whatever the guest
 /// left in it) on drop.
 fn host_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
@@ -65,6 +68,9 @@ async fn read_only_and_read_write_folders_hold_against_the_guest() -> TestResult
     let ro = host_dir("ro")?;
     let rw = host_dir("rw")?;
     std::fs::write(ro.path().join("hello.txt"), b"from the host\n")?;
+    // A read-write folder must not be root's: the guest's root writes there
+    // as its owner.
+    std::os::unix::fs::chown(rw.path(), Some(RW_OWNER), Some(RW_OWNER))?;
     let sandbox = TestSandbox::boot(TestSandboxOptions {
         shared_folders: vec![
             SharedFolder::read_only(ro.path(), "input", "/mnt/input"),
@@ -80,8 +86,8 @@ async fn read_only_and_read_write_folders_hold_against_the_guest() -> TestResult
         "the read-only folder is exported through a bind mount"
     );
     assert!(
-        !bind_mounted(rw.path())?,
-        "the read-write folder is exported as it is"
+        bind_mounted(rw.path())?,
+        "the read-write folder is exported through an idmapped bind mount"
     );
 
     // Read-only: the guest reads, and cannot write, not even after it
@@ -110,8 +116,8 @@ async fn read_only_and_read_write_folders_hold_against_the_guest() -> TestResult
         "the guest changed a read-only file"
     );
 
-    // Read-write: the host sees what the guest writes, owned by the guest's
-    // user (root: virtiofs has passthrough access only) with its mode.
+    // Read-write: the host sees what the guest writes, with its mode, owned
+    // by the folder's owner where the guest sees its root.
     let (code, stdout, stderr) = sh(
         &sandbox,
         "umask 027; echo from the guest > /mnt/output/result.txt && stat -c '%u %a' /mnt/output/result.txt",
@@ -121,12 +127,24 @@ async fn read_only_and_read_write_folders_hold_against_the_guest() -> TestResult
     let written = rw.path().join("result.txt");
     assert_eq!(std::fs::read(&written)?, b"from the guest\n");
     let meta = std::fs::metadata(&written)?;
+    assert_eq!(stdout.trim(), "0 640", "the guest sees its root's file");
     assert_eq!(
-        format!("{} {:o}", meta.uid(), meta.mode() & 0o7777),
-        stdout.trim(),
-        "the host's owner and mode are the guest's"
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (RW_OWNER, RW_OWNER, 0o640),
+        "the host sees the folder owner's file with the guest's mode"
     );
-    assert_eq!(meta.mode() & 0o7777, 0o640);
+
+    // A set-user-ID program the guest's root leaves is not root's on the
+    // host.
+    let (code, _, stderr) = sh(
+        &sandbox,
+        "cp /bin/busybox /mnt/output/suid && chmod 4755 /mnt/output/suid",
+    )
+    .await?;
+    assert_eq!(code, Some(0), "{stderr}");
+    let suid = std::fs::metadata(rw.path().join("suid"))?;
+    assert_eq!(suid.mode() & 0o4000, 0o4000, "the bit is kept");
+    assert_eq!(suid.uid(), RW_OWNER, "a set-user-ID root file on the host");
 
     // A symbolic link to /etc made by the guest leads to the guest's /etc,
     // never the host's: the host's passwd has libvirt's user, the guest's

@@ -20,15 +20,19 @@
 //!   `nosuid`, `nodev` bind mount of it (the `paddock` crate's
 //!   `vm::share`), and `virtiofsd`'s writes fail there with `EROFS`
 //!   whatever the guest mounts. The guest also mounts it `ro`.
-//! - virtiofs supports `accessmode='passthrough'` only: files the guest
-//!   creates in a read-write folder belong to the guest's user id on the
-//!   host, root's included, and keep the modes the guest gives them (a
-//!   set-user-ID bit too). See [`SharedFolder::read_only`].
+//! - virtiofs supports `accessmode='passthrough'` only: `virtiofsd` runs
+//!   as root and creates files with the guest's user ids, so a guest's root
+//!   would leave root's files on the host (set-user-ID ones too). Paddock
+//!   exports a read-write folder through an idmapped bind mount instead, on
+//!   which root stands for the folder's owner (the squash that 9p's
+//!   `mapped`/`squash` modes would give), and refuses a read-write folder
+//!   owned by root. See [`SharedFolder::read_only`].
 //! - QEMU cannot migrate, save or snapshot a guest with a vhost-user-fs
 //!   device, so a domain with shared folders is never snapshotted: pools
 //!   refuse them.
 
 use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Component, Path, PathBuf};
 
 /// The longest tag: a virtio-fs device's tag field is 36 bytes.
@@ -46,11 +50,12 @@ pub struct SharedFolder {
     /// Where the guest mounts it: absolute, not `/`, without `..`, UTF-8
     /// without control characters, unique in the sandbox.
     pub guest_path: PathBuf,
-    /// Whether the guest may only read. A read-write folder is written to
-    /// by `virtiofsd` running as root on the host, with the guest's user
-    /// ids: a hostile guest can leave files owned by root there, set-user-ID
-    /// ones included. Share read-write only a directory that nothing on the
-    /// host trusts or executes from (best on a `nosuid` file system).
+    /// Whether the guest may only read. A read-write folder must not be
+    /// owned by root: the guest's root writes there as the folder's owner
+    /// and group (Paddock exports it through an idmapped mount), so what a
+    /// hostile guest can leave there, a set-user-ID file included, is the
+    /// owner's; share read-write only a directory of a user nothing else
+    /// trusts, and run nothing from it.
     pub read_only: bool,
 }
 
@@ -71,7 +76,7 @@ impl SharedFolder {
     }
 
     /// A read-write folder (see [`SharedFolder::read_only`] for what the
-    /// guest can leave on the host).
+    /// guest can leave on the host, and why it must not be root's).
     #[must_use]
     pub fn read_write(
         host_path: impl Into<PathBuf>,
@@ -104,6 +109,11 @@ impl SharedFolder {
         })?;
         if !metadata.is_dir() {
             return Err(ShareError::HostPathNotDirectory {
+                path: self.host_path.clone(),
+            });
+        }
+        if !self.read_only && metadata.uid() == 0 {
+            return Err(ShareError::ReadWriteOwnedByRoot {
                 path: self.host_path.clone(),
             });
         }
@@ -174,6 +184,14 @@ pub enum ShareError {
     /// The host path is not a directory.
     #[error("Shared folder host path {path:?} is not a directory")]
     HostPathNotDirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A read-write folder is owned by root: the guest's root writes
+    /// there as the folder's owner, so it could leave set-user-ID root
+    /// files on the host.
+    #[error("Read-write shared folder {path:?} is owned by root; give it to another user")]
+    ReadWriteOwnedByRoot {
         /// The path.
         path: PathBuf,
     },
@@ -297,6 +315,25 @@ mod tests {
     }
 
     #[test]
+    fn a_read_write_folder_of_root_is_refused() {
+        use std::os::unix::fs::MetadataExt as _;
+        let host = dir();
+        let owner = std::fs::metadata(host.path()).expect("metadata").uid();
+        let checked = SharedFolder::read_write(host.path(), "t", "/mnt").check();
+        if owner == 0 {
+            assert!(
+                matches!(checked, Err(ShareError::ReadWriteOwnedByRoot { .. })),
+                "{checked:?}"
+            );
+        } else {
+            checked.expect("a folder of another user");
+        }
+        SharedFolder::read_only(host.path(), "t", "/mnt")
+            .check()
+            .expect("read-only folders of root are fine");
+    }
+
+    #[test]
     fn tags_are_short_and_plain() {
         let host = dir();
         let with_tag = |tag: &str| SharedFolder::read_only(host.path(), tag, "/mnt").check();
@@ -338,7 +375,7 @@ mod tests {
         let host = dir();
         let same_tag = [
             SharedFolder::read_only(host.path(), "t", "/a"),
-            SharedFolder::read_write(host.path(), "t", "/b"),
+            SharedFolder::read_only(host.path(), "t", "/b"),
         ];
         assert!(matches!(
             check_shared_folders(&same_tag),
@@ -346,7 +383,7 @@ mod tests {
         ));
         let same_path = [
             SharedFolder::read_only(host.path(), "t1", "/a/b"),
-            SharedFolder::read_write(host.path(), "t2", "/a/./b/"),
+            SharedFolder::read_only(host.path(), "t2", "/a/./b/"),
         ];
         assert!(matches!(
             check_shared_folders(&same_path),

@@ -6,14 +6,17 @@
 //! 1. Before anything is made, the folders are checked
 //!    ([`paddock_libvirt::check_shared_folders`]: absolute existing host
 //!    directory, tag, guest path, no duplicates).
-//! 2. The host side: a read-write folder is exported as
-//!    it is; a read-only one as a read-only, `nosuid`, `nodev` bind mount
-//!    of it at `<state root>/<sandbox>.shares/<tag>`, because libvirt 9.0
-//!    refuses `<readonly/>` for virtiofs. `virtiofsd` then gets `EROFS`
-//!    from the host kernel for any write, whatever the guest mounts (the
-//!    guest's own `ro` would not hold against a hostile guest, which can
-//!    remount). The bind mount is not recursive: mounts below the folder
-//!    are not shared (a recursive one would keep them writable).
+//! 2. The host side: each folder is exported as a `nosuid`, `nodev` bind
+//!    mount of it at `<state root>/<sandbox>.shares/<tag>` (not recursive:
+//!    mounts below the folder are not shared, a recursive one would keep
+//!    them writable). A read-only folder's is read-only, because libvirt
+//!    9.0 refuses `<readonly/>` for virtiofs: `virtiofsd` then gets
+//!    `EROFS` from the host kernel for any write, whatever the guest mounts
+//!    (the guest's own `ro` would not hold against a hostile guest, which
+//!    can remount). A read-write folder's is idmapped (a user namespace
+//!    whose `uid_map` and `gid_map` are `<owner> 0 1`): root, whom
+//!    `virtiofsd` acts as for the guest's root, stands for the folder's
+//!    owner and group there (see below).
 //! 3. The domain gets one virtiofs `<filesystem>` per folder; libvirt
 //!    starts one `virtiofsd` (QEMU's, as root, in its own mount namespace
 //!    pivoted into the exported directory) for each.
@@ -36,13 +39,18 @@
 //! its own mount namespace into it, so a symbolic link the guest makes to
 //! `/etc` is stored as a link (the guest's kernel resolves it, inside the
 //! guest) and never followed on the host by `virtiofsd`. It drops
-//! `CAP_MKNOD`: no device nodes. But virtiofs has only `passthrough`
-//! access: in a read-write folder, files the guest makes belong to the
-//! guest's user id on the host, root's included, with the modes the guest
-//! sets, a set-user-ID bit included. Share read-write only directories
-//! that nothing on the host runs or trusts, on a `nosuid` file system
-//! where possible. (virtio-9p's `mapped` mode, which would keep such files
-//! QEMU's user's, is not available: the guest's cloud kernel has no 9p.)
+//! `CAP_MKNOD`: no device nodes. virtiofs has only `passthrough` access
+//! (the guest's user ids, applied by a `virtiofsd` running as root), and
+//! virtio-9p's `mapped` or `squash` modes are not available (the guest's
+//! cloud kernel has no 9p), so the squash is done by the idmapped export:
+//! what the guest's root makes in a read-write folder is stored as the
+//! folder's owner and group, never root's, so a set-user-ID file it leaves
+//! is the owner's; files of other host users are unmapped there, so the
+//! guest gets only what "others" may do to them; guest users other than
+//! root cannot own files there (`EOVERFLOW`). A read-write folder owned by
+//! root is refused ([`paddock_libvirt::ShareError::ReadWriteOwnedByRoot`]):
+//! root would stand for root. Share read-write only a directory of a user
+//! that nothing else trusts, and run nothing from it.
 //!
 //! # No snapshots
 //!
@@ -83,36 +91,34 @@ impl ShareExports {
     ) -> Result<(Self, Vec<FilesystemDevice>), VmError> {
         let mut exports = Self::default();
         let mut devices = Vec::with_capacity(folders.len());
-        if folders.iter().any(|folder| folder.read_only) {
-            let root = state_root.join(format!("{name}.shares"));
-            remove_leftovers(&root)?;
+        if folders.is_empty() {
+            return Ok((exports, devices));
+        }
+        let root = state_root.join(format!("{name}.shares"));
+        remove_leftovers(&root)?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&root)
+            .map_err(VmError::io("create the shared folder directory", &root))?;
+        exports.root = Some(root.clone());
+        for folder in folders {
+            let target = root.join(&folder.tag);
             std::fs::DirBuilder::new()
                 .mode(0o700)
-                .create(&root)
-                .map_err(VmError::io("create the shared folder directory", &root))?;
-            exports.root = Some(root);
-        }
-        for folder in folders {
-            let source_dir = match (&exports.root, folder.read_only) {
-                (Some(root), true) => {
-                    let target = root.join(&folder.tag);
-                    std::fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&target)
-                        .map_err(VmError::io("create the mount point of", &target))?;
-                    bind_read_only(&folder.host_path, &target).map_err(|source| {
-                        VmError::ShareExport {
-                            path: folder.host_path.clone(),
-                            source,
-                        }
-                    })?;
-                    exports.mounts.push(target.clone());
-                    target
-                }
-                _ => folder.host_path.clone(),
+                .create(&target)
+                .map_err(VmError::io("create the mount point of", &target))?;
+            let exported = if folder.read_only {
+                bind_read_only(&folder.host_path, &target)
+            } else {
+                bind_as_owner(&folder.host_path, &target)
             };
+            exported.map_err(|source| VmError::ShareExport {
+                path: folder.host_path.clone(),
+                source,
+            })?;
+            exports.mounts.push(target.clone());
             devices.push(FilesystemDevice {
-                source_dir,
+                source_dir: target,
                 tag: folder.tag.clone(),
             });
         }
@@ -274,6 +280,113 @@ fn bind_read_only(source: &Path, target: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Bind-mounts `source` at `target`, `nosuid` and `nodev` (not
+/// recursively), idmapped so that the host's root stands for the folder's
+/// owner: what `virtiofsd` (root) creates for the guest's root is stored as
+/// the folder's owner and group, files of the owner show as root's, and
+/// files of every other user are unmapped, so `virtiofsd` gets no more
+/// than "others" may do to them. A guest id other than root's cannot own
+/// a file there (`EOVERFLOW`).
+fn bind_as_owner(source: &Path, target: &Path) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::unix::fs::MetadataExt as _;
+
+    let owner = std::fs::metadata(source)?;
+    let userns = user_namespace(owner.uid(), owner.gid())?;
+    let source_c = c_path(source)?;
+    // SAFETY: open_tree reads the NUL-terminated path and returns a new
+    // descriptor (or -1); it is owned from here on.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source_c.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+        )
+    };
+    let tree = i32::try_from(tree).map_err(|_| std::io::Error::other("bad descriptor"))?;
+    if tree < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor open_tree just returned, owned by nothing else.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree) };
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: u64::try_from(userns.as_raw_fd())
+            .map_err(|_| std::io::Error::other("bad descriptor"))?,
+    };
+    // SAFETY: the detached tree's descriptor, an empty path with
+    // AT_EMPTY_PATH, and a mount_attr of the size given, read only.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &raw const attr,
+            size_of::<libc::mount_attr>(),
+        )
+    };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let target_c = c_path(target)?;
+    // SAFETY: attaches the detached tree at the NUL-terminated target path.
+    let moved = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target_c.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if moved != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A user namespace in which `uid` and `gid` are root's ids outside
+/// (`uid_map` `<uid> 0 1`): an idmapped mount through it stores root's
+/// files as `uid:gid`. Made by a short-lived child that unshares it; the
+/// namespace lives on through the returned descriptor.
+fn user_namespace(uid: u32, gid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::process::CommandExt as _;
+
+    let mut command = std::process::Command::new("/bin/sleep");
+    command
+        .arg("10")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: unshare is async-signal-safe and touches no memory of the
+    // parent; the child only execs afterwards.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = command.spawn()?;
+    let result = (|| {
+        let proc_dir = PathBuf::from(format!("/proc/{}", child.id()));
+        std::fs::write(proc_dir.join("uid_map"), format!("{uid} 0 1\n"))?;
+        std::fs::write(proc_dir.join("gid_map"), format!("{gid} 0 1\n"))?;
+        let ns = std::fs::File::open(proc_dir.join("ns/user"))?;
+        Ok(std::os::fd::OwnedFd::from(ns))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
 /// Lazily unmounts `target` (`MNT_DETACH`: a `virtiofsd` still holding it
 /// keeps its own copy until it exits).
 fn detach(target: &Path) -> std::io::Result<()> {
@@ -304,7 +417,11 @@ mod tests {
         root
     }
 
+    /// The owner of the test's read-write folders: not root, no one's.
+    const OWNER: u32 = 4242;
+
     fn folders(host: &Path) -> Vec<SharedFolder> {
+        std::os::unix::fs::chown(host, Some(OWNER), Some(OWNER)).expect("chown");
         vec![
             SharedFolder::read_only(host, "input", "/mnt/input"),
             SharedFolder::read_write(host, "output", "/mnt/output"),
@@ -330,7 +447,7 @@ mod tests {
                     tag: "input".into()
                 },
                 FilesystemDevice {
-                    source_dir: host.path().to_owned(),
+                    source_dir: state.path().join("box.shares/output"),
                     tag: "output".into()
                 },
             ]
@@ -350,6 +467,44 @@ mod tests {
     }
 
     #[test]
+    fn roots_files_in_a_read_write_folder_are_its_owners_on_the_host() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        if !root() {
+            return;
+        }
+        let state = tempfile::tempdir().expect("state root");
+        let host = tempfile::tempdir().expect("host folder");
+        let foreign = host.path().join("foreign.txt");
+        std::fs::write(&foreign, b"not the owner's").expect("write");
+        std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let (mut exports, _) =
+            ShareExports::prepare(state.path(), "box", &folders(host.path())).expect("prepare");
+        let exported = state.path().join("box.shares/output");
+        // What root (virtiofsd) makes there, set-user-ID bit and all.
+        let made = exported.join("made.bin");
+        std::fs::write(&made, b"guest").expect("create through the export");
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o4755))
+            .expect("chmod through the export");
+        let on_host = std::fs::metadata(host.path().join("made.bin")).expect("on the host");
+        assert_eq!(
+            (on_host.uid(), on_host.gid()),
+            (OWNER, OWNER),
+            "root's file is the owner's on the host"
+        );
+        let through = std::fs::metadata(&made).expect("through the export");
+        assert_eq!(
+            (through.uid(), through.gid()),
+            (0, 0),
+            "the owner shows as root"
+        );
+        // Another user's private file is out of root's reach there.
+        let denied = std::fs::read(exported.join("foreign.txt")).expect_err("not the owner's");
+        assert_eq!(denied.raw_os_error(), Some(libc::EACCES), "{denied}");
+        exports.release().expect("release");
+        assert!(!state.path().join("box.shares").exists());
+    }
+
+    #[test]
     fn what_a_crashed_process_left_is_detached_before_a_new_export() {
         if !root() {
             return;
@@ -364,12 +519,14 @@ mod tests {
         let (mut exports, _) = ShareExports::prepare(state.path(), "box", &folders(host.path()))
             .expect("prepare over the leftovers");
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        let target = state.path().join("box.shares/input");
-        let mounts = mountinfo
-            .lines()
-            .filter(|line| line.split(' ').nth(4) == target.to_str())
-            .count();
-        assert_eq!(mounts, 1, "the leftover mount was not detached");
+        for tag in ["input", "output"] {
+            let target = state.path().join("box.shares").join(tag);
+            let mounts = mountinfo
+                .lines()
+                .filter(|line| line.split(' ').nth(4) == target.to_str())
+                .count();
+            assert_eq!(mounts, 1, "the leftover mount of {tag} was not detached");
+        }
         exports.release().expect("release");
         assert!(!state.path().join("box.shares").exists());
         assert!(
