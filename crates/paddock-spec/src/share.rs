@@ -18,7 +18,7 @@
 //!   does not yet support read-only mode"), so a read-only folder is made
 //!   read-only on the host instead: Paddock exports a read-only,
 //!   `nosuid`, `nodev` bind mount of it (the `paddock` crate's
-//!   `vm::share`), and `virtiofsd`'s writes fail there with `EROFS`
+//!   `vm::share`, which also says what a guest can do to the host), and `virtiofsd`'s writes fail there with `EROFS`
 //!   whatever the guest mounts. The guest also mounts it `ro`.
 //! - virtiofs supports `accessmode='passthrough'` only: `virtiofsd` runs
 //!   as root and creates files with the guest's user ids, so a guest's root
@@ -119,12 +119,6 @@ impl SharedFolder {
         }
         Ok(())
     }
-
-    /// The guest path as text (checked to be UTF-8 by [`Self::check`]).
-    #[must_use]
-    pub fn guest_path_str(&self) -> Option<&str> {
-        self.guest_path.to_str()
-    }
 }
 
 /// Checks every folder ([`SharedFolder::check`]) and that no two share a
@@ -155,8 +149,8 @@ pub fn check_shared_folders(folders: &[SharedFolder]) -> Result<(), ShareError> 
 /// exports and the tag the guest mounts it by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilesystemDevice {
-    /// The directory exported (for a read-only folder, Paddock's read-only
-    /// bind mount of it).
+    /// The directory exported: Paddock's bind mount of the folder
+    /// (read-only, or idmapped for a read-write folder).
     pub source_dir: PathBuf,
     /// The mount tag.
     pub tag: String,

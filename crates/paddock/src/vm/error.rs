@@ -176,9 +176,9 @@ pub enum VmError {
     /// nothing was made.
     #[error("Invalid shared folder")]
     Share(#[from] ShareError),
-    /// A read-only shared folder could not be bind-mounted read-only on the
-    /// host (Paddock must run as root to share folders).
-    #[error("Cannot export the shared folder {path} read-only")]
+    /// A shared folder could not be bind-mounted for export on the host
+    /// (Paddock must run as root to share folders).
+    #[error("Cannot export the shared folder {path}")]
     ShareExport {
         /// The host directory.
         path: PathBuf,

@@ -117,8 +117,8 @@ pub struct SandboxConfig {
     pub client: ClientConfig,
     /// Host directories the guest mounts over virtiofs before the sandbox
     /// is handed out ([`super::share`]: read-only ones are enforced on the
-    /// host; a sandbox with any cannot be snapshotted). Sharing a
-    /// read-only folder needs root (a bind mount).
+    /// host, read-write ones are written as their owner; a sandbox with any
+    /// cannot be snapshotted). Sharing folders needs root (bind mounts).
     pub shared_folders: Vec<SharedFolder>,
 }
 
@@ -179,8 +179,8 @@ impl Sandbox {
     /// [`VmError::Name`] for a name that breaks the naming rule,
     /// [`VmError::Share`] for a shared folder that breaks a rule, and
     /// [`VmError::NoQemuGroup`] when QEMU's group does not exist (all
-    /// before anything is made); [`VmError::ShareExport`] when a read-only
-    /// folder cannot be bind-mounted, [`VmError::ShareMount`] when the
+    /// before anything is made); [`VmError::ShareExport`] when a folder
+    /// cannot be bind-mounted, [`VmError::ShareMount`] when the
     /// guest cannot mount a folder; [`VmError::NotReady`] (with the console
     /// tail) when the agent does not answer in time; otherwise the failing
     /// step's error. Whatever was created is removed again.
