@@ -145,6 +145,13 @@ async fn read_only_and_read_write_folders_hold_against_the_guest() -> TestResult
     let suid = std::fs::metadata(rw.path().join("suid"))?;
     assert_eq!(suid.mode() & 0o4000, 0o4000, "the bit is kept");
     assert_eq!(suid.uid(), RW_OWNER, "a set-user-ID root file on the host");
+    // Nor can the guest give a file to another host user: only its root
+    // has an id there.
+    let (code, _, stderr) = sh(&sandbox, "chown 1000:1000 /mnt/output/suid").await?;
+    assert_ne!(code, Some(0), "the guest gave a file to host user 1000");
+    eprintln!("guest chown to 1000: {stderr}");
+    let suid = std::fs::metadata(rw.path().join("suid"))?;
+    assert_eq!((suid.uid(), suid.gid()), (RW_OWNER, RW_OWNER));
 
     // A symbolic link to /etc made by the guest leads to the guest's /etc,
     // never the host's: the host's passwd has libvirt's user, the guest's
