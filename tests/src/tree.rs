@@ -171,3 +171,33 @@ pub fn assert_progress(seen: &[TreeProgress], bytes: u64, files: u64) {
     let last = seen.last().copied().unwrap_or_default();
     assert_eq!((last.bytes, last.files), (bytes, files), "{seen:?}");
 }
+
+/// Asserts that the trees under `got` and `want` are the same (see
+/// [`listing`]), naming the entries that differ rather than printing both.
+///
+/// # Errors
+/// An I/O error.
+///
+/// # Panics
+/// When they differ.
+pub fn assert_same_tree(got: &Path, want: &Path) -> anyhow::Result<()> {
+    let (got, want) = (listing(got)?, listing(want)?);
+    let differ: Vec<_> = got
+        .keys()
+        .chain(want.keys())
+        .filter(|path| got.get(*path) != want.get(*path))
+        .map(|path| {
+            let show = |entry: Option<&Entry>| {
+                entry.map(|(kind, mode, mtime, body)| (*kind, *mode, *mtime, body.len()))
+            };
+            format!(
+                "{}: {:?} != {:?}",
+                path.display(),
+                show(got.get(path)),
+                show(want.get(path))
+            )
+        })
+        .collect();
+    assert!(differ.is_empty(), "the trees differ: {differ:#?}");
+    Ok(())
+}

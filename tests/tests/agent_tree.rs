@@ -12,7 +12,8 @@ use paddock_proto::{
     FileEnd, FrameDecoder, Message, MessageKind, TreePut, encode_frame, encode_message, read_frame,
 };
 use paddock_tests::tree::{
-    assert_progress, listing, raw_tar, record_progress, sample_tree, unsafe_streams,
+    assert_progress, assert_same_tree, listing, raw_tar, record_progress, sample_tree,
+    unsafe_streams,
 };
 use paddock_tests::{AgentProcess, RawPeer, fake_hello_ack, test_config};
 
@@ -47,7 +48,7 @@ async fn a_tree_round_trips_both_ways_with_links_kept_and_progress_reported() ->
     assert_eq!(put.done.bytes, 7 + 19 + 300_000 + 6);
     assert_progress(&recorder.await?, put.stream_bytes, files);
     // In the guest: the same tree, links as links.
-    assert_eq!(listing(&remote)?, listing(local.path())?);
+    assert_same_tree(&remote, local.path())?;
     assert_eq!(
         std::fs::read_link(remote.join("outside-link"))?,
         Path::new("/etc")
@@ -66,7 +67,7 @@ async fn a_tree_round_trips_both_ways_with_links_kept_and_progress_reported() ->
     assert_eq!(got.done, put.done);
     assert_eq!(got.stream_bytes, put.stream_bytes);
     assert_progress(&recorder.await?, got.stream_bytes, files);
-    assert_eq!(listing(&into)?, listing(local.path())?);
+    assert_same_tree(&into, local.path())?;
     Ok(())
 }
 
@@ -363,4 +364,72 @@ fn the_agent_and_the_host_pack_and_unpack_with_the_same_code() {
         agent == host,
         "guest-agent/src/tree_fs.rs and crates/paddock-agent-client/src/tree_fs.rs differ"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_s_tar_stream_goes_in_and_out_as_it_is() -> TestResult {
+    let agent = AgentProcess::start(&[])?;
+    let client = agent.client().await?;
+    let local = tempfile::tempdir()?;
+    let (files, _, symlinks) = sample_tree(local.path())?;
+    let mut archive = Vec::new();
+    {
+        let mut builder = tar::Builder::new(&mut archive);
+        builder.follow_symlinks(false);
+        builder.append_dir_all(".", local.path())?;
+        builder.finish()?;
+    }
+    let remote = agent.dir().join("from-a-stream");
+    let put = client
+        .put_tree_reader(
+            &mut archive.as_slice(),
+            utf8(&remote),
+            &TreeOptions::default(),
+        )
+        .await?;
+    assert_eq!((put.done.files, put.done.symlinks), (files, symlinks));
+    assert_eq!(put.stream_bytes, archive.len() as u64);
+    assert_same_tree(&remote, local.path())?;
+
+    let mut stream = Vec::new();
+    let got = client
+        .get_tree_writer(utf8(&remote), &mut stream, &TreeOptions::default())
+        .await?;
+    assert_eq!(got.stream_bytes, stream.len() as u64);
+    assert_eq!(got.crc32, crc32fast::hash(&stream));
+    let unpacked = tempfile::tempdir()?;
+    tar::Archive::new(stream.as_slice()).unpack(unpacked.path())?;
+    // Another unpacker keeps its own rules for modes and directory times:
+    // the entries, their kinds and their content are what must match.
+    let content = |root: &Path| -> anyhow::Result<Vec<(std::path::PathBuf, char, Vec<u8>)>> {
+        Ok(listing(root)?
+            .into_iter()
+            .map(|(path, (kind, _, _, body))| (path, kind, body))
+            .collect())
+    };
+    assert!(
+        content(unpacked.path())? == content(local.path())?,
+        "the stream is not the tree"
+    );
+
+    // The agent judges a caller's stream as any other.
+    let outside = agent.dir().join("outside");
+    std::fs::create_dir(&outside)?;
+    for (what, stream) in unsafe_streams(&outside) {
+        let err = client
+            .put_tree_reader(
+                &mut stream.as_slice(),
+                utf8(&remote),
+                &TreeOptions::default(),
+            )
+            .await
+            .expect_err(what);
+        assert_eq!(
+            err.agent_code(),
+            Some(ErrorCode::UnsafePath),
+            "{what}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&outside)?.count(), 0);
+    Ok(())
 }

@@ -758,6 +758,76 @@ impl AgentClient {
     }
 }
 
+impl AgentClient {
+    /// Sends the tar stream `reader` yields (a caller's archive, e.g. the
+    /// daemon's request body) into the guest directory `remote`, as
+    /// [`AgentClient::put_tree`] sends a packed one. The agent judges every
+    /// entry (`unsafe_path`, kinds a tree does not carry); the host counts
+    /// the bytes against [`TreeOptions::max_bytes`] and the gate.
+    ///
+    /// # Errors
+    /// As [`AgentClient::put_tree`]; [`ClientError::LocalIo`] when
+    /// `reader` fails.
+    pub async fn put_tree_reader<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        remote: &str,
+        options: &TreeOptions,
+    ) -> Result<TreeTransfer, ClientError> {
+        self.admit(&mut GateRequest::PutTree {
+            path: remote,
+            size: Size::Unknown,
+        })?;
+        let keeper = self.gatekeeper();
+        self.transfer(FileDirection::Put, remote, async {
+            let conn = self.connection().await?;
+            let transfer = tree::Transfer {
+                conn: &conn,
+                remote,
+                options,
+                io_timeout: self.inner.config.io_timeout,
+                keeper: keeper.as_ref(),
+            };
+            tree::put_reader(&transfer, reader).await
+        })
+        .await
+    }
+
+    /// Receives the guest directory `remote` as a tar stream into `writer`,
+    /// as it arrives, without unpacking it: whoever unpacks it must judge
+    /// its entries (the guest is untrusted). Its size and CRC-32 are
+    /// checked against the agent's FILE_END; the counts of the result are
+    /// zero.
+    ///
+    /// # Errors
+    /// As [`AgentClient::get_tree`]; [`ClientError::LocalIo`] when
+    /// `writer` fails.
+    pub async fn get_tree_writer<W: AsyncWrite + Unpin>(
+        &self,
+        remote: &str,
+        writer: &mut W,
+        options: &TreeOptions,
+    ) -> Result<TreeTransfer, ClientError> {
+        self.admit(&mut GateRequest::GetTree {
+            path: remote,
+            size: Size::Unknown,
+        })?;
+        let keeper = self.gatekeeper();
+        self.transfer(FileDirection::Get, remote, async {
+            let conn = self.connection().await?;
+            let transfer = tree::Transfer {
+                conn: &conn,
+                remote,
+                options,
+                io_timeout: self.inner.config.io_timeout,
+                keeper: keeper.as_ref(),
+            };
+            tree::get_writer(&transfer, writer).await
+        })
+        .await
+    }
+}
+
 impl Transferred for TreeTransfer {
     fn size(&self) -> u64 {
         self.stream_bytes

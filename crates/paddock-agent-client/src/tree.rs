@@ -23,9 +23,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use paddock_proto::{FileEnd, Message, MessageKind, TreeDone, TreeGet, TreePut};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
 
-use crate::connection::{Connection, Request};
+use crate::connection::{Connection, Request, SendCredit};
 use crate::error::ClientError;
 use crate::files::{final_error, next_event, unexpected};
 use crate::gate::{GateRequest, Gatekeeper, Size};
@@ -147,51 +148,122 @@ pub(crate) struct Transfer<'a> {
     pub(crate) keeper: Option<&'a Gatekeeper>,
 }
 
+/// Where a put's stream comes from.
+enum Source<'r, R> {
+    /// The packer thread of a local directory.
+    Packer(mpsc::Receiver<Vec<u8>>),
+    /// A caller's tar stream (the daemon's request body).
+    Reader(&'r mut R, Vec<u8>),
+}
+
+impl<R: AsyncRead + Unpin> Source<'_, R> {
+    async fn next(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        match self {
+            Self::Packer(chunks) => Ok(chunks.recv().await),
+            Self::Reader(reader, buf) => {
+                let n = reader
+                    .read(buf)
+                    .await
+                    .map_err(|source| ClientError::LocalIo {
+                        path: "<tree source>".into(),
+                        source,
+                    })?;
+                Ok((n > 0).then(|| buf[..n].to_vec()))
+            }
+        }
+    }
+}
+
+/// Opens a put of `transfer.remote`.
+fn open_put(transfer: &Transfer<'_>) -> Result<Request, ClientError> {
+    crate::files::check_remote_path(transfer.remote)?;
+    let request = transfer.conn.open(false)?;
+    let put = TreePut {
+        path: transfer.remote.to_owned(),
+        max_bytes: transfer.options.max_bytes,
+        overwrite: transfer.options.overwrite,
+    };
+    transfer.conn.send(request.id, &Message::TreePut(put))?;
+    Ok(request)
+}
+
 /// Packs the local directory `local` and unpacks it into the guest
 /// directory `transfer.remote`.
 pub(crate) async fn put(
     transfer: &Transfer<'_>,
     local: &Path,
 ) -> Result<TreeTransfer, ClientError> {
-    let conn = transfer.conn;
-    crate::files::check_remote_path(transfer.remote)?;
     tree_fs::check_root(local, false).map_err(tree_error)?;
-    let mut request = conn.open(false)?;
-    let put = TreePut {
-        path: transfer.remote.to_owned(),
-        max_bytes: transfer.options.max_bytes,
-        overwrite: transfer.options.overwrite,
-    };
-    conn.send(request.id, &Message::TreePut(put))?;
+    let mut request = open_put(transfer)?;
     let id = request.id;
+    let conn = transfer.conn;
+    let work = async {
+        let (queue, chunks) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let tally = Arc::new(Tally::default());
+        let packer = {
+            let local = local.to_owned();
+            let tally = Arc::clone(&tally);
+            let writer = ChunkWriter::new(queue, conn.chunk);
+            let max_bytes = transfer.options.max_bytes;
+            tokio::task::spawn_blocking(move || tree_fs::pack(&local, writer, max_bytes, &tally))
+        };
+        let mut source = Source::<tokio::io::Empty>::Packer(chunks);
+        let (size, crc) = send_stream(transfer, &mut request, &mut source, &tally).await?;
+        if let Err(err) = packer.await.map_err(worker_failed)? {
+            abort_put(conn, id, size, &crc);
+            return Err(tree_error(err));
+        }
+        finish_put(transfer, &mut request, size, crc, &tally).await
+    };
     let cancel = || abort_put(conn, id, u64::MAX, &crc32fast::Hasher::new());
-    within(
-        transfer.options.timeout,
-        cancel,
-        send_tree(transfer, &mut request, local),
-    )
-    .await
+    within(transfer.options.timeout, cancel, work).await
 }
 
-async fn send_tree(
+/// Sends the tar stream `reader` yields into the guest directory
+/// `transfer.remote`; the agent judges its entries.
+pub(crate) async fn put_reader<R: AsyncRead + Unpin>(
+    transfer: &Transfer<'_>,
+    reader: &mut R,
+) -> Result<TreeTransfer, ClientError> {
+    let mut request = open_put(transfer)?;
+    let id = request.id;
+    let conn = transfer.conn;
+    let work = async {
+        let tally = Tally::default();
+        let mut source = Source::Reader(reader, vec![0u8; conn.chunk]);
+        let (size, crc) = send_stream(transfer, &mut request, &mut source, &tally).await?;
+        finish_put(transfer, &mut request, size, crc, &tally).await
+    };
+    let cancel = || abort_put(conn, id, u64::MAX, &crc32fast::Hasher::new());
+    within(transfer.options.timeout, cancel, work).await
+}
+
+/// Sends what `source` yields as FILE_DATA within the agent's window;
+/// returns its size and CRC-32. On a failure the put is aborted.
+async fn send_stream<R: AsyncRead + Unpin>(
     transfer: &Transfer<'_>,
     request: &mut Request,
-    local: &Path,
-) -> Result<TreeTransfer, ClientError> {
+    source: &mut Source<'_, R>,
+    tally: &Tally,
+) -> Result<(u64, crc32fast::Hasher), ClientError> {
     let conn = transfer.conn;
-    let (queue, mut chunks) = mpsc::channel::<Vec<u8>>(QUEUE);
-    let tally = Arc::new(Tally::default());
-    let packer = {
-        let local = local.to_owned();
-        let tally = Arc::clone(&tally);
-        let writer = ChunkWriter::new(queue, conn.chunk);
-        let max_bytes = transfer.options.max_bytes;
-        tokio::task::spawn_blocking(move || tree_fs::pack(&local, writer, max_bytes, &tally))
-    };
+    let max_bytes = transfer.options.max_bytes;
     let mut crc = crc32fast::Hasher::new();
     let mut size = 0u64;
-    while let Some(chunk) = chunks.recv().await {
+    loop {
+        let chunk = match source.next().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok((size, crc)),
+            Err(err) => {
+                abort_put(conn, request.id, size, &crc);
+                return Err(err);
+            }
+        };
         let n = chunk.len() as u64;
+        if size + n > max_bytes {
+            abort_put(conn, request.id, size, &crc);
+            return Err(tree_error(TreeError::TooLarge { max_bytes }));
+        }
         if let Some(keeper) = transfer.keeper {
             let admitted = keeper.admit(&mut GateRequest::PutTree {
                 path: transfer.remote,
@@ -218,15 +290,23 @@ async fn send_tree(
             conn.send_data(request.id, MessageKind::FileData, now)?;
             data = rest;
         }
-        report(transfer.options.progress.as_ref(), size, &tally);
+        report(transfer.options.progress.as_ref(), size, tally);
     }
-    if let Err(err) = packer.await.map_err(worker_failed)? {
-        abort_put(conn, request.id, size, &crc);
-        return Err(tree_error(err));
-    }
+}
+
+/// Ends a put's stream with FILE_END and waits for TREE_DONE.
+async fn finish_put(
+    transfer: &Transfer<'_>,
+    request: &mut Request,
+    size: u64,
+    crc: crc32fast::Hasher,
+    tally: &Tally,
+) -> Result<TreeTransfer, ClientError> {
     let crc32 = crc.finalize();
-    conn.send(request.id, &Message::FileEnd(FileEnd { size, crc32 }))?;
-    report(transfer.options.progress.as_ref(), size, &tally);
+    transfer
+        .conn
+        .send(request.id, &Message::FileEnd(FileEnd { size, crc32 }))?;
+    report(transfer.options.progress.as_ref(), size, tally);
     match next_event(request, transfer.io_timeout, "TREE_DONE").await? {
         Message::TreeDone(done) => Ok(TreeTransfer {
             done,
@@ -237,6 +317,43 @@ async fn send_tree(
     }
 }
 
+/// Where a get's stream goes.
+enum Sink<'w, W> {
+    /// The unpacker thread of a local directory.
+    Unpacker(mpsc::Sender<Vec<u8>>),
+    /// A caller's writer (the daemon's answer), which gets the bytes as
+    /// they are: whoever unpacks them must judge them.
+    Writer(&'w mut W),
+}
+
+/// Opens a get of `transfer.remote`.
+fn open_get(transfer: &Transfer<'_>) -> Result<Request, ClientError> {
+    crate::files::check_remote_path(transfer.remote)?;
+    let request = transfer.conn.open(false)?;
+    transfer.conn.accept_data(&request);
+    let get = TreeGet {
+        path: transfer.remote.to_owned(),
+        max_bytes: transfer.options.max_bytes,
+    };
+    transfer.conn.send(request.id, &Message::TreeGet(get))?;
+    Ok(request)
+}
+
+/// Runs a get's `work` within its timeout; a get that ends here, not by
+/// the agent, is ended in the agent too.
+async fn run_get<T>(
+    transfer: &Transfer<'_>,
+    (id, ended): (u64, Arc<SendCredit>),
+    work: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    let outcome = within(transfer.options.timeout, || {}, work).await;
+    // The request's credit is closed once the agent's last frame arrived.
+    if outcome.is_err() && !ended.is_closed() {
+        abort_get(transfer.conn, id);
+    }
+    outcome
+}
+
 /// Packs the guest directory `transfer.remote` and unpacks it into the
 /// local directory `local` (made if missing), as strictly as the agent
 /// unpacks a put.
@@ -244,50 +361,81 @@ pub(crate) async fn get(
     transfer: &Transfer<'_>,
     local: &Path,
 ) -> Result<TreeTransfer, ClientError> {
-    let conn = transfer.conn;
-    crate::files::check_remote_path(transfer.remote)?;
     let root = local.to_owned();
     tokio::task::spawn_blocking(move || tree_fs::check_root(&root, true))
         .await
         .map_err(worker_failed)?
         .map_err(tree_error)?;
-    let mut request = conn.open(false)?;
-    conn.accept_data(&request);
-    let get = TreeGet {
-        path: transfer.remote.to_owned(),
-        max_bytes: transfer.options.max_bytes,
-    };
-    conn.send(request.id, &Message::TreeGet(get))?;
-    let id = request.id;
-    let outcome = within(
-        transfer.options.timeout,
-        || {},
-        receive_tree(transfer, &mut request, local),
-    )
-    .await;
-    if outcome.is_err() && !request.send.is_closed() {
-        // Ended here (a timeout, the gate, an unsafe entry), not by the
-        // agent: it must stop sending.
-        abort_get(conn, id);
-    }
-    outcome
-}
-
-async fn receive_tree(
-    transfer: &Transfer<'_>,
-    request: &mut Request,
-    local: &Path,
-) -> Result<TreeTransfer, ClientError> {
-    let (queue, chunks) = mpsc::channel::<Vec<u8>>(QUEUE);
-    let tally = Arc::new(Tally::default());
-    let unpacker = {
-        let local = local.to_owned();
-        let tally = Arc::clone(&tally);
-        let overwrite = transfer.options.overwrite;
-        tokio::task::spawn_blocking(move || {
-            tree_fs::unpack(ChunkReader::new(chunks), &local, overwrite, &tally)
+    let mut request = open_get(transfer)?;
+    let ended = (request.id, Arc::clone(&request.send));
+    let work = async {
+        let (queue, chunks) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let tally = Arc::new(Tally::default());
+        let unpacker = {
+            let local = local.to_owned();
+            let tally = Arc::clone(&tally);
+            let overwrite = transfer.options.overwrite;
+            tokio::task::spawn_blocking(move || {
+                tree_fs::unpack(ChunkReader::new(chunks), &local, overwrite, &tally)
+            })
+        };
+        let mut sink = Sink::<tokio::io::Sink>::Unpacker(queue);
+        let received = receive_stream(transfer, &mut request, &mut sink, &tally).await;
+        drop(sink);
+        let unpacked = unpacker.await.map_err(worker_failed)?;
+        let Some((size, crc32)) = received? else {
+            return Err(tree_error(unpacked.err().unwrap_or(TreeError::Malformed(
+                "the stream went on after the tar ended",
+            ))));
+        };
+        let done = unpacked.map_err(tree_error)?;
+        report(transfer.options.progress.as_ref(), size, &tally);
+        Ok(TreeTransfer {
+            done,
+            stream_bytes: size,
+            crc32,
         })
     };
+    run_get(transfer, ended, work).await
+}
+
+/// Receives the guest directory `transfer.remote` as a tar stream into
+/// `writer`, unchecked (the caller's reader must judge its entries); the
+/// returned counts are zero.
+pub(crate) async fn get_writer<W: AsyncWrite + Unpin>(
+    transfer: &Transfer<'_>,
+    writer: &mut W,
+) -> Result<TreeTransfer, ClientError> {
+    let mut request = open_get(transfer)?;
+    let ended = (request.id, Arc::clone(&request.send));
+    let work = async {
+        let tally = Tally::default();
+        let mut sink = Sink::Writer(writer);
+        let received = receive_stream(transfer, &mut request, &mut sink, &tally).await?;
+        let Some((size, crc32)) = received else {
+            return Err(ClientError::Unexpected {
+                kind: MessageKind::FileData,
+            });
+        };
+        Ok(TreeTransfer {
+            done: TreeDone::default(),
+            stream_bytes: size,
+            crc32,
+        })
+    };
+    run_get(transfer, ended, work).await
+}
+
+/// Feeds the agent's FILE_DATA to `sink` until FILE_END, checked against
+/// `max_bytes` and the gate as it arrives; returns the stream's size and
+/// CRC-32 once FILE_END matched them, or `None` if the unpacker stopped
+/// taking data (its own error says why).
+async fn receive_stream<W: AsyncWrite + Unpin>(
+    transfer: &Transfer<'_>,
+    request: &mut Request,
+    sink: &mut Sink<'_, W>,
+    tally: &Tally,
+) -> Result<Option<(u64, u32)>, ClientError> {
     let max_bytes = transfer.options.max_bytes;
     let mut crc = crc32fast::Hasher::new();
     let mut size = 0u64;
@@ -311,25 +459,39 @@ async fn receive_tree(
                     }
                 }
                 crc.update(&data);
-                let queued = queue.send(data).await;
-                request.recv.consumed(len);
-                if queued.is_err() {
-                    // The unpacker stopped: its error is the cause.
-                    break None;
+                let delivered = match sink {
+                    Sink::Unpacker(queue) => queue.send(data).await.is_ok(),
+                    Sink::Writer(writer) => {
+                        let written = writer.write_all(&data).await;
+                        request.recv.consumed(len);
+                        written.map_err(|source| ClientError::LocalIo {
+                            path: "<tree sink>".into(),
+                            source,
+                        })?;
+                        true
+                    }
+                };
+                if matches!(sink, Sink::Unpacker(_)) {
+                    request.recv.consumed(len);
                 }
-                report(transfer.options.progress.as_ref(), size, &tally);
+                if !delivered {
+                    return Ok(None);
+                }
+                report(transfer.options.progress.as_ref(), size, tally);
             }
-            Message::FileEnd(end) => break Some(end),
+            Message::FileEnd(end) => break end,
             other => return Err(unexpected(other)),
         }
     };
-    drop(queue);
-    let unpacked = unpacker.await.map_err(worker_failed)?;
-    let Some(end) = end else {
-        return Err(tree_error(unpacked.err().unwrap_or(TreeError::Malformed(
-            "the stream went on after the tar ended",
-        ))));
-    };
+    if let Sink::Writer(writer) = sink {
+        writer
+            .flush()
+            .await
+            .map_err(|source| ClientError::LocalIo {
+                path: "<tree sink>".into(),
+                source,
+            })?;
+    }
     let crc32 = crc.finalize();
     if (end.size, end.crc32) != (size, crc32) {
         return Err(ClientError::ChecksumMismatch {
@@ -339,11 +501,5 @@ async fn receive_tree(
             crc: crc32,
         });
     }
-    let done = unpacked.map_err(tree_error)?;
-    report(transfer.options.progress.as_ref(), size, &tally);
-    Ok(TreeTransfer {
-        done,
-        stream_bytes: size,
-        crc32,
-    })
+    Ok(Some((size, crc32)))
 }
