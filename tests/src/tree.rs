@@ -156,30 +156,28 @@ pub fn record_progress(
     })
 }
 
-/// Asserts that `seen` never goes back and ends at `bytes` and `files`.
+/// Checks that `seen` never goes back and ends at `bytes` and `files`.
 ///
-/// # Panics
+/// # Errors
 /// When it does not.
-pub fn assert_progress(seen: &[TreeProgress], bytes: u64, files: u64) {
-    assert!(seen.len() >= 2, "no progress reported: {seen:?}");
+pub fn assert_progress(seen: &[TreeProgress], bytes: u64, files: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(seen.len() >= 2, "no progress reported: {seen:?}");
     for pair in seen.windows(2) {
-        assert!(
+        anyhow::ensure!(
             pair[1].bytes >= pair[0].bytes && pair[1].files >= pair[0].files,
             "progress went back: {pair:?}"
         );
     }
     let last = seen.last().copied().unwrap_or_default();
-    assert_eq!((last.bytes, last.files), (bytes, files), "{seen:?}");
+    anyhow::ensure!((last.bytes, last.files) == (bytes, files), "{seen:?}");
+    Ok(())
 }
 
 /// Asserts that the trees under `got` and `want` are the same (see
 /// [`listing`]), naming the entries that differ rather than printing both.
 ///
 /// # Errors
-/// An I/O error.
-///
-/// # Panics
-/// When they differ.
+/// An I/O error, or the trees differ.
 pub fn assert_same_tree(got: &Path, want: &Path) -> anyhow::Result<()> {
     let (got, want) = (listing(got)?, listing(want)?);
     let differ: Vec<_> = got
@@ -198,6 +196,6 @@ pub fn assert_same_tree(got: &Path, want: &Path) -> anyhow::Result<()> {
             )
         })
         .collect();
-    assert!(differ.is_empty(), "the trees differ: {differ:#?}");
+    anyhow::ensure!(differ.is_empty(), "the trees differ: {differ:#?}");
     Ok(())
 }

@@ -46,7 +46,7 @@ async fn a_tree_round_trips_both_ways_with_links_kept_and_progress_reported() ->
         (files, dirs, symlinks)
     );
     assert_eq!(put.done.bytes, 7 + 19 + 300_000 + 6);
-    assert_progress(&recorder.await?, put.stream_bytes, files);
+    assert_progress(&recorder.await?, put.stream_bytes, files)?;
     // In the guest: the same tree, links as links.
     assert_same_tree(&remote, local.path())?;
     assert_eq!(
@@ -66,7 +66,7 @@ async fn a_tree_round_trips_both_ways_with_links_kept_and_progress_reported() ->
     drop(options);
     assert_eq!(got.done, put.done);
     assert_eq!(got.stream_bytes, put.stream_bytes);
-    assert_progress(&recorder.await?, got.stream_bytes, files);
+    assert_progress(&recorder.await?, got.stream_bytes, files)?;
     assert_same_tree(&into, local.path())?;
     Ok(())
 }

@@ -37,10 +37,21 @@ async fn a_lease_moves_a_tree_into_its_guest_and_back() -> TestResult {
             },
         )
         .await?;
-    pool.wait_ready(Duration::from_secs(180)).await?;
-    let lease = pool.acquire().await?;
-    let client = lease.client();
+    let outcome = async {
+        pool.wait_ready(Duration::from_secs(180)).await?;
+        let lease = pool.acquire().await?;
+        moves_a_tree(lease.client()).await?;
+        lease.release();
+        anyhow::Ok(())
+    }
+    .await;
+    // Also on failure: the pool's domains and files go.
+    let closed = pool.close().await;
+    outcome?;
+    Ok(closed?)
+}
 
+async fn moves_a_tree(client: &paddock::agent::AgentClient) -> TestResult {
     let local = tempfile::tempdir()?;
     let (files, dirs, symlinks) = sample_tree(local.path())?;
     let (progress, watched) = tokio::sync::watch::channel(TreeProgress::default());
@@ -51,24 +62,24 @@ async fn a_lease_moves_a_tree_into_its_guest_and_back() -> TestResult {
     };
     let put = client.put_tree(local.path(), "/tmp/tree", &options).await?;
     drop(options);
-    assert_eq!(
-        (put.done.files, put.done.dirs, put.done.symlinks),
-        (files, dirs, symlinks)
+    anyhow::ensure!(
+        (put.done.files, put.done.dirs, put.done.symlinks) == (files, dirs, symlinks),
+        "{put:?}"
     );
-    assert_progress(&recorder.await?, put.stream_bytes, files);
+    assert_progress(&recorder.await?, put.stream_bytes, files)?;
 
     // What the guest sees: the tree, modes and links as they were.
-    let out = client
-        .exec_collect(Execute::shell(
-            "cd /tmp/tree && readlink outside-link inside-link && \
-             stat -c '%a %n' empty private private/key src/run.sh && \
-             cat src/nested/deeper/leaf.txt && find . | wc -l",
-        ))
-        .await?;
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "/etc\nsrc/nested/deeper/leaf.txt\n750 empty\n700 private\n600 private/key\n\
-         755 src/run.sh\na leaf\n12\n",
+    let mut look = Execute::shell(
+        "cd /tmp/tree && readlink outside-link && readlink inside-link && \
+         stat -c '%a %n' empty private private/key src/run.sh && \
+         cat src/nested/deeper/leaf.txt && find . | wc -l",
+    );
+    look.cwd = Some("/tmp".into());
+    let out = client.exec_collect(look).await?;
+    anyhow::ensure!(
+        String::from_utf8_lossy(&out.stdout)
+            == "/etc\nsrc/nested/deeper/leaf.txt\n750 empty\n700 private\n600 private/key\n\
+                755 src/run.sh\na leaf\n12\n",
         "{out:?}"
     );
 
@@ -76,19 +87,19 @@ async fn a_lease_moves_a_tree_into_its_guest_and_back() -> TestResult {
     let got = client
         .get_tree("/tmp/tree", back.path(), &TreeOptions::default())
         .await?;
-    assert_eq!(got.done, put.done);
+    anyhow::ensure!(got.done == put.done, "{got:?} != {put:?}");
     assert_same_tree(back.path(), local.path())?;
 
     // The policy governs trees as it does files.
-    let err = client
+    let Err(err) = client
         .put_tree(local.path(), "/etc/planted", &TreeOptions::default())
         .await
-        .expect_err("outside put.paths");
-    assert!(
+    else {
+        anyhow::bail!("a put outside put.paths passed");
+    };
+    anyhow::ensure!(
         matches!(&err, ClientError::Denied(denial) if denial.rule == Rule::PutPath),
         "{err:?}"
     );
-    lease.release();
-    pool.shutdown().await;
     Ok(())
 }
