@@ -1,7 +1,7 @@
 //! Directory trees through the daemon's HTTP API on real VMs: a tenant
 //! PUTs a tar into its lease's guest and GETs it back
 //! (`/v1/leases/{id}/tree`), an unsafe archive is refused, and Python's
-//! httpx reads the same answer.
+//! httpx reads the same answer; `paddock cp -r` moves it both ways.
 #![cfg(test)]
 
 use std::io::{Read as _, Write as _};
@@ -14,7 +14,7 @@ use paddock_server::auth::token_digest;
 use paddock_server::http::TreeResult;
 use paddock_server::wire::SlotList;
 use paddock_tests::daemon::DaemonProcess;
-use paddock_tests::tree::{sample_tree, unsafe_streams};
+use paddock_tests::tree::{assert_same_tree, sample_tree, unsafe_streams};
 use paddock_tests::unique_marker;
 use paddock_tests::vm::{POOL_ROOT, enabled, image_manifest_path};
 
@@ -158,14 +158,16 @@ fn a_tenant_puts_and_gets_a_tree_over_http() -> TestResult {
 
     // An archive with an entry that would land outside: refused, whole.
     let outside = std::path::Path::new("/tmp/outside");
+    // (Elsewhere: a refused put leaves what it unpacked before.)
+    let elsewhere = format!("/v1/leases/{lease}/tree?path=/tmp/refused");
     for (what, stream) in unsafe_streams(outside) {
-        let (code, _, body) = call(daemon.tcp, "PUT", &route, &stream)?;
+        let (code, _, body) = call(daemon.tcp, "PUT", &elsewhere, &stream)?;
         let body = String::from_utf8_lossy(&body);
         assert_eq!(code, 400, "{what}: {body}");
         assert!(body.contains("unsafe_path"), "{what}: {body}");
     }
     // Over the caller's own bound: 413.
-    let small = format!("{route}&max_bytes=10000");
+    let small = format!("{elsewhere}&max_bytes=10000");
     let (code, _, body) = call(daemon.tcp, "PUT", &small, &archive)?;
     assert_eq!(code, 413, "{}", String::from_utf8_lossy(&body));
     // Outside the policy's paths: 403 naming the rule.
@@ -195,6 +197,18 @@ fn a_tenant_puts_and_gets_a_tree_over_http() -> TestResult {
     } else {
         eprintln!("SKIPPED the httpx call: set PADDOCK_PYTHON to a python with httpx");
     }
+
+    // `paddock cp -r` both ways: the same tree, modes, times and links.
+    let remote = format!("{lease}:/tmp/cli-tree");
+    let up = daemon.tenant(
+        TOKEN,
+        &["cp", "-r", &local.path().to_string_lossy(), &remote],
+    )?;
+    assert!(up.status.success(), "{}", stderr(&up));
+    let back = dir.path().join("cli-back");
+    let down = daemon.tenant(TOKEN, &["cp", "-r", &remote, &back.to_string_lossy()])?;
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert_same_tree(&back, local.path())?;
 
     let released = daemon.tenant(TOKEN, &["release", &lease])?;
     assert!(released.status.success(), "{}", stderr(&released));

@@ -65,4 +65,7 @@ pub use paddock_proto::{
 };
 pub use transport::Transport;
 pub use tree::{TreeOptions, TreeProgress, TreeTransfer};
-pub use tree_fs::TreeError;
+pub use tree_fs::{
+    Tally as TreeTally, TreeError, check_root as check_tree_root, pack as pack_tree,
+    unpack as unpack_tree,
+};
