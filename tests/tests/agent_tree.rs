@@ -433,3 +433,132 @@ async fn a_caller_s_tar_stream_goes_in_and_out_as_it_is() -> TestResult {
     assert_eq!(std::fs::read_dir(&outside)?.count(), 0);
     Ok(())
 }
+
+/// A gate that records what it is asked and denies a tree whose stream
+/// passes `limit`.
+#[derive(Debug)]
+struct RecordingGate {
+    limit: u64,
+    kinds: std::sync::Mutex<Vec<&'static str>>,
+    sent: std::sync::atomic::AtomicU64,
+    received: std::sync::atomic::AtomicU64,
+}
+
+impl paddock_agent_client::RequestGate for RecordingGate {
+    fn admit(
+        &self,
+        _source: &paddock_events::Source,
+        request: &mut paddock_agent_client::GateRequest<'_>,
+    ) -> Result<(), paddock_agent_client::Refusal> {
+        use paddock_agent_client::{GateRequest, Size};
+        self.kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(request.kind());
+        match request {
+            GateRequest::PutTree {
+                size: Size::AtLeast(n),
+                ..
+            }
+            | GateRequest::GetTree {
+                size: Size::AtLeast(n),
+                ..
+            } if *n > self.limit => Err(paddock_agent_client::Refusal::Denied(
+                paddock_agent_client::Denial {
+                    policy: "recording".into(),
+                    rule: paddock_policy::Rule::PutSize,
+                    detail: format!("{n} bytes"),
+                },
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn pace(
+        &self,
+        _source: &paddock_events::Source,
+        flow: paddock_agent_client::Flow,
+        bytes: u64,
+    ) -> Option<(&'static str, std::time::Duration)> {
+        let counter = match flow {
+            paddock_agent_client::Flow::Sent => &self.sent,
+            paddock_agent_client::Flow::Received => &self.received,
+        };
+        counter.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        None
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trees_pass_the_request_gate_both_ways() -> TestResult {
+    use std::sync::atomic::Ordering;
+    let agent = AgentProcess::start(&[])?;
+    let gate = std::sync::Arc::new(RecordingGate {
+        limit: 200_000,
+        kinds: std::sync::Mutex::new(Vec::new()),
+        sent: 0.into(),
+        received: 0.into(),
+    });
+    let mut config = test_config();
+    config.gate = Some(gate.clone());
+    let client = AgentClient::connect(
+        Transport::Unix {
+            path: agent.socket().to_owned(),
+        },
+        config,
+    )
+    .await?;
+    let local = tempfile::tempdir()?;
+    std::fs::create_dir(local.path().join("d"))?;
+    // More than half the default window (256 KiB), so that credit goes back.
+    std::fs::write(local.path().join("d/f"), vec![1u8; 180_000])?;
+    let remote = agent.dir().join("gated");
+    let put = client
+        .put_tree(local.path(), utf8(&remote), &TreeOptions::default())
+        .await?;
+    // What the put sent was paced, byte for byte.
+    assert_eq!(gate.sent.load(Ordering::Relaxed), put.stream_bytes);
+    let back = tempfile::tempdir()?;
+    let got = client
+        .get_tree(utf8(&remote), back.path(), &TreeOptions::default())
+        .await?;
+    // What the get received was paced as its credit went back.
+    let received = gate.received.load(Ordering::Relaxed);
+    assert!(received > 0 && received <= got.stream_bytes, "{received}");
+    let kinds = gate.kinds.lock().expect("kinds").clone();
+    assert!(
+        kinds.contains(&"tree_put") && kinds.contains(&"tree_get"),
+        "{kinds:?}"
+    );
+
+    // Past the gate's limit: denied as the stream grows, either way.
+    std::fs::write(local.path().join("d/g"), vec![2u8; 150_000])?;
+    let err = client
+        .put_tree(
+            local.path(),
+            utf8(&agent.dir().join("big")),
+            &TreeOptions::default(),
+        )
+        .await
+        .expect_err("denied");
+    assert!(matches!(err, ClientError::Denied(_)), "{err:?}");
+    client
+        .put_tree_reader(
+            &mut {
+                let mut archive = Vec::new();
+                let mut builder = tar::Builder::new(&mut archive);
+                builder.append_dir_all(".", local.path())?;
+                builder.finish()?;
+                drop(builder);
+                std::io::Cursor::new(archive)
+            },
+            utf8(&remote),
+            &TreeOptions {
+                overwrite: true,
+                ..TreeOptions::default()
+            },
+        )
+        .await
+        .expect_err("denied");
+    Ok(())
+}

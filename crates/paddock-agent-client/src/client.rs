@@ -576,6 +576,15 @@ impl AgentClient {
             .map_or(Ok(()), |keeper| keeper.admit(request))
     }
 
+    /// The gate's pacing of what this client sends, if there is a gate.
+    fn pacing(&self) -> Option<Pacing> {
+        let config = &self.inner.config;
+        config.gate.clone().map(|gate| Pacing {
+            gate,
+            events: config.events.clone(),
+        })
+    }
+
     /// The gate with this client's emitter, if there is a gate.
     fn gatekeeper(&self) -> Option<Gatekeeper> {
         let config = &self.inner.config;
@@ -708,6 +717,7 @@ impl AgentClient {
             size: Size::Unknown,
         })?;
         let keeper = self.gatekeeper();
+        let pacing = self.pacing();
         self.transfer(FileDirection::Put, remote, async {
             let conn = self.connection().await?;
             let transfer = tree::Transfer {
@@ -716,6 +726,7 @@ impl AgentClient {
                 options,
                 io_timeout: self.inner.config.io_timeout,
                 keeper: keeper.as_ref(),
+                pacing: pacing.as_ref(),
             };
             tree::put(&transfer, local.as_ref()).await
         })
@@ -751,6 +762,7 @@ impl AgentClient {
                 options,
                 io_timeout: self.inner.config.io_timeout,
                 keeper: keeper.as_ref(),
+                pacing: None,
             };
             tree::get(&transfer, local.as_ref()).await
         })
@@ -779,6 +791,7 @@ impl AgentClient {
             size: Size::Unknown,
         })?;
         let keeper = self.gatekeeper();
+        let pacing = self.pacing();
         self.transfer(FileDirection::Put, remote, async {
             let conn = self.connection().await?;
             let transfer = tree::Transfer {
@@ -787,6 +800,7 @@ impl AgentClient {
                 options,
                 io_timeout: self.inner.config.io_timeout,
                 keeper: keeper.as_ref(),
+                pacing: pacing.as_ref(),
             };
             tree::put_reader(&transfer, reader).await
         })
@@ -821,6 +835,7 @@ impl AgentClient {
                 options,
                 io_timeout: self.inner.config.io_timeout,
                 keeper: keeper.as_ref(),
+                pacing: None,
             };
             tree::get_writer(&transfer, writer).await
         })

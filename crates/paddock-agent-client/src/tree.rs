@@ -26,7 +26,7 @@ use paddock_proto::{FileEnd, Message, MessageKind, TreeDone, TreeGet, TreePut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
 
-use crate::connection::{Connection, Request, SendCredit};
+use crate::connection::{Connection, Pacing, Request, SendCredit};
 use crate::error::ClientError;
 use crate::files::{final_error, next_event, unexpected};
 use crate::gate::{GateRequest, Gatekeeper, Size};
@@ -146,6 +146,10 @@ pub(crate) struct Transfer<'a> {
     pub(crate) io_timeout: Duration,
     /// The gate, which sees the stream's size as it grows.
     pub(crate) keeper: Option<&'a Gatekeeper>,
+    /// The gate's pacing of what a put sends (a lease's byte rate), as an
+    /// upload from a reader is paced; what a get receives is paced where
+    /// its credit goes back, as any download's.
+    pub(crate) pacing: Option<&'a Pacing>,
 }
 
 /// Where a put's stream comes from.
@@ -272,6 +276,11 @@ async fn send_stream<R: AsyncRead + Unpin>(
             if let Err(err) = admitted {
                 abort_put(conn, request.id, size, &crc);
                 return Err(err);
+            }
+        }
+        if let Some(pacing) = transfer.pacing {
+            while let Some(hold) = pacing.hold(crate::Flow::Sent, n) {
+                tokio::time::sleep(hold).await;
             }
         }
         crc.update(&chunk);
