@@ -1084,6 +1084,76 @@ mod tests {
         assert_eq!(err.code(), ErrorCode::TooLarge);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever a stream holds (entries of any kind whose paths go
+        /// through links, `..` and absolute parts, links pointing out, or
+        /// bytes that are no tar at all), unpacking it never panics and
+        /// never writes outside the destination.
+        #[test]
+        fn no_stream_writes_outside_the_destination(
+            entries in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "link", "link/f", "link/d/f", "a", "a/link", "a/link/f", "..", "../f",
+                        "/abs", "./a/../../f", "a/./b", "b/",
+                    ]),
+                    proptest::sample::select(vec![
+                        EntryType::Regular,
+                        EntryType::Directory,
+                        EntryType::Symlink,
+                        EntryType::Symlink,
+                        EntryType::Link,
+                        EntryType::GNULongName,
+                        EntryType::XHeader,
+                    ]),
+                    proptest::sample::select(vec!["OUT", "OUT", "..", "../..", "/", "a"]),
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+                ),
+                0..8,
+            ),
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            overwrite in proptest::prelude::any::<bool>(),
+        ) {
+            let base = tempfile::tempdir().expect("tempdir");
+            let outside = base.path().join("outside");
+            let dest = base.path().join("dest");
+            fs::create_dir(&outside).expect("mkdir");
+            fs::create_dir(&dest).expect("mkdir");
+            let out = outside.as_os_str().as_bytes().to_vec();
+            let mut stream = Vec::new();
+            for (name, kind, link, data) in &entries {
+                let name = name.as_bytes();
+                let link: &[u8] = if *link == "OUT" { &out } else { link.as_bytes() };
+                let link = &link[..link.len().min(100)];
+                let data: &[u8] = if *kind == EntryType::Regular
+                    || *kind == EntryType::GNULongName
+                    || *kind == EntryType::XHeader
+                {
+                    data
+                } else {
+                    b""
+                };
+                raw_entry(&mut stream, name, *kind, link, data, 0o755);
+            }
+            if entries.is_empty() {
+                stream = garbage;
+            } else {
+                end(&mut stream);
+            }
+            let _ = unpack(stream.as_slice(), &dest, overwrite, &Tally::default());
+            let left: Vec<_> = fs::read_dir(&outside).expect("read").collect();
+            proptest::prop_assert!(left.is_empty(), "written outside: {left:?}");
+            let mut names: Vec<_> = fs::read_dir(base.path())
+                .expect("read")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            names.sort();
+            proptest::prop_assert_eq!(names, vec!["dest", "outside"]);
+        }
+    }
+
     #[test]
     fn a_symlinked_root_is_refused() {
         let base = tempfile::tempdir().expect("tempdir");
