@@ -197,7 +197,11 @@ pub(crate) async fn put(
     transfer: &Transfer<'_>,
     local: &Path,
 ) -> Result<TreeTransfer, ClientError> {
-    tree_fs::check_root(local, false).map_err(tree_error)?;
+    let root = local.to_owned();
+    tokio::task::spawn_blocking(move || tree_fs::check_root(&root, false))
+        .await
+        .map_err(worker_failed)?
+        .map_err(tree_error)?;
     let mut request = open_put(transfer)?;
     let id = request.id;
     let conn = transfer.conn;
