@@ -245,6 +245,8 @@ impl Connection {
             Message::FilePut(put) => return self.open(id, kind, put).await,
             Message::FileGet(get) => return self.open(id, kind, get).await,
             Message::StatusRequest => return self.open(id, kind, StatusRequest).await,
+            Message::TreePut(put) => return self.open(id, kind, put).await,
+            Message::TreeGet(get) => return self.open(id, kind, get).await,
             Message::Stop(Stop {
                 scope: StopScope::Agent,
             }) => {
@@ -270,6 +272,7 @@ impl Connection {
             | Message::StatusReport(_)
             | Message::FileInfo(_)
             | Message::FileDone(_)
+            | Message::TreeDone(_)
             | Message::Error(_) => {}
         }
         Step::Continue

@@ -114,6 +114,11 @@ pub enum ClientError {
     /// will be denied again.
     #[error(transparent)]
     Denied(paddock_policy::Denial),
+    /// A directory could not be packed or unpacked on the host: an entry
+    /// from the guest that would land outside the destination, a stream
+    /// past its `max_bytes`, a local file system error.
+    #[error("Directory transfer failed on the host")]
+    Tree(#[source] crate::TreeError),
 }
 
 impl ClientError {
@@ -147,9 +152,10 @@ impl ClientError {
                 code,
                 ErrorCode::TooManyRequests | ErrorCode::TooManyConnections
             ),
-            Self::UnsupportedVersion { .. } | Self::LocalIo { .. } | Self::InvalidRequest(_) => {
-                false
-            }
+            Self::UnsupportedVersion { .. }
+            | Self::LocalIo { .. }
+            | Self::InvalidRequest(_)
+            | Self::Tree(_) => false,
             Self::Timeout { .. } | Self::ChecksumMismatch { .. } => true,
             Self::Refused { retry_after, .. } => retry_after.is_some(),
             other => other.should_reconnect(),
@@ -176,6 +182,7 @@ impl ClientError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::Refused { .. } => "refused",
             Self::Denied(_) => "denied",
+            Self::Tree(_) => "tree",
         }
     }
 

@@ -39,6 +39,10 @@ pub enum Rule {
     GetSize,
     /// A status request without `status = true`.
     Status,
+    /// A directory upload without `put.trees = true`.
+    PutTree,
+    /// A directory download without `get.trees = true`.
+    GetTree,
     /// A signal not in `signals`.
     Signal,
     /// Stopping the agent: never allowed under a policy.
@@ -47,7 +51,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, for tables and label sets.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 20] = [
         Self::Exec,
         Self::ExecProgram,
         Self::ExecShell,
@@ -66,6 +70,8 @@ impl Rule {
         Self::Status,
         Self::Signal,
         Self::StopAgent,
+        Self::PutTree,
+        Self::GetTree,
     ];
 
     /// The rule's name: the policy file's key it enforces (`exec.program`,
@@ -91,6 +97,8 @@ impl Rule {
             Self::Status => "status",
             Self::Signal => "signal",
             Self::StopAgent => "stop_agent",
+            Self::PutTree => "put.trees",
+            Self::GetTree => "get.trees",
         }
     }
 }

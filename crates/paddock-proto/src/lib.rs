@@ -22,6 +22,10 @@ pub use message::{
     FileDone, FileEnd, FileGet, FileInfo, FilePut, Hello, HelloAck, Message, MessageKind,
     SignalRequest, StatusReport, Stop, StopScope, capability, decode_message, encode_message,
 };
+pub use message::{
+    EntryPathError, MAX_TREE_DEPTH, MAX_TREE_ENTRIES, MAX_TREE_PATH_LEN, MAX_TREE_PAX_LEN,
+    TREE_MODE_MASK, TreeDone, TreeGet, TreePut, entry_components,
+};
 
 /// The protocol version this crate writes.
 pub const PROTOCOL_VERSION: u16 = 1;

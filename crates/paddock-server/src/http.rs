@@ -25,6 +25,10 @@ use paddock::observe::audit::{
 use tokio::io::AsyncSeekExt as _;
 use tokio::sync::mpsc;
 
+mod tree;
+
+pub use tree::{DEFAULT_TREE_MAX_BYTES, TreeResult};
+
 use crate::auth::{AuthError, Caller};
 use crate::daemon::{Daemon, Hold};
 use crate::error::ApiError;
@@ -77,6 +81,12 @@ pub fn router(
             "/v1/leases/{id}/files",
             get(get_file)
                 .put(put_file)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/leases/{id}/tree",
+            get(tree::get_tree)
+                .put(tree::put_tree)
                 .layer(DefaultBodyLimit::disable()),
         )
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));

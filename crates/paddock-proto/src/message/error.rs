@@ -47,6 +47,11 @@ pub enum ErrorCode {
     TooManyConnections,
     /// A bug or unexpected state in the agent.
     Internal,
+    /// A tree entry would land outside its destination (an absolute path,
+    /// a `..` component, or a path through a symlink).
+    UnsafePath,
+    /// A transfer is larger than its `max_bytes`.
+    TooLarge,
     /// A code this side does not know.
     #[serde(other)]
     Unknown,
@@ -54,7 +59,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 22] = [
         Self::BadFrame,
         Self::UnknownKind,
         Self::BadPayload,
@@ -74,6 +79,8 @@ impl ErrorCode {
         Self::ShuttingDown,
         Self::TooManyConnections,
         Self::Internal,
+        Self::UnsafePath,
+        Self::TooLarge,
         Self::Unknown,
     ];
 }
@@ -136,7 +143,9 @@ mod tests {
             ErrorCode::ShuttingDown => 16,
             ErrorCode::TooManyConnections => 17,
             ErrorCode::Internal => 18,
-            ErrorCode::Unknown => 19,
+            ErrorCode::UnsafePath => 19,
+            ErrorCode::TooLarge => 20,
+            ErrorCode::Unknown => 21,
         };
         for (at, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(index(*code), at, "{code:?}");

@@ -21,6 +21,8 @@ pub mod capability {
     /// Every process an execution starts ends with it, those that leave its
     /// process group included (a cgroup per execution).
     pub const CONTAIN_TREE: &str = "contain-tree";
+    /// TREE_PUT / TREE_GET: directories as one tar stream.
+    pub const TREES: &str = "trees";
 }
 
 /// Opens a session (host -> agent).

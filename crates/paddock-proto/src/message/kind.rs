@@ -65,6 +65,15 @@ pub enum MessageKind {
     /// Either way, JSON [`ErrorReport`](crate::ErrorReport): a request (or the
     /// connection, id 0) failed.
     Error = 22,
+    /// Host -> agent, JSON [`TreePut`](crate::TreePut): unpack the tar
+    /// stream that follows as FILE_DATA into a guest directory.
+    TreePut = 25,
+    /// Host -> agent, JSON [`TreeGet`](crate::TreeGet): pack a guest
+    /// directory as a tar stream, sent as FILE_DATA.
+    TreeGet = 26,
+    /// Agent -> host, JSON [`TreeDone`](crate::TreeDone): a tree put was
+    /// unpacked and verified.
+    TreeDone = 27,
 }
 
 /// Which side of a connection may send a kind of message.
@@ -102,7 +111,7 @@ impl Direction {
 
 impl MessageKind {
     /// All kinds, in wire order.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 25] = [
         Self::Hello,
         Self::HelloAck,
         Self::Ping,
@@ -125,6 +134,9 @@ impl MessageKind {
         Self::FileDone,
         Self::WindowUpdate,
         Self::Error,
+        Self::TreePut,
+        Self::TreeGet,
+        Self::TreeDone,
     ];
 
     /// The kind's name as the protocol documentation writes it
@@ -154,6 +166,9 @@ impl MessageKind {
             Self::FileDone => "FILE_DONE",
             Self::WindowUpdate => "WINDOW_UPDATE",
             Self::Error => "ERROR",
+            Self::TreePut => "TREE_PUT",
+            Self::TreeGet => "TREE_GET",
+            Self::TreeDone => "TREE_DONE",
         }
     }
 
@@ -164,7 +179,12 @@ impl MessageKind {
     pub fn opens_request(self) -> bool {
         matches!(
             self,
-            Self::Execute | Self::FilePut | Self::FileGet | Self::StatusRequest
+            Self::Execute
+                | Self::FilePut
+                | Self::FileGet
+                | Self::StatusRequest
+                | Self::TreePut
+                | Self::TreeGet
         )
     }
 
@@ -190,14 +210,17 @@ impl MessageKind {
             | Self::Signal
             | Self::StatusRequest
             | Self::FilePut
-            | Self::FileGet => Direction::HostToAgent,
+            | Self::FileGet
+            | Self::TreePut
+            | Self::TreeGet => Direction::HostToAgent,
             Self::HelloAck
             | Self::Stdout
             | Self::Stderr
             | Self::ExecResult
             | Self::StatusReport
             | Self::FileInfo
-            | Self::FileDone => Direction::AgentToHost,
+            | Self::FileDone
+            | Self::TreeDone => Direction::AgentToHost,
             Self::Ping
             | Self::Pong
             | Self::Stop
@@ -227,12 +250,18 @@ mod tests {
 
     #[test]
     fn kinds_map_to_their_wire_values() {
-        for (index, kind) in MessageKind::ALL.iter().enumerate() {
+        // Wire order, with gaps where a value is another change's.
+        for pair in MessageKind::ALL.windows(2) {
+            assert!((pair[0] as u16) < (pair[1] as u16), "{pair:?}");
+        }
+        for (index, kind) in MessageKind::ALL.iter().take(22).enumerate() {
             assert_eq!(usize::from(*kind as u16), index + 1);
-            assert_eq!(MessageKind::try_from(*kind as u16), Ok(*kind));
+        }
+        for kind in MessageKind::ALL {
+            assert_eq!(MessageKind::try_from(kind as u16), Ok(kind));
         }
         assert_eq!(MessageKind::try_from(0), Err(0));
-        assert_eq!(MessageKind::try_from(23), Err(23));
+        assert_eq!(MessageKind::try_from(28), Err(28));
     }
 
     #[test]
@@ -263,6 +292,9 @@ mod tests {
             (MessageKind::FileDone, AgentToHost),
             (MessageKind::WindowUpdate, Both),
             (MessageKind::Error, Both),
+            (MessageKind::TreePut, HostToAgent),
+            (MessageKind::TreeGet, HostToAgent),
+            (MessageKind::TreeDone, AgentToHost),
         ];
         let kinds: Vec<MessageKind> = expected.iter().map(|(kind, _)| *kind).collect();
         assert_eq!(kinds, MessageKind::ALL, "one entry per kind, in wire order");
