@@ -32,7 +32,7 @@
 //! - Blocking work (reading `/proc`, file I/O) runs on tokio's blocking pool.
 //!   A put writes through one blocking task fed by a bounded queue, not one
 //!   hand-off per chunk; a tree put unpacks, and a tree get packs, the same
-//!   way (`tree`, over `tree_fs`, which refuses every entry that would land
+//!   way (`tree`, over `paddock-tree`, which refuses every entry that would land
 //!   outside the destination).
 //!
 //! # Requests
@@ -119,7 +119,6 @@ mod status;
 #[cfg(test)]
 mod test_host;
 mod tree;
-mod tree_fs;
 
 pub use connection::serve_connection;
 pub use listen::{Endpoint, ListenError, Listener, resolve_serial_port, run};

@@ -1,14 +1,14 @@
 //! TREE_PUT and TREE_GET: directories as one tar stream.
 //!
 //! A put's FILE_DATA goes, through a bounded queue, to a blocking thread
-//! that unpacks it into the destination as it arrives ([`tree_fs::unpack`]
+//! that unpacks it into the destination as it arrives ([`paddock_tree::unpack`]
 //! refuses every entry that would land outside it, with `unsafe_path`);
 //! FILE_END's size and CRC-32 are checked against what arrived, and the
 //! agent answers TREE_DONE. A stream past `max_bytes` ends with
 //! `too_large`. A failed put leaves what it wrote inside the destination,
 //! and nothing outside it.
 //!
-//! A get packs the directory on a blocking thread ([`tree_fs::pack`],
+//! A get packs the directory on a blocking thread ([`paddock_tree::pack`],
 //! symlinks never followed) into the same kind of queue, sent as FILE_DATA
 //! within the host's window, then FILE_END; a stream that would pass
 //! `max_bytes` ends with `too_large` instead. The tree is never held whole
@@ -23,7 +23,7 @@ use crate::Gauge;
 use crate::request::{
     Flow, Handler, Input, Inputs, Interrupted, Rejection, RequestCtx, WireError, rejection,
 };
-use crate::tree_fs::{self, ChunkReader, ChunkWriter, Tally, TreeError};
+use paddock_tree::{ChunkReader, ChunkWriter, Tally, TreeError};
 
 /// Chunks queued between the session and a tree's blocking thread.
 const QUEUE: usize = 4;
@@ -107,8 +107,8 @@ async fn do_put(
     let (queue, chunks) = mpsc::channel::<Vec<u8>>(QUEUE);
     let overwrite = put.overwrite;
     let unpacker = tokio::task::spawn_blocking(move || {
-        tree_fs::check_root(&dest, true)?;
-        tree_fs::unpack(
+        paddock_tree::check_root(&dest, true)?;
+        paddock_tree::unpack(
             ChunkReader::new(chunks),
             &dest,
             overwrite,
@@ -215,7 +215,7 @@ async fn do_get(ctx: &RequestCtx, get: TreeGet) -> Result<FileEnd, TreeRequestEr
     let chunk = ctx.chunk();
     let packer = tokio::task::spawn_blocking(move || {
         let writer = ChunkWriter::new(queue, chunk);
-        tree_fs::pack(&root, writer, get.max_bytes, &Tally::default())
+        paddock_tree::pack(&root, writer, get.max_bytes, &Tally::default())
     });
     let mut crc = crc32fast::Hasher::new();
     let mut size = 0u64;
@@ -249,7 +249,8 @@ mod tests {
 
     fn tar_of(root: &Path) -> (Vec<u8>, TreeDone) {
         let mut stream = Vec::new();
-        let done = tree_fs::pack(root, &mut stream, u64::MAX, &Tally::default()).expect("pack");
+        let done =
+            paddock_tree::pack(root, &mut stream, u64::MAX, &Tally::default()).expect("pack");
         (stream, done)
     }
 
@@ -329,8 +330,9 @@ mod tests {
 
         let back = get(&mut host, 2, &dest, 1 << 20).await.expect("get");
         let again = tempfile::tempdir().expect("tempdir");
-        let unpacked = tree_fs::unpack(back.as_slice(), again.path(), false, &Tally::default())
-            .expect("unpack");
+        let unpacked =
+            paddock_tree::unpack(back.as_slice(), again.path(), false, &Tally::default())
+                .expect("unpack");
         assert_eq!(unpacked, packed);
         assert_eq!(
             std::fs::read(again.path().join("a/b/file")).expect("read"),

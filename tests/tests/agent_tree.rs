@@ -353,19 +353,6 @@ async fn the_host_holds_a_hostile_agent_to_max_bytes() -> TestResult {
     Ok(())
 }
 
-/// The agent and the host judge a stream with the same code: the two
-/// copies of `tree_fs.rs` are one file.
-#[test]
-fn the_agent_and_the_host_pack_and_unpack_with_the_same_code() {
-    let agent = include_str!("../../guest-agent/src/tree_fs.rs");
-    let host = include_str!("../../crates/paddock-agent-client/src/tree_fs.rs");
-    assert!(agent.contains("fn unpack_entries"));
-    assert!(
-        agent == host,
-        "guest-agent/src/tree_fs.rs and crates/paddock-agent-client/src/tree_fs.rs differ"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_s_tar_stream_goes_in_and_out_as_it_is() -> TestResult {
     let agent = AgentProcess::start(&[])?;

@@ -52,7 +52,6 @@ pub mod fuzzing;
 mod gate;
 mod transport;
 mod tree;
-mod tree_fs;
 
 pub use client::{AgentClient, ClientConfig, Continuity};
 pub use error::ClientError;
@@ -63,9 +62,9 @@ pub use paddock_proto::TreeDone;
 pub use paddock_proto::{
     Command, ErrorCode, ExecResult, Execute, FileDone, HelloAck, StatusReport,
 };
-pub use transport::Transport;
-pub use tree::{TreeOptions, TreeProgress, TreeTransfer};
-pub use tree_fs::{
+pub use paddock_tree::{
     Tally as TreeTally, TreeError, check_root as check_tree_root, pack as pack_tree,
     unpack as unpack_tree,
 };
+pub use transport::Transport;
+pub use tree::{TreeOptions, TreeProgress, TreeTransfer};

@@ -3,7 +3,7 @@
 //! CRC-32, as files are.
 //!
 //! The host packs a put without following a symlink, and unpacks a get as
-//! strictly as the agent unpacks a put (the same `tree_fs` code): an entry
+//! strictly as the agent unpacks a put (the same `paddock-tree` code): an entry
 //! from the guest that would land outside the local directory (absolute,
 //! `..`, through a symlink) ends the get with [`TreeError::UnsafePath`],
 //! and names, entries and bytes are bounded before they are buffered. The
@@ -30,7 +30,7 @@ use crate::connection::{Connection, Pacing, Request, SendCredit};
 use crate::error::ClientError;
 use crate::files::{final_error, next_event, unexpected};
 use crate::gate::{GateRequest, Gatekeeper, Size};
-use crate::tree_fs::{self, ChunkReader, ChunkWriter, Tally, TreeError};
+use paddock_tree::{ChunkReader, ChunkWriter, Tally, TreeError};
 
 /// Chunks queued between the session and a tree's blocking thread.
 const QUEUE: usize = 4;
@@ -198,7 +198,7 @@ pub(crate) async fn put(
     local: &Path,
 ) -> Result<TreeTransfer, ClientError> {
     let root = local.to_owned();
-    tokio::task::spawn_blocking(move || tree_fs::check_root(&root, false))
+    tokio::task::spawn_blocking(move || paddock_tree::check_root(&root, false))
         .await
         .map_err(worker_failed)?
         .map_err(tree_error)?;
@@ -213,7 +213,9 @@ pub(crate) async fn put(
             let tally = Arc::clone(&tally);
             let writer = ChunkWriter::new(queue, conn.chunk);
             let max_bytes = transfer.options.max_bytes;
-            tokio::task::spawn_blocking(move || tree_fs::pack(&local, writer, max_bytes, &tally))
+            tokio::task::spawn_blocking(move || {
+                paddock_tree::pack(&local, writer, max_bytes, &tally)
+            })
         };
         let mut source = Source::<tokio::io::Empty>::Packer(chunks);
         let (size, crc) = send_stream(transfer, &mut request, &mut source, &tally).await?;
@@ -375,7 +377,7 @@ pub(crate) async fn get(
     local: &Path,
 ) -> Result<TreeTransfer, ClientError> {
     let root = local.to_owned();
-    tokio::task::spawn_blocking(move || tree_fs::check_root(&root, true))
+    tokio::task::spawn_blocking(move || paddock_tree::check_root(&root, true))
         .await
         .map_err(worker_failed)?
         .map_err(tree_error)?;
@@ -389,7 +391,7 @@ pub(crate) async fn get(
             let tally = Arc::clone(&tally);
             let overwrite = transfer.options.overwrite;
             tokio::task::spawn_blocking(move || {
-                tree_fs::unpack(ChunkReader::new(chunks), &local, overwrite, &tally)
+                paddock_tree::unpack(ChunkReader::new(chunks), &local, overwrite, &tally)
             })
         };
         let mut sink = Sink::<tokio::io::Sink>::Unpacker(queue);

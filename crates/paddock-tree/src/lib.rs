@@ -3,10 +3,9 @@
 //! its destination (`paddock-proto`'s PROTOCOL.md, "Directory transfers",
 //! is the contract).
 //!
-//! This file is the same in `guest-agent/src/tree_fs.rs` and
-//! `crates/paddock-agent-client/src/tree_fs.rs` (`tests/tests/docs_agree.rs`
-//! keeps them equal): the agent unpacks puts and packs gets, the host the
-//! other way round, and both judge a hostile stream alike. Everything here
+//! One crate for both sides: the guest agent unpacks puts and packs gets,
+//! the host (`paddock-agent-client`) the other way round, and both judge a
+//! hostile stream with this same code. Everything here
 //! blocks: callers run it on a blocking thread, and move the bytes through
 //! a [`ChunkWriter`] or a [`ChunkReader`].
 
