@@ -279,6 +279,7 @@ fn every_capability_is_named() {
         capability::STATUS,
         capability::STOP_AGENT,
         capability::CONTAIN_TREE,
+        capability::TTY,
     ] {
         assert!(DOC.contains(&format!("`{name}`")), "{name}");
     }

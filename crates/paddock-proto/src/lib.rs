@@ -22,6 +22,7 @@ pub use message::{
     FileDone, FileEnd, FileGet, FileInfo, FilePut, Hello, HelloAck, Message, MessageKind,
     SignalRequest, StatusReport, Stop, StopScope, capability, decode_message, encode_message,
 };
+pub use message::{DEFAULT_TERM, Resize, Tty};
 
 /// The protocol version this crate writes.
 pub const PROTOCOL_VERSION: u16 = 1;

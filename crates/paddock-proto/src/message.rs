@@ -16,6 +16,7 @@ mod hello;
 mod kind;
 mod nullable;
 mod status;
+mod tty;
 
 pub use error::{ErrorCode, ErrorReport, MAX_ERROR_MESSAGE_LEN};
 pub use exec::{
@@ -26,6 +27,7 @@ pub use files::{DEFAULT_FILE_MODE, FileDone, FileEnd, FileGet, FileInfo, FilePut
 pub use hello::{CLOCK_TOLERANCE_MS, Hello, HelloAck, capability, unix_time_ms};
 pub use kind::{Direction, MessageKind};
 pub use status::StatusReport;
+pub use tty::{DEFAULT_TERM, Resize, Tty};
 
 use crate::frame::{Frame, HEADER_LEN, encode_frame, encode_frame_header};
 
@@ -55,6 +57,7 @@ pub enum Message {
     FileDone(FileDone),
     WindowUpdate(u32),
     Error(ErrorReport),
+    Resize(Resize),
 }
 
 impl Message {
@@ -84,6 +87,7 @@ impl Message {
             Self::FileDone(_) => MessageKind::FileDone,
             Self::WindowUpdate(_) => MessageKind::WindowUpdate,
             Self::Error(_) => MessageKind::Error,
+            Self::Resize(_) => MessageKind::Resize,
         }
     }
 }
@@ -163,6 +167,7 @@ pub fn encode_message(
         Message::FileEnd(m) => json(out, m),
         Message::FileDone(m) => json(out, m),
         Message::Error(m) => json(out, m),
+        Message::Resize(m) => json(out, m),
         Message::Stdin(data) | Message::Stdout(data) | Message::Stderr(data) => {
             encode_frame(out, kind, request_id, data)
         }
@@ -222,6 +227,7 @@ pub fn decode_message(frame: Frame) -> Result<Message, DecodeError> {
             Message::WindowUpdate(u32::from_le_bytes(bytes))
         }
         MessageKind::Error => Message::Error(json(kind, &payload)?),
+        MessageKind::Resize => Message::Resize(json(kind, &payload)?),
     })
 }
 
@@ -261,6 +267,8 @@ mod tests {
         let mut exec = Execute::shell("echo hi");
         exec.env.insert("A".into(), "b".into());
         exec.timeout_ms = Some(5);
+        let mut on_tty = Execute::shell("sh");
+        on_tty.tty = Some(Tty::new("vt100", 24, 80));
         let messages = vec![
             Message::Hello(Hello {
                 min_version: 1,
@@ -319,6 +327,11 @@ mod tests {
             Message::FileDone(FileDone { size: 3, crc32: 9 }),
             Message::WindowUpdate(65536),
             Message::Error(ErrorReport::new(ErrorCode::SpawnFailed, "no such file")),
+            Message::Execute(on_tty),
+            Message::Resize(Resize {
+                rows: 50,
+                cols: 132,
+            }),
         ];
         for message in &messages {
             assert_eq!(&round_trip(message), message);
@@ -376,6 +389,18 @@ mod tests {
         let exec: Execute =
             serde_json::from_str(r#"{"command":{"argv":["ls"]},"new_field":true}"#).expect("parse");
         assert_eq!(exec, Execute::argv(["ls"]));
+    }
+
+    #[test]
+    fn a_tty_without_fields_has_the_defaults() {
+        let exec: Execute =
+            serde_json::from_str(r#"{"command":{"argv":["sh"]},"tty":{}}"#).expect("parse");
+        let tty = exec.tty.expect("a tty");
+        assert_eq!(tty, Tty::new("", 0, 0));
+        assert_eq!(tty.term_or_default(), DEFAULT_TERM);
+        assert_eq!(Tty::new("vt100", 1, 1).term_or_default(), "vt100");
+        let resize: Result<Resize, _> = serde_json::from_str(r#"{"rows":1}"#);
+        assert!(resize.is_err(), "rows and cols are required");
     }
 
     proptest! {

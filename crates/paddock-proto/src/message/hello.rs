@@ -21,6 +21,8 @@ pub mod capability {
     /// Every process an execution starts ends with it, those that leave its
     /// process group included (a cgroup per execution).
     pub const CONTAIN_TREE: &str = "contain-tree";
+    /// EXECUTE with a `tty` (a pseudo-terminal) and RESIZE.
+    pub const TTY: &str = "tty";
 }
 
 /// Opens a session (host -> agent).

@@ -65,6 +65,9 @@ pub enum MessageKind {
     /// Either way, JSON [`ErrorReport`](crate::ErrorReport): a request (or the
     /// connection, id 0) failed.
     Error = 22,
+    /// Host -> agent, JSON [`Resize`](crate::Resize): the new window size of
+    /// a running execution's terminal.
+    Resize = 28,
 }
 
 /// Which side of a connection may send a kind of message.
@@ -102,7 +105,7 @@ impl Direction {
 
 impl MessageKind {
     /// All kinds, in wire order.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 23] = [
         Self::Hello,
         Self::HelloAck,
         Self::Ping,
@@ -125,6 +128,7 @@ impl MessageKind {
         Self::FileDone,
         Self::WindowUpdate,
         Self::Error,
+        Self::Resize,
     ];
 
     /// The kind's name as the protocol documentation writes it
@@ -154,6 +158,7 @@ impl MessageKind {
             Self::FileDone => "FILE_DONE",
             Self::WindowUpdate => "WINDOW_UPDATE",
             Self::Error => "ERROR",
+            Self::Resize => "RESIZE",
         }
     }
 
@@ -190,7 +195,8 @@ impl MessageKind {
             | Self::Signal
             | Self::StatusRequest
             | Self::FilePut
-            | Self::FileGet => Direction::HostToAgent,
+            | Self::FileGet
+            | Self::Resize => Direction::HostToAgent,
             Self::HelloAck
             | Self::Stdout
             | Self::Stderr
@@ -228,11 +234,21 @@ mod tests {
     #[test]
     fn kinds_map_to_their_wire_values() {
         for (index, kind) in MessageKind::ALL.iter().enumerate() {
-            assert_eq!(usize::from(*kind as u16), index + 1);
+            // 1..=22 are contiguous; later kinds have the numbers assigned
+            // to them.
+            if index < 22 {
+                assert_eq!(usize::from(*kind as u16), index + 1);
+            }
             assert_eq!(MessageKind::try_from(*kind as u16), Ok(*kind));
         }
+        assert!(
+            MessageKind::ALL.windows(2).all(|pair| pair[0] < pair[1]),
+            "wire order"
+        );
+        assert_eq!(MessageKind::Resize as u16, 28);
         assert_eq!(MessageKind::try_from(0), Err(0));
         assert_eq!(MessageKind::try_from(23), Err(23));
+        assert_eq!(MessageKind::try_from(29), Err(29));
     }
 
     #[test]
@@ -263,6 +279,7 @@ mod tests {
             (MessageKind::FileDone, AgentToHost),
             (MessageKind::WindowUpdate, Both),
             (MessageKind::Error, Both),
+            (MessageKind::Resize, HostToAgent),
         ];
         let kinds: Vec<MessageKind> = expected.iter().map(|(kind, _)| *kind).collect();
         assert_eq!(kinds, MessageKind::ALL, "one entry per kind, in wire order");
