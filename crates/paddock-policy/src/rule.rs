@@ -25,6 +25,8 @@ pub enum Rule {
     ExecStdin,
     /// More executions at once than `exec.max_concurrent`.
     ExecConcurrency,
+    /// A terminal (`tty`) without `exec.tty = true`.
+    ExecTty,
     /// The policy has no `[put]` table: no upload is allowed.
     Put,
     /// An upload to a path outside `put.paths`.
@@ -47,7 +49,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, for tables and label sets.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::Exec,
         Self::ExecProgram,
         Self::ExecShell,
@@ -66,6 +68,7 @@ impl Rule {
         Self::Status,
         Self::Signal,
         Self::StopAgent,
+        Self::ExecTty,
     ];
 
     /// The rule's name: the policy file's key it enforces (`exec.program`,
@@ -91,6 +94,7 @@ impl Rule {
             Self::Status => "status",
             Self::Signal => "signal",
             Self::StopAgent => "stop_agent",
+            Self::ExecTty => "exec.tty",
         }
     }
 }
