@@ -45,6 +45,7 @@ mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gate;
+mod terminal;
 mod transport;
 
 pub use client::{AgentClient, ClientConfig, Continuity};
@@ -53,6 +54,7 @@ pub use exec::{ExecOutput, Execution, MAX_COLLECTED_BYTES, OutputStream, StdinWr
 pub use files::Download;
 pub use gate::{Denial, Flow, GateRequest, PolicyGate, Refusal, RequestGate, Size};
 pub use paddock_proto::{
-    Command, ErrorCode, ExecResult, Execute, FileDone, HelloAck, StatusReport,
+    Command, ErrorCode, ExecResult, Execute, FileDone, HelloAck, StatusReport, Tty,
 };
+pub use terminal::{Terminal, TerminalResizer};
 pub use transport::Transport;
