@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use paddock_agent_client::{AgentClient, ClientConfig, ClientError, Execute, Terminal, Tty};
+use paddock_agent_client::{AgentClient, ClientConfig, ClientError, Execute, Tty};
 use paddock_policy::{Policy, Rule};
 use paddock_proto::{FrameDecoder, Message, decode_message, encode_message, read_frame};
+use paddock_tests::terminal::read_until;
 use paddock_tests::{
     AgentProcess, all_gone, fake_hello_ack, processes_running, test_config, unique_marker,
     wait_until_async,
@@ -25,29 +26,6 @@ fn shell() -> Execute {
     request.env.insert("PS1".into(), "$ ".into());
     request.timeout_ms = Some(60_000);
     request
-}
-
-/// Reads the terminal until its output (since the last call) contains
-/// `want`; returns that output.
-async fn read_until(terminal: &mut Terminal, want: &str) -> anyhow::Result<String> {
-    let mut seen = Vec::new();
-    let reading = async {
-        while !String::from_utf8_lossy(&seen).contains(want) {
-            match terminal.read().await? {
-                Some(chunk) => seen.extend(chunk),
-                None => anyhow::bail!("the terminal closed"),
-            }
-        }
-        Ok(())
-    };
-    match tokio::time::timeout(Duration::from_secs(10), reading).await {
-        Ok(read) => read?,
-        Err(_) => anyhow::bail!(
-            "no {want:?} within 10 s; got {:?}",
-            String::from_utf8_lossy(&seen)
-        ),
-    }
-    Ok(String::from_utf8_lossy(&seen).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
