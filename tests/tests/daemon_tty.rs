@@ -3,7 +3,8 @@
 //! `paddock serve` on real VMs: a shell typed at, resized, Ctrl-C, its exit
 //! as a JSON control message; a pool whose policy lacks `exec.tty` refuses
 //! the upgrade with 403 `policy_denied`. Without a WebSocket upgrade the
-//! route answers 400.
+//! route answers 400. `paddock exec -t` runs a command on a terminal through
+//! it.
 #![cfg(test)]
 
 use std::process::Output;
@@ -47,7 +48,7 @@ fn a_terminal_over_the_daemon_s_websocket() -> TestResult {
     let no_tty = dir.path().join("no-tty.toml");
     std::fs::write(
         &no_tty,
-        "schema = 1\nname = \"no-tty\"\n[exec]\nprograms = [\"sh\"]\nshell = true\nstdin = true\n",
+        "schema = 1\nname = \"no-tty\"\n[exec]\nprograms = [\"sh\", \"/bin/sh\"]\nshell = true\nstdin = true\n",
     )?;
     let config = dir.path().join("paddock.toml");
     std::fs::write(
@@ -116,6 +117,40 @@ policy = "{no_tty}"
         text(&run.stderr)
     );
     assert!(text(&run.stdout).contains("terminal: ok"));
+
+    // `paddock exec -t`: the command's output through the terminal (the
+    // line discipline's CR LF), its exit status; a refusal exits 125 with
+    // the daemon's code.
+    let ran = daemon.tenant(
+        ACME,
+        &[
+            "exec",
+            "-t",
+            "--lease",
+            &lease,
+            &pool,
+            "--",
+            "sh",
+            "-c",
+            "tty; exit 5",
+        ],
+    )?;
+    assert_eq!(ran.status.code(), Some(5), "{}", text(&ran.stderr));
+    assert!(
+        text(&ran.stdout).contains("/dev/pts/"),
+        "{}",
+        text(&ran.stdout)
+    );
+    let refused = daemon.tenant(
+        ACME,
+        &["exec", "-t", "--lease", &denied, &strict, "--", "true"],
+    )?;
+    assert_eq!(refused.status.code(), Some(125));
+    assert!(
+        text(&refused.stderr).contains("policy_denied"),
+        "{}",
+        text(&refused.stderr)
+    );
 
     for id in [&lease, &denied] {
         let released = daemon.tenant(ACME, &["release", id])?;
