@@ -1,7 +1,8 @@
 """A terminal in a lease's guest over the daemon's WebSocket, from
 websocket-client (PyPI), not from Paddock's own code: a shell typed at, its
 window resized, Ctrl-C to a foreground sleep, its exit; and a policy
-without `exec.tty` refusing the upgrade with 403.
+without `exec.tty` refusing the upgrade with 403; a client that goes away
+ending the terminal's processes.
 
 Usage: terminal.py --url http://127.0.0.1:PORT --token T --lease L
                    --denied-lease D
@@ -11,6 +12,7 @@ Exits 0 when every check passes; prints what failed otherwise.
 import argparse
 import json
 import sys
+import time
 
 import httpx
 import websocket
@@ -81,6 +83,32 @@ def main():
     opcode, _ = ws.recv_data(control_frame=True)
     assert opcode == websocket.ABNF.OPCODE_CLOSE, opcode
     ws.close()
+
+    # A client that goes away ends the terminal's processes in the guest.
+    def sleep_runs():
+        answer = httpx.post(
+            f"{args.url}/v1/leases/{args.lease}/exec",
+            headers={"Authorization": f"Bearer {args.token}"},
+            json={"shell": "ps | grep -q '[s]leep 1000.5'"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()["exit_code"] == 0
+
+    def within(condition, what):
+        deadline = time.monotonic() + 20
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.2)
+
+    ws = websocket.create_connection(
+        f"{base}/v1/leases/{args.lease}/terminal?cmd=sleep%201000.5",
+        header=auth,
+        timeout=30,
+    )
+    within(sleep_runs, "the terminal's sleep never ran")
+    ws.close()
+    within(lambda: not sleep_runs(), "the sleep outlived its client")
 
     try:
         websocket.create_connection(

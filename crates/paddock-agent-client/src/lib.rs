@@ -29,6 +29,9 @@
 //!   next call; [`AgentClient::session`] tells whether the guest behind it is
 //!   the same boot, a restored snapshot, or a new boot.
 //! - Dropping an [`Execution`] before its result stops it in the guest.
+//! - [`AgentClient::terminal`] runs a command on a pseudo-terminal in the
+//!   guest (a [`Terminal`]: typed input, output, resize, exit status), only
+//!   with an agent that announces the `tty` capability.
 //! - Everything the agent sends is untrusted: frames are bounded before
 //!   they are buffered, a frame that breaks the protocol ends the session
 //!   with a typed error, and nothing the agent sends makes the client queue
