@@ -4,7 +4,8 @@
 //! as a JSON control message; a pool whose policy lacks `exec.tty` refuses
 //! the upgrade with 403 `policy_denied`. Without a WebSocket upgrade the
 //! route answers 400. `paddock exec -t` runs a command on a terminal through
-//! it.
+//! it, and at a terminal (a pty the Python script makes) puts it in raw mode,
+//! forwards its window changes, and restores it.
 #![cfg(test)]
 
 use std::process::Output;
@@ -92,7 +93,7 @@ policy = "{no_tty}"
     assert_eq!(status, 401, "{body}");
 
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/terminal.py");
-    let run = std::process::Command::new(python)
+    let run = std::process::Command::new(&python)
         .arg(&script)
         .args(["--url", &format!("http://{}", daemon.tcp)])
         .args([
@@ -150,6 +151,29 @@ policy = "{no_tty}"
         text(&refused.stderr).contains("policy_denied"),
         "{}",
         text(&refused.stderr)
+    );
+
+    // `paddock exec -t` at a terminal (a pty made by the script).
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/cli_tty.py");
+    let binary = paddock_tests::daemon::paddock_binary()?;
+    let at_a_terminal = std::process::Command::new(&python)
+        .arg(&script)
+        .arg("--paddock")
+        .arg(&binary)
+        .args(["--host", &daemon.tcp.to_string(), "--token", ACME])
+        .args(["--lease", &lease, "--pool", &pool])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()?;
+    println!(
+        "python cli_tty: {}{}",
+        text(&at_a_terminal.stdout),
+        text(&at_a_terminal.stderr)
+    );
+    assert!(
+        at_a_terminal.status.success(),
+        "{}{}",
+        text(&at_a_terminal.stdout),
+        text(&at_a_terminal.stderr)
     );
 
     for id in [&lease, &denied] {
