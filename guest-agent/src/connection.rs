@@ -262,6 +262,7 @@ impl Connection {
             Message::StdinClose | Message::Signal(_) | Message::Stop(_) | Message::FileEnd(_) => {
                 return self.forward(id, message).await;
             }
+            Message::Resize(_) => return self.resize(id, message).await,
             // Kinds only the agent sends, and unsolicited replies: all
             // filtered out before decoding.
             Message::HelloAck(_)

@@ -24,8 +24,13 @@
 //!   however long the host takes to open its window; only waiting for new
 //!   data is bounded.
 //! - RESULT is sent after the last STDOUT / STDERR frame.
+//! - With a `tty` (`pty`), the process leads a session of its own on a
+//!   pseudo-terminal instead of a process group on pipes: its output is the
+//!   master's, sent as STDOUT, and the host's STDIN is typed into the
+//!   master. RESIZE sets the window. Everything else above holds.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
@@ -33,6 +38,7 @@ use std::time::Duration;
 use paddock_proto::{
     Command as Program, ErrorCode, ExecResult, Execute, MAX_KILL_GRACE_MS, Message, MessageKind,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::process::Command;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -42,10 +48,22 @@ use crate::Gauge;
 use crate::cgroup::{CgroupError, ExecCgroup};
 use crate::request::{Flow, Handler, Inputs, Interrupted, Rejection, RequestCtx, WireError};
 use pipes::{StdinQueue, feed_stdin, pump};
+use pty::Pty;
 use supervise::{Limits, ProcessGroup, supervise};
 
 mod pipes;
+mod pty;
 mod supervise;
+
+/// Where a pump reads output from: a pipe, or a terminal's master.
+trait OutputSource: AsyncRead + AsFd + Unpin + Send {}
+impl<T: AsyncRead + AsFd + Unpin + Send> OutputSource for T {}
+
+/// Where the feeder writes the host's stdin: a pipe, or a terminal's master.
+type InputSink = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// An output source of either kind.
+type Output = Box<dyn OutputSource>;
 
 /// Why an execution failed (as opposed to the process failing).
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +87,12 @@ pub(crate) enum ExecError {
     /// The execution's cgroup could not be made.
     #[error("Could not contain the execution")]
     Cgroup(#[source] CgroupError),
+    /// The execution's pseudo-terminal could not be made.
+    #[error("Could not open a terminal")]
+    Pty(#[source] io::Error),
+    /// RESIZE of an execution that runs without a terminal.
+    #[error("The execution has no terminal to resize")]
+    NoTerminal,
     /// The process could not be started.
     #[error("Could not start `{program}`")]
     Spawn {
@@ -93,7 +117,9 @@ pub(crate) enum ExecError {
 impl WireError for ExecError {
     fn code(&self) -> ErrorCode {
         match self {
-            Self::EmptyArgv | Self::ZeroTimeout | Self::BadSignal(_) => ErrorCode::InvalidArgument,
+            Self::EmptyArgv | Self::ZeroTimeout | Self::BadSignal(_) | Self::NoTerminal => {
+                ErrorCode::InvalidArgument
+            }
             Self::WorkingDirectory { source, .. } => match source.kind() {
                 io::ErrorKind::NotFound => ErrorCode::NotFound,
                 io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
@@ -103,7 +129,7 @@ impl WireError for ExecError {
                 }
                 _ => ErrorCode::Io,
             },
-            Self::Cgroup(_) => ErrorCode::SpawnFailed,
+            Self::Cgroup(_) | Self::Pty(_) => ErrorCode::SpawnFailed,
             Self::Spawn { source, .. } => match source.kind() {
                 io::ErrorKind::NotFound => ErrorCode::NotFound,
                 // A NUL byte in an argument, a variable or the directory.
@@ -118,14 +144,14 @@ impl WireError for ExecError {
 }
 
 /// An execution: the process's output goes to the host, and its stdin comes
-/// from the host if the request asks for it.
+/// from the host if the request asks for it (always, on a terminal).
 impl Handler for Execute {
     type Error = ExecError;
 
     fn flow(&self) -> Flow {
         Flow {
             sends: true,
-            takes: self.stdin,
+            takes: self.stdin || self.tty.is_some(),
         }
     }
 
@@ -152,11 +178,34 @@ async fn do_execute(
         .map(|root| root.create(&format!("paddock-exec-{}", ctx.unique_name())))
         .transpose()
         .map_err(ExecError::Cgroup)?;
-    let (mut command, program) = command(execute, cgroup.as_ref())?;
+    let pty = execute
+        .tty
+        .as_ref()
+        .map(|tty| Pty::open(tty.rows, tty.cols))
+        .transpose()
+        .map_err(ExecError::Pty)?;
+    let (mut command, program) = command(execute, cgroup.as_ref(), pty.as_ref())?;
     let mut child = command
         .spawn()
         .map_err(|source| ExecError::Spawn { program, source })?;
     let started = Instant::now();
+    // The command holds the child's copies of the terminal's slave: without
+    // them, the master reads its end once the processes close theirs.
+    drop(command);
+    let (stdin_pipe, stdout, stderr, window) = match pty {
+        Some(pty) => {
+            let (reader, writer, window) = pty.into_master();
+            let writer: InputSink = Box::new(writer);
+            let reader: Output = Box::new(reader);
+            (Some(writer), Some(reader), None, Some(window))
+        }
+        None => (
+            child.stdin.take().map(|pipe| Box::new(pipe) as InputSink),
+            child.stdout.take().map(|pipe| Box::new(pipe) as Output),
+            child.stderr.take().map(|pipe| Box::new(pipe) as Output),
+            None,
+        ),
+    };
     let _running = Gauge::new(&ctx.agent().running_executions);
     // kill_on_drop covers the leader if this returns early, and dropping
     // the cgroup the rest.
@@ -174,6 +223,7 @@ async fn do_execute(
     let limits = Limits {
         group,
         cgroup: cgroup.as_ref(),
+        window: window.as_ref(),
         timeout: execute.timeout_ms.map(Duration::from_millis),
         grace,
     };
@@ -181,10 +231,8 @@ async fn do_execute(
     // longer wanted (the request failed, or the session ended).
     let exited = CancellationToken::new();
     let abandon = ctx.child_token();
-    let stdin_pipe = child.stdin.take();
     let stdin = StdinQueue::default();
     let stdin_queue = stdin_pipe.is_some().then_some(&stdin);
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let (end, (), out, err) = tokio::join!(
         supervise(
             ctx,
@@ -231,9 +279,13 @@ async fn do_execute(
     })
 }
 
-/// The command for `execute`, in `cgroup` if any, and the program name for
-/// errors.
-fn command(execute: &Execute, cgroup: Option<&ExecCgroup>) -> Result<(Command, String), ExecError> {
+/// The command for `execute`, in `cgroup` if any, on the terminal `pty` if
+/// any, and the program name for errors.
+fn command(
+    execute: &Execute,
+    cgroup: Option<&ExecCgroup>,
+    pty: Option<&Pty>,
+) -> Result<(Command, String), ExecError> {
     let (mut command, program) = match &execute.command {
         Program::Argv(argv) => {
             let (program, args) = argv.split_first().ok_or(ExecError::EmptyArgv)?;
@@ -258,22 +310,45 @@ fn command(execute: &Execute, cgroup: Option<&ExecCgroup>) -> Result<(Command, S
         })?;
         command.current_dir(cwd);
     }
-    command
-        .stdin(if execute.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    command.kill_on_drop(true);
+    match (pty, &execute.tty) {
+        (Some(pty), Some(tty)) => {
+            let [stdin, stdout, stderr] = pty.stdio().map_err(ExecError::Pty)?;
+            command
+                .stdin(stdin)
+                .stdout(stdout)
+                .stderr(stderr)
+                .env("TERM", tty.term_or_default());
+        }
+        _ => {
+            command
+                .stdin(if execute.stdin {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+        }
+    }
     if let Some(cgroup) = cgroup {
         let procs = cgroup.procs();
         // SAFETY: the closure runs in the child between fork and exec;
         // `join` makes only async-signal-safe calls and allocates nothing.
         unsafe {
             command.pre_exec(move || crate::cgroup::join(&procs));
+        }
+    }
+    if pty.is_some() {
+        // A session of its own instead of `process_group(0)` (setsid fails
+        // in a group leader); its group's id is the child's pid all the
+        // same, so the supervisor signals it as it does a group.
+        // SAFETY: the closure runs in the child between fork and exec;
+        // `become_controlled` makes only async-signal-safe calls and
+        // allocates nothing.
+        unsafe {
+            command.pre_exec(pty::become_controlled);
         }
     }
     Ok((command, program))

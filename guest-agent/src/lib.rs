@@ -82,9 +82,10 @@
 //! frame kind the request does not take, an invalid signal number), that
 //! request ends with the ERROR: an execution is ended, a put discarded. A
 //! frame for a request that is not open gets ERROR `unknown_request` on
-//! request id 0, except WINDOW_UPDATE, which is ignored: the host returns
-//! credit as it consumes output, so credit for a request that just ended is
-//! normal. PONG and ERROR from the host are not answered.
+//! request id 0, except WINDOW_UPDATE and RESIZE, which are ignored: the
+//! host returns credit as it consumes output, and forwards window changes as
+//! they happen, so either for a request that just ended is normal. PONG and
+//! ERROR from the host are not answered.
 //!
 //! # Containment and stopping
 //!
@@ -92,6 +93,10 @@
 //! finds a cgroup v2 hierarchy it may use ([`Containment::Auto`], checked at
 //! start), in a cgroup of its own; then no process it starts outlives its
 //! RESULT, and HELLO_ACK announces [`paddock_proto::capability::CONTAIN_TREE`].
+//! An execution with a `tty` runs on a pseudo-terminal instead of pipes, as
+//! the leader of a session of its own (whose process group is signalled as
+//! a pipe execution's is); HELLO_ACK announces
+//! [`paddock_proto::capability::TTY`].
 //! `STOP {scope: agent}`, SIGTERM and SIGINT stop the agent the same way:
 //! the listeners stop (a Unix socket file the agent made is removed), every
 //! session ends with each execution's grace cut to [`Config::kill_grace`],

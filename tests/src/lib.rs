@@ -15,6 +15,7 @@ pub mod netns;
 pub mod prometheus_server;
 pub mod subnet;
 pub mod tree;
+pub mod terminal;
 pub mod vm;
 
 use std::io::Write as _;

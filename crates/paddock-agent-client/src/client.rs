@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use paddock_proto::{
     DEFAULT_KILL_GRACE_MS, DEFAULT_MAX_PAYLOAD, DEFAULT_WINDOW, Execute, FileDone, HelloAck,
-    Message, StatusReport, Stop, StopScope,
+    Message, StatusReport, Stop, StopScope, capability,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
@@ -448,9 +448,14 @@ impl AgentClient {
     /// An execution without `timeout_ms` gets
     /// [`ClientConfig::default_exec_timeout`]: nothing runs unbounded.
     ///
+    /// A request with a `tty` runs on a terminal (see
+    /// [`AgentClient::terminal`] for a handle made for one).
+    ///
     /// # Errors
-    /// [`ClientError::InvalidRequest`] for an empty command, or a connection
-    /// error. Spawn failures arrive from [`Execution::wait`].
+    /// [`ClientError::InvalidRequest`] for an empty command,
+    /// [`ClientError::MissingCapability`] for a `tty` to an agent without
+    /// the capability, or a connection error. Spawn failures arrive from
+    /// [`Execution::wait`].
     pub async fn exec(&self, mut request: Execute) -> Result<Execution, ClientError> {
         let config = &self.inner.config;
         match &request.command {
@@ -481,7 +486,9 @@ impl AgentClient {
             + Duration::from_millis(timeout_ms)
                 .saturating_add(grace)
                 .saturating_add(config.exec_timeout_margin);
-        let stdin = request.stdin;
+        // A terminal takes input whatever `stdin` says.
+        let stdin = request.stdin || request.tty.is_some();
+        let needs_tty = request.tty.is_some();
         let caps = [request.stdout_cap, request.stderr_cap];
         let started = ExecStart::next();
         config.events.emit(|| EventKind::ExecStarted {
@@ -493,6 +500,18 @@ impl AgentClient {
         });
         let sent = async {
             let conn = self.connection().await?;
+            if needs_tty
+                && !conn
+                    .session
+                    .capabilities
+                    .iter()
+                    .any(|c| c == capability::TTY)
+            {
+                // An agent without it would ignore `tty` and run on pipes.
+                return Err(ClientError::MissingCapability {
+                    capability: capability::TTY,
+                });
+            }
             let pending = conn.open(true)?;
             conn.send(pending.id, &Message::Execute(request))?;
             Ok(pending)

@@ -119,6 +119,13 @@ pub enum ClientError {
     /// past its `max_bytes`, a local file system error.
     #[error("Directory transfer failed on the host")]
     Tree(#[source] crate::TreeError),
+    /// The agent does not announce a capability the request needs (an
+    /// older agent would ignore the field and do something else).
+    #[error("The agent does not support `{capability}`")]
+    MissingCapability {
+        /// The capability ([`paddock_proto::capability`]).
+        capability: &'static str,
+    },
 }
 
 impl ClientError {
@@ -155,7 +162,8 @@ impl ClientError {
             Self::UnsupportedVersion { .. }
             | Self::LocalIo { .. }
             | Self::InvalidRequest(_)
-            | Self::Tree(_) => false,
+            | Self::Tree(_)
+            | Self::MissingCapability { .. } => false,
             Self::Timeout { .. } | Self::ChecksumMismatch { .. } => true,
             Self::Refused { retry_after, .. } => retry_after.is_some(),
             other => other.should_reconnect(),
@@ -183,6 +191,7 @@ impl ClientError {
             Self::Refused { .. } => "refused",
             Self::Denied(_) => "denied",
             Self::Tree(_) => "tree",
+            Self::MissingCapability { .. } => "missing_capability",
         }
     }
 

@@ -135,6 +135,11 @@ impl Execution {
         self.request.id
     }
 
+    /// The connection this execution runs on.
+    pub(crate) fn connection(&self) -> &Arc<Connection> {
+        &self.request.conn
+    }
+
     /// Takes the stdout stream (once).
     pub fn take_stdout(&mut self) -> Option<OutputStream> {
         self.stdout.take()

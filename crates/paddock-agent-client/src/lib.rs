@@ -34,6 +34,9 @@
 //!   the guest sends is unpacked as strictly as the agent unpacks what the
 //!   host sends: no entry lands outside the destination, no symlink is
 //!   followed, and names, entries and bytes are bounded.
+//! - [`AgentClient::terminal`] runs a command on a pseudo-terminal in the
+//!   guest (a [`Terminal`]: typed input, output, resize, exit status), only
+//!   with an agent that announces the `tty` capability.
 //! - Everything the agent sends is untrusted: frames are bounded before
 //!   they are buffered, a frame that breaks the protocol ends the session
 //!   with a typed error, and nothing the agent sends makes the client queue
@@ -50,6 +53,7 @@ mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gate;
+mod terminal;
 mod transport;
 mod tree;
 
@@ -60,11 +64,12 @@ pub use files::Download;
 pub use gate::{Denial, Flow, GateRequest, PolicyGate, Refusal, RequestGate, Size};
 pub use paddock_proto::TreeDone;
 pub use paddock_proto::{
-    Command, ErrorCode, ExecResult, Execute, FileDone, HelloAck, StatusReport,
+    Command, ErrorCode, ExecResult, Execute, FileDone, HelloAck, StatusReport, Tty,
 };
 pub use paddock_tree::{
     Tally as TreeTally, TreeError, check_root as check_tree_root, pack as pack_tree,
     unpack as unpack_tree,
 };
+pub use terminal::{Terminal, TerminalResizer};
 pub use transport::Transport;
 pub use tree::{TreeOptions, TreeProgress, TreeTransfer};

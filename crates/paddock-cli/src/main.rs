@@ -12,6 +12,7 @@
 mod client;
 mod local;
 mod output;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,8 +90,13 @@ enum Command {
         /// The working directory in the guest.
         #[arg(long)]
         cwd: Option<String>,
-        /// The command and its arguments (after `--`).
-        #[arg(last = true, required = true)]
+        /// Run on a terminal (raw mode here when stdin is one, window
+        /// changes forwarded); without a command, an interactive shell.
+        #[arg(short = 't', long = "tty")]
+        tty: bool,
+        /// The command and its arguments (after `--`; required without
+        /// `-t`).
+        #[arg(last = true)]
         command: Vec<String>,
     },
     /// Copies a file into or out of a lease: `cp LOCAL LEASE:/path` or
@@ -382,8 +388,25 @@ async fn remote(cli: &Cli) -> Result<u8, Failure> {
             timeout,
             env,
             cwd,
+            tty,
             command,
         } => {
+            if *tty {
+                if !env.is_empty() || cwd.is_some() {
+                    return Err(Failure {
+                        status: 2,
+                        error: anyhow::anyhow!("`--env` and `--cwd` do not go with `-t`"),
+                    });
+                }
+                let timeout_ms = timeout.map(seconds_to_ms);
+                return terminal::exec(&target, pool, lease.as_deref(), command, timeout_ms).await;
+            }
+            if command.is_empty() {
+                return Err(Failure {
+                    status: 2,
+                    error: anyhow::anyhow!("no command: `paddock exec POOL -- COMMAND...`"),
+                });
+            }
             let mut request = ExecRequest {
                 argv: Some(command.clone()),
                 cwd: cwd.clone(),

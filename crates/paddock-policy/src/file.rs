@@ -97,6 +97,8 @@ struct ExecTable {
     cwd: Vec<String>,
     #[serde(default)]
     stdin: bool,
+    #[serde(default)]
+    tty: bool,
     max_timeout_ms: Option<u64>,
     max_output_bytes: Option<u64>,
     max_concurrent: Option<u32>,
@@ -276,6 +278,7 @@ fn exec_rules(table: ExecTable) -> Result<ExecRules, PolicyError> {
         env,
         cwd: prefixes("exec.cwd", &table.cwd)?,
         stdin: table.stdin,
+        tty: table.tty,
         max_timeout_ms: positive("exec.max_timeout_ms", table.max_timeout_ms)?,
         max_output_bytes: table.max_output_bytes,
         max_concurrent,

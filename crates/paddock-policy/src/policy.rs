@@ -28,6 +28,7 @@ pub struct ExecRules {
     pub(crate) env: Patterns,
     pub(crate) cwd: Vec<String>,
     pub(crate) stdin: bool,
+    pub(crate) tty: bool,
     pub(crate) max_timeout_ms: Option<u64>,
     pub(crate) max_output_bytes: Option<u64>,
     pub(crate) max_concurrent: Option<usize>,
@@ -56,6 +57,12 @@ impl ExecRules {
     #[must_use]
     pub fn shell(&self) -> bool {
         self.shell
+    }
+
+    /// Whether an execution may run on a terminal (`exec.tty`).
+    #[must_use]
+    pub fn tty(&self) -> bool {
+        self.tty
     }
 }
 
@@ -248,6 +255,11 @@ impl Policy {
         }
         if request.stdin && !rules.stdin {
             return Err((Rule::ExecStdin, "stdin".into()));
+        }
+        // A terminal takes typed input whatever `stdin` says: `exec.tty`
+        // allows both.
+        if request.tty.is_some() && !rules.tty {
+            return Err((Rule::ExecTty, "a terminal".into()));
         }
         if let Some(max) = rules.max_concurrent {
             if running >= max {

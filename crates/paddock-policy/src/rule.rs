@@ -25,6 +25,8 @@ pub enum Rule {
     ExecStdin,
     /// More executions at once than `exec.max_concurrent`.
     ExecConcurrency,
+    /// A terminal (`tty`) without `exec.tty = true`.
+    ExecTty,
     /// The policy has no `[put]` table: no upload is allowed.
     Put,
     /// An upload to a path outside `put.paths`.
@@ -51,7 +53,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, for tables and label sets.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::Exec,
         Self::ExecProgram,
         Self::ExecShell,
@@ -72,6 +74,7 @@ impl Rule {
         Self::StopAgent,
         Self::PutTree,
         Self::GetTree,
+        Self::ExecTty,
     ];
 
     /// The rule's name: the policy file's key it enforces (`exec.program`,
@@ -99,6 +102,7 @@ impl Rule {
             Self::StopAgent => "stop_agent",
             Self::PutTree => "put.trees",
             Self::GetTree => "get.trees",
+            Self::ExecTty => "exec.tty",
         }
     }
 }

@@ -55,6 +55,11 @@ fn argv(args: &[&str]) -> Execute {
     Execute::argv(args.iter().copied())
 }
 
+/// Runs the execution on a terminal.
+fn on_a_terminal(request: &mut Execute) {
+    request.tty = Some(paddock_proto::Tty::new("xterm", 24, 80));
+}
+
 fn with(mut request: Execute, change: impl FnOnce(&mut Execute)) -> Execute {
     change(&mut request);
     request
@@ -207,6 +212,11 @@ fn ci_runner_decides_its_table() {
                 Some(Rule::ExecOutputCap),
             ),
             Exec(with(argv(&["make"]), |e| e.stdin = true), None),
+            Exec(with(argv(&["bash", "-i"]), on_a_terminal), None),
+            Exec(
+                with(argv(&["/opt/tool/bin/run"]), on_a_terminal),
+                Some(Rule::ExecProgram),
+            ),
             ExecRunning(argv(&["make"]), 7, None),
             ExecRunning(argv(&["make"]), 8, Some(Rule::ExecConcurrency)),
             Put("/work/src.tar", GIB, None),
@@ -239,6 +249,7 @@ fn python_interpreter_decides_its_table() {
             Exec(argv(&["/usr/bin/python3", "-c", "print(1)"]), None),
             Exec(argv(&["/usr/bin/python3.11", "-V"]), None),
             Exec(with(argv(&["python3", "-"]), |e| e.stdin = true), None),
+            Exec(with(argv(&["python3"]), on_a_terminal), Some(Rule::ExecTty)),
             Exec(Execute::shell("python3 main.py"), Some(Rule::ExecShell)),
             Exec(argv(&["sh", "-c", "python3"]), Some(Rule::ExecShell)),
             Exec(argv(&["/bin/busybox", "sh"]), Some(Rule::ExecShell)),
@@ -307,6 +318,7 @@ fn read_only_decides_its_table() {
                 with(argv(&["cat"]), |e| e.stdin = true),
                 Some(Rule::ExecStdin),
             ),
+            Exec(with(argv(&["ls"]), on_a_terminal), Some(Rule::ExecTty)),
             Exec(
                 with(argv(&["ls"]), |e| {
                     e.env = BTreeMap::from([("LANG".to_owned(), "C".to_owned())]);
@@ -405,10 +417,10 @@ fn any_execute() -> impl Strategy<Value = Execute> {
         proptest::option::of(any::<u64>()),
         proptest::option::of(any::<u64>()),
         proptest::option::of(any::<u64>()),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
     )
         .prop_map(
-            |(command, env, clear_env, cwd, timeout_ms, stdout_cap, stderr_cap, stdin)| {
+            |(command, env, clear_env, cwd, timeout_ms, stdout_cap, stderr_cap, (stdin, tty))| {
                 let mut exec = match command {
                     Command::Argv(argv) => Execute::argv(argv),
                     Command::Shell(line) => Execute::shell(line),
@@ -420,6 +432,7 @@ fn any_execute() -> impl Strategy<Value = Execute> {
                 exec.stdout_cap = stdout_cap;
                 exec.stderr_cap = stderr_cap;
                 exec.stdin = stdin;
+                exec.tty = tty.then(|| paddock_proto::Tty::new("xterm", 24, 80));
                 exec
             },
         )

@@ -284,6 +284,7 @@ fn every_capability_is_named() {
         capability::STOP_AGENT,
         capability::CONTAIN_TREE,
         capability::TREES,
+        capability::TTY,
     ] {
         assert!(DOC.contains(&format!("`{name}`")), "{name}");
     }

@@ -26,6 +26,7 @@ pub use message::{
     EntryPathError, MAX_TREE_DEPTH, MAX_TREE_ENTRIES, MAX_TREE_PATH_LEN, MAX_TREE_PAX_LEN,
     TREE_MODE_MASK, TreeDone, TreeGet, TreePut, entry_components,
 };
+pub use message::{DEFAULT_TERM, Resize, Tty};
 
 /// The protocol version this crate writes.
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -17,6 +17,7 @@ mod kind;
 mod nullable;
 mod status;
 mod tree;
+mod tty;
 
 pub use error::{ErrorCode, ErrorReport, MAX_ERROR_MESSAGE_LEN};
 pub use exec::{
@@ -31,6 +32,7 @@ pub use tree::{
     EntryPathError, MAX_TREE_DEPTH, MAX_TREE_ENTRIES, MAX_TREE_PATH_LEN, MAX_TREE_PAX_LEN,
     TREE_MODE_MASK, TreeDone, TreeGet, TreePut, entry_components,
 };
+pub use tty::{DEFAULT_TERM, Resize, Tty};
 
 use crate::frame::{Frame, HEADER_LEN, encode_frame, encode_frame_header};
 
@@ -63,6 +65,7 @@ pub enum Message {
     TreePut(TreePut),
     TreeGet(TreeGet),
     TreeDone(TreeDone),
+    Resize(Resize),
 }
 
 impl Message {
@@ -95,6 +98,7 @@ impl Message {
             Self::TreePut(_) => MessageKind::TreePut,
             Self::TreeGet(_) => MessageKind::TreeGet,
             Self::TreeDone(_) => MessageKind::TreeDone,
+            Self::Resize(_) => MessageKind::Resize,
         }
     }
 }
@@ -177,6 +181,7 @@ pub fn encode_message(
         Message::TreePut(m) => json(out, m),
         Message::TreeGet(m) => json(out, m),
         Message::TreeDone(m) => json(out, m),
+        Message::Resize(m) => json(out, m),
         Message::Stdin(data) | Message::Stdout(data) | Message::Stderr(data) => {
             encode_frame(out, kind, request_id, data)
         }
@@ -239,6 +244,7 @@ pub fn decode_message(frame: Frame) -> Result<Message, DecodeError> {
         MessageKind::TreePut => Message::TreePut(json(kind, &payload)?),
         MessageKind::TreeGet => Message::TreeGet(json(kind, &payload)?),
         MessageKind::TreeDone => Message::TreeDone(json(kind, &payload)?),
+        MessageKind::Resize => Message::Resize(json(kind, &payload)?),
     })
 }
 
@@ -278,6 +284,8 @@ mod tests {
         let mut exec = Execute::shell("echo hi");
         exec.env.insert("A".into(), "b".into());
         exec.timeout_ms = Some(5);
+        let mut on_tty = Execute::shell("sh");
+        on_tty.tty = Some(Tty::new("vt100", 24, 80));
         let messages = vec![
             Message::Hello(Hello {
                 min_version: 1,
@@ -351,6 +359,11 @@ mod tests {
                 symlinks: 3,
                 bytes: 4,
             }),
+            Message::Execute(on_tty),
+            Message::Resize(Resize {
+                rows: 50,
+                cols: 132,
+            }),
         ];
         for message in &messages {
             assert_eq!(&round_trip(message), message);
@@ -408,6 +421,18 @@ mod tests {
         let exec: Execute =
             serde_json::from_str(r#"{"command":{"argv":["ls"]},"new_field":true}"#).expect("parse");
         assert_eq!(exec, Execute::argv(["ls"]));
+    }
+
+    #[test]
+    fn a_tty_without_fields_has_the_defaults() {
+        let exec: Execute =
+            serde_json::from_str(r#"{"command":{"argv":["sh"]},"tty":{}}"#).expect("parse");
+        let tty = exec.tty.expect("a tty");
+        assert_eq!(tty, Tty::new("", 0, 0));
+        assert_eq!(tty.term_or_default(), DEFAULT_TERM);
+        assert_eq!(Tty::new("vt100", 1, 1).term_or_default(), "vt100");
+        let resize: Result<Resize, _> = serde_json::from_str(r#"{"rows":1}"#);
+        assert!(resize.is_err(), "rows and cols are required");
     }
 
     proptest! {

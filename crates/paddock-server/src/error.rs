@@ -170,6 +170,9 @@ impl From<ClientError> for ApiError {
                 Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)
             }
             ClientError::LocalIo { .. } => Self::internal(message),
+            ClientError::MissingCapability { .. } => {
+                Self::new(StatusCode::NOT_IMPLEMENTED, "unsupported", message)
+            }
             _ => Self::new(StatusCode::BAD_GATEWAY, "agent_error", message),
         }
     }

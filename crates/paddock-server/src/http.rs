@@ -77,6 +77,7 @@ pub fn router(
         .route("/v1/leases", get(list_leases))
         .route("/v1/leases/{id}", axum::routing::delete(release))
         .route("/v1/leases/{id}/exec", post(exec))
+        .route("/v1/leases/{id}/terminal", get(terminal))
         .route(
             "/v1/leases/{id}/files",
             get(get_file)
@@ -476,7 +477,7 @@ fn execute_of(request: &ExecRequest) -> Result<Execute, ApiError> {
     Ok(execute)
 }
 
-fn exec_end(result: &paddock::agent::ExecResult) -> ExecEnd {
+pub(crate) fn exec_end(result: &paddock::agent::ExecResult) -> ExecEnd {
     ExecEnd {
         exit_code: result.exit_code,
         signal: result.signal,
@@ -536,6 +537,29 @@ async fn exec(
             stderr: encode(&output.stderr, request.output),
         })
         .into_response())
+    }
+    .await;
+    answered(caller, result)
+}
+
+/// A terminal over a WebSocket (`crate::terminal`).
+async fn terminal(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Response {
+    let result = async {
+        let upgrade = upgrade.map_err(|rejection| {
+            ApiError::bad_request(format!("Expected a WebSocket upgrade: {rejection}"))
+        })?;
+        crate::terminal::request_of(&query)?;
+        let hold = app.daemon.hold(&caller, &id).await?;
+        crate::terminal::open(hold, &query, upgrade).await
     }
     .await;
     answered(caller, result)

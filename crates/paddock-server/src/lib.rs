@@ -4,7 +4,7 @@
 //! with bearer tokens ([`auth`]). The daemon's state, and how a lease is
 //! ended without a request ever reaching a slot after it, is in
 //! [`daemon`]. [`wire`] holds the JSON bodies, which the `paddock` command
-//! shares.
+//! shares; [`terminal`] carries a terminal over a WebSocket.
 
 pub mod auth;
 pub mod config;
@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod error;
 pub mod http;
 pub mod serve;
+pub mod terminal;
 pub mod wire;
 
 pub use config::{Config, ConfigError};

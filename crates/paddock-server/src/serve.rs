@@ -228,7 +228,11 @@ async fn serve_connections(
     stop: CancellationToken,
 ) {
     use hyper_util::rt::TokioTimer;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // What hyper-util's GracefulShutdown does, for connections that may be
+    // upgraded (it watches only plain ones): on `stop`, each connection
+    // finishes its request in flight, and this waits for all of them.
+    let connections = tokio_util::task::TaskTracker::new();
+    let closing = CancellationToken::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -250,26 +254,46 @@ async fn serve_connections(
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         match connection {
-            Connection::Unix(stream) => serve_one(&builder, &graceful, stream, service),
-            Connection::Tcp(stream) => serve_one(&builder, &graceful, stream, service),
+            Connection::Unix(stream) => {
+                serve_one(&builder, &connections, &closing, stream, service);
+            }
+            Connection::Tcp(stream) => {
+                serve_one(&builder, &connections, &closing, stream, service);
+            }
         }
     }
-    graceful.shutdown().await;
+    closing.cancel();
+    connections.close();
+    connections.wait().await;
 }
 
-/// Serves one connection in a task of its own, watched by `graceful`.
+/// Serves one connection in a task of `connections`; once `closing` is
+/// cancelled it ends after its request in flight.
 fn serve_one<S>(
     builder: &hyper::server::conn::http1::Builder,
-    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    connections: &tokio_util::task::TaskTracker,
+    closing: &CancellationToken,
     stream: S,
     service: hyper_util::service::TowerToHyperService<axum::Router>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let served = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-    let watched = graceful.watch(served);
-    tokio::spawn(async move {
-        if let Err(err) = watched.await {
+    // Upgrades: a terminal's WebSocket (`crate::terminal`) takes the
+    // connection over once its request is answered.
+    let served = builder
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .with_upgrades();
+    let closing = closing.clone();
+    connections.spawn(async move {
+        let mut served = std::pin::pin!(served);
+        let ended = tokio::select! {
+            ended = served.as_mut() => ended,
+            () = closing.cancelled() => {
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+        };
+        if let Err(err) = ended {
             tracing::debug!(error = %err, "a connection ended with an error");
         }
     });

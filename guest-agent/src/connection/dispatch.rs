@@ -75,6 +75,17 @@ impl Connection {
         }
         Step::Continue
     }
+
+    /// Hands a RESIZE to its execution. One for a request that is not open
+    /// is dropped: a window change crossing RESULT is normal, and the
+    /// terminal it was for is gone.
+    pub(super) async fn resize(&mut self, id: u64, message: Message) -> Step {
+        match self.session.as_ref().and_then(|s| s.handle(id)) {
+            Some(_) => return self.forward(id, message).await,
+            None => debug!(id, "RESIZE for a request that is not open: ignored"),
+        }
+        Step::Continue
+    }
 }
 
 /// Runs one request. Every request takes the same steps, in the order of

@@ -15,8 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use paddock_proto::MessageKind;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::ChildStdin;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -83,9 +82,9 @@ impl StdinQueue {
 
 /// Writes the host's STDIN to the process and returns its credit as the
 /// process takes it. Stops when the host closes stdin or the leader exits.
-pub(super) async fn feed_stdin(
+pub(super) async fn feed_stdin<W: AsyncWrite + Unpin>(
     ctx: &RequestCtx,
-    pipe: Option<ChildStdin>,
+    pipe: Option<W>,
     queue: &StdinQueue,
     exited: &CancellationToken,
 ) {

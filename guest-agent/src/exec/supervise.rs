@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use super::ExecError;
 use super::pipes::StdinQueue;
+use super::pty::PtyWindow;
 use crate::cgroup::ExecCgroup;
 use crate::request::{Input, Inputs, Rejection, RequestCtx};
 
@@ -46,6 +47,8 @@ pub(super) struct Limits<'a> {
     pub(super) group: ProcessGroup,
     /// The execution's cgroup, when the agent contains executions in them.
     pub(super) cgroup: Option<&'a ExecCgroup>,
+    /// The execution's terminal, when it runs on one.
+    pub(super) window: Option<&'a PtyWindow>,
     pub(super) timeout: Option<Duration>,
     pub(super) grace: Duration,
 }
@@ -138,6 +141,18 @@ pub(super) async fn supervise(
                     failure = Some(ExecError::BadSignal(request.signal));
                     true
                 }
+                Input::Frame(Message::Resize(size)) => match limits.window {
+                    Some(window) => {
+                        if let Err(err) = window.resize(size.rows, size.cols) {
+                            warn!(%err, "Could not resize the terminal");
+                        }
+                        false
+                    }
+                    None => {
+                        failure = Some(ExecError::NoTerminal);
+                        true
+                    }
+                },
                 Input::Frame(Message::Stop(Stop { scope: StopScope::Execution })) => {
                     stopped = true;
                     true

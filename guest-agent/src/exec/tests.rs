@@ -305,3 +305,111 @@ async fn nothing_outlives_the_leader_and_escapees_cannot_hold_the_request() {
         unsafe { libc::kill(libc::pid_t::try_from(pid).expect("pid"), libc::SIGKILL) };
     }
 }
+
+/// Reads STDOUT of request `id`, returning its credit, until `want` is in
+/// what arrived; returns everything that arrived.
+async fn stdout_until(host: &mut TestHost, id: u64, want: &str) -> String {
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(want) {
+        match host.recv().await {
+            (got, Message::Stdout(data)) if got == id => {
+                host.grant(id, data.len()).await;
+                seen.extend(data);
+            }
+            (got, Message::WindowUpdate(_)) if got == id => {}
+            other => panic!("waiting for {want:?} after {seen:?}: {other:?}"),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn a_tty_execution_runs_on_a_terminal_of_its_size() {
+    let mut host = TestHost::ready().await;
+    let mut execute = Execute::shell(
+        "test -t 0 && test -t 1 && test -t 2 && echo tty=yes; echo term=$TERM; stty size; echo err >&2",
+    );
+    execute.tty = Some(paddock_proto::Tty::new("vt100", 33, 111));
+    let out = run(&mut host, 1, execute).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The line discipline turns "\n" into "\r\n"; stderr is the terminal too.
+    assert!(text.contains("tty=yes\r\n"), "{text:?}");
+    assert!(text.contains("term=vt100\r\n"), "{text:?}");
+    assert!(text.contains("33 111\r\n"), "{text:?}");
+    assert!(text.contains("err\r\n"), "{text:?}");
+    assert!(out.stderr.is_empty());
+    let result = exec_result(&out);
+    assert_eq!(result.exit_code, Some(0));
+    assert_eq!(result.stdout_bytes, out.stdout.len() as u64);
+}
+
+#[tokio::test]
+async fn resize_and_ctrl_c_reach_the_terminal_s_foreground() {
+    let mut host = TestHost::ready().await;
+    let mut execute = Execute::argv(["/bin/sh", "-i"]);
+    execute.tty = Some(paddock_proto::Tty::new("", 24, 80));
+    execute.timeout_ms = Some(20_000);
+    execute.env.insert("PS1".into(), "$ ".into());
+    host.send(1, &Message::Execute(execute)).await;
+    stdout_until(&mut host, 1, "$ ").await;
+    host.send(
+        1,
+        &Message::Resize(paddock_proto::Resize {
+            rows: 40,
+            cols: 100,
+        }),
+    )
+    .await;
+    host.send(1, &Message::Stdin(b"stty size\n".to_vec())).await;
+    stdout_until(&mut host, 1, "40 100").await;
+    let marker = "1000.303";
+    host.send(1, &Message::Stdin(format!("sleep {marker}\n").into_bytes()))
+        .await;
+    wait_for_process(marker).await;
+    // Ctrl-C as a byte: the line discipline signals the foreground group.
+    host.send(1, &Message::Stdin(vec![0x03])).await;
+    assert_no_process_with(marker).await;
+    host.send(1, &Message::Stdin(b"echo alive-$((6*7))\n".to_vec()))
+        .await;
+    stdout_until(&mut host, 1, "alive-42").await;
+    host.send(1, &Message::Stdin(b"exit 5\n".to_vec())).await;
+    let out = host.collect(1).await;
+    assert_eq!(exec_result(&out).exit_code, Some(5));
+    // A RESIZE after RESULT is dropped without an answer.
+    host.send(
+        1,
+        &Message::Resize(paddock_proto::Resize { rows: 1, cols: 1 }),
+    )
+    .await;
+    assert!(host.quiet_for(Duration::from_millis(200)).await);
+}
+
+#[tokio::test]
+async fn resize_without_a_terminal_is_refused() {
+    let mut host = TestHost::ready().await;
+    host.send(1, &Message::Execute(Execute::argv(["sleep", "10"])))
+        .await;
+    host.send(
+        1,
+        &Message::Resize(paddock_proto::Resize { rows: 1, cols: 1 }),
+    )
+    .await;
+    let out = host.collect(1).await;
+    assert_eq!(error(&out).code, ErrorCode::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_timeout_ends_a_tty_execution_and_its_output() {
+    let mut host = TestHost::ready().await;
+    let marker = "1000.404";
+    let mut execute = Execute::shell(format!("sleep {marker} & sleep {marker}"));
+    execute.tty = Some(paddock_proto::Tty::new("", 0, 0));
+    execute.timeout_ms = Some(300);
+    execute.kill_grace_ms = Some(100);
+    host.send(1, &Message::Execute(execute)).await;
+    wait_for_process(marker).await;
+    let out = host.collect(1).await;
+    let result = exec_result(&out);
+    assert!(result.timed_out);
+    assert_no_process_with(marker).await;
+}

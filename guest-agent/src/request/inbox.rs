@@ -97,6 +97,27 @@ impl Inbox {
                 }
                 _ => state.queue.push_back(Message::FileData(data)),
             },
+            Message::Resize(size) => {
+                // Only the last window size matters: a queued RESIZE takes
+                // the new one instead of queueing another.
+                let full = state.controls >= MAX_QUEUED_CONTROL;
+                let queued = state
+                    .queue
+                    .iter_mut()
+                    .rev()
+                    .find_map(|queued| match queued {
+                        Message::Resize(queued) => Some(queued),
+                        _ => None,
+                    });
+                match queued {
+                    Some(queued) => *queued = size,
+                    None if full => return Err(InboxFull),
+                    None => {
+                        state.controls += 1;
+                        state.queue.push_back(Message::Resize(size));
+                    }
+                }
+            }
             control => {
                 let mergeable = matches!(
                     control,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::nullable::or_default;
+use super::tty::Tty;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +51,12 @@ pub struct Execute {
     /// [`MAX_KILL_GRACE_MS`] count as that maximum.
     #[serde(default)]
     pub kill_grace_ms: Option<u64>,
+    /// Run on a pseudo-terminal (only to an agent that announces
+    /// [`capability::TTY`](crate::capability::TTY)); absent: pipes. With a
+    /// terminal, `stdin` is implied, all output comes as STDOUT, and
+    /// `stderr_cap` is unused.
+    #[serde(default)]
+    pub tty: Option<Tty>,
 }
 
 /// The longest grace period between SIGTERM and SIGKILL an agent applies
@@ -95,6 +102,7 @@ impl Execute {
             stderr_cap: None,
             stdin: false,
             kill_grace_ms: None,
+            tty: None,
         }
     }
 }

@@ -23,6 +23,8 @@ pub mod capability {
     pub const CONTAIN_TREE: &str = "contain-tree";
     /// TREE_PUT / TREE_GET: directories as one tar stream.
     pub const TREES: &str = "trees";
+    /// EXECUTE with a `tty` (a pseudo-terminal) and RESIZE.
+    pub const TTY: &str = "tty";
 }
 
 /// Opens a session (host -> agent).

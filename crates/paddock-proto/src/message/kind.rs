@@ -74,6 +74,9 @@ pub enum MessageKind {
     /// Agent -> host, JSON [`TreeDone`](crate::TreeDone): a tree put was
     /// unpacked and verified.
     TreeDone = 27,
+    /// Host -> agent, JSON [`Resize`](crate::Resize): the new window size of
+    /// a running execution's terminal.
+    Resize = 28,
 }
 
 /// Which side of a connection may send a kind of message.
@@ -111,7 +114,7 @@ impl Direction {
 
 impl MessageKind {
     /// All kinds, in wire order.
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 26] = [
         Self::Hello,
         Self::HelloAck,
         Self::Ping,
@@ -137,6 +140,7 @@ impl MessageKind {
         Self::TreePut,
         Self::TreeGet,
         Self::TreeDone,
+        Self::Resize,
     ];
 
     /// The kind's name as the protocol documentation writes it
@@ -169,6 +173,7 @@ impl MessageKind {
             Self::TreePut => "TREE_PUT",
             Self::TreeGet => "TREE_GET",
             Self::TreeDone => "TREE_DONE",
+            Self::Resize => "RESIZE",
         }
     }
 
@@ -213,6 +218,7 @@ impl MessageKind {
             | Self::FileGet
             | Self::TreePut
             | Self::TreeGet => Direction::HostToAgent,
+            | Self::Resize => Direction::HostToAgent,
             Self::HelloAck
             | Self::Stdout
             | Self::Stderr
@@ -260,8 +266,14 @@ mod tests {
         for kind in MessageKind::ALL {
             assert_eq!(MessageKind::try_from(kind as u16), Ok(kind));
         }
+        assert!(
+            MessageKind::ALL.windows(2).all(|pair| pair[0] < pair[1]),
+            "wire order"
+        );
+        assert_eq!(MessageKind::Resize as u16, 28);
         assert_eq!(MessageKind::try_from(0), Err(0));
-        assert_eq!(MessageKind::try_from(28), Err(28));
+        assert_eq!(MessageKind::try_from(23), Err(23));
+        assert_eq!(MessageKind::try_from(29), Err(29));
     }
 
     #[test]
@@ -295,6 +307,7 @@ mod tests {
             (MessageKind::TreePut, HostToAgent),
             (MessageKind::TreeGet, HostToAgent),
             (MessageKind::TreeDone, AgentToHost),
+            (MessageKind::Resize, HostToAgent),
         ];
         let kinds: Vec<MessageKind> = expected.iter().map(|(kind, _)| *kind).collect();
         assert_eq!(kinds, MessageKind::ALL, "one entry per kind, in wire order");

@@ -53,7 +53,7 @@ impl Guest {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = boot_id;
     }
 
-    /// The agent client: exec, files, status.
+    /// The agent client: exec, terminals, files, status.
     #[must_use]
     pub fn client(&self) -> &AgentClient {
         &self.client
