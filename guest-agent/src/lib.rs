@@ -109,6 +109,7 @@ mod clock;
 mod connection;
 mod exec;
 mod files;
+mod fs_ops;
 mod listen;
 mod request;
 mod status;

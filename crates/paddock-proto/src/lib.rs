@@ -22,6 +22,10 @@ pub use message::{
     FileDone, FileEnd, FileGet, FileInfo, FilePut, Hello, HelloAck, Message, MessageKind,
     SignalRequest, StatusReport, Stop, StopScope, capability, decode_message, encode_message,
 };
+pub use message::{
+    DEFAULT_DIR_MODE, DEFAULT_READ_DIR_LIMIT, DirEntry, FileType, FsRequest, FsResult,
+    MAX_READ_DIR_LIMIT, Metadata,
+};
 
 /// The protocol version this crate writes.
 pub const PROTOCOL_VERSION: u16 = 1;

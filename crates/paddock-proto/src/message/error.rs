@@ -47,14 +47,22 @@ pub enum ErrorCode {
     TooManyConnections,
     /// A bug or unexpected state in the agent.
     Internal,
-    /// A code this side does not know.
+    /// A path that must not exist does (`EEXIST`).
+    AlreadyExists,
+    /// A path component that must be a directory is not (`ENOTDIR`).
+    NotADirectory,
+    /// A path that must not be a directory is one (`EISDIR`).
+    IsADirectory,
+    /// A directory to remove or replace is not empty (`ENOTEMPTY`).
+    DirectoryNotEmpty,
+    /// A code this side does not know (serde's `other`: it stays last).
     #[serde(other)]
     Unknown,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 24] = [
         Self::BadFrame,
         Self::UnknownKind,
         Self::BadPayload,
@@ -74,6 +82,10 @@ impl ErrorCode {
         Self::ShuttingDown,
         Self::TooManyConnections,
         Self::Internal,
+        Self::AlreadyExists,
+        Self::NotADirectory,
+        Self::IsADirectory,
+        Self::DirectoryNotEmpty,
         Self::Unknown,
     ];
 }
@@ -136,7 +148,11 @@ mod tests {
             ErrorCode::ShuttingDown => 16,
             ErrorCode::TooManyConnections => 17,
             ErrorCode::Internal => 18,
-            ErrorCode::Unknown => 19,
+            ErrorCode::AlreadyExists => 19,
+            ErrorCode::NotADirectory => 20,
+            ErrorCode::IsADirectory => 21,
+            ErrorCode::DirectoryNotEmpty => 22,
+            ErrorCode::Unknown => 23,
         };
         for (at, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(index(*code), at, "{code:?}");

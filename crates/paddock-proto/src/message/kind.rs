@@ -65,6 +65,12 @@ pub enum MessageKind {
     /// Either way, JSON [`ErrorReport`](crate::ErrorReport): a request (or the
     /// connection, id 0) failed.
     Error = 22,
+    /// Host -> agent, JSON [`FsRequest`](crate::FsRequest): one file system
+    /// operation in the guest.
+    FsRequest = 23,
+    /// Agent -> host, JSON [`FsResult`](crate::FsResult): how a file system
+    /// operation ended; last frame.
+    FsResult = 24,
 }
 
 /// Which side of a connection may send a kind of message.
@@ -102,7 +108,7 @@ impl Direction {
 
 impl MessageKind {
     /// All kinds, in wire order.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 24] = [
         Self::Hello,
         Self::HelloAck,
         Self::Ping,
@@ -125,6 +131,8 @@ impl MessageKind {
         Self::FileDone,
         Self::WindowUpdate,
         Self::Error,
+        Self::FsRequest,
+        Self::FsResult,
     ];
 
     /// The kind's name as the protocol documentation writes it
@@ -154,6 +162,8 @@ impl MessageKind {
             Self::FileDone => "FILE_DONE",
             Self::WindowUpdate => "WINDOW_UPDATE",
             Self::Error => "ERROR",
+            Self::FsRequest => "FS_REQUEST",
+            Self::FsResult => "FS_RESULT",
         }
     }
 
@@ -164,7 +174,7 @@ impl MessageKind {
     pub fn opens_request(self) -> bool {
         matches!(
             self,
-            Self::Execute | Self::FilePut | Self::FileGet | Self::StatusRequest
+            Self::Execute | Self::FilePut | Self::FileGet | Self::StatusRequest | Self::FsRequest
         )
     }
 
@@ -190,14 +200,16 @@ impl MessageKind {
             | Self::Signal
             | Self::StatusRequest
             | Self::FilePut
-            | Self::FileGet => Direction::HostToAgent,
+            | Self::FileGet
+            | Self::FsRequest => Direction::HostToAgent,
             Self::HelloAck
             | Self::Stdout
             | Self::Stderr
             | Self::ExecResult
             | Self::StatusReport
             | Self::FileInfo
-            | Self::FileDone => Direction::AgentToHost,
+            | Self::FileDone
+            | Self::FsResult => Direction::AgentToHost,
             Self::Ping
             | Self::Pong
             | Self::Stop
@@ -232,7 +244,8 @@ mod tests {
             assert_eq!(MessageKind::try_from(*kind as u16), Ok(*kind));
         }
         assert_eq!(MessageKind::try_from(0), Err(0));
-        assert_eq!(MessageKind::try_from(23), Err(23));
+        let past = u16::try_from(MessageKind::ALL.len() + 1).expect("few kinds");
+        assert_eq!(MessageKind::try_from(past), Err(past));
     }
 
     #[test]
@@ -263,6 +276,8 @@ mod tests {
             (MessageKind::FileDone, AgentToHost),
             (MessageKind::WindowUpdate, Both),
             (MessageKind::Error, Both),
+            (MessageKind::FsRequest, HostToAgent),
+            (MessageKind::FsResult, AgentToHost),
         ];
         let kinds: Vec<MessageKind> = expected.iter().map(|(kind, _)| *kind).collect();
         assert_eq!(kinds, MessageKind::ALL, "one entry per kind, in wire order");
