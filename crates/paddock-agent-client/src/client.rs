@@ -248,7 +248,7 @@ impl AgentClient {
     }
 
     /// The live session, reconnecting if it was lost.
-    async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+    pub(crate) async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
         if self.inner.revoked.load(Ordering::SeqCst) {
             return Err(ClientError::Refused {
                 limit: "lease_ended",
@@ -364,10 +364,21 @@ impl AgentClient {
 
     /// Sends a control request and waits for its single answer.
     async fn call(&self, message: Message, what: &'static str) -> Result<Message, ClientError> {
+        self.call_within(message, what, self.inner.config.request_timeout)
+            .await
+    }
+
+    /// Sends a request whose answer is a single frame and waits for it, up
+    /// to `timeout`.
+    pub(crate) async fn call_within(
+        &self,
+        message: Message,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<Message, ClientError> {
         let conn = self.connection().await?;
         let mut request = conn.open(false)?;
         conn.send(request.id, &message)?;
-        let timeout = self.inner.config.request_timeout;
         match tokio::time::timeout(timeout, request.events.recv()).await {
             Err(_) => Err(ClientError::Timeout {
                 what,
@@ -570,7 +581,7 @@ impl AgentClient {
     }
 
     /// Asks the gate, if there is one; a refusal is emitted and returned.
-    fn admit(&self, request: &mut GateRequest<'_>) -> Result<(), ClientError> {
+    pub(crate) fn admit(&self, request: &mut GateRequest<'_>) -> Result<(), ClientError> {
         self.gatekeeper()
             .map_or(Ok(()), |keeper| keeper.admit(request))
     }

@@ -460,6 +460,7 @@ impl Shared {
             | Message::StatusReport(_)
             | Message::FileDone(_)
             | Message::FileEnd(_)
+            | Message::FsResult(_)
             | Message::Stop(_) => {
                 // The request's last frame: stop routing, wake any sender.
                 if let Some(slot) = state.slots.remove(&id) {

@@ -114,6 +114,13 @@ pub enum ClientError {
     /// will be denied again.
     #[error(transparent)]
     Denied(paddock_policy::Denial),
+    /// The agent does not announce the capability the call needs (an
+    /// older agent); nothing was sent.
+    #[error("The agent does not support {capability}")]
+    Unsupported {
+        /// The missing capability ([`paddock_proto::capability`]).
+        capability: &'static str,
+    },
 }
 
 impl ClientError {
@@ -147,9 +154,10 @@ impl ClientError {
                 code,
                 ErrorCode::TooManyRequests | ErrorCode::TooManyConnections
             ),
-            Self::UnsupportedVersion { .. } | Self::LocalIo { .. } | Self::InvalidRequest(_) => {
-                false
-            }
+            Self::UnsupportedVersion { .. }
+            | Self::LocalIo { .. }
+            | Self::InvalidRequest(_)
+            | Self::Unsupported { .. } => false,
             Self::Timeout { .. } | Self::ChecksumMismatch { .. } => true,
             Self::Refused { retry_after, .. } => retry_after.is_some(),
             other => other.should_reconnect(),
@@ -176,6 +184,7 @@ impl ClientError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::Refused { .. } => "refused",
             Self::Denied(_) => "denied",
+            Self::Unsupported { .. } => "unsupported",
         }
     }
 
