@@ -44,8 +44,8 @@ pub enum Listener {
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
-struct App {
-    daemon: Arc<Daemon>,
+pub(crate) struct App {
+    pub(crate) daemon: Arc<Daemon>,
     requests: prometheus::IntCounterVec,
     audit_seq: Arc<AtomicU64>,
 }
@@ -79,6 +79,7 @@ pub fn router(
                 .put(put_file)
                 .layer(DefaultBodyLimit::disable()),
         )
+        .merge(crate::fs::routes())
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
     let open = Router::new()
         .route("/healthz", get(healthz))
@@ -241,7 +242,7 @@ async fn audit_call(
 const JSON_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A JSON body whose rejection is a JSON error.
-struct JsonBody<T>(T);
+pub(crate) struct JsonBody<T>(pub(crate) T);
 
 impl<T, S> FromRequest<S> for JsonBody<T>
 where
@@ -288,7 +289,7 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
 }
 
 /// Returns the caller with the response, for the audit record.
-fn answered(caller: Caller, response: impl IntoResponse) -> Response {
+pub(crate) fn answered(caller: Caller, response: impl IntoResponse) -> Response {
     let mut response = response.into_response();
     response.extensions_mut().insert(caller);
     response
