@@ -20,11 +20,12 @@
 //!   through a bounded channel. The reader's buffer grows with what the host
 //!   sends and shrinks back when it goes quiet, so an idle connection holds
 //!   about 11 KiB.
-//! - Each request (EXECUTE, FILE_PUT, FILE_GET, STATUS_REQUEST) runs in its own
-//!   task, fed by a bounded inbox: data within the request's window, merged;
-//!   identical SIGNAL / STOP / STDIN_CLOSE frames merged while they wait; at
-//!   most [`paddock_proto::MAX_QUEUED_CONTROL`] other control frames, past
-//!   which the request ends with ERROR `flow_control`. The reader never waits
+//! - Each request (EXECUTE, FILE_PUT, FILE_GET, STATUS_REQUEST, FS_REQUEST)
+//!   runs in its own task, fed by a bounded inbox: data within the
+//!   request's window, merged; identical SIGNAL / STOP / STDIN_CLOSE frames
+//!   merged while they wait; at most
+//!   [`paddock_proto::MAX_QUEUED_CONTROL`] other control frames, past which
+//!   the request ends with ERROR `flow_control`. The reader never waits
 //!   for a request. An execution polls its process, its output pipes and its
 //!   stdin within its task; it stops reading a pipe while the host's window
 //!   is closed, so a process that prints without end blocks in `write`.
@@ -40,14 +41,15 @@
 //!   listen ─▶ connection (router: reader, HELLO, dispatch, writer)
 //!                 │ opens requests, routes their frames, runs the pipeline
 //!                 ▼
-//!             exec · files · status (handlers)        cgroup (containment)
+//!             exec · files · fs_ops · status (handlers)   cgroup (containment)
 //!                 │ each knows only the request layer
 //!                 ▼
 //!             request (RequestCtx, Inputs, Handler, WireError, Session)
 //! ```
 //!
 //! A request is opened by a message that implements the request layer's
-//! `Handler` trait (`Execute`, `FilePut`, `FileGet`, `StatusRequest`), which
+//! `Handler` trait (`Execute`, `FilePut`, `FileGet`, `StatusRequest`,
+//! `FsRequest`), which
 //! says which flow-controlled directions it uses and does the work. Its
 //! handler gets a context to send frames and return credit, and the inputs
 //! the router forwards to it; it never sees the router. The router runs
