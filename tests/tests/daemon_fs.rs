@@ -1,8 +1,8 @@
 //! The daemon's file system routes end to end: `paddock serve` on a real
 //! VM pool held to the shipped `ci-runner` policy, called over TCP with a
 //! tenant's token by plain HTTP and, with `PADDOCK_PYTHON`, by the Python
-//! client (httpx): every route, the guest's errors as their statuses and
-//! codes, and a policy denial.
+//! client (httpx), and by `paddock ls`: every route, the guest's errors as
+//! their statuses and codes, and a policy denial.
 #![cfg(test)]
 
 use std::net::SocketAddr;
@@ -178,6 +178,17 @@ fn a_tenant_works_on_its_guest_s_file_system_over_http() -> TestResult {
         (200, json!({"exists": false})),
         "a dangling link (f.txt was renamed)"
     );
+
+    // `paddock ls` walks the pages.
+    let listed = daemon.tenant(ACME, &["ls", &format!("{lease}:/work/http")])?;
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("- 0640") && lines[0].ends_with(" g.txt"), "{text}");
+    assert!(lines[1].starts_with('l') && lines[1].ends_with(" link"), "{text}");
+    assert!(lines[2].starts_with("d 0700") && lines[2].ends_with(" private"), "{text}");
+    assert!(lines[3].starts_with('d') && lines[3].ends_with(" sub"), "{text}");
 
     // The guest's errors, with their own status and code.
     let code = |(status, body): (u16, Value)| (status, body["error"]["code"].clone());
