@@ -176,9 +176,13 @@ fn run(request: FsRequest, max_payload: usize) -> Result<FsResult, FsError> {
                 .map_err(io_error("create the directory", path))?;
             Ok(FsResult::CreateDir {})
         }
-        FsRequest::Remove { path, recursive } => {
+        FsRequest::Remove {
+            path,
+            recursive,
+            dir,
+        } => {
             let path = absolute(&path)?;
-            remove(path, recursive)?;
+            remove(path, recursive, dir)?;
             Ok(FsResult::Remove {})
         }
         FsRequest::Rename { from, to } => {
@@ -224,10 +228,27 @@ fn run(request: FsRequest, max_payload: usize) -> Result<FsResult, FsError> {
 }
 
 /// Removes `path` itself (a link as a link); a directory's contents only
-/// when `recursive`.
-fn remove(path: &Path, recursive: bool) -> Result<(), FsError> {
-    let metadata = fs::symlink_metadata(path).map_err(io_error("remove", path))?;
-    let removed = if !metadata.is_dir() {
+/// when `recursive`; only a directory, or only something else, as `dir`
+/// says.
+fn remove(path: &Path, recursive: bool, dir: Option<bool>) -> Result<(), FsError> {
+    let removed = match dir {
+        // unlink(2) and rmdir(2) check the type themselves (EISDIR,
+        // ENOTDIR), with no window between a check and the removal.
+        Some(false) => fs::remove_file(path),
+        Some(true) if !recursive => fs::remove_dir(path),
+        _ => remove_any(path, recursive, dir),
+    };
+    removed.map_err(io_error("remove", path))
+}
+
+/// A removal that looks at the type first: a recursive one, or one of
+/// anything.
+fn remove_any(path: &Path, recursive: bool, dir: Option<bool>) -> io::Result<()> {
+    let metadata = fs::symlink_metadata(path)?;
+    if dir == Some(true) && !metadata.is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+    }
+    if !metadata.is_dir() {
         fs::remove_file(path)
     } else if recursive {
         // Does not follow symbolic links, at the top or inside (see the
@@ -235,8 +256,7 @@ fn remove(path: &Path, recursive: bool) -> Result<(), FsError> {
         fs::remove_dir_all(path)
     } else {
         fs::remove_dir(path)
-    };
-    removed.map_err(io_error("remove", path))
+    }
 }
 
 /// The wire metadata of `metadata`.
@@ -440,7 +460,8 @@ mod tests {
         assert_eq!(
             code(FsRequest::Remove {
                 path: path(&dir.path().join("full")),
-                recursive: false
+                recursive: false,
+                dir: None
             }),
             ErrorCode::DirectoryNotEmpty
         );
@@ -469,7 +490,7 @@ mod tests {
         let tree = dir.path().join("tree");
         fs::create_dir_all(tree.join("sub")).expect("mkdir");
         symlink(&outside, tree.join("sub/link")).expect("symlink");
-        remove(&tree, true).expect("remove");
+        remove(&tree, true, None).expect("remove");
         assert!(!tree.exists());
         assert_eq!(fs::read(outside.join("keep")).expect("read"), b"keep");
     }

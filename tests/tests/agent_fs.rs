@@ -142,8 +142,11 @@ async fn every_operation_does_what_it_says() -> TestResult {
     assert!(std::fs::symlink_metadata(root.join("link")).is_err());
     client.remove(&text(&root.join("renamed.txt"))).await?;
     assert!(!root.join("renamed.txt").exists());
-    client.remove(&text(&root.join("private"))).await?;
+    client.remove_dir(&text(&root.join("private"))).await?;
     assert!(!root.join("private").exists());
+    std::fs::write(root.join("plain"), b"")?;
+    client.remove_file(&text(&root.join("plain"))).await?;
+    assert!(!root.join("plain").exists());
 
     // remove_dir_all: a whole tree.
     std::fs::write(root.join("a/b/c/deep"), b"x")?;
@@ -223,6 +226,17 @@ async fn every_error_code_is_the_errno_s() -> TestResult {
         ),
         ErrorCode::IsADirectory
     );
+    // The type a removal asks for: a file is no directory, a directory is
+    // no file, and both stay.
+    assert_eq!(
+        code(client.remove_dir(&text(&root.join("file"))).await),
+        ErrorCode::NotADirectory
+    );
+    assert_eq!(
+        code(client.remove_file(&text(&root.join("full/inner"))).await),
+        ErrorCode::IsADirectory
+    );
+    assert!(root.join("file").is_file() && root.join("full/inner").is_dir());
     // directory_not_empty (ENOTEMPTY).
     let err = client
         .remove(&text(&root.join("full")))

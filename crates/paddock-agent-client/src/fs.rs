@@ -249,10 +249,11 @@ impl AgentClient {
         self.mkdir(path, true, None).await
     }
 
-    async fn rm(&self, path: &str, recursive: bool) -> Result<(), ClientError> {
+    async fn rm(&self, path: &str, recursive: bool, dir: Option<bool>) -> Result<(), ClientError> {
         let request = FsRequest::Remove {
             path: path.to_owned(),
             recursive,
+            dir,
         };
         match self.fs(request).await? {
             FsResult::Remove {} => Ok(()),
@@ -267,7 +268,25 @@ impl AgentClient {
     /// As [`AgentClient::read_dir_page`]: `DirectoryNotEmpty` for a full
     /// directory.
     pub async fn remove(&self, path: &str) -> Result<(), ClientError> {
-        self.rm(path, false).await
+        self.rm(path, false, None).await
+    }
+
+    /// Removes a file or a symbolic link (not what it points to), never a
+    /// directory, as [`std::fs::remove_file`].
+    ///
+    /// # Errors
+    /// As [`AgentClient::read_dir_page`]: `IsADirectory` for a directory.
+    pub async fn remove_file(&self, path: &str) -> Result<(), ClientError> {
+        self.rm(path, false, Some(false)).await
+    }
+
+    /// Removes an empty directory, never a file, as [`std::fs::remove_dir`].
+    ///
+    /// # Errors
+    /// As [`AgentClient::read_dir_page`]: `NotADirectory` for a file or a
+    /// link, `DirectoryNotEmpty`.
+    pub async fn remove_dir(&self, path: &str) -> Result<(), ClientError> {
+        self.rm(path, false, Some(true)).await
     }
 
     /// Removes `path` and, if it is a directory, everything under it. The
@@ -277,7 +296,7 @@ impl AgentClient {
     /// # Errors
     /// As [`AgentClient::read_dir_page`].
     pub async fn remove_dir_all(&self, path: &str) -> Result<(), ClientError> {
-        self.rm(path, true).await
+        self.rm(path, true, None).await
     }
 
     /// Renames `from` to `to`, replacing `to` as `rename(2)` does.

@@ -75,6 +75,11 @@ pub enum FsRequest {
         /// removed as links: nothing outside the tree is touched.
         #[serde(default, deserialize_with = "or_default")]
         recursive: bool,
+        /// What `path` must be: `true` a directory (`rmdir`; a file is
+        /// `not_a_directory`), `false` anything but one (`unlink`; a
+        /// directory is `is_a_directory`); absent, either.
+        #[serde(default, deserialize_with = "or_default")]
+        dir: Option<bool>,
     },
     /// Renames (moves) `from` to `to`, replacing `to` as `rename(2)` does.
     Rename {
@@ -335,8 +340,13 @@ mod tests {
                     mode
                 }
             ),
-            (path(), any::<bool>())
-                .prop_map(|(path, recursive)| FsRequest::Remove { path, recursive }),
+            (path(), any::<bool>(), proptest::option::of(any::<bool>())).prop_map(
+                |(path, recursive, dir)| FsRequest::Remove {
+                    path,
+                    recursive,
+                    dir
+                }
+            ),
             (path(), path()).prop_map(|(from, to)| FsRequest::Rename { from, to }),
             (path(), any::<u32>()).prop_map(|(path, mode)| FsRequest::SetMode { path, mode }),
             path().prop_map(|path| FsRequest::ReadLink { path }),
@@ -430,7 +440,7 @@ mod tests {
         fn json_shaped_fs_payloads_never_panic(
             op in "(read_dir|metadata|create_dir|remove|rename|set_mode|read_link|exists|x)",
             fields in proptest::collection::btree_map(
-                "(path|from|to|cursor|limit|mode|parents|recursive|follow_symlinks|entries|next|metadata|target|exists)",
+                "(path|from|to|cursor|limit|mode|parents|recursive|dir|follow_symlinks|entries|next|metadata|target|exists)",
                 prop_oneof![
                     Just(serde_json::Value::Null),
                     any::<bool>().prop_map(serde_json::Value::from),
