@@ -182,13 +182,29 @@ fn a_tenant_works_on_its_guest_s_file_system_over_http() -> TestResult {
     // `paddock ls` walks the pages.
     let listed = daemon.tenant(ACME, &["ls", &format!("{lease}:/work/http")])?;
     let text = String::from_utf8_lossy(&listed.stdout);
-    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
-    assert!(lines[0].starts_with("- 0640") && lines[0].ends_with(" g.txt"), "{text}");
-    assert!(lines[1].starts_with('l') && lines[1].ends_with(" link"), "{text}");
-    assert!(lines[2].starts_with("d 0700") && lines[2].ends_with(" private"), "{text}");
-    assert!(lines[3].starts_with('d') && lines[3].ends_with(" sub"), "{text}");
+    assert!(
+        lines[0].starts_with("- 0640") && lines[0].ends_with(" g.txt"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with('l') && lines[1].ends_with(" link"),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("d 0700") && lines[2].ends_with(" private"),
+        "{text}"
+    );
+    assert!(
+        lines[3].starts_with('d') && lines[3].ends_with(" sub"),
+        "{text}"
+    );
 
     // The guest's errors, with their own status and code.
     let code = |(status, body): (u16, Value)| (status, body["error"]["code"].clone());
@@ -199,6 +215,13 @@ fn a_tenant_works_on_its_guest_s_file_system_over_http() -> TestResult {
     assert_eq!(
         code(post("remove", json!({"path": "/work/http"}))?),
         (409, json!("directory_not_empty"))
+    );
+    assert_eq!(
+        code(post(
+            "remove",
+            json!({"path": "/work/http/sub", "dir": false})
+        )?),
+        (409, json!("is_a_directory"))
     );
     assert_eq!(
         code(get("metadata", "/work/http/missing", "")?),

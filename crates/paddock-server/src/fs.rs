@@ -78,6 +78,10 @@ pub struct RemoveRequest {
     /// A directory and everything under it (links are not followed).
     #[serde(default)]
     pub recursive: bool,
+    /// Without `recursive`: `true` only an empty directory, `false` only
+    /// something else; absent, either.
+    #[serde(default)]
+    pub dir: Option<bool>,
 }
 
 /// `POST .../fs/rename`.
@@ -296,10 +300,11 @@ async fn remove(
     let result = async {
         let JsonBody(request) = body?;
         on_lease(&app, &caller, &id, |hold| async move {
-            let removed = if request.recursive {
-                hold.client.remove_dir_all(&request.path).await
-            } else {
-                hold.client.remove(&request.path).await
+            let removed = match (request.recursive, request.dir) {
+                (true, _) => hold.client.remove_dir_all(&request.path).await,
+                (false, None) => hold.client.remove(&request.path).await,
+                (false, Some(true)) => hold.client.remove_dir(&request.path).await,
+                (false, Some(false)) => hold.client.remove_file(&request.path).await,
             };
             (hold, removed.map(|()| Done {}))
         })
