@@ -5,9 +5,10 @@
 //! exec of `ls -f | wc -l` in the guest, the same directory read by a
 //! program, for scale.
 //!
-//! Run as root with libvirtd running and an image built (`cargo xtask
-//! image`): `PADDOCK_IMAGE=$(readlink -f target/paddock-image/current.json)
-//! cargo bench -p paddock-benches --bench guest_fs`.
+//! Run with `cargo xtask bench-fs` (it starts libvirtd and builds the
+//! image first), or as root with libvirtd running and an image built:
+//! `PADDOCK_IMAGE=$(readlink -f target/paddock-image/current.json) cargo
+//! bench -p paddock-benches --bench guest_fs`.
 
 use std::time::Instant;
 
