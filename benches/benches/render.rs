@@ -51,6 +51,7 @@ fn spec(channel: AgentChannel, network: NetworkMode) -> DomainSpec {
         channel,
         network,
         run_as: None,
+        filesystems: Vec::new(),
     }
 }
 

@@ -246,6 +246,8 @@ impl Connection {
             Message::FileGet(get) => return self.open(id, kind, get).await,
             Message::StatusRequest => return self.open(id, kind, StatusRequest).await,
             Message::FsRequest(request) => return self.open(id, kind, request).await,
+            Message::TreePut(put) => return self.open(id, kind, put).await,
+            Message::TreeGet(get) => return self.open(id, kind, get).await,
             Message::Stop(Stop {
                 scope: StopScope::Agent,
             }) => {
@@ -272,6 +274,7 @@ impl Connection {
             | Message::FileInfo(_)
             | Message::FileDone(_)
             | Message::FsResult(_)
+            | Message::TreeDone(_)
             | Message::Error(_) => {}
         }
         Step::Continue

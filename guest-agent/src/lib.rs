@@ -20,18 +20,20 @@
 //!   through a bounded channel. The reader's buffer grows with what the host
 //!   sends and shrinks back when it goes quiet, so an idle connection holds
 //!   about 11 KiB.
-//! - Each request (EXECUTE, FILE_PUT, FILE_GET, STATUS_REQUEST, FS_REQUEST)
-//!   runs in its own task, fed by a bounded inbox: data within the
-//!   request's window, merged; identical SIGNAL / STOP / STDIN_CLOSE frames
-//!   merged while they wait; at most
-//!   [`paddock_proto::MAX_QUEUED_CONTROL`] other control frames, past which
-//!   the request ends with ERROR `flow_control`. The reader never waits
+//! - Each request (EXECUTE, FILE_PUT, FILE_GET, TREE_PUT, TREE_GET,
+//!   STATUS_REQUEST, FS_REQUEST) runs in its own
+//!   task, fed by a bounded inbox: data within the request's window, merged;
+//!   identical SIGNAL / STOP / STDIN_CLOSE frames merged while they wait; at
+//!   most [`paddock_proto::MAX_QUEUED_CONTROL`] other control frames, past
+//!   which the request ends with ERROR `flow_control`. The reader never waits
 //!   for a request. An execution polls its process, its output pipes and its
 //!   stdin within its task; it stops reading a pipe while the host's window
 //!   is closed, so a process that prints without end blocks in `write`.
 //! - Blocking work (reading `/proc`, file I/O) runs on tokio's blocking pool.
 //!   A put writes through one blocking task fed by a bounded queue, not one
-//!   hand-off per chunk.
+//!   hand-off per chunk; a tree put unpacks, and a tree get packs, the same
+//!   way (`tree`, over `paddock-tree`, which refuses every entry that would land
+//!   outside the destination).
 //!
 //! # Requests
 //!
@@ -41,15 +43,15 @@
 //!   listen ─▶ connection (router: reader, HELLO, dispatch, writer)
 //!                 │ opens requests, routes their frames, runs the pipeline
 //!                 ▼
-//!             exec · files · fs_ops · status (handlers)   cgroup (containment)
+//!    exec · files · tree · fs_ops · status (handlers)  cgroup (containment)
 //!                 │ each knows only the request layer
 //!                 ▼
 //!             request (RequestCtx, Inputs, Handler, WireError, Session)
 //! ```
 //!
 //! A request is opened by a message that implements the request layer's
-//! `Handler` trait (`Execute`, `FilePut`, `FileGet`, `StatusRequest`,
-//! `FsRequest`), which
+//! `Handler` trait (`Execute`, `FilePut`, `FileGet`, `TreePut`, `TreeGet`,
+//! `StatusRequest`, `FsRequest`), which
 //! says which flow-controlled directions it uses and does the work. Its
 //! handler gets a context to send frames and return credit, and the inputs
 //! the router forwards to it; it never sees the router. The router runs
@@ -117,6 +119,7 @@ mod request;
 mod status;
 #[cfg(test)]
 mod test_host;
+mod tree;
 
 pub use connection::serve_connection;
 pub use listen::{Endpoint, ListenError, Listener, resolve_serial_port, run};

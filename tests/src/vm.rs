@@ -16,7 +16,7 @@ use paddock_libvirt::{Libvirt, NetworkMode};
 use crate::unique_marker;
 
 /// Where the test sandboxes keep their files.
-const SANDBOX_ROOT: &str = "/var/lib/libvirt/qemu/paddock-tests";
+pub const SANDBOX_ROOT: &str = "/var/lib/libvirt/qemu/paddock-tests";
 
 /// The pool name in the test domains' metadata.
 pub const TEST_POOL: &str = "tests";
@@ -129,6 +129,8 @@ pub struct TestSandboxOptions {
     pub scratch_disk_mib: Option<u64>,
     /// Boot this image instead of the default one.
     pub image: Option<GuestImage>,
+    /// Host directories the guest mounts (virtiofs).
+    pub shared_folders: Vec<paddock_libvirt::SharedFolder>,
 }
 
 impl Default for TestSandboxOptions {
@@ -143,6 +145,7 @@ impl Default for TestSandboxOptions {
             cmdline: None,
             scratch_disk_mib: None,
             image: None,
+            shared_folders: Vec::new(),
         }
     }
 }
@@ -186,6 +189,7 @@ impl TestSandbox {
         config.cmdline = options.cmdline;
         config.state_disk_mib = options.scratch_disk_mib;
         config.client = crate::test_config();
+        config.shared_folders = options.shared_folders;
         let inner = paddock::Sandbox::boot(&libvirt, &image, config).await?;
         Ok(Self { libvirt, inner })
     }

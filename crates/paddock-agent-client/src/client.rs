@@ -19,6 +19,7 @@ use crate::exec::{ExecOutput, ExecStart, ExecTracking, Execution, exec_failed};
 use crate::files::{self, Download};
 use crate::gate::{GateRequest, Gatekeeper, RequestGate, Size};
 use crate::transport::{AttemptError, Transport};
+use crate::tree::{self, TreeOptions, TreeTransfer};
 use paddock_events::{EventKind, FileDirection};
 
 /// How the client connects and how long it waits.
@@ -586,6 +587,15 @@ impl AgentClient {
             .map_or(Ok(()), |keeper| keeper.admit(request))
     }
 
+    /// The gate's pacing of what this client sends, if there is a gate.
+    fn pacing(&self) -> Option<Pacing> {
+        let config = &self.inner.config;
+        config.gate.clone().map(|gate| Pacing {
+            gate,
+            events: config.events.clone(),
+        })
+    }
+
     /// The gate with this client's emitter, if there is a gate.
     fn gatekeeper(&self) -> Option<Gatekeeper> {
         let config = &self.inner.config;
@@ -691,6 +701,162 @@ impl AgentClient {
             files::get_to_path(&conn, remote, local.as_ref(), io_timeout, keeper.as_ref()).await
         })
         .await
+    }
+}
+
+impl AgentClient {
+    /// Uploads the local directory `local` into the guest directory
+    /// `remote` (made if missing) as one tar stream (TREE_PUT): regular
+    /// files, directories and symlinks (never followed), with their
+    /// permission bits (no set-ID or sticky bits) and mtimes; sockets,
+    /// FIFOs and devices are skipped. The agent refuses any entry that
+    /// would land outside `remote`. The gate sees the stream's size as it
+    /// is packed (a policy's `put.max_bytes`, `put.trees`).
+    ///
+    /// # Errors
+    /// [`ClientError::Agent`] (`unsafe_path`, `too_large`...),
+    /// [`ClientError::Tree`] for a local failure, [`ClientError::Timeout`]
+    /// past [`TreeOptions::timeout`], a refusal, or a connection error.
+    pub async fn put_tree(
+        &self,
+        local: impl AsRef<Path>,
+        remote: &str,
+        options: &TreeOptions,
+    ) -> Result<TreeTransfer, ClientError> {
+        self.admit(&mut GateRequest::PutTree {
+            path: remote,
+            size: Size::Unknown,
+        })?;
+        let keeper = self.gatekeeper();
+        let pacing = self.pacing();
+        self.transfer(FileDirection::Put, remote, async {
+            let conn = self.connection().await?;
+            let transfer = tree::Transfer {
+                conn: &conn,
+                remote,
+                options,
+                io_timeout: self.inner.config.io_timeout,
+                keeper: keeper.as_ref(),
+                pacing: pacing.as_ref(),
+            };
+            tree::put(&transfer, local.as_ref()).await
+        })
+        .await
+    }
+
+    /// Downloads the guest directory `remote` into the local directory
+    /// `local` (made if missing) as one tar stream (TREE_GET). The host
+    /// unpacks it as strictly as the agent unpacks a put: an entry that
+    /// would land outside `local` ends the download with
+    /// [`TreeError::UnsafePath`](crate::TreeError::UnsafePath), and what
+    /// was already written inside `local` stays. The gate sees the stream's
+    /// size as it arrives (a policy's `get.max_bytes`, `get.trees`).
+    ///
+    /// # Errors
+    /// As [`AgentClient::put_tree`], and [`ClientError::ChecksumMismatch`].
+    pub async fn get_tree(
+        &self,
+        remote: &str,
+        local: impl AsRef<Path>,
+        options: &TreeOptions,
+    ) -> Result<TreeTransfer, ClientError> {
+        self.admit(&mut GateRequest::GetTree {
+            path: remote,
+            size: Size::Unknown,
+        })?;
+        let keeper = self.gatekeeper();
+        self.transfer(FileDirection::Get, remote, async {
+            let conn = self.connection().await?;
+            let transfer = tree::Transfer {
+                conn: &conn,
+                remote,
+                options,
+                io_timeout: self.inner.config.io_timeout,
+                keeper: keeper.as_ref(),
+                pacing: None,
+            };
+            tree::get(&transfer, local.as_ref()).await
+        })
+        .await
+    }
+}
+
+impl AgentClient {
+    /// Sends the tar stream `reader` yields (a caller's archive, e.g. the
+    /// daemon's request body) into the guest directory `remote`, as
+    /// [`AgentClient::put_tree`] sends a packed one. The agent judges every
+    /// entry (`unsafe_path`, kinds a tree does not carry); the host counts
+    /// the bytes against [`TreeOptions::max_bytes`] and the gate.
+    ///
+    /// # Errors
+    /// As [`AgentClient::put_tree`]; [`ClientError::LocalIo`] when
+    /// `reader` fails.
+    pub async fn put_tree_reader<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        remote: &str,
+        options: &TreeOptions,
+    ) -> Result<TreeTransfer, ClientError> {
+        self.admit(&mut GateRequest::PutTree {
+            path: remote,
+            size: Size::Unknown,
+        })?;
+        let keeper = self.gatekeeper();
+        let pacing = self.pacing();
+        self.transfer(FileDirection::Put, remote, async {
+            let conn = self.connection().await?;
+            let transfer = tree::Transfer {
+                conn: &conn,
+                remote,
+                options,
+                io_timeout: self.inner.config.io_timeout,
+                keeper: keeper.as_ref(),
+                pacing: pacing.as_ref(),
+            };
+            tree::put_reader(&transfer, reader).await
+        })
+        .await
+    }
+
+    /// Receives the guest directory `remote` as a tar stream into `writer`,
+    /// as it arrives, without unpacking it: whoever unpacks it must judge
+    /// its entries (the guest is untrusted). Its size and CRC-32 are
+    /// checked against the agent's FILE_END; the counts of the result are
+    /// zero.
+    ///
+    /// # Errors
+    /// As [`AgentClient::get_tree`]; [`ClientError::LocalIo`] when
+    /// `writer` fails.
+    pub async fn get_tree_writer<W: AsyncWrite + Unpin>(
+        &self,
+        remote: &str,
+        writer: &mut W,
+        options: &TreeOptions,
+    ) -> Result<TreeTransfer, ClientError> {
+        self.admit(&mut GateRequest::GetTree {
+            path: remote,
+            size: Size::Unknown,
+        })?;
+        let keeper = self.gatekeeper();
+        self.transfer(FileDirection::Get, remote, async {
+            let conn = self.connection().await?;
+            let transfer = tree::Transfer {
+                conn: &conn,
+                remote,
+                options,
+                io_timeout: self.inner.config.io_timeout,
+                keeper: keeper.as_ref(),
+                pacing: None,
+            };
+            tree::get_writer(&transfer, writer).await
+        })
+        .await
+    }
+}
+
+impl Transferred for TreeTransfer {
+    fn size(&self) -> u64 {
+        self.stream_bytes
     }
 }
 

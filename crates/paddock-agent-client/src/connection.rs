@@ -242,6 +242,14 @@ impl Connection {
         })
     }
 
+    /// Lets the agent's FILE_DATA for `request` through without a
+    /// FILE_INFO first: a tree's stream (TREE_GET) has none.
+    pub(crate) fn accept_data(&self, request: &Request) {
+        if let Some(slot) = lock(&self.shared.state).slots.get_mut(&request.id) {
+            slot.info_received = true;
+        }
+    }
+
     /// Queues one message for the writer task.
     pub(crate) fn send(&self, request_id: u64, message: &Message) -> Result<(), ClientError> {
         send_frame(&self.shared.writer, request_id, message)
@@ -461,6 +469,7 @@ impl Shared {
             | Message::FileDone(_)
             | Message::FileEnd(_)
             | Message::FsResult(_)
+            | Message::TreeDone(_)
             | Message::Stop(_) => {
                 // The request's last frame: stop routing, wake any sender.
                 if let Some(slot) = state.slots.remove(&id) {

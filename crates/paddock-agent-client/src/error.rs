@@ -121,6 +121,11 @@ pub enum ClientError {
         /// The missing capability ([`paddock_proto::capability`]).
         capability: &'static str,
     },
+    /// A directory could not be packed or unpacked on the host: an entry
+    /// from the guest that would land outside the destination, a stream
+    /// past its `max_bytes`, a local file system error.
+    #[error("Directory transfer failed on the host")]
+    Tree(#[source] crate::TreeError),
 }
 
 impl ClientError {
@@ -158,6 +163,7 @@ impl ClientError {
             | Self::LocalIo { .. }
             | Self::InvalidRequest(_)
             | Self::Unsupported { .. } => false,
+            Self::Tree(_) => false,
             Self::Timeout { .. } | Self::ChecksumMismatch { .. } => true,
             Self::Refused { retry_after, .. } => retry_after.is_some(),
             other => other.should_reconnect(),
@@ -185,6 +191,7 @@ impl ClientError {
             Self::Refused { .. } => "refused",
             Self::Denied(_) => "denied",
             Self::Unsupported { .. } => "unsupported",
+            Self::Tree(_) => "tree",
         }
     }
 

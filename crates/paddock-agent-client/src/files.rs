@@ -249,7 +249,7 @@ fn local_mode(guest_mode: u32) -> u32 {
     guest_mode & 0o777
 }
 
-fn check_remote_path(remote: &str) -> Result<(), ClientError> {
+pub(crate) fn check_remote_path(remote: &str) -> Result<(), ClientError> {
     if remote.starts_with('/') {
         Ok(())
     } else {
@@ -259,7 +259,7 @@ fn check_remote_path(remote: &str) -> Result<(), ClientError> {
     }
 }
 
-async fn next_event(
+pub(crate) async fn next_event(
     request: &mut Request,
     timeout: Duration,
     what: &'static str,
@@ -285,7 +285,7 @@ fn into_message(event: Event) -> Result<Message, ClientError> {
 }
 
 /// The error that ended a request early (the agent's ERROR frame).
-async fn final_error(request: &mut Request, timeout: Duration) -> ClientError {
+pub(crate) async fn final_error(request: &mut Request, timeout: Duration) -> ClientError {
     loop {
         match next_event(request, timeout, "the agent's error").await {
             Err(err) => return err,
@@ -297,7 +297,7 @@ async fn final_error(request: &mut Request, timeout: Duration) -> ClientError {
     }
 }
 
-fn unexpected(message: Message) -> ClientError {
+pub(crate) fn unexpected(message: Message) -> ClientError {
     ClientError::Unexpected {
         kind: message.kind(),
     }

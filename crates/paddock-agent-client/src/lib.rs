@@ -30,6 +30,11 @@
 //!   next call; [`AgentClient::session`] tells whether the guest behind it is
 //!   the same boot, a restored snapshot, or a new boot.
 //! - Dropping an [`Execution`] before its result stops it in the guest.
+//! - Whole directories move as one tar stream ([`AgentClient::put_tree`],
+//!   [`AgentClient::get_tree`]), with progress on a watch channel. What
+//!   the guest sends is unpacked as strictly as the agent unpacks what the
+//!   host sends: no entry lands outside the destination, no symlink is
+//!   followed, and names, entries and bytes are bounded.
 //! - Everything the agent sends is untrusted: frames are bounded before
 //!   they are buffered, a frame that breaks the protocol ends the session
 //!   with a typed error, and nothing the agent sends makes the client queue
@@ -48,6 +53,7 @@ mod fs;
 pub mod fuzzing;
 mod gate;
 mod transport;
+mod tree;
 
 pub use client::{AgentClient, ClientConfig, Continuity};
 pub use error::ClientError;
@@ -55,8 +61,14 @@ pub use exec::{ExecOutput, Execution, MAX_COLLECTED_BYTES, OutputStream, StdinWr
 pub use files::Download;
 pub use fs::{DirPage, FsErrorKind};
 pub use gate::{Denial, Flow, GateRequest, PolicyGate, Refusal, RequestGate, Size};
+pub use paddock_proto::TreeDone;
 pub use paddock_proto::{
     Command, DirEntry, ErrorCode, ExecResult, Execute, FileDone, FileType, HelloAck, Metadata,
     StatusReport,
 };
+pub use paddock_tree::{
+    Tally as TreeTally, TreeError, check_root as check_tree_root, pack as pack_tree,
+    unpack as unpack_tree,
+};
 pub use transport::Transport;
+pub use tree::{TreeOptions, TreeProgress, TreeTransfer};

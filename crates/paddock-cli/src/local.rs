@@ -188,6 +188,144 @@ pub async fn cp(target: &Target, from: &str, to: &str) -> Result<(), Failure> {
     }
 }
 
+/// A blocking writer into an async one, for the packer's thread.
+struct BlockingWriter(tokio::runtime::Handle, tokio::io::DuplexStream);
+
+impl std::io::Write for BlockingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use tokio::io::AsyncWriteExt as _;
+        self.0.block_on(self.1.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+        self.0.block_on(self.1.flush())
+    }
+}
+
+/// A blocking reader of an async one, for the unpacker's thread.
+struct BlockingReader(tokio::runtime::Handle, tokio::io::DuplexStream);
+
+impl std::io::Read for BlockingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt as _;
+        self.0.block_on(self.1.read(buf))
+    }
+}
+
+/// `paddock cp -r`: a directory into or out of a lease, as one tar stream
+/// (`/v1/leases/{id}/tree`). The local side is packed without following a
+/// symlink, and what the guest sends is unpacked by the agent client's
+/// unpacker, which refuses any entry that would land outside `to`.
+pub async fn cp_tree(target: &Target, from: &str, to: &str) -> Result<(), Failure> {
+    use paddock::agent::{TreeTally, pack_tree, unpack_tree};
+    let usage = || Failure {
+        status: 2,
+        error: anyhow::anyhow!("give one side as LEASE:/absolute/dir and the other a local dir"),
+    };
+    let handle = tokio::runtime::Handle::current();
+    match (remote_path(from), remote_path(to)) {
+        (None, Some((lease, path))) => {
+            let (writer, reader) = tokio::io::duplex(256 * 1024);
+            let local = PathBuf::from(from);
+            let packer = tokio::task::spawn_blocking(move || {
+                let writer = BlockingWriter(handle, writer);
+                pack_tree(&local, writer, u64::MAX, &TreeTally::default())
+            });
+            let response = target
+                .send(
+                    Method::PUT,
+                    &format!("/v1/leases/{lease}/tree?path={}", encode(path)),
+                    client::stream(reader),
+                    Some("application/x-tar"),
+                )
+                .await;
+            let packed = packer.await.context("the packer stopped")?;
+            let response = response?;
+            packed.with_context(|| format!("packing {from}"))?;
+            let bytes = client::check(response)
+                .await?
+                .into_body()
+                .collect()
+                .await
+                .context("reading the answer")?
+                .to_bytes();
+            let done: paddock_server::http::TreeResult =
+                serde_json::from_slice(&bytes).context("the answer is not the expected JSON")?;
+            eprintln!(
+                "{} files, {} directories, {} symlinks ({} bytes) to {lease}:{}",
+                done.files, done.dirs, done.symlinks, done.bytes, done.path
+            );
+            Ok(())
+        }
+        (Some((lease, path)), None) => {
+            let response = target
+                .send(
+                    Method::GET,
+                    &format!("/v1/leases/{lease}/tree?path={}", encode(path)),
+                    client::full(Vec::new()),
+                    None,
+                )
+                .await?;
+            let response = client::check(response).await?;
+            let expected: Option<u32> = response
+                .headers()
+                .get("x-paddock-crc32")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let (mut writer, reader) = tokio::io::duplex(256 * 1024);
+            let dest = PathBuf::from(to);
+            let unpacker = tokio::task::spawn_blocking(move || {
+                paddock::agent::check_tree_root(&dest, true)?;
+                unpack_tree(
+                    BlockingReader(handle, reader),
+                    &dest,
+                    false,
+                    &TreeTally::default(),
+                )
+            });
+            let mut body = response.into_body();
+            let mut crc = crc32fast::Hasher::new();
+            let mut received = Ok(());
+            while let Some(frame) = body.frame().await {
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(err) => {
+                        received = Err(anyhow::Error::new(err).context("reading the tree"));
+                        break;
+                    }
+                };
+                if let Ok(data) = frame.into_data() {
+                    crc.update(&data);
+                    use tokio::io::AsyncWriteExt as _;
+                    // A closed pipe: the unpacker stopped, and says why.
+                    if writer.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            drop(writer);
+            let done = unpacker
+                .await
+                .context("the unpacker stopped")?
+                .with_context(|| format!("unpacking into {to}"))?;
+            received?;
+            let crc = crc.finalize();
+            if expected != Some(crc) {
+                return Err(Failure::from(anyhow::anyhow!(
+                    "the tree's CRC-32 {crc} does not match the daemon's {expected:?}"
+                )));
+            }
+            eprintln!(
+                "{} files, {} directories, {} symlinks ({} bytes) from {lease}:{path}",
+                done.files, done.dirs, done.symlinks, done.bytes
+            );
+            Ok(())
+        }
+        _ => Err(usage()),
+    }
+}
+
 /// Percent-encodes a guest path for a query string.
 fn encode(path: &str) -> String {
     path.bytes()

@@ -95,8 +95,13 @@ enum Command {
         command: Vec<String>,
     },
     /// Copies a file into or out of a lease: `cp LOCAL LEASE:/path` or
-    /// `cp LEASE:/path LOCAL`.
+    /// `cp LEASE:/path LOCAL`; with `-r`, a whole directory (as one tar
+    /// stream; what comes back is unpacked refusing any entry that would
+    /// land outside LOCAL).
     Cp {
+        /// Copy a directory and everything in it.
+        #[arg(short = 'r', long)]
+        recursive: bool,
         /// The source.
         from: String,
         /// The destination.
@@ -402,8 +407,19 @@ async fn remote(cli: &Cli) -> Result<u8, Failure> {
             }
             return local::exec(&target, pool, lease.as_deref(), &request).await;
         }
-        Command::Cp { from, to } => {
+        Command::Cp {
+            recursive: false,
+            from,
+            to,
+        } => {
             local::cp(&target, from, to).await?;
+        }
+        Command::Cp {
+            recursive: true,
+            from,
+            to,
+        } => {
+            local::cp_tree(&target, from, to).await?;
         }
         Command::Ls { path } => {
             fs::ls(&target, path, cli.json).await?;

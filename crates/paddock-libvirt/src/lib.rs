@@ -68,5 +68,8 @@ pub use paddock_spec::{
     SavedImageError, SavedImageHeader, TCG_TB_CACHE_MIB, Tuning, Uuid, VsockCid, XmlError,
     derive_saved_image, kvm_usable, parse_metadata, read_saved_image_header, render_domain,
 };
+pub use paddock_spec::{
+    FilesystemDevice, MAX_SHARE_TAG_LEN, ShareError, SharedFolder, check_shared_folders,
+};
 pub use snapshot::{SnapshotInfo, SnapshotSpec, render_snapshot};
 pub use stats::{BlockStats, DomainStats, InterfaceStats};

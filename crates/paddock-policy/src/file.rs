@@ -108,6 +108,8 @@ struct ExecTable {
 struct TransferTable {
     paths: Vec<String>,
     max_bytes: Option<u64>,
+    #[serde(default)]
+    trees: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,6 +304,7 @@ fn transfer_rules(key: &str, table: TransferTable) -> Result<TransferRules, Poli
     Ok(TransferRules {
         paths: prefixes(&format!("{key}.paths"), &table.paths)?,
         max_bytes: table.max_bytes,
+        trees: table.trees,
     })
 }
 

@@ -65,6 +65,7 @@ impl ExecRules {
 pub struct TransferRules {
     pub(crate) paths: Vec<String>,
     pub(crate) max_bytes: Option<u64>,
+    pub(crate) trees: bool,
 }
 
 impl TransferRules {
@@ -74,10 +75,16 @@ impl TransferRules {
         &self.paths
     }
 
-    /// The largest transfer, in bytes.
+    /// The largest transfer, in bytes (for a directory, its tar stream).
     #[must_use]
     pub fn max_bytes(&self) -> Option<u64> {
         self.max_bytes
+    }
+
+    /// Whether whole directories may move this way too (`trees = true`).
+    #[must_use]
+    pub fn trees(&self) -> bool {
+        self.trees
     }
 }
 
@@ -217,6 +224,18 @@ impl Policy {
             Request::Get { path, size } => check_transfer(
                 self.get.as_ref(),
                 [Rule::Get, Rule::GetPath, Rule::GetSize],
+                path,
+                *size,
+            ),
+            Request::PutTree { path, size } => check_tree(
+                self.put.as_ref(),
+                [Rule::Put, Rule::PutPath, Rule::PutSize, Rule::PutTree],
+                path,
+                *size,
+            ),
+            Request::GetTree { path, size } => check_tree(
+                self.get.as_ref(),
+                [Rule::Get, Rule::GetPath, Rule::GetSize, Rule::GetTree],
                 path,
                 *size,
             ),
@@ -364,6 +383,19 @@ impl ExecRules {
         }
         Ok(())
     }
+}
+
+/// A directory transfer: a file transfer's rules, and `trees = true`.
+fn check_tree(
+    rules: Option<&TransferRules>,
+    [none, path_rule, size_rule, tree_rule]: [Rule; 4],
+    path: &str,
+    size: Size,
+) -> Result<(), (Rule, String)> {
+    if rules.is_some_and(|rules| !rules.trees) {
+        return Err((tree_rule, format!("the policy allows no directory {none}")));
+    }
+    check_transfer(rules, [none, path_rule, size_rule], path, size)
 }
 
 fn check_transfer(

@@ -45,6 +45,20 @@ pub enum Request<'a> {
         /// How much, once known.
         size: Size,
     },
+    /// A directory upload to the guest directory `path` (TREE_PUT).
+    PutTree {
+        /// The guest directory, as given.
+        path: &'a str,
+        /// How much tar stream, counted while it is packed and sent.
+        size: Size,
+    },
+    /// A directory download of the guest directory `path` (TREE_GET).
+    GetTree {
+        /// The guest directory, as given.
+        path: &'a str,
+        /// How much tar stream, counted as it arrives.
+        size: Size,
+    },
     /// The agent's status report.
     Status,
     /// A signal to a running execution.
@@ -78,14 +92,16 @@ pub enum FsAccess {
 }
 
 impl Request<'_> {
-    /// The request's kind (`exec`, `put`, `get`, `status`, `signal`,
-    /// `stop_agent`, `fs`): a bounded name.
+    /// The request's kind (`exec`, `put`, `get`, `tree_put`, `tree_get`,
+    /// `status`, `signal`, `stop_agent`, `fs`): a bounded name.
     #[must_use]
     pub const fn kind(&self) -> &'static str {
         match self {
             Self::Exec { .. } => "exec",
             Self::Put { .. } => "put",
             Self::Get { .. } => "get",
+            Self::PutTree { .. } => "tree_put",
+            Self::GetTree { .. } => "tree_get",
             Self::Status => "status",
             Self::Signal { .. } => "signal",
             Self::StopAgent => "stop_agent",

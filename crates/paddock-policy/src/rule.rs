@@ -39,6 +39,10 @@ pub enum Rule {
     GetSize,
     /// A status request without `status = true`.
     Status,
+    /// A directory upload without `put.trees = true`.
+    PutTree,
+    /// A directory download without `get.trees = true`.
+    GetTree,
     /// A signal not in `signals`.
     Signal,
     /// Stopping the agent: never allowed under a policy.
@@ -55,7 +59,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, for tables and label sets.
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 23] = [
         Self::Exec,
         Self::ExecProgram,
         Self::ExecShell,
@@ -74,6 +78,8 @@ impl Rule {
         Self::Status,
         Self::Signal,
         Self::StopAgent,
+        Self::PutTree,
+        Self::GetTree,
         Self::Fs,
         Self::FsReadPath,
         Self::FsWritePath,
@@ -105,6 +111,8 @@ impl Rule {
             Self::Fs => "fs",
             Self::FsReadPath => "fs.read_path",
             Self::FsWritePath => "fs.write_path",
+            Self::PutTree => "put.trees",
+            Self::GetTree => "get.trees",
         }
     }
 }

@@ -483,6 +483,8 @@ enum AnyRequest {
     Exec(Execute, bool, usize),
     Put(String, Size),
     Get(String, Size),
+    PutTree(String, Size),
+    GetTree(String, Size),
     Status,
     Signal(i32),
     StopAgent,
@@ -495,6 +497,8 @@ fn any_request() -> impl Strategy<Value = AnyRequest> {
             .prop_map(|(e, d, r)| AnyRequest::Exec(e, d, r)),
         (any_text(), any_size()).prop_map(|(p, s)| AnyRequest::Put(p, s)),
         (any_text(), any_size()).prop_map(|(p, s)| AnyRequest::Get(p, s)),
+        (any_text(), any_size()).prop_map(|(p, s)| AnyRequest::PutTree(p, s)),
+        (any_text(), any_size()).prop_map(|(p, s)| AnyRequest::GetTree(p, s)),
         Just(AnyRequest::Status),
         any::<i32>().prop_map(AnyRequest::Signal),
         Just(AnyRequest::StopAgent),
@@ -512,6 +516,12 @@ fn check(policy: &Policy, request: &mut AnyRequest) -> Result<(), paddock_policy
         }),
         AnyRequest::Put(path, size) => policy.check(&mut Request::Put { path, size: *size }),
         AnyRequest::Get(path, size) => policy.check(&mut Request::Get { path, size: *size }),
+        AnyRequest::PutTree(path, size) => {
+            policy.check(&mut Request::PutTree { path, size: *size })
+        }
+        AnyRequest::GetTree(path, size) => {
+            policy.check(&mut Request::GetTree { path, size: *size })
+        }
         AnyRequest::Status => policy.check(&mut Request::Status),
         AnyRequest::Signal(signal) => policy.check(&mut Request::Signal { signal: *signal }),
         AnyRequest::StopAgent => policy.check(&mut Request::StopAgent),
@@ -573,11 +583,17 @@ proptest! {
                     let cwd = paddock_policy::normalize(cwd).expect("a checked cwd");
                     prop_assert!(!cwd.contains("/../"));
                 }
-                AnyRequest::Put(path, size) | AnyRequest::Get(path, size) => {
+                AnyRequest::Put(path, size)
+                | AnyRequest::Get(path, size)
+                | AnyRequest::PutTree(path, size)
+                | AnyRequest::GetTree(path, size) => {
                     let rules = match drawn {
-                        AnyRequest::Put(..) => policy.put(),
+                        AnyRequest::Put(..) | AnyRequest::PutTree(..) => policy.put(),
                         _ => policy.get(),
                     }.expect("a transfer passed");
+                    if matches!(drawn, AnyRequest::PutTree(..) | AnyRequest::GetTree(..)) {
+                        prop_assert!(rules.trees(), "a tree passed without `trees = true`");
+                    }
                     let path = paddock_policy::normalize(path).expect("a checked path");
                     let under = rules.paths().iter().any(|prefix| {
                         prefix == "/" || path == *prefix || path.starts_with(&format!("{prefix}/"))
@@ -607,5 +623,133 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+/// Directories move under the file rules of their direction, and only
+/// where the policy says `trees = true`.
+#[test]
+fn trees_need_their_key_and_obey_the_transfer_rules() {
+    let rule = |policy: &Policy, request: &mut Request<'_>| {
+        policy.check(request).map_err(|denial| denial.rule.as_str())
+    };
+    let ci = shipped("ci-runner");
+    let known = Size::AtLeast(1024);
+    assert_eq!(
+        rule(
+            &ci,
+            &mut Request::PutTree {
+                path: "/work/src",
+                size: known
+            }
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        rule(
+            &ci,
+            &mut Request::GetTree {
+                path: "/tmp/out",
+                size: Size::Unknown
+            }
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        rule(
+            &ci,
+            &mut Request::PutTree {
+                path: "/etc",
+                size: known
+            }
+        ),
+        Err("put.path")
+    );
+    assert_eq!(
+        rule(
+            &ci,
+            &mut Request::GetTree {
+                path: "/work",
+                size: Size::AtLeast(1 << 40)
+            }
+        ),
+        Err("get.size")
+    );
+    let read_only = shipped("read-only");
+    assert_eq!(
+        rule(
+            &read_only,
+            &mut Request::GetTree {
+                path: "/var/log",
+                size: known
+            }
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        rule(
+            &read_only,
+            &mut Request::PutTree {
+                path: "/tmp",
+                size: known
+            }
+        ),
+        Err("put")
+    );
+    let without = Policy::from_toml(
+        "schema = 1\nname = \"files-only\"\n[put]\npaths = [\"/work\"]\n[get]\npaths = [\"/work\"]\n",
+    )
+    .expect("a policy");
+    assert_eq!(
+        rule(
+            &without,
+            &mut Request::PutTree {
+                path: "/work",
+                size: known
+            }
+        ),
+        Err("put.trees")
+    );
+    assert_eq!(
+        rule(
+            &without,
+            &mut Request::GetTree {
+                path: "/work",
+                size: known
+            }
+        ),
+        Err("get.trees")
+    );
+    assert_eq!(
+        rule(
+            &without,
+            &mut Request::Put {
+                path: "/work/a",
+                size: known
+            }
+        ),
+        Ok(())
+    );
+    for policy in [Policy::deny_all(), shipped("deny-all")] {
+        assert_eq!(
+            rule(
+                &policy,
+                &mut Request::PutTree {
+                    path: "/work",
+                    size: known
+                }
+            ),
+            Err("put")
+        );
+        assert_eq!(
+            rule(
+                &policy,
+                &mut Request::GetTree {
+                    path: "/work",
+                    size: known
+                }
+            ),
+            Err("get")
+        );
     }
 }

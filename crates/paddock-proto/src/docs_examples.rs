@@ -246,7 +246,7 @@ fn every_error_code_is_in_the_table() {
 
 #[test]
 fn the_table_of_limits_is_the_code_s() {
-    let limits: [(&str, u64); 15] = [
+    let limits: [(&str, u64); 19] = [
         ("PROTOCOL_VERSION", PROTOCOL_VERSION.into()),
         ("MIN_PROTOCOL_VERSION", MIN_PROTOCOL_VERSION.into()),
         ("HEADER_LEN", HEADER_LEN as u64),
@@ -262,6 +262,10 @@ fn the_table_of_limits_is_the_code_s() {
         ("MAX_ERROR_MESSAGE_LEN", MAX_ERROR_MESSAGE_LEN as u64),
         ("DEFAULT_FILE_MODE", DEFAULT_FILE_MODE.into()),
         ("CLOCK_TOLERANCE_MS", CLOCK_TOLERANCE_MS),
+        ("MAX_TREE_PATH_LEN", crate::MAX_TREE_PATH_LEN as u64),
+        ("MAX_TREE_DEPTH", crate::MAX_TREE_DEPTH as u64),
+        ("MAX_TREE_PAX_LEN", crate::MAX_TREE_PAX_LEN),
+        ("MAX_TREE_ENTRIES", crate::MAX_TREE_ENTRIES),
     ];
     for (name, value) in limits {
         let cells = row(&format!("| `{name}` |"));
@@ -279,6 +283,7 @@ fn every_capability_is_named() {
         capability::STATUS,
         capability::STOP_AGENT,
         capability::CONTAIN_TREE,
+        capability::TREES,
     ] {
         assert!(DOC.contains(&format!("`{name}`")), "{name}");
     }

@@ -23,8 +23,9 @@ pub use message::{
     SignalRequest, StatusReport, Stop, StopScope, capability, decode_message, encode_message,
 };
 pub use message::{
-    DEFAULT_DIR_MODE, DEFAULT_READ_DIR_LIMIT, DirEntry, FileType, FsRequest, FsResult,
-    MAX_READ_DIR_LIMIT, Metadata,
+    DEFAULT_DIR_MODE, DEFAULT_READ_DIR_LIMIT, DirEntry, EntryPathError, FileType, FsRequest,
+    FsResult, MAX_READ_DIR_LIMIT, MAX_TREE_DEPTH, MAX_TREE_ENTRIES, MAX_TREE_PATH_LEN,
+    MAX_TREE_PAX_LEN, Metadata, TREE_MODE_MASK, TreeDone, TreeGet, TreePut, entry_components,
 };
 
 /// The protocol version this crate writes.

@@ -6,7 +6,8 @@
 //!
 //! The kinds and their directions are in `kind`; the payloads are grouped by
 //! what they belong to: the handshake (`hello`), executions (`exec`), file
-//! transfers (`files`), file system operations (`fs`), status (`status`) and errors (`error`). This module
+//! transfers (`files`), directory transfers (`tree`), file system
+//! operations (`fs`), status (`status`) and errors (`error`). This module
 //! ties them together as [`Message`] and encodes and decodes it.
 
 mod error;
@@ -17,6 +18,7 @@ mod hello;
 mod kind;
 mod nullable;
 mod status;
+mod tree;
 
 pub use error::{ErrorCode, ErrorReport, MAX_ERROR_MESSAGE_LEN};
 pub use exec::{
@@ -31,6 +33,10 @@ pub use fs::{
 pub use hello::{CLOCK_TOLERANCE_MS, Hello, HelloAck, capability, unix_time_ms};
 pub use kind::{Direction, MessageKind};
 pub use status::StatusReport;
+pub use tree::{
+    EntryPathError, MAX_TREE_DEPTH, MAX_TREE_ENTRIES, MAX_TREE_PATH_LEN, MAX_TREE_PAX_LEN,
+    TREE_MODE_MASK, TreeDone, TreeGet, TreePut, entry_components,
+};
 
 use crate::frame::{Frame, HEADER_LEN, encode_frame, encode_frame_header};
 
@@ -62,6 +68,9 @@ pub enum Message {
     Error(ErrorReport),
     FsRequest(FsRequest),
     FsResult(FsResult),
+    TreePut(TreePut),
+    TreeGet(TreeGet),
+    TreeDone(TreeDone),
 }
 
 impl Message {
@@ -93,6 +102,9 @@ impl Message {
             Self::Error(_) => MessageKind::Error,
             Self::FsRequest(_) => MessageKind::FsRequest,
             Self::FsResult(_) => MessageKind::FsResult,
+            Self::TreePut(_) => MessageKind::TreePut,
+            Self::TreeGet(_) => MessageKind::TreeGet,
+            Self::TreeDone(_) => MessageKind::TreeDone,
         }
     }
 }
@@ -174,6 +186,9 @@ pub fn encode_message(
         Message::Error(m) => json(out, m),
         Message::FsRequest(m) => json(out, m),
         Message::FsResult(m) => json(out, m),
+        Message::TreePut(m) => json(out, m),
+        Message::TreeGet(m) => json(out, m),
+        Message::TreeDone(m) => json(out, m),
         Message::Stdin(data) | Message::Stdout(data) | Message::Stderr(data) => {
             encode_frame(out, kind, request_id, data)
         }
@@ -235,6 +250,9 @@ pub fn decode_message(frame: Frame) -> Result<Message, DecodeError> {
         MessageKind::Error => Message::Error(json(kind, &payload)?),
         MessageKind::FsRequest => Message::FsRequest(json(kind, &payload)?),
         MessageKind::FsResult => Message::FsResult(json(kind, &payload)?),
+        MessageKind::TreePut => Message::TreePut(json(kind, &payload)?),
+        MessageKind::TreeGet => Message::TreeGet(json(kind, &payload)?),
+        MessageKind::TreeDone => Message::TreeDone(json(kind, &payload)?),
     })
 }
 
@@ -332,6 +350,21 @@ mod tests {
             Message::FileDone(FileDone { size: 3, crc32: 9 }),
             Message::WindowUpdate(65536),
             Message::Error(ErrorReport::new(ErrorCode::SpawnFailed, "no such file")),
+            Message::TreePut(TreePut {
+                path: "/t".into(),
+                max_bytes: 1 << 20,
+                overwrite: true,
+            }),
+            Message::TreeGet(TreeGet {
+                path: "/t".into(),
+                max_bytes: 7,
+            }),
+            Message::TreeDone(TreeDone {
+                files: 1,
+                dirs: 2,
+                symlinks: 3,
+                bytes: 4,
+            }),
         ];
         for message in &messages {
             assert_eq!(&round_trip(message), message);

@@ -3,7 +3,10 @@
 //! errors, and every error names the file, the line and the field. Pool
 //! names follow the library's rule ([`paddock::names`]: 1 to 20 of `a-z`,
 //! `0-9`, `-` and `_`, starting with a letter or digit); a file with
-//! another is refused at load, naming the rule it broke.
+//! another is refused at load, naming the rule it broke. A pool's
+//! `shared_folders` key is refused by name too: shared folders are for the
+//! library's single sandboxes (QEMU cannot snapshot a guest with one, and a
+//! pool's slots are snapshots), and the daemon serves pools only.
 //!
 //! ```toml
 //! [server]
@@ -199,6 +202,12 @@ struct PoolFile {
     policy: Option<PathBuf>,
     #[serde(default)]
     resources: ResourcesFile,
+    /// Read only to be refused by name: a pool's slots are snapshots, and
+    /// QEMU cannot snapshot a guest with a shared folder (the library's
+    /// `VmError::SharesInPool`). Shared folders are for single sandboxes,
+    /// which the daemon does not serve.
+    #[serde(default)]
+    shared_folders: Option<toml::Value>,
 }
 
 const fn default_memory_mib() -> u64 {
@@ -480,6 +489,14 @@ impl PoolFile {
         if self.vcpus == 0 {
             return Err(("vcpus", "must be at least 1".into()));
         }
+        if self.shared_folders.is_some() {
+            return Err((
+                "shared_folders",
+                "pools cannot have shared folders (their slots are snapshots, and QEMU cannot \
+                 snapshot a guest with one); only single sandboxes of the library can"
+                    .into(),
+            ));
+        }
         let mut spec = VmPoolSpec::new(&self.name);
         spec.memory_mib = self.memory_mib;
         spec.vcpus = self.vcpus;
@@ -689,6 +706,28 @@ min_redy = 2
                 .contains("pool.a.limits.lease_execs_per_second"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_shared_folder_in_a_pool_is_refused_by_name_and_line() {
+        let err = parse(
+            "[server]\nimage = \"/i\"\n[[pool]]\nname = \"a\"\n\
+             shared_folders = [{ host_path = \"/srv\", tag = \"t\", guest_path = \"/mnt\" }]\n",
+        )
+        .expect_err("a pool with a shared folder");
+        match &err {
+            ConfigError::Invalid {
+                line,
+                field,
+                problem,
+                ..
+            } => {
+                assert_eq!(*line, 3, "{err}");
+                assert_eq!(field, "pool.a.shared_folders", "{err}");
+                assert!(problem.contains("single sandboxes"), "{err}");
+            }
+            other => panic!("not a typed refusal: {other:?}"),
+        }
     }
 
     #[test]

@@ -155,6 +155,17 @@ impl From<ClientError> for ApiError {
                 code: ErrorCode::InvalidArgument,
                 ..
             } => Self::bad_request(message),
+            ClientError::Agent {
+                code: ErrorCode::UnsafePath,
+                ..
+            } => Self::new(StatusCode::BAD_REQUEST, "unsafe_path", message),
+            ClientError::Agent {
+                code: ErrorCode::TooLarge,
+                ..
+            }
+            | ClientError::Tree(paddock::agent::TreeError::TooLarge { .. }) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
             ClientError::Timeout { .. } => {
                 Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)
             }

@@ -25,6 +25,10 @@ use paddock::observe::audit::{
 use tokio::io::AsyncSeekExt as _;
 use tokio::sync::mpsc;
 
+mod tree;
+
+pub use tree::{DEFAULT_TREE_MAX_BYTES, TreeResult};
+
 use crate::auth::{AuthError, Caller};
 use crate::daemon::{Daemon, Hold};
 use crate::error::ApiError;
@@ -80,6 +84,12 @@ pub fn router(
                 .layer(DefaultBodyLimit::disable()),
         )
         .merge(crate::fs::routes())
+        .route(
+            "/v1/leases/{id}/tree",
+            get(tree::get_tree)
+                .put(tree::put_tree)
+                .layer(DefaultBodyLimit::disable()),
+        )
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
     let open = Router::new()
         .route("/healthz", get(healthz))

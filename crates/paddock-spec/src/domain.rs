@@ -43,6 +43,10 @@ pub struct DomainSpec {
     /// The host user and group QEMU runs as, instead of libvirt's (user
     /// `libvirt-qemu`); `None` keeps libvirt's.
     pub run_as: Option<DacLabel>,
+    /// Host directories exported to the guest over virtiofs
+    /// ([`crate::share`]); with any, the guest's memory is shared and
+    /// QEMU cannot save or snapshot the domain.
+    pub filesystems: Vec<crate::share::FilesystemDevice>,
 }
 
 /// A host user and group for a domain's QEMU: libvirt's static DAC label,

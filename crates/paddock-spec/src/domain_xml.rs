@@ -14,6 +14,7 @@ use crate::domain::{
     Acceleration, AgentChannel, Boot, DomainRole, DomainSpec, METADATA_NAMESPACE, NetworkMode,
     PaddockMetadata, Tuning, VsockCid,
 };
+use crate::share::FilesystemDevice;
 use crate::xml::{Element, XmlError, XmlWriter};
 
 /// libvirt's namespace for `<qemu:commandline>`.
@@ -69,8 +70,9 @@ pub fn render_domain(spec: &DomainSpec) -> Result<String, XmlError> {
         &resources.memory_mib.to_string(),
     )?;
     w.text("vcpu", &[], &resources.vcpus.to_string())?;
-    if hybrid {
-        // vhost-user backends map guest memory: it must be shared and fd-backed.
+    if hybrid || !spec.filesystems.is_empty() {
+        // vhost-user backends (the hybrid vsock's, virtiofsd) map guest
+        // memory: it must be shared and fd-backed.
         w.start("memoryBacking", &[])?;
         w.empty("source", &[("type", "memfd")])?;
         w.empty("access", &[("mode", "shared")])?;
@@ -120,6 +122,24 @@ pub fn render_domain(spec: &DomainSpec) -> Result<String, XmlError> {
     }
     w.end("domain")?;
     w.finish()
+}
+
+/// One virtiofs `<filesystem>` per export. No `<readonly/>`: libvirt 9.0
+/// refuses it for virtiofs; read-only folders are exported as read-only
+/// bind mounts instead ([`crate::share`]). `passthrough` is the only access
+/// mode virtiofs has.
+fn render_filesystems(w: &mut XmlWriter, filesystems: &[FilesystemDevice]) -> Result<(), XmlError> {
+    for fs in filesystems {
+        w.start(
+            "filesystem",
+            &[("type", "mount"), ("accessmode", "passthrough")],
+        )?;
+        w.empty("driver", &[("type", "virtiofs")])?;
+        w.empty("source", &[("dir", utf8(&fs.source_dir, "shared folder")?)])?;
+        w.empty("target", &[("dir", &fs.tag)])?;
+        w.end("filesystem")?;
+    }
+    Ok(())
 }
 
 fn render_metadata(w: &mut XmlWriter, m: &PaddockMetadata) -> Result<(), XmlError> {
@@ -233,6 +253,7 @@ fn render_os(w: &mut XmlWriter, spec: &DomainSpec) -> Result<(), XmlError> {
 
 fn render_devices(w: &mut XmlWriter, spec: &DomainSpec) -> Result<(), XmlError> {
     w.start("devices", &[])?;
+    render_filesystems(w, &spec.filesystems)?;
     if let Some(disk) = &spec.disk {
         w.start("disk", &[("type", "file"), ("device", "disk")])?;
         w.empty(

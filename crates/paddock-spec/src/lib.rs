@@ -15,6 +15,10 @@
 //!   reads others from a folder.
 //! - [`definition_update`] compares a desired network or filter with
 //!   libvirt's copy and says whether to define, redefine or leave it.
+//! - [`SharedFolder`] is a host directory shared into a single sandbox
+//!   over virtiofs, checked by [`check_shared_folders`]; the domain gets a
+//!   [`FilesystemDevice`] for it ([`share`] says what works on this QEMU
+//!   and libvirt, and why pools refuse them).
 //! - [`SnapshotSpec`] and [`render_snapshot`] describe an internal snapshot;
 //!   [`parse_snapshot`] reads what libvirt lists ([`SnapshotInfo`]).
 //! - [`saved_image`] reads libvirt's QEMU save-image header and derives a copy
@@ -29,6 +33,7 @@ mod domain_xml;
 pub mod network;
 pub mod nwfilter;
 pub mod saved_image;
+pub mod share;
 pub mod snapshot;
 mod xml;
 
@@ -48,6 +53,9 @@ pub use nwfilter::{
 };
 pub use saved_image::{
     SavedImageError, SavedImageHeader, derive_saved_image, read_saved_image_header,
+};
+pub use share::{
+    FilesystemDevice, MAX_SHARE_TAG_LEN, ShareError, SharedFolder, check_shared_folders,
 };
 pub use snapshot::{SnapshotInfo, SnapshotSpec, parse_snapshot, render_snapshot};
 pub use uuid::Uuid;

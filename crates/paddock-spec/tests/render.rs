@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use paddock_spec::{
-    Acceleration, Boot, CpuQuota, DacLabel, NetworkKind, SnapshotSpec, TCG_TB_CACHE_MIB, Tuning,
-    XmlError, load_filters, render_domain, render_network, render_snapshot,
+    Acceleration, Boot, CpuQuota, DacLabel, FilesystemDevice, NetworkKind, SnapshotSpec,
+    TCG_TB_CACHE_MIB, Tuning, XmlError, load_filters, render_domain, render_network,
+    render_snapshot,
 };
 use sample::{Chan, Net};
 
@@ -55,6 +56,22 @@ fn documents() -> Vec<(String, &'static str, String)> {
         "domain-run-as.xml".into(),
         "domain",
         render_domain(&run_as).expect("renders"),
+    ));
+    let mut shares = sample::domain(Net::Isolated, Chan::VirtioSerial);
+    shares.filesystems = vec![
+        FilesystemDevice {
+            source_dir: "/var/lib/libvirt/qemu/paddock/box.shares/data".into(),
+            tag: "data".into(),
+        },
+        FilesystemDevice {
+            source_dir: "/srv/scratch & out".into(),
+            tag: "out".into(),
+        },
+    ];
+    docs.push((
+        "domain-shared-folders.xml".into(),
+        "domain",
+        render_domain(&shares).expect("renders"),
     ));
     for (kind, name) in [
         (NetworkKind::Nat, "nat"),
@@ -142,7 +159,7 @@ fn validate(schema: &str, path: &Path) {
 fn generated_domains_networks_and_snapshots_validate_against_libvirt_schemas() {
     let dir = tempfile::tempdir().expect("tempdir");
     let docs = documents();
-    assert_eq!(docs.len(), 9 + 2 + 2 + 1);
+    assert_eq!(docs.len(), 9 + 3 + 2 + 1);
     for (name, schema, xml) in docs {
         let path = dir.path().join(name);
         std::fs::write(&path, xml).expect("write");

@@ -9,7 +9,9 @@
 //!   the lease gives the slot's agent client ([`Guest::client`]): exec,
 //!   files, status. [`Lease::release`], or dropping the lease, resets the
 //!   slot in the background. See [`pool`] for the rules.
-//! - [`Sandbox`] is a single VM without a pool.
+//! - [`Sandbox`] is a single VM without a pool. Only a sandbox can have
+//!   shared folders (host directories over virtiofs, [`vm::share`]): QEMU
+//!   cannot snapshot a guest with one, so pools refuse them.
 //!
 //! The crate has two halves: [`pool`], the pool's logic, which knows nothing
 //! of VMs and works on any [`SlotBackend`]; and [`vm`], the VMs themselves
@@ -164,7 +166,8 @@ impl Paddock {
     ///
     /// # Errors
     /// [`VmError::Name`] for a pool name that breaks the naming rule
-    /// ([`names`]), [`VmError::Pool`] or [`VmError::Config`] for an invalid
+    /// ([`names`]), [`VmError::SharesInPool`] for a spec with shared
+    /// folders, [`VmError::Pool`] or [`VmError::Config`] for an invalid
     /// configuration, [`VmError::NoQemuGroup`] when QEMU's group does not
     /// exist (all before anything is made); otherwise why the network or
     /// the golden could not be made, or [`VmError::Firewall`] when its host
@@ -175,6 +178,9 @@ impl Paddock {
         mut config: PoolConfig,
     ) -> Result<VmPool, VmError> {
         names::check_pool_name(&spec.name)?;
+        if !spec.shared_folders.is_empty() {
+            return Err(VmError::SharesInPool { pool: spec.name });
+        }
         config.validate()?;
         let group = vm::QemuGroup::resolve(&self.config.qemu_group)?;
         let events = self

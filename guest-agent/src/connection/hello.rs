@@ -24,7 +24,7 @@ use crate::request::{Session, WireError};
 
 /// Features every agent announces in HELLO_ACK; [`capability::CONTAIN_TREE`]
 /// is added when the agent contains executions in cgroups.
-const CAPABILITIES: [&str; 7] = [
+const CAPABILITIES: [&str; 8] = [
     capability::EXEC,
     capability::STDIN,
     capability::SIGNAL,
@@ -32,6 +32,7 @@ const CAPABILITIES: [&str; 7] = [
     capability::STATUS,
     capability::STOP_AGENT,
     capability::FS,
+    capability::TREES,
 ];
 
 /// Why a HELLO started no session.

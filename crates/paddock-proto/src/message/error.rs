@@ -47,6 +47,11 @@ pub enum ErrorCode {
     TooManyConnections,
     /// A bug or unexpected state in the agent.
     Internal,
+    /// A tree entry would land outside its destination (an absolute path,
+    /// a `..` component, or a path through a symlink).
+    UnsafePath,
+    /// A transfer is larger than its `max_bytes`.
+    TooLarge,
     /// A path that must not exist does (`EEXIST`).
     AlreadyExists,
     /// A path component that must be a directory is not (`ENOTDIR`).
@@ -62,7 +67,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 26] = [
         Self::BadFrame,
         Self::UnknownKind,
         Self::BadPayload,
@@ -82,6 +87,8 @@ impl ErrorCode {
         Self::ShuttingDown,
         Self::TooManyConnections,
         Self::Internal,
+        Self::UnsafePath,
+        Self::TooLarge,
         Self::AlreadyExists,
         Self::NotADirectory,
         Self::IsADirectory,
@@ -148,11 +155,13 @@ mod tests {
             ErrorCode::ShuttingDown => 16,
             ErrorCode::TooManyConnections => 17,
             ErrorCode::Internal => 18,
-            ErrorCode::AlreadyExists => 19,
-            ErrorCode::NotADirectory => 20,
-            ErrorCode::IsADirectory => 21,
-            ErrorCode::DirectoryNotEmpty => 22,
-            ErrorCode::Unknown => 23,
+            ErrorCode::UnsafePath => 19,
+            ErrorCode::TooLarge => 20,
+            ErrorCode::AlreadyExists => 21,
+            ErrorCode::NotADirectory => 22,
+            ErrorCode::IsADirectory => 23,
+            ErrorCode::DirectoryNotEmpty => 24,
+            ErrorCode::Unknown => 25,
         };
         for (at, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(index(*code), at, "{code:?}");

@@ -24,6 +24,8 @@ pub mod capability {
     /// FS_REQUEST: file system operations (list, metadata, make, remove,
     /// rename, mode, links, existence).
     pub const FS: &str = "fs";
+    /// TREE_PUT / TREE_GET: directories as one tar stream.
+    pub const TREES: &str = "trees";
 }
 
 /// Opens a session (host -> agent).

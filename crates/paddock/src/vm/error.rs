@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use paddock_agent_client::{ClientError, Continuity};
 use paddock_image::ImageError;
-use paddock_libvirt::{ApplyError, ConfineError, DomainState, LibvirtError, OverlayError};
+use paddock_libvirt::{
+    ApplyError, ConfineError, DomainState, LibvirtError, OverlayError, ShareError,
+};
 
 use super::firewall::FirewallError;
 use crate::pool::PoolError;
@@ -170,6 +172,52 @@ pub enum VmError {
     /// The pool refused (an invalid [`crate::PoolConfig`]).
     #[error("The pool refused")]
     Pool(#[from] PoolError),
+    /// A shared folder breaks a rule ([`paddock_libvirt::check_shared_folders`]);
+    /// nothing was made.
+    #[error("Invalid shared folder")]
+    Share(#[from] ShareError),
+    /// A shared folder could not be bind-mounted for export on the host
+    /// (Paddock must run as root to share folders).
+    #[error("Cannot export the shared folder {path}")]
+    ShareExport {
+        /// The host directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The guest could not mount a shared folder (`mkdir` or `mount`
+    /// failed in it); the sandbox was removed.
+    #[error(
+        "The guest could not mount shared folder {tag} at {guest_path} ({exit_code:?}): {stderr}"
+    )]
+    ShareMount {
+        /// The folder's tag.
+        tag: String,
+        /// Where it was to be mounted.
+        guest_path: PathBuf,
+        /// The failing command's exit code (`None`: killed by a signal).
+        exit_code: Option<i32>,
+        /// Its standard error, trimmed.
+        stderr: String,
+    },
+    /// A VM pool's spec has shared folders: slots are snapshots of a golden,
+    /// and QEMU cannot save or snapshot a guest with a virtiofs device.
+    /// Nothing was made.
+    #[error(
+        "Pool {pool} has shared folders; only single sandboxes can have them (QEMU cannot snapshot a guest with one)"
+    )]
+    SharesInPool {
+        /// The pool.
+        pool: String,
+    },
+    /// A snapshot, revert or capture of a sandbox with shared folders was
+    /// asked for; QEMU cannot save or snapshot such a guest.
+    #[error("Sandbox {domain} has shared folders and cannot be snapshotted or captured")]
+    SharesPreventSnapshot {
+        /// The domain.
+        domain: String,
+    },
 }
 
 /// The longest path a Unix socket address holds (`sun_path` less its NUL).
@@ -227,6 +275,11 @@ impl VmError {
             Self::NoQemuGroup { .. } => "no_qemu_group",
             Self::RebuildUnfinished { .. } => "rebuild_unfinished",
             Self::Pool(_) => "pool",
+            Self::Share(_) | Self::SharesInPool { .. } | Self::SharesPreventSnapshot { .. } => {
+                "config"
+            }
+            Self::ShareExport { .. } => "share_export",
+            Self::ShareMount { .. } => "share_mount",
         }
     }
 

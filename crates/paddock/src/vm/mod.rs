@@ -13,6 +13,8 @@
 //! - [`firewall`]: the host firewall of a NAT-filtered pool's bridge (what
 //!   a guest may send to the host itself).
 //! - [`recover`]: removing what a crashed process left of a pool.
+//! - [`share`]: a single sandbox's shared folders (virtiofs), their host
+//!   side, their mounts in the guest, and why pools refuse them.
 //!
 //! Every new QEMU, a sandbox's, a slot's restored from the golden, or one a
 //! `Restore` or `Revert` reset starts, is confined before its guest is
@@ -34,6 +36,7 @@ pub mod guest;
 pub mod network;
 pub mod recover;
 pub mod sandbox;
+pub mod share;
 
 pub use backend::{
     GoldenRebuild, ResetPhases, ResetStrategy, SlotSample, VmBackend, VmPoolSpec, VmSlot,

@@ -25,8 +25,8 @@ use paddock_agent_client::{AgentClient, ClientConfig, Transport};
 use paddock_image::GuestImage;
 use paddock_libvirt::{
     Acceleration, AgentChannel, Boot, DacLabel, DomainRole, DomainSpec, ImageFormat, Libvirt,
-    NetworkMode, OverlayDisk, PaddockMetadata, Profile, Resources, SnapshotInfo, SnapshotSpec,
-    Tuning, Uuid, Vm, create_blank_qcow2, create_overlay,
+    NetworkMode, OverlayDisk, PaddockMetadata, Profile, Resources, SharedFolder, SnapshotInfo,
+    SnapshotSpec, Tuning, Uuid, Vm, check_shared_folders, create_blank_qcow2, create_overlay,
 };
 
 use super::VmError;
@@ -35,6 +35,7 @@ use super::files::{
     DEFAULT_QEMU_GROUP, QemuGroup, create_qemu_dir, restrict_memory_image, restrict_sockets,
 };
 use super::guest::{Guest, console_tail, discard_on_thread};
+use super::share::{self, ShareExports};
 
 /// Where sandboxes keep their files unless configured otherwise: under
 /// libvirt's own state directory, which QEMU (user `libvirt-qemu`) can reach.
@@ -114,6 +115,11 @@ pub struct SandboxConfig {
     /// The agent client's timeouts and limits (its connect timeout is
     /// replaced by `ready_timeout` for the first connection).
     pub client: ClientConfig,
+    /// Host directories the guest mounts over virtiofs before the sandbox
+    /// is handed out ([`super::share`]: read-only ones are enforced on the
+    /// host, read-write ones are written as their owner; a sandbox with any
+    /// cannot be snapshotted). Sharing folders needs root (bind mounts).
+    pub shared_folders: Vec<SharedFolder>,
 }
 
 impl SandboxConfig {
@@ -138,6 +144,7 @@ impl SandboxConfig {
             pool: "default".into(),
             role: DomainRole::Sandbox,
             client: ClientConfig::default(),
+            shared_folders: Vec::new(),
         }
     }
 }
@@ -151,6 +158,9 @@ pub struct Sandbox {
     guest: Guest,
     /// The hybrid-vsock backend process, if the sandbox has one.
     backend: Option<BackendProcess>,
+    /// The host side of its shared folders; after `guest`, so that a drop
+    /// stops the domain (and its `virtiofsd`s) before detaching them.
+    exports: ShareExports,
     boot_to_ready: Duration,
 }
 
@@ -166,9 +176,12 @@ impl Sandbox {
     /// Boots a sandbox from `image` and waits for its agent.
     ///
     /// # Errors
-    /// [`VmError::Name`] for a name that breaks the naming rule and
-    /// [`VmError::NoQemuGroup`] when QEMU's group does not exist (both
-    /// before anything is made); [`VmError::NotReady`] (with the console
+    /// [`VmError::Name`] for a name that breaks the naming rule,
+    /// [`VmError::Share`] for a shared folder that breaks a rule, and
+    /// [`VmError::NoQemuGroup`] when QEMU's group does not exist (all
+    /// before anything is made); [`VmError::ShareExport`] when a folder
+    /// cannot be bind-mounted, [`VmError::ShareMount`] when the
+    /// guest cannot mount a folder; [`VmError::NotReady`] (with the console
     /// tail) when the agent does not answer in time; otherwise the failing
     /// step's error. Whatever was created is removed again.
     pub async fn boot(
@@ -177,6 +190,7 @@ impl Sandbox {
         config: SandboxConfig,
     ) -> Result<Self, VmError> {
         crate::names::check_sandbox_name(&config.name)?;
+        check_shared_folders(&config.shared_folders)?;
         let group = QemuGroup::resolve(&config.qemu_group)?;
         let dir = config.state_root.join(&config.name);
         // Before anything is made: QEMU could not bind a longer one.
@@ -185,6 +199,8 @@ impl Sandbox {
         }
         prepare_dirs(&config.state_root, &dir, &group)?;
         let mut files = FilesGuard(Some(dir.clone()));
+        let (exports, filesystems) =
+            ShareExports::prepare(&config.state_root, &config.name, &config.shared_folders)?;
         let base = config.base_disk.as_ref().or(image.root_disk.as_ref());
         let disk = match (base, config.state_disk_mib) {
             // An overlay on a given disk (the full image's root disk), which
@@ -246,6 +262,7 @@ impl Sandbox {
             },
             network: config.network.clone(),
             run_as: config.run_as,
+            filesystems,
         };
         let (backend, transport) = match &config.channel {
             ChannelConfig::VirtioSerial => (
@@ -286,11 +303,13 @@ impl Sandbox {
             }
         };
         let boot_to_ready = started.elapsed();
+        share::mount_in_guest(&client, &config.shared_folders).await?;
         domain.0 = None;
         files.0 = None;
         Ok(Self {
             guest: Guest::new(vm, client, spec, dir),
             backend,
+            exports,
             boot_to_ready,
         })
     }
@@ -309,6 +328,7 @@ impl Sandbox {
     /// # Errors
     /// libvirt refuses (no state disk...), or the agent does not answer.
     pub async fn snapshot(&self, spec: &SnapshotSpec) -> Result<SnapshotInfo, VmError> {
+        self.refuse_snapshot_with_shares()?;
         let info = self.vm().create_snapshot(spec).await?;
         self.client().reconnect().await?;
         self.guest.mark_restore_point().await;
@@ -321,6 +341,7 @@ impl Sandbox {
     /// # Errors
     /// libvirt's or the agent's error, or [`VmError::NotRestored`].
     pub async fn revert_to_snapshot(&self, name: &str) -> Result<(), VmError> {
+        self.refuse_snapshot_with_shares()?;
         self.vm().revert_to_snapshot(name).await?;
         self.guest
             .reconnect_restored(|| format!("reverting to {name}"))
@@ -337,6 +358,7 @@ impl Sandbox {
     /// libvirt's, QEMU's or the agent's error, or
     /// [`VmError::NotRestored`].
     pub async fn load_snapshot_in_place(&self, name: &str) -> Result<(), VmError> {
+        self.refuse_snapshot_with_shares()?;
         self.guest.load_snapshot_in_place(name).await
     }
 
@@ -352,6 +374,7 @@ impl Sandbox {
     /// The agent, libvirt or a file operation fails; the sandbox is removed
     /// either way.
     pub async fn capture(self, memory: &Path, disk: &Path) -> Result<DomainSpec, VmError> {
+        self.refuse_snapshot_with_shares()?;
         self.client().reconnect().await?;
         self.vm().save(memory).await?;
         restrict_memory_image(memory)?;
@@ -372,7 +395,21 @@ impl Sandbox {
     pub async fn destroy(mut self) -> Result<(), VmError> {
         let result = self.guest.discard().await;
         drop(self.backend.take());
-        result
+        let released = self.exports.release();
+        result.and(released)
+    }
+
+    /// [`VmError::SharesPreventSnapshot`] when the sandbox has shared
+    /// folders: QEMU cannot save or snapshot a guest with a virtiofs device
+    /// (and a snapshot would not hold the host directory's state anyway).
+    fn refuse_snapshot_with_shares(&self) -> Result<(), VmError> {
+        if self.spec().filesystems.is_empty() {
+            Ok(())
+        } else {
+            Err(VmError::SharesPreventSnapshot {
+                domain: self.name().to_owned(),
+            })
+        }
     }
 }
 

@@ -103,7 +103,7 @@ const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 /// The kernel modules the guest loads, in this order (each needs only those
 /// before it or built-ins; the build checks that). Those the kernel has built
 /// in are left out; names compare with `-` and `_` alike.
-const MODULES: [&str; 15] = [
+const MODULES: [&str; 17] = [
     // PCI transport for every virtio device.
     "virtio_ring",
     "virtio",
@@ -125,6 +125,9 @@ const MODULES: [&str; 15] = [
     // Entropy from the host.
     "rng_core",
     "virtio_rng",
+    // Shared folders (virtiofs; the cloud kernel has no 9p).
+    "fuse",
+    "virtiofs",
 ];
 
 /// The static busybox that becomes the guest's userland.
