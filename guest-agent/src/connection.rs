@@ -245,6 +245,7 @@ impl Connection {
             Message::FilePut(put) => return self.open(id, kind, put).await,
             Message::FileGet(get) => return self.open(id, kind, get).await,
             Message::StatusRequest => return self.open(id, kind, StatusRequest).await,
+            Message::FsRequest(request) => return self.open(id, kind, request).await,
             Message::TreePut(put) => return self.open(id, kind, put).await,
             Message::TreeGet(get) => return self.open(id, kind, get).await,
             Message::Stop(Stop {
@@ -273,6 +274,7 @@ impl Connection {
             | Message::StatusReport(_)
             | Message::FileInfo(_)
             | Message::FileDone(_)
+            | Message::FsResult(_)
             | Message::TreeDone(_)
             | Message::Error(_) => {}
         }

@@ -21,7 +21,7 @@
 //!   sends and shrinks back when it goes quiet, so an idle connection holds
 //!   about 11 KiB.
 //! - Each request (EXECUTE, FILE_PUT, FILE_GET, TREE_PUT, TREE_GET,
-//!   STATUS_REQUEST) runs in its own
+//!   STATUS_REQUEST, FS_REQUEST) runs in its own
 //!   task, fed by a bounded inbox: data within the request's window, merged;
 //!   identical SIGNAL / STOP / STDIN_CLOSE frames merged while they wait; at
 //!   most [`paddock_proto::MAX_QUEUED_CONTROL`] other control frames, past
@@ -43,7 +43,7 @@
 //!   listen ─▶ connection (router: reader, HELLO, dispatch, writer)
 //!                 │ opens requests, routes their frames, runs the pipeline
 //!                 ▼
-//!         exec · files · tree · status (handlers)     cgroup (containment)
+//!    exec · files · tree · fs_ops · status (handlers)  cgroup (containment)
 //!                 │ each knows only the request layer
 //!                 ▼
 //!             request (RequestCtx, Inputs, Handler, WireError, Session)
@@ -51,7 +51,7 @@
 //!
 //! A request is opened by a message that implements the request layer's
 //! `Handler` trait (`Execute`, `FilePut`, `FileGet`, `TreePut`, `TreeGet`,
-//! `StatusRequest`), which
+//! `StatusRequest`, `FsRequest`), which
 //! says which flow-controlled directions it uses and does the work. Its
 //! handler gets a context to send frames and return credit, and the inputs
 //! the router forwards to it; it never sees the router. The router runs
@@ -118,6 +118,7 @@ mod clock;
 mod connection;
 mod exec;
 mod files;
+mod fs_ops;
 mod listen;
 mod request;
 mod status;

@@ -2,7 +2,7 @@
 //! connection's router.
 //!
 //! A request is opened by one frame (EXECUTE, FILE_PUT, FILE_GET,
-//! STATUS_REQUEST) whose message implements [`Handler`]. Its handler gets a
+//! STATUS_REQUEST, FS_REQUEST) whose message implements [`Handler`]. Its handler gets a
 //! [`RequestCtx`] and the request's [`Inputs`]. Through the context it sends
 //! frames on its request, data within the host's credit, and returns credit
 //! for the host's data it consumed. What it returns ends the request: its
@@ -399,6 +399,11 @@ impl RequestCtx {
     pub(crate) fn chunk(&self) -> usize {
         usize::try_from(self.session.host_max_payload)
             .map_or(DEFAULT_CHUNK, |max| max.min(DEFAULT_CHUNK))
+    }
+
+    /// The largest payload the host accepts in one frame.
+    pub(crate) fn host_max_payload(&self) -> usize {
+        usize::try_from(self.session.host_max_payload).unwrap_or(usize::MAX)
     }
 
     /// Completes when the session ends.

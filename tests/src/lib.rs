@@ -14,8 +14,8 @@ pub mod libvirtd;
 pub mod netns;
 pub mod prometheus_server;
 pub mod subnet;
-pub mod tree;
 pub mod terminal;
+pub mod tree;
 pub mod vm;
 
 use std::io::Write as _;

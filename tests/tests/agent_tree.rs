@@ -9,7 +9,8 @@ use paddock_agent_client::{
     AgentClient, ClientError, ErrorCode, Transport, TreeError, TreeOptions, TreeProgress,
 };
 use paddock_proto::{
-    FileEnd, FrameDecoder, Message, MessageKind, TreePut, encode_frame, encode_message, read_frame,
+    FileEnd, FrameDecoder, Message, MessageKind, TreePut, capability, decode_message, encode_frame,
+    encode_message, read_frame,
 };
 use paddock_tests::tree::{
     assert_progress, assert_same_tree, listing, raw_tar, record_progress, sample_tree,
@@ -248,8 +249,12 @@ fn fake_agent(
         let (mut stream, _) = listener.accept()?;
         let mut decoder = FrameDecoder::default();
         let hello = read_frame(&mut stream, &mut decoder)?;
+        let mut ack = fake_hello_ack("fake-boot");
+        if let Message::HelloAck(ack) = &mut ack {
+            ack.capabilities.push(capability::TREES.to_owned());
+        }
         let mut bytes = Vec::new();
-        encode_message(&mut bytes, hello.request_id, &fake_hello_ack("fake-boot"))?;
+        encode_message(&mut bytes, hello.request_id, &ack)?;
         stream.write_all(&bytes)?;
         let request = read_frame(&mut stream, &mut decoder)?;
         stream.write_all(&reply(request.request_id))?;
@@ -547,5 +552,72 @@ async fn trees_pass_the_request_gate_both_ways() -> TestResult {
         )
         .await
         .expect_err("denied");
+    Ok(())
+}
+
+/// A fake agent that completes HELLO announcing no capability and sends
+/// the kind of every frame it gets after that down `kinds`.
+fn agent_without_trees(
+    dir: &Path,
+) -> anyhow::Result<(std::path::PathBuf, std::sync::mpsc::Receiver<MessageKind>)> {
+    let path = dir.join("old-agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    let (kinds, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        let mut decoder = FrameDecoder::default();
+        let hello = read_frame(&mut stream, &mut decoder)?;
+        let mut bytes = Vec::new();
+        encode_message(&mut bytes, hello.request_id, &fake_hello_ack("old"))?;
+        stream.write_all(&bytes)?;
+        while let Ok(frame) = read_frame(&mut stream, &mut decoder) {
+            if let Ok(message) = decode_message(frame) {
+                let _ = kinds.send(message.kind());
+            }
+        }
+        Ok(())
+    });
+    Ok((path, received))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_trees_is_sent_no_tree_request() -> TestResult {
+    let base = tempfile::tempdir()?;
+    let local = tempfile::tempdir()?;
+    sample_tree(local.path())?;
+    let (path, kinds) = agent_without_trees(base.path())?;
+    let config = paddock_agent_client::ClientConfig {
+        keepalive_interval: None,
+        ..test_config()
+    };
+    let client = AgentClient::connect(Transport::Unix { path }, config).await?;
+    let put = client
+        .put_tree(local.path(), "/dest", &TreeOptions::default())
+        .await
+        .expect_err("no trees");
+    let get = client
+        .get_tree("/src", base.path().join("dest"), &TreeOptions::default())
+        .await
+        .expect_err("no trees");
+    for err in [put, get] {
+        assert!(
+            matches!(
+                err,
+                ClientError::Unsupported {
+                    capability: "trees"
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!err.is_retryable() && !err.should_reconnect(), "{err:?}");
+    }
+    // A plain execution after them: the first frame the fake gets after
+    // HELLO would have been a tree request, had one been sent.
+    let _plain = client
+        .exec(paddock_agent_client::Execute::argv(["true"]))
+        .await?;
+    let first = kinds.recv_timeout(std::time::Duration::from_secs(10))?;
+    assert_eq!(first, MessageKind::Execute);
+    assert!(!base.path().join("dest").exists());
     Ok(())
 }

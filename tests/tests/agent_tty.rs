@@ -175,10 +175,10 @@ async fn an_agent_without_terminals_gets_no_terminal_request() -> TestResult {
     let client =
         AgentClient::connect(paddock_agent_client::Transport::Unix { path }, config).await?;
     match client.terminal(shell(), Tty::new("", 24, 80)).await {
-        Err(err @ ClientError::MissingCapability { capability: "tty" }) => {
+        Err(err @ ClientError::Unsupported { capability: "tty" }) => {
             assert!(!err.is_retryable() && !err.should_reconnect());
         }
-        other => panic!("expected MissingCapability, got {other:?}"),
+        other => panic!("expected Unsupported, got {other:?}"),
     }
     // A plain execution after it is sent: once the fake has it, it would
     // have had the terminal's request before it, on the same stream.

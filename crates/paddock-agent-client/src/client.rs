@@ -249,7 +249,7 @@ impl AgentClient {
     }
 
     /// The live session, reconnecting if it was lost.
-    async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+    pub(crate) async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
         if self.inner.revoked.load(Ordering::SeqCst) {
             return Err(ClientError::Refused {
                 limit: "lease_ended",
@@ -365,10 +365,21 @@ impl AgentClient {
 
     /// Sends a control request and waits for its single answer.
     async fn call(&self, message: Message, what: &'static str) -> Result<Message, ClientError> {
+        self.call_within(message, what, self.inner.config.request_timeout)
+            .await
+    }
+
+    /// Sends a request whose answer is a single frame and waits for it, up
+    /// to `timeout`.
+    pub(crate) async fn call_within(
+        &self,
+        message: Message,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<Message, ClientError> {
         let conn = self.connection().await?;
         let mut request = conn.open(false)?;
         conn.send(request.id, &message)?;
-        let timeout = self.inner.config.request_timeout;
         match tokio::time::timeout(timeout, request.events.recv()).await {
             Err(_) => Err(ClientError::Timeout {
                 what,
@@ -453,7 +464,7 @@ impl AgentClient {
     ///
     /// # Errors
     /// [`ClientError::InvalidRequest`] for an empty command,
-    /// [`ClientError::MissingCapability`] for a `tty` to an agent without
+    /// [`ClientError::Unsupported`] for a `tty` to an agent without
     /// the capability, or a connection error. Spawn failures arrive from
     /// [`Execution::wait`].
     pub async fn exec(&self, mut request: Execute) -> Result<Execution, ClientError> {
@@ -508,7 +519,7 @@ impl AgentClient {
                     .any(|c| c == capability::TTY)
             {
                 // An agent without it would ignore `tty` and run on pipes.
-                return Err(ClientError::MissingCapability {
+                return Err(ClientError::Unsupported {
                     capability: capability::TTY,
                 });
             }
@@ -590,7 +601,7 @@ impl AgentClient {
     }
 
     /// Asks the gate, if there is one; a refusal is emitted and returned.
-    fn admit(&self, request: &mut GateRequest<'_>) -> Result<(), ClientError> {
+    pub(crate) fn admit(&self, request: &mut GateRequest<'_>) -> Result<(), ClientError> {
         self.gatekeeper()
             .map_or(Ok(()), |keeper| keeper.admit(request))
     }

@@ -468,6 +468,7 @@ impl Shared {
             | Message::StatusReport(_)
             | Message::FileDone(_)
             | Message::FileEnd(_)
+            | Message::FsResult(_)
             | Message::TreeDone(_)
             | Message::Stop(_) => {
                 // The request's last frame: stop routing, wake any sender.

@@ -114,18 +114,19 @@ pub enum ClientError {
     /// will be denied again.
     #[error(transparent)]
     Denied(paddock_policy::Denial),
+    /// The agent does not announce the capability the call needs (an
+    /// older agent, which would refuse the request or, for a field it does
+    /// not know such as EXECUTE's `tty`, ignore it); nothing was sent.
+    #[error("The agent does not support {capability}")]
+    Unsupported {
+        /// The missing capability ([`paddock_proto::capability`]).
+        capability: &'static str,
+    },
     /// A directory could not be packed or unpacked on the host: an entry
     /// from the guest that would land outside the destination, a stream
     /// past its `max_bytes`, a local file system error.
     #[error("Directory transfer failed on the host")]
     Tree(#[source] crate::TreeError),
-    /// The agent does not announce a capability the request needs (an
-    /// older agent would ignore the field and do something else).
-    #[error("The agent does not support `{capability}`")]
-    MissingCapability {
-        /// The capability ([`paddock_proto::capability`]).
-        capability: &'static str,
-    },
 }
 
 impl ClientError {
@@ -163,7 +164,7 @@ impl ClientError {
             | Self::LocalIo { .. }
             | Self::InvalidRequest(_)
             | Self::Tree(_)
-            | Self::MissingCapability { .. } => false,
+            | Self::Unsupported { .. } => false,
             Self::Timeout { .. } | Self::ChecksumMismatch { .. } => true,
             Self::Refused { retry_after, .. } => retry_after.is_some(),
             other => other.should_reconnect(),
@@ -190,8 +191,8 @@ impl ClientError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::Refused { .. } => "refused",
             Self::Denied(_) => "denied",
+            Self::Unsupported { .. } => "unsupported",
             Self::Tree(_) => "tree",
-            Self::MissingCapability { .. } => "missing_capability",
         }
     }
 

@@ -2,8 +2,9 @@
 //!
 //! [`AgentClient`] connects to a `paddock-agent` over one of the
 //! [`Transport`]s, negotiates a session (see `paddock-proto` for the wire
-//! contract), and runs many executions and file transfers at once on it,
-//! matched by request id.
+//! contract), and runs many executions, file transfers and file system
+//! operations (module `fs`: `read_dir`, `metadata`, `create_dir`...) at
+//! once on it, matched by request id.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), paddock_agent_client::ClientError> {
@@ -49,6 +50,7 @@ mod connection;
 mod error;
 mod exec;
 mod files;
+mod fs;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -61,10 +63,12 @@ pub use client::{AgentClient, ClientConfig, Continuity};
 pub use error::ClientError;
 pub use exec::{ExecOutput, Execution, MAX_COLLECTED_BYTES, OutputStream, StdinWriter};
 pub use files::Download;
+pub use fs::{DirPage, FsErrorKind};
 pub use gate::{Denial, Flow, GateRequest, PolicyGate, Refusal, RequestGate, Size};
 pub use paddock_proto::TreeDone;
 pub use paddock_proto::{
-    Command, ErrorCode, ExecResult, Execute, FileDone, HelloAck, StatusReport, Tty,
+    Command, DirEntry, ErrorCode, ExecResult, Execute, FileDone, FileType, HelloAck, Metadata,
+    StatusReport, Tty,
 };
 pub use paddock_tree::{
     Tally as TreeTally, TreeError, check_root as check_tree_root, pack as pack_tree,

@@ -55,7 +55,7 @@ impl AgentClient {
     /// refuses without `exec.tty = true`.
     ///
     /// # Errors
-    /// [`ClientError::MissingCapability`] if the agent has no terminals
+    /// [`ClientError::Unsupported`] if the agent has no terminals
     /// (`tty`), or as [`AgentClient::exec`].
     pub async fn terminal(&self, mut request: Execute, tty: Tty) -> Result<Terminal, ClientError> {
         request.tty = Some(tty);

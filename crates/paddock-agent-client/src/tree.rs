@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use paddock_proto::{FileEnd, Message, MessageKind, TreeDone, TreeGet, TreePut};
+use paddock_proto::{FileEnd, Message, MessageKind, TreeDone, TreeGet, TreePut, capability};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
 
@@ -178,9 +178,28 @@ impl<R: AsyncRead + Unpin> Source<'_, R> {
     }
 }
 
+/// An agent that does not announce `trees` would answer `unknown_kind`:
+/// refuse before anything is sent, as for the other optional features.
+fn require_trees(transfer: &Transfer<'_>) -> Result<(), ClientError> {
+    if transfer
+        .conn
+        .session
+        .capabilities
+        .iter()
+        .any(|c| c == capability::TREES)
+    {
+        Ok(())
+    } else {
+        Err(ClientError::Unsupported {
+            capability: capability::TREES,
+        })
+    }
+}
+
 /// Opens a put of `transfer.remote`.
 fn open_put(transfer: &Transfer<'_>) -> Result<Request, ClientError> {
     crate::files::check_remote_path(transfer.remote)?;
+    require_trees(transfer)?;
     let request = transfer.conn.open(false)?;
     let put = TreePut {
         path: transfer.remote.to_owned(),
@@ -344,6 +363,7 @@ enum Sink<'w, W> {
 /// Opens a get of `transfer.remote`.
 fn open_get(transfer: &Transfer<'_>) -> Result<Request, ClientError> {
     crate::files::check_remote_path(transfer.remote)?;
+    require_trees(transfer)?;
     let request = transfer.conn.open(false)?;
     transfer.conn.accept_data(&request);
     let get = TreeGet {
@@ -376,6 +396,8 @@ pub(crate) async fn get(
     transfer: &Transfer<'_>,
     local: &Path,
 ) -> Result<TreeTransfer, ClientError> {
+    // Before the local directory is made: a refused get leaves nothing.
+    require_trees(transfer)?;
     let root = local.to_owned();
     tokio::task::spawn_blocking(move || paddock_tree::check_root(&root, true))
         .await

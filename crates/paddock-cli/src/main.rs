@@ -10,6 +10,7 @@
 //! usage; 1 for `audit verify` on a broken chain and `doctor` on a problem.
 
 mod client;
+mod fs;
 mod local;
 mod output;
 mod terminal;
@@ -111,6 +112,12 @@ enum Command {
         from: String,
         /// The destination.
         to: String,
+    },
+    /// Lists a guest directory of a lease: `ls LEASE:/path` (type, mode,
+    /// size, name; every page).
+    Ls {
+        /// The directory, `LEASE:/absolute/path`.
+        path: String,
     },
     /// Resets a slot now (a leased one's lease ends: "reset_by_operator").
     Reset {
@@ -436,6 +443,9 @@ async fn remote(cli: &Cli) -> Result<u8, Failure> {
             to,
         } => {
             local::cp_tree(&target, from, to).await?;
+        }
+        Command::Ls { path } => {
+            fs::ls(&target, path, cli.json).await?;
         }
         Command::Serve { .. }
         | Command::Audit { .. }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::glob::Patterns;
 use crate::path::normalize;
-use crate::policy::{ExecRules, Policy, TransferRules};
+use crate::policy::{ExecRules, FsRules, Policy, TransferRules};
 use crate::signal::signal_number;
 
 /// The schema version this build reads (the file's `schema` key).
@@ -75,6 +75,7 @@ struct PolicyFile {
     exec: Option<ExecTable>,
     put: Option<TransferTable>,
     get: Option<TransferTable>,
+    fs: Option<FsTable>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +112,15 @@ struct TransferTable {
     max_bytes: Option<u64>,
     #[serde(default)]
     trees: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FsTable {
+    #[serde(default)]
+    read_paths: Vec<String>,
+    #[serde(default)]
+    write_paths: Vec<String>,
 }
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> PolicyError {
@@ -182,12 +192,14 @@ impl Policy {
             .get
             .map(|table| transfer_rules("get", table))
             .transpose()?;
+        let fs = file.fs.map(fs_rules).transpose()?;
         Ok(Self {
             name: file.name.into(),
             description: file.description,
             exec,
             put,
             get,
+            fs,
             status: file.status,
             signals,
         })
@@ -299,6 +311,19 @@ fn transfer_rules(key: &str, table: TransferTable) -> Result<TransferRules, Poli
     })
 }
 
+fn fs_rules(table: FsTable) -> Result<FsRules, PolicyError> {
+    if table.read_paths.is_empty() && table.write_paths.is_empty() {
+        return Err(invalid(
+            "fs",
+            "has neither read_paths nor write_paths; leave [fs] out to allow none",
+        ));
+    }
+    Ok(FsRules {
+        read_paths: prefixes("fs.read_paths", &table.read_paths)?,
+        write_paths: prefixes("fs.write_paths", &table.write_paths)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +398,15 @@ mod tests {
                 "signals[0]: not a signal",
             ),
             ("schema = 1\nname = \"a\"\n[put]\n", "missing field `paths`"),
+            ("schema = 1\nname = \"a\"\n[fs]\n", "fs: has neither"),
+            (
+                "schema = 1\nname = \"a\"\n[fs]\nwrite_paths = [\"/w\", \"w\"]\n",
+                "fs.write_paths[1]: \"w\" is not absolute",
+            ),
+            (
+                "schema = 1\nname = \"a\"\n[fs]\nread_path = [\"/\"]\n",
+                "unknown field `read_path`",
+            ),
         ];
         for (text, expected) in cases {
             let message = refused(text);

@@ -6,6 +6,7 @@
 //! run and how (shell or not, environment variable names, working
 //! directories, the largest timeout and output caps, how many executions at
 //! once), which guest paths it may upload to and download from and how much,
+//! which guest paths its file system operations may read and change,
 //! whether it may read the agent's status, and which signals it may send.
 //! Whatever the file does not allow is denied.
 //!
@@ -34,7 +35,7 @@ mod signal;
 
 pub use file::{PolicyError, SCHEMA_VERSION};
 pub use path::{PathError, normalize};
-pub use policy::{ExecRules, Policy, TransferRules};
-pub use request::{Request, Size};
+pub use policy::{ExecRules, FsRules, Policy, TransferRules};
+pub use request::{FsAccess, Request, Size};
 pub use rule::{Denial, Rule};
 pub use signal::{signal_name, signal_number};

@@ -6,7 +6,7 @@ use paddock_proto::Command;
 
 use crate::glob::Patterns;
 use crate::path::{is_under, normalize};
-use crate::request::{Request, Size};
+use crate::request::{FsAccess, Request, Size};
 use crate::rule::{Denial, Rule};
 use crate::signal::signal_name;
 
@@ -95,6 +95,53 @@ impl TransferRules {
     }
 }
 
+/// What file system operations a policy allows (its `[fs]` table).
+#[derive(Debug, Clone)]
+pub struct FsRules {
+    pub(crate) read_paths: Vec<String>,
+    pub(crate) write_paths: Vec<String>,
+}
+
+impl FsRules {
+    /// Prefixes under which operations may read, normalized (the
+    /// `write_paths` may be read too).
+    #[must_use]
+    pub fn read_paths(&self) -> &[String] {
+        &self.read_paths
+    }
+
+    /// Prefixes under which operations may change the file system,
+    /// normalized.
+    #[must_use]
+    pub fn write_paths(&self) -> &[String] {
+        &self.write_paths
+    }
+
+    fn check(&self, access: FsAccess, op: &str, paths: &[&str]) -> Result<(), (Rule, String)> {
+        let rule = match access {
+            FsAccess::Read => Rule::FsReadPath,
+            FsAccess::Write => Rule::FsWritePath,
+        };
+        for path in paths {
+            let normal =
+                normalize(path).map_err(|err| (rule, format!("{op} of {path:?}: path {err}")))?;
+            let under = |prefixes: &[String]| prefixes.iter().any(|p| is_under(&normal, p));
+            let allowed = match access {
+                FsAccess::Read => under(&self.read_paths) || under(&self.write_paths),
+                FsAccess::Write => under(&self.write_paths),
+            };
+            if !allowed {
+                let listed = match access {
+                    FsAccess::Read => [&self.read_paths[..], &self.write_paths[..]].concat(),
+                    FsAccess::Write => self.write_paths.clone(),
+                };
+                return Err((rule, format!("{op} of {path:?}: outside {listed:?}")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A request policy: what may be asked of a sandbox. Load one with
 /// [`Policy::load`] or [`Policy::from_toml`]; check requests with
 /// [`Policy::check`]. Cheap to clone (share it in an `Arc` anyway).
@@ -105,6 +152,7 @@ pub struct Policy {
     pub(crate) exec: Option<ExecRules>,
     pub(crate) put: Option<TransferRules>,
     pub(crate) get: Option<TransferRules>,
+    pub(crate) fs: Option<FsRules>,
     pub(crate) status: bool,
     /// Bit n set: signal n may be sent.
     pub(crate) signals: u128,
@@ -120,6 +168,7 @@ impl Policy {
             exec: None,
             put: None,
             get: None,
+            fs: None,
             status: false,
             signals: 0,
         }
@@ -153,6 +202,12 @@ impl Policy {
     #[must_use]
     pub fn get(&self) -> Option<&TransferRules> {
         self.get.as_ref()
+    }
+
+    /// Its `[fs]` rules; `None`: no file system operation is allowed.
+    #[must_use]
+    pub fn fs(&self) -> Option<&FsRules> {
+        self.fs.as_ref()
     }
 
     /// Whether `request` may be sent. An execution may come back with
@@ -208,6 +263,13 @@ impl Policy {
                 Rule::StopAgent,
                 "a lease under a policy may not stop the agent".into(),
             )),
+            Request::Fs { op, access, paths } => match &self.fs {
+                None => Err((
+                    Rule::Fs,
+                    format!("the policy allows no file system operation ({op})"),
+                )),
+                Some(rules) => rules.check(*access, op, paths),
+            },
         };
         outcome.map_err(|(rule, detail)| Denial {
             policy: Arc::clone(&self.name),

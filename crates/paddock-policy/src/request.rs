@@ -68,11 +68,32 @@ pub enum Request<'a> {
     },
     /// Stopping the agent.
     StopAgent,
+    /// A file system operation in the guest (list, metadata, make, remove,
+    /// rename, mode, links, existence).
+    Fs {
+        /// The operation's name (`read_dir`, `remove`...): bounded.
+        op: &'static str,
+        /// Whether it reads or changes the guest's file system.
+        access: FsAccess,
+        /// The guest paths it names, as given (two for a rename).
+        paths: &'a [&'a str],
+    },
+}
+
+/// What a file system operation does with its paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsAccess {
+    /// It only looks (`read_dir`, `metadata`, `read_link`, `exists`): each
+    /// path must be under `fs.read_paths` or `fs.write_paths`.
+    Read,
+    /// It changes the file system (`create_dir`, `remove`, `rename`,
+    /// `set_mode`): each path must be under `fs.write_paths`.
+    Write,
 }
 
 impl Request<'_> {
     /// The request's kind (`exec`, `put`, `get`, `tree_put`, `tree_get`,
-    /// `status`, `signal`, `stop_agent`): a bounded name.
+    /// `status`, `signal`, `stop_agent`, `fs`): a bounded name.
     #[must_use]
     pub const fn kind(&self) -> &'static str {
         match self {
@@ -84,6 +105,7 @@ impl Request<'_> {
             Self::Status => "status",
             Self::Signal { .. } => "signal",
             Self::StopAgent => "stop_agent",
+            Self::Fs { .. } => "fs",
         }
     }
 }

@@ -49,11 +49,19 @@ pub enum Rule {
     Signal,
     /// Stopping the agent: never allowed under a policy.
     StopAgent,
+    /// The policy has no `[fs]` table: no file system operation is allowed.
+    Fs,
+    /// A file system operation that reads a path outside `fs.read_paths`
+    /// and `fs.write_paths`.
+    FsReadPath,
+    /// A file system operation that changes a path outside
+    /// `fs.write_paths`.
+    FsWritePath,
 }
 
 impl Rule {
     /// Every rule, for tables and label sets.
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 24] = [
         Self::Exec,
         Self::ExecProgram,
         Self::ExecShell,
@@ -75,6 +83,9 @@ impl Rule {
         Self::PutTree,
         Self::GetTree,
         Self::ExecTty,
+        Self::Fs,
+        Self::FsReadPath,
+        Self::FsWritePath,
     ];
 
     /// The rule's name: the policy file's key it enforces (`exec.program`,
@@ -100,6 +111,9 @@ impl Rule {
             Self::Status => "status",
             Self::Signal => "signal",
             Self::StopAgent => "stop_agent",
+            Self::Fs => "fs",
+            Self::FsReadPath => "fs.read_path",
+            Self::FsWritePath => "fs.write_path",
             Self::PutTree => "put.trees",
             Self::GetTree => "get.trees",
             Self::ExecTty => "exec.tty",

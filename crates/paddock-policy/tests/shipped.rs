@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use paddock_policy::{Policy, Request, Rule, Size};
+use paddock_policy::{FsAccess, Policy, Request, Rule, Size};
 use paddock_proto::{Command, Execute};
 use proptest::prelude::*;
 
@@ -49,6 +49,10 @@ enum Case {
     Status(Option<Rule>),
     Signal(i32, Option<Rule>),
     StopAgent(Option<Rule>),
+    /// A file system operation that only reads, on one path.
+    FsRead(&'static str, Option<Rule>),
+    /// One that changes the file system, on its paths (two for a rename).
+    FsWrite(&'static [&'static str], Option<Rule>),
 }
 
 fn argv(args: &[&str]) -> Execute {
@@ -132,6 +136,24 @@ fn run_table(policy: &Policy, cases: Vec<Case>) {
                 policy.check(&mut Request::StopAgent),
                 expected,
                 "stop agent".to_owned(),
+            ),
+            Case::FsRead(path, expected) => (
+                policy.check(&mut Request::Fs {
+                    op: "read_dir",
+                    access: FsAccess::Read,
+                    paths: &[path],
+                }),
+                expected,
+                format!("fs read {path}"),
+            ),
+            Case::FsWrite(paths, expected) => (
+                policy.check(&mut Request::Fs {
+                    op: "rename",
+                    access: FsAccess::Write,
+                    paths,
+                }),
+                expected,
+                format!("fs write {paths:?}"),
             ),
         };
         let got = outcome.as_ref().err().map(|denial| denial.rule);
@@ -233,6 +255,16 @@ fn ci_runner_decides_its_table() {
             Signal(9, None),
             Signal(19, Some(Rule::Signal)),
             StopAgent(Some(Rule::StopAgent)),
+            FsRead("/work/target", None),
+            FsRead("/tmp", None),
+            FsRead("/etc", Some(Rule::FsReadPath)),
+            FsRead("/work/../etc", Some(Rule::FsReadPath)),
+            FsRead("work", Some(Rule::FsReadPath)),
+            FsWrite(&["/work/a", "/work/b"], None),
+            FsWrite(&["/tmp/x"], None),
+            FsWrite(&["/work/a", "/etc/passwd"], Some(Rule::FsWritePath)),
+            FsWrite(&["/workshop"], Some(Rule::FsWritePath)),
+            FsWrite(&["/"], Some(Rule::FsWritePath)),
         ],
     );
 }
@@ -293,6 +325,10 @@ fn python_interpreter_decides_its_table() {
             Signal(2, None),
             Signal(1, Some(Rule::Signal)),
             StopAgent(Some(Rule::StopAgent)),
+            FsRead("/sandbox", None),
+            FsRead("/etc", Some(Rule::FsReadPath)),
+            FsWrite(&["/sandbox/out"], None),
+            FsWrite(&["/sandbox/a", "/tmp/a"], Some(Rule::FsWritePath)),
         ],
     );
 }
@@ -336,6 +372,11 @@ fn read_only_decides_its_table() {
             Signal(15, None),
             Signal(2, Some(Rule::Signal)),
             StopAgent(Some(Rule::StopAgent)),
+            FsRead("/", None),
+            FsRead("/var/log", None),
+            FsRead("/var/../etc", Some(Rule::FsReadPath)),
+            FsWrite(&["/tmp/x"], Some(Rule::FsWritePath)),
+            FsWrite(&["/"], Some(Rule::FsWritePath)),
         ],
     );
 }
@@ -354,6 +395,9 @@ fn deny_all_file_and_builtin_deny_everything_in_the_table() {
                 Status(Some(Rule::Status)),
                 Signal(9, Some(Rule::Signal)),
                 StopAgent(Some(Rule::StopAgent)),
+                FsRead("/", Some(Rule::Fs)),
+                FsRead("/tmp/x", Some(Rule::Fs)),
+                FsWrite(&["/tmp/x"], Some(Rule::Fs)),
             ],
         );
     }
@@ -457,6 +501,7 @@ enum AnyRequest {
     Status,
     Signal(i32),
     StopAgent,
+    Fs(bool, Vec<String>),
 }
 
 fn any_request() -> impl Strategy<Value = AnyRequest> {
@@ -470,6 +515,8 @@ fn any_request() -> impl Strategy<Value = AnyRequest> {
         Just(AnyRequest::Status),
         any::<i32>().prop_map(AnyRequest::Signal),
         Just(AnyRequest::StopAgent),
+        (any::<bool>(), proptest::collection::vec(any_text(), 0..3))
+            .prop_map(|(write, paths)| AnyRequest::Fs(write, paths)),
     ]
 }
 
@@ -491,6 +538,18 @@ fn check(policy: &Policy, request: &mut AnyRequest) -> Result<(), paddock_policy
         AnyRequest::Status => policy.check(&mut Request::Status),
         AnyRequest::Signal(signal) => policy.check(&mut Request::Signal { signal: *signal }),
         AnyRequest::StopAgent => policy.check(&mut Request::StopAgent),
+        AnyRequest::Fs(write, paths) => {
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            policy.check(&mut Request::Fs {
+                op: "any",
+                access: if *write {
+                    FsAccess::Write
+                } else {
+                    FsAccess::Read
+                },
+                paths: &paths,
+            })
+        }
     }
 }
 
@@ -560,6 +619,21 @@ proptest! {
                 AnyRequest::Signal(signal) => prop_assert!((1..=64).contains(signal)),
                 AnyRequest::Status => {}
                 AnyRequest::StopAgent => prop_assert!(false, "stop_agent passed"),
+                AnyRequest::Fs(write, paths) => {
+                    let rules = policy.fs().expect("an fs operation passed");
+                    let allowed: Vec<&String> = if *write {
+                        rules.write_paths().iter().collect()
+                    } else {
+                        rules.read_paths().iter().chain(rules.write_paths()).collect()
+                    };
+                    for path in paths {
+                        let path = paddock_policy::normalize(path).expect("a checked path");
+                        let under = allowed.iter().any(|prefix| {
+                            *prefix == "/" || path == **prefix || path.starts_with(&format!("{prefix}/"))
+                        });
+                        prop_assert!(under, "{} is outside {:?}", path, allowed);
+                    }
+                }
             }
         }
     }

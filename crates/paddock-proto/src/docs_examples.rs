@@ -283,9 +283,23 @@ fn every_capability_is_named() {
         capability::STATUS,
         capability::STOP_AGENT,
         capability::CONTAIN_TREE,
+        capability::FS,
         capability::TREES,
         capability::TTY,
     ] {
         assert!(DOC.contains(&format!("`{name}`")), "{name}");
     }
+}
+
+#[test]
+fn the_file_system_limits_are_in_the_table() {
+    for (name, value) in [
+        ("DEFAULT_READ_DIR_LIMIT", crate::DEFAULT_READ_DIR_LIMIT),
+        ("MAX_READ_DIR_LIMIT", crate::MAX_READ_DIR_LIMIT),
+        ("DEFAULT_DIR_MODE", crate::DEFAULT_DIR_MODE),
+    ] {
+        let cells = row(&format!("| `{name}` |"));
+        assert_eq!(cells[1], value.to_string(), "{name}");
+    }
+    assert!(DOC.contains(&format!("`{}`", capability::FS)));
 }

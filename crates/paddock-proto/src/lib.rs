@@ -23,8 +23,9 @@ pub use message::{
     SignalRequest, StatusReport, Stop, StopScope, capability, decode_message, encode_message,
 };
 pub use message::{
-    EntryPathError, MAX_TREE_DEPTH, MAX_TREE_ENTRIES, MAX_TREE_PATH_LEN, MAX_TREE_PAX_LEN,
-    TREE_MODE_MASK, TreeDone, TreeGet, TreePut, entry_components,
+    DEFAULT_DIR_MODE, DEFAULT_READ_DIR_LIMIT, DirEntry, EntryPathError, FileType, FsRequest,
+    FsResult, MAX_READ_DIR_LIMIT, MAX_TREE_DEPTH, MAX_TREE_ENTRIES, MAX_TREE_PATH_LEN,
+    MAX_TREE_PAX_LEN, Metadata, TREE_MODE_MASK, TreeDone, TreeGet, TreePut, entry_components,
 };
 pub use message::{DEFAULT_TERM, Resize, Tty};
 

@@ -6,12 +6,14 @@
 //!
 //! The kinds and their directions are in `kind`; the payloads are grouped by
 //! what they belong to: the handshake (`hello`), executions (`exec`), file
-//! transfers (`files`), directory transfers (`tree`), status (`status`) and errors (`error`). This module
+//! transfers (`files`), directory transfers (`tree`), file system
+//! operations (`fs`), status (`status`) and errors (`error`). This module
 //! ties them together as [`Message`] and encodes and decodes it.
 
 mod error;
 mod exec;
 mod files;
+mod fs;
 mod hello;
 mod kind;
 mod nullable;
@@ -25,6 +27,10 @@ pub use exec::{
     SignalRequest, Stop, StopScope,
 };
 pub use files::{DEFAULT_FILE_MODE, FileDone, FileEnd, FileGet, FileInfo, FilePut};
+pub use fs::{
+    DEFAULT_DIR_MODE, DEFAULT_READ_DIR_LIMIT, DirEntry, FileType, FsRequest, FsResult,
+    MAX_READ_DIR_LIMIT, Metadata,
+};
 pub use hello::{CLOCK_TOLERANCE_MS, Hello, HelloAck, capability, unix_time_ms};
 pub use kind::{Direction, MessageKind};
 pub use status::StatusReport;
@@ -62,6 +68,8 @@ pub enum Message {
     FileDone(FileDone),
     WindowUpdate(u32),
     Error(ErrorReport),
+    FsRequest(FsRequest),
+    FsResult(FsResult),
     TreePut(TreePut),
     TreeGet(TreeGet),
     TreeDone(TreeDone),
@@ -95,6 +103,8 @@ impl Message {
             Self::FileDone(_) => MessageKind::FileDone,
             Self::WindowUpdate(_) => MessageKind::WindowUpdate,
             Self::Error(_) => MessageKind::Error,
+            Self::FsRequest(_) => MessageKind::FsRequest,
+            Self::FsResult(_) => MessageKind::FsResult,
             Self::TreePut(_) => MessageKind::TreePut,
             Self::TreeGet(_) => MessageKind::TreeGet,
             Self::TreeDone(_) => MessageKind::TreeDone,
@@ -178,6 +188,8 @@ pub fn encode_message(
         Message::FileEnd(m) => json(out, m),
         Message::FileDone(m) => json(out, m),
         Message::Error(m) => json(out, m),
+        Message::FsRequest(m) => json(out, m),
+        Message::FsResult(m) => json(out, m),
         Message::TreePut(m) => json(out, m),
         Message::TreeGet(m) => json(out, m),
         Message::TreeDone(m) => json(out, m),
@@ -241,6 +253,8 @@ pub fn decode_message(frame: Frame) -> Result<Message, DecodeError> {
             Message::WindowUpdate(u32::from_le_bytes(bytes))
         }
         MessageKind::Error => Message::Error(json(kind, &payload)?),
+        MessageKind::FsRequest => Message::FsRequest(json(kind, &payload)?),
+        MessageKind::FsResult => Message::FsResult(json(kind, &payload)?),
         MessageKind::TreePut => Message::TreePut(json(kind, &payload)?),
         MessageKind::TreeGet => Message::TreeGet(json(kind, &payload)?),
         MessageKind::TreeDone => Message::TreeDone(json(kind, &payload)?),

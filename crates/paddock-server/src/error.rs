@@ -170,7 +170,7 @@ impl From<ClientError> for ApiError {
                 Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)
             }
             ClientError::LocalIo { .. } => Self::internal(message),
-            ClientError::MissingCapability { .. } => {
+            ClientError::Unsupported { .. } => {
                 Self::new(StatusCode::NOT_IMPLEMENTED, "unsupported", message)
             }
             _ => Self::new(StatusCode::BAD_GATEWAY, "agent_error", message),

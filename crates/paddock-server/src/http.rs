@@ -48,8 +48,8 @@ pub enum Listener {
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
-struct App {
-    daemon: Arc<Daemon>,
+pub(crate) struct App {
+    pub(crate) daemon: Arc<Daemon>,
     requests: prometheus::IntCounterVec,
     audit_seq: Arc<AtomicU64>,
 }
@@ -84,6 +84,7 @@ pub fn router(
                 .put(put_file)
                 .layer(DefaultBodyLimit::disable()),
         )
+        .merge(crate::fs::routes())
         .route(
             "/v1/leases/{id}/tree",
             get(tree::get_tree)
@@ -252,7 +253,7 @@ async fn audit_call(
 const JSON_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A JSON body whose rejection is a JSON error.
-struct JsonBody<T>(T);
+pub(crate) struct JsonBody<T>(pub(crate) T);
 
 impl<T, S> FromRequest<S> for JsonBody<T>
 where
@@ -299,7 +300,7 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
 }
 
 /// Returns the caller with the response, for the audit record.
-fn answered(caller: Caller, response: impl IntoResponse) -> Response {
+pub(crate) fn answered(caller: Caller, response: impl IntoResponse) -> Response {
     let mut response = response.into_response();
     response.extensions_mut().insert(caller);
     response

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod fs;
 pub mod http;
 pub mod serve;
 pub mod terminal;

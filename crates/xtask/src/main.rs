@@ -14,6 +14,7 @@
 //! - `bench`: the criterion benchmarks under `benches/`.
 //! - `bench-vm`: end-to-end figures of one real sandbox VM.
 //! - `bench-slo`: the pool's SLO figures on real VMs.
+//! - `bench-fs`: listing a directory of 10,000 files in a real guest.
 //! - `bench-daemon`: what `paddock serve` costs on real VMs, against the
 //!   library.
 //! - `fuzz`: the cargo-fuzz targets under `fuzz/` for a while each.
@@ -62,6 +63,9 @@ enum Task {
     /// library and through `paddock serve`'s API (Unix socket, TCP),
     /// streamed exec throughput, the daemon's memory (JSON, medians and p99).
     BenchDaemon,
+    /// Listing a directory of 10,000 files in a real guest through the
+    /// agent's file system requests, every page (JSON, medians and p99).
+    BenchFs,
     /// Run the criterion benchmarks (pass criterion filters after `--`).
     Bench {
         /// Arguments for the benchmark binaries.
@@ -130,6 +134,7 @@ fn main() -> anyhow::Result<()> {
         Task::BenchSlo => bench_on_vms("slo", &[]),
         Task::BenchObserve => bench_on_vms("observe", &[]),
         Task::BenchDaemon => bench_daemon(),
+        Task::BenchFs => bench_on_vms("guest_fs", &[]),
         Task::Soak {
             cycles,
             seed,

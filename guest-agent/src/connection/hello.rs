@@ -24,13 +24,14 @@ use crate::request::{Session, WireError};
 
 /// Features every agent announces in HELLO_ACK; [`capability::CONTAIN_TREE`]
 /// is added when the agent contains executions in cgroups.
-const CAPABILITIES: [&str; 8] = [
+const CAPABILITIES: [&str; 9] = [
     capability::EXEC,
     capability::STDIN,
     capability::SIGNAL,
     capability::FILES,
     capability::STATUS,
     capability::STOP_AGENT,
+    capability::FS,
     capability::TREES,
     capability::TTY,
 ];

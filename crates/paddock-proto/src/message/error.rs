@@ -52,14 +52,22 @@ pub enum ErrorCode {
     UnsafePath,
     /// A transfer is larger than its `max_bytes`.
     TooLarge,
-    /// A code this side does not know.
+    /// A path that must not exist does (`EEXIST`).
+    AlreadyExists,
+    /// A path component that must be a directory is not (`ENOTDIR`).
+    NotADirectory,
+    /// A path that must not be a directory is one (`EISDIR`).
+    IsADirectory,
+    /// A directory to remove or replace is not empty (`ENOTEMPTY`).
+    DirectoryNotEmpty,
+    /// A code this side does not know (serde's `other`: it stays last).
     #[serde(other)]
     Unknown,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 26] = [
         Self::BadFrame,
         Self::UnknownKind,
         Self::BadPayload,
@@ -81,6 +89,10 @@ impl ErrorCode {
         Self::Internal,
         Self::UnsafePath,
         Self::TooLarge,
+        Self::AlreadyExists,
+        Self::NotADirectory,
+        Self::IsADirectory,
+        Self::DirectoryNotEmpty,
         Self::Unknown,
     ];
 }
@@ -145,7 +157,11 @@ mod tests {
             ErrorCode::Internal => 18,
             ErrorCode::UnsafePath => 19,
             ErrorCode::TooLarge => 20,
-            ErrorCode::Unknown => 21,
+            ErrorCode::AlreadyExists => 21,
+            ErrorCode::NotADirectory => 22,
+            ErrorCode::IsADirectory => 23,
+            ErrorCode::DirectoryNotEmpty => 24,
+            ErrorCode::Unknown => 25,
         };
         for (at, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(index(*code), at, "{code:?}");

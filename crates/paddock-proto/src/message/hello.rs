@@ -21,6 +21,9 @@ pub mod capability {
     /// Every process an execution starts ends with it, those that leave its
     /// process group included (a cgroup per execution).
     pub const CONTAIN_TREE: &str = "contain-tree";
+    /// FS_REQUEST: file system operations (list, metadata, make, remove,
+    /// rename, mode, links, existence).
+    pub const FS: &str = "fs";
     /// TREE_PUT / TREE_GET: directories as one tar stream.
     pub const TREES: &str = "trees";
     /// EXECUTE with a `tty` (a pseudo-terminal) and RESIZE.

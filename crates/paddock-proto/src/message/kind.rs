@@ -65,6 +65,12 @@ pub enum MessageKind {
     /// Either way, JSON [`ErrorReport`](crate::ErrorReport): a request (or the
     /// connection, id 0) failed.
     Error = 22,
+    /// Host -> agent, JSON [`FsRequest`](crate::FsRequest): one file system
+    /// operation in the guest.
+    FsRequest = 23,
+    /// Agent -> host, JSON [`FsResult`](crate::FsResult): how a file system
+    /// operation ended; last frame.
+    FsResult = 24,
     /// Host -> agent, JSON [`TreePut`](crate::TreePut): unpack the tar
     /// stream that follows as FILE_DATA into a guest directory.
     TreePut = 25,
@@ -114,7 +120,7 @@ impl Direction {
 
 impl MessageKind {
     /// All kinds, in wire order.
-    pub const ALL: [Self; 26] = [
+    pub const ALL: [Self; 28] = [
         Self::Hello,
         Self::HelloAck,
         Self::Ping,
@@ -137,6 +143,8 @@ impl MessageKind {
         Self::FileDone,
         Self::WindowUpdate,
         Self::Error,
+        Self::FsRequest,
+        Self::FsResult,
         Self::TreePut,
         Self::TreeGet,
         Self::TreeDone,
@@ -170,6 +178,8 @@ impl MessageKind {
             Self::FileDone => "FILE_DONE",
             Self::WindowUpdate => "WINDOW_UPDATE",
             Self::Error => "ERROR",
+            Self::FsRequest => "FS_REQUEST",
+            Self::FsResult => "FS_RESULT",
             Self::TreePut => "TREE_PUT",
             Self::TreeGet => "TREE_GET",
             Self::TreeDone => "TREE_DONE",
@@ -188,6 +198,7 @@ impl MessageKind {
                 | Self::FilePut
                 | Self::FileGet
                 | Self::StatusRequest
+                | Self::FsRequest
                 | Self::TreePut
                 | Self::TreeGet
         )
@@ -216,8 +227,9 @@ impl MessageKind {
             | Self::StatusRequest
             | Self::FilePut
             | Self::FileGet
+            | Self::FsRequest
             | Self::TreePut
-            | Self::TreeGet => Direction::HostToAgent,
+            | Self::TreeGet
             | Self::Resize => Direction::HostToAgent,
             Self::HelloAck
             | Self::Stdout
@@ -226,6 +238,7 @@ impl MessageKind {
             | Self::StatusReport
             | Self::FileInfo
             | Self::FileDone
+            | Self::FsResult
             | Self::TreeDone => Direction::AgentToHost,
             Self::Ping
             | Self::Pong
@@ -272,7 +285,6 @@ mod tests {
         );
         assert_eq!(MessageKind::Resize as u16, 28);
         assert_eq!(MessageKind::try_from(0), Err(0));
-        assert_eq!(MessageKind::try_from(23), Err(23));
         assert_eq!(MessageKind::try_from(29), Err(29));
     }
 
@@ -304,6 +316,8 @@ mod tests {
             (MessageKind::FileDone, AgentToHost),
             (MessageKind::WindowUpdate, Both),
             (MessageKind::Error, Both),
+            (MessageKind::FsRequest, HostToAgent),
+            (MessageKind::FsResult, AgentToHost),
             (MessageKind::TreePut, HostToAgent),
             (MessageKind::TreeGet, HostToAgent),
             (MessageKind::TreeDone, AgentToHost),

@@ -53,7 +53,10 @@ impl Guest {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = boot_id;
     }
 
-    /// The agent client: exec, terminals, files, status.
+    /// The agent client: exec, terminals, files, file system operations
+    /// (`read_dir`, `metadata`, `create_dir`...), status. A lease reaches it
+    /// through its slot (`lease.client()`), and every request passes the
+    /// pool's gate (its policy and rate limits).
     #[must_use]
     pub fn client(&self) -> &AgentClient {
         &self.client
