@@ -415,8 +415,9 @@ fn policy_summary(policy: &paddock::policy::Policy) -> Vec<String> {
     let mut allows = Vec::new();
     if let Some(exec) = policy.exec() {
         allows.push(format!(
-            "exec ({}shell, timeout {}, {} at once)",
+            "exec ({}shell, {}terminal, timeout {}, {} at once)",
             if exec.shell() { "" } else { "no " },
+            if exec.tty() { "" } else { "no " },
             exec.max_timeout_ms()
                 .map_or_else(|| "unbounded".to_owned(), |ms| format!("<= {ms} ms")),
             exec.max_concurrent()
@@ -425,8 +426,38 @@ fn policy_summary(policy: &paddock::policy::Policy) -> Vec<String> {
     }
     for (kind, rules) in [("put", policy.put()), ("get", policy.get())] {
         if let Some(rules) = rules {
-            allows.push(format!("{kind} under {:?}", rules.paths()));
+            allows.push(format!(
+                "{kind}{} under {:?}",
+                if rules.trees() {
+                    " (files and trees)"
+                } else {
+                    ""
+                },
+                rules.paths()
+            ));
         }
+    }
+    if let Some(fs) = policy.fs() {
+        let reads = [fs.read_paths(), fs.write_paths()].concat();
+        allows.push(if fs.write_paths().is_empty() {
+            format!("fs reads under {reads:?}, no changes")
+        } else {
+            format!(
+                "fs reads under {reads:?}, changes under {:?}",
+                fs.write_paths()
+            )
+        });
+    }
+    if policy.status() {
+        allows.push("status".to_owned());
+    }
+    let signals = policy.signals();
+    if !signals.is_empty() {
+        let names: Vec<String> = signals
+            .into_iter()
+            .map(paddock::policy::signal_name)
+            .collect();
+        allows.push(format!("signals {}", names.join(" ")));
     }
     if allows.is_empty() {
         allows.push("nothing".to_owned());

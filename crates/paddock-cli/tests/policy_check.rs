@@ -27,6 +27,34 @@ fn shipped_policies_pass_and_a_bad_one_is_named() -> anyhow::Result<()> {
         "{out}"
     );
     assert!(out.contains("deny-all allows nothing"), "{out}");
+    // Every kind of request a policy can allow is in its summary.
+    let ci = policies.join("ci-runner.toml");
+    let read_only = policies.join("read-only.toml");
+    let (status, out) = check(&[&ci, &read_only], false)?;
+    assert_eq!(status, 0, "{out}");
+    let ci_line = out
+        .lines()
+        .find(|l| l.contains("ci-runner allows"))
+        .unwrap_or_default();
+    for part in [
+        "exec (shell, terminal,",
+        "put (files and trees) under [\"/work\", \"/tmp\"]",
+        "fs reads under",
+        "status",
+        "signals INT KILL TERM",
+    ] {
+        assert!(ci_line.contains(part), "{part}: {out}");
+    }
+    let read_only_line = out
+        .lines()
+        .find(|l| l.contains("read-only allows"))
+        .unwrap_or_default();
+    assert!(read_only_line.contains("no terminal"), "{out}");
+    assert!(
+        read_only_line.contains("fs reads under [\"/\"], no changes"),
+        "{out}"
+    );
+    assert!(!read_only_line.contains("put"), "{out}");
 
     let dir = tempfile::tempdir()?;
     let bad = dir.path().join("bad.toml");

@@ -340,6 +340,18 @@ mod tests {
         let policy = Policy::from_toml("schema = 1\nname = \"nothing\"\n")?;
         assert_eq!(policy.name(), "nothing");
         assert!(policy.exec().is_none());
+        assert!(!policy.status());
+        assert!(policy.signals().is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn status_and_signals_read_back_as_written() -> Result<(), PolicyError> {
+        let policy = Policy::from_toml(
+            "schema = 1\nname = \"s\"\nstatus = true\nsignals = [\"TERM\", 2, \"SIGKILL\", 64]\n",
+        )?;
+        assert!(policy.status());
+        assert_eq!(policy.signals(), vec![2, 9, 15, 64]);
         Ok(())
     }
 

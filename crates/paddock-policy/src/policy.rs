@@ -210,6 +210,21 @@ impl Policy {
         self.fs.as_ref()
     }
 
+    /// Whether the agent's status report may be asked for (its `status` key).
+    #[must_use]
+    pub fn status(&self) -> bool {
+        self.status
+    }
+
+    /// The signal numbers that may be sent to a running execution (its
+    /// `signals` key), in increasing order.
+    #[must_use]
+    pub fn signals(&self) -> Vec<i32> {
+        (1..128)
+            .filter(|n| self.signals & (1u128 << n) != 0)
+            .collect()
+    }
+
     /// Whether `request` may be sent. An execution may come back with
     /// limits filled in (see [`Request::Exec`]).
     ///
