@@ -12,7 +12,9 @@
 //! ([`FsErrorKind`]).
 
 use paddock_policy::FsAccess;
-use paddock_proto::{DirEntry, ErrorCode, FsRequest, FsResult, Message, Metadata, capability};
+use paddock_proto::{
+    DirEntry, ErrorCode, FsRequest, FsResult, MAX_READ_DIR_LIMIT, Message, Metadata, capability,
+};
 
 use crate::client::AgentClient;
 use crate::error::ClientError;
@@ -171,7 +173,12 @@ impl AgentClient {
         let mut entries = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let page = self.read_dir_page(path, cursor.as_deref(), None).await?;
+            // The largest pages: the agent reads the whole directory for
+            // each page (to keep it sorted without holding it), so fewer
+            // pages make the walk about twice as fast for 10,000 entries.
+            let page = self
+                .read_dir_page(path, cursor.as_deref(), Some(MAX_READ_DIR_LIMIT))
+                .await?;
             entries.extend(page.entries);
             match page.next {
                 // A cursor that does not move on would loop for ever.
