@@ -18,10 +18,23 @@ use serde_json::{Value, json};
 type TestResult = anyhow::Result<()>;
 
 const ACME: &str = "acme-token-for-fs-tests";
+/// Another tenant's token: it must reach none of `acme`'s leases.
+const INTRUDER: &str = "intruder-token-for-fs-tests";
 
-/// One HTTP/1.0 call on `addr` with the tenant's token: the status and the
+/// One HTTP/1.0 call on `addr` with `acme`'s token: the status and the
 /// body as JSON.
 fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, Value)> {
+    call_as(ACME, addr, method, path, body)
+}
+
+/// As [`call`], with the tenant token `token`.
+fn call_as(
+    token: &str,
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -33,7 +46,7 @@ fn call(
     let body = body.map(Value::to_string).unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {ACME}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut text = String::new();
@@ -73,10 +86,11 @@ fn a_tenant_works_on_its_guest_s_file_system_over_http() -> TestResult {
     std::fs::write(
         &config,
         format!(
-            "[server]\nimage = \"{image}\"\nsocket = \"{socket}\"\ntcp = \"127.0.0.1:0\"\nstate_root = \"{POOL_ROOT}\"\n\n[[tenant]]\nname = \"acme\"\ntoken_sha256 = \"{acme}\"\n\n[[pool]]\nname = \"{pool}\"\nmin_ready = 1\nmax_size = 1\nacquire_timeout_ms = 120000\npolicy = \"{policy}\"\n",
+            "[server]\nimage = \"{image}\"\nsocket = \"{socket}\"\ntcp = \"127.0.0.1:0\"\nstate_root = \"{POOL_ROOT}\"\n\n[[tenant]]\nname = \"acme\"\ntoken_sha256 = \"{acme}\"\n\n[[tenant]]\nname = \"intruder\"\ntoken_sha256 = \"{intruder}\"\n\n[[pool]]\nname = \"{pool}\"\nmin_ready = 1\nmax_size = 1\nacquire_timeout_ms = 120000\npolicy = \"{policy}\"\n",
             image = image_manifest_path().display(),
             socket = dir.path().join("paddock.sock").display(),
             acme = token_digest(ACME),
+            intruder = token_digest(INTRUDER),
             policy = paddock_tests::repo_root()
                 .join("policies/ci-runner.toml")
                 .display(),
@@ -240,6 +254,49 @@ fn a_tenant_works_on_its_guest_s_file_system_over_http() -> TestResult {
     assert_eq!(status, 403, "{denied}");
     assert_eq!(denied["error"]["code"], "policy_denied");
     assert_eq!(denied["error"]["rule"], "fs.write_path");
+
+    // Another tenant reaches nothing of this lease's guest: every fs route
+    // and the tree route answer as for a lease that does not exist, and
+    // nothing is changed.
+    let intruder =
+        |method: &str, path: &str, body: Option<&Value>| call_as(INTRUDER, tcp, method, path, body);
+    for (method, path, body) in [
+        ("GET", format!("{}?path=/work", fs("dir")), None),
+        ("GET", format!("{}?path=/work/http", fs("metadata")), None),
+        ("GET", format!("{}?path=/work/http", fs("exists")), None),
+        ("POST", fs("mkdir"), Some(json!({"path": "/work/intruded"}))),
+        (
+            "POST",
+            fs("remove"),
+            Some(json!({"path": "/work/http", "recursive": true})),
+        ),
+        (
+            "POST",
+            fs("rename"),
+            Some(json!({"from": "/work/http", "to": "/work/taken"})),
+        ),
+        (
+            "POST",
+            fs("chmod"),
+            Some(json!({"path": "/work/http", "mode": "777"})),
+        ),
+        ("GET", format!("/v1/leases/{lease}/tree?path=/work"), None),
+    ] {
+        let (status, answer) = intruder(method, &path, body.as_ref())?;
+        assert_eq!(status, 404, "{method} {path}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], "lease_not_found",
+            "{method} {path}: {answer}"
+        );
+    }
+    assert_eq!(
+        get("exists", "/work/http", "")?,
+        (200, json!({"exists": true}))
+    );
+    assert_eq!(
+        get("exists", "/work/intruded", "")?,
+        (200, json!({"exists": false}))
+    );
 
     // The Python client (httpx), from API.md alone.
     if let Some(python) = std::env::var_os("PADDOCK_PYTHON") {
