@@ -742,23 +742,9 @@ impl AgentClient {
         remote: &str,
         options: &TreeOptions,
     ) -> Result<TreeTransfer, ClientError> {
-        self.admit(&mut GateRequest::PutTree {
-            path: remote,
-            size: Size::Unknown,
-        })?;
-        let keeper = self.gatekeeper();
-        let pacing = self.pacing();
-        self.transfer(FileDirection::Put, remote, async {
-            let conn = self.connection().await?;
-            let transfer = tree::Transfer {
-                conn: &conn,
-                remote,
-                options,
-                io_timeout: self.inner.config.io_timeout,
-                keeper: keeper.as_ref(),
-                pacing: pacing.as_ref(),
-            };
-            tree::put(&transfer, local.as_ref()).await
+        let local = local.as_ref();
+        self.tree_transfer(FileDirection::Put, remote, options, async |transfer| {
+            tree::put(transfer, local).await
         })
         .await
     }
@@ -779,22 +765,9 @@ impl AgentClient {
         local: impl AsRef<Path>,
         options: &TreeOptions,
     ) -> Result<TreeTransfer, ClientError> {
-        self.admit(&mut GateRequest::GetTree {
-            path: remote,
-            size: Size::Unknown,
-        })?;
-        let keeper = self.gatekeeper();
-        self.transfer(FileDirection::Get, remote, async {
-            let conn = self.connection().await?;
-            let transfer = tree::Transfer {
-                conn: &conn,
-                remote,
-                options,
-                io_timeout: self.inner.config.io_timeout,
-                keeper: keeper.as_ref(),
-                pacing: None,
-            };
-            tree::get(&transfer, local.as_ref()).await
+        let local = local.as_ref();
+        self.tree_transfer(FileDirection::Get, remote, options, async |transfer| {
+            tree::get(transfer, local).await
         })
         .await
     }
@@ -816,23 +789,8 @@ impl AgentClient {
         remote: &str,
         options: &TreeOptions,
     ) -> Result<TreeTransfer, ClientError> {
-        self.admit(&mut GateRequest::PutTree {
-            path: remote,
-            size: Size::Unknown,
-        })?;
-        let keeper = self.gatekeeper();
-        let pacing = self.pacing();
-        self.transfer(FileDirection::Put, remote, async {
-            let conn = self.connection().await?;
-            let transfer = tree::Transfer {
-                conn: &conn,
-                remote,
-                options,
-                io_timeout: self.inner.config.io_timeout,
-                keeper: keeper.as_ref(),
-                pacing: pacing.as_ref(),
-            };
-            tree::put_reader(&transfer, reader).await
+        self.tree_transfer(FileDirection::Put, remote, options, async |transfer| {
+            tree::put_reader(transfer, reader).await
         })
         .await
     }
@@ -852,12 +810,39 @@ impl AgentClient {
         writer: &mut W,
         options: &TreeOptions,
     ) -> Result<TreeTransfer, ClientError> {
-        self.admit(&mut GateRequest::GetTree {
-            path: remote,
-            size: Size::Unknown,
+        self.tree_transfer(FileDirection::Get, remote, options, async |transfer| {
+            tree::get_writer(transfer, writer).await
+        })
+        .await
+    }
+    /// Admits a tree transfer of `remote` at the gate (its size is not
+    /// known yet), then runs `work` on this session with the gate's
+    /// accounting (and, for a put, its pacing), and reports it as one
+    /// file transfer event.
+    async fn tree_transfer(
+        &self,
+        direction: FileDirection,
+        remote: &str,
+        options: &TreeOptions,
+        work: impl AsyncFnOnce(&tree::Transfer<'_>) -> Result<TreeTransfer, ClientError>,
+    ) -> Result<TreeTransfer, ClientError> {
+        let put = matches!(direction, FileDirection::Put);
+        self.admit(&mut if put {
+            GateRequest::PutTree {
+                path: remote,
+                size: Size::Unknown,
+            }
+        } else {
+            GateRequest::GetTree {
+                path: remote,
+                size: Size::Unknown,
+            }
         })?;
         let keeper = self.gatekeeper();
-        self.transfer(FileDirection::Get, remote, async {
+        // Only a put's chunks wait for the gate's byte budget; a get is
+        // paced by the credit it returns.
+        let pacing = if put { self.pacing() } else { None };
+        self.transfer(direction, remote, async {
             let conn = self.connection().await?;
             let transfer = tree::Transfer {
                 conn: &conn,
@@ -865,9 +850,9 @@ impl AgentClient {
                 options,
                 io_timeout: self.inner.config.io_timeout,
                 keeper: keeper.as_ref(),
-                pacing: None,
+                pacing: pacing.as_ref(),
             };
-            tree::get_writer(&transfer, writer).await
+            work(&transfer).await
         })
         .await
     }
