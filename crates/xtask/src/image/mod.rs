@@ -78,7 +78,7 @@ mod kernel;
 
 use initramfs::{Contents, busybox_applets, write_initramfs};
 use inputs::Inputs;
-use kernel::{KernelTree, fetch_kernel_package, link_kernel};
+use kernel::{KernelTree, extract_pvh_vmlinux, fetch_kernel_package, link_kernel};
 
 /// The virtio-serial port name the agent serves (set in
 /// `guest-agent/image/rootfs/etc/paddock/agent-run`).
@@ -172,9 +172,10 @@ pub(crate) fn ensure_image() -> anyhow::Result<PathBuf> {
     let root = image_root();
     let dir = root.join(&inputs.hash);
     let manifest = dir.join("manifest.json");
-    let complete = ["manifest.json", "vmlinuz", "initramfs.cpio.gz"]
-        .iter()
-        .all(|file| dir.join(file).is_file());
+    // The manifest names the kernel (`vmlinux`, or `vmlinuz` for a kernel
+    // without a PVH entry) and the initramfs.
+    let complete = GuestImage::load(&manifest)
+        .is_ok_and(|image| image.kernel.is_file() && image.initramfs.is_file());
     if complete {
         eprintln!(
             "xtask: guest image {} is up to date, nothing to build ({})",
@@ -248,12 +249,7 @@ fn build(inputs: &Inputs, root: &Path, dir: &Path) -> anyhow::Result<()> {
 
     let out = work.path().join("out");
     std::fs::create_dir(&out).with_context(|| format!("creating {}", out.display()))?;
-    link_kernel(
-        &kernel.vmlinuz,
-        &inputs.kernel,
-        &root.join("cache/kernels"),
-        &out,
-    )?;
+    let kernel_file = boot_kernel(&kernel, inputs, root, work.path(), &out)?;
     let archive = out.join("initramfs.cpio");
     let contents = Contents {
         inputs,
@@ -275,7 +271,7 @@ fn build(inputs: &Inputs, root: &Path, dir: &Path) -> anyhow::Result<()> {
 
     let image = GuestImage {
         hash: inputs.hash.clone(),
-        kernel: dir.join("vmlinuz"),
+        kernel: dir.join(kernel_file),
         initramfs: dir.join("initramfs.cpio.gz"),
         cmdline: CMDLINE.into(),
         agent_serial_port: SERIAL_PORT_NAME.into(),
@@ -297,6 +293,37 @@ fn build(inputs: &Inputs, root: &Path, dir: &Path) -> anyhow::Result<()> {
         // Another build of the same inputs finished first: same image.
         Err(_) if dir.join("manifest.json").is_file() => Ok(()),
         Err(err) => Err(err).with_context(|| format!("renaming the image to {}", dir.display())),
+    }
+}
+
+/// Puts the kernel the guest boots into `out` and returns its file name:
+/// `vmlinux`, the uncompressed ELF kernel that QEMU boots through its PVH
+/// entry ([`kernel::extract_pvh_vmlinux`]), or the package's `vmlinuz`
+/// when the kernel cannot be booted that way. Both are hard links to
+/// copies in `cache/kernels`.
+fn boot_kernel(
+    kernel: &KernelTree,
+    inputs: &Inputs,
+    root: &Path,
+    work: &Path,
+    out: &Path,
+) -> anyhow::Result<&'static str> {
+    let cache = root.join("cache/kernels");
+    let bzimage = std::fs::read(&kernel.vmlinuz)
+        .with_context(|| format!("reading {}", kernel.vmlinuz.display()))?;
+    match extract_pvh_vmlinux(&bzimage, work)? {
+        Ok(vmlinux) => {
+            let extracted = work.join("vmlinux");
+            std::fs::write(&extracted, vmlinux)
+                .with_context(|| format!("writing {}", extracted.display()))?;
+            link_kernel(&extracted, &inputs.kernel, &cache, out, "vmlinux")?;
+            Ok("vmlinux")
+        }
+        Err(reason) => {
+            eprintln!("xtask: booting the compressed kernel: {reason}");
+            link_kernel(&kernel.vmlinuz, &inputs.kernel, &cache, out, "vmlinuz")?;
+            Ok("vmlinuz")
+        }
     }
 }
 
