@@ -97,7 +97,7 @@ pub(super) fn parse_dependency(dependency: &str) -> (String, Option<String>) {
 /// link to a copy in `cache`: images that differ only in their initramfs
 /// share one kernel file.
 pub(super) fn link_kernel(
-    vmlinuz: &Path,
+    kernel: &Path,
     package: &KernelPackage,
     cache: &Path,
     out: &Path,
@@ -112,9 +112,9 @@ pub(super) fn link_kernel(
     if !cached.is_file() {
         std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
         let partial = cached.with_extension(format!("partial-{}", std::process::id()));
-        std::fs::copy(vmlinuz, &partial)
+        std::fs::copy(kernel, &partial)
             .and_then(|_| std::fs::rename(&partial, &cached))
-            .with_context(|| format!("copying {} to {}", vmlinuz.display(), cached.display()))?;
+            .with_context(|| format!("copying {} to {}", kernel.display(), cached.display()))?;
     }
     let target = out.join(name);
     std::fs::hard_link(&cached, &target)
@@ -135,7 +135,9 @@ pub(super) fn extract_pvh_vmlinux(
     work: &Path,
 ) -> anyhow::Result<Result<Vec<u8>, String>> {
     let Some(payload) = bzimage_payload(bzimage) else {
-        return Ok(Err("not a bzImage with a payload (boot protocol 2.08+)".into()));
+        return Ok(Err(
+            "not a bzImage with a payload (boot protocol 2.08+)".into()
+        ));
     };
     let Some(tool) = payload_compression(payload) else {
         return Ok(Err(format!(
@@ -143,8 +145,16 @@ pub(super) fn extract_pvh_vmlinux(
             &payload[..payload.len().min(6)]
         )));
     };
+    // The kernel's build appends the uncompressed size (4 bytes, little
+    // endian) to the compressed stream; the tools call it trailing garbage.
+    let Some((stream, size)) = payload
+        .split_last_chunk::<4>()
+        .map(|(stream, size)| (stream, u32::from_le_bytes(*size)))
+    else {
+        return Ok(Err("the payload is too short".into()));
+    };
     let compressed = work.join("kernel-payload");
-    std::fs::write(&compressed, payload)
+    std::fs::write(&compressed, stream)
         .with_context(|| format!("writing {}", compressed.display()))?;
     let vmlinux = Cmd::new(tool)
         .args(["--decompress", "--stdout"])
@@ -152,6 +162,11 @@ pub(super) fn extract_pvh_vmlinux(
         .timeout(TOOL_TIMEOUT)
         .read_bytes()
         .with_context(|| format!("decompressing the kernel with {tool} (is it installed?)"))?;
+    ensure!(
+        u32::try_from(vmlinux.len()).is_ok_and(|len| len == size),
+        "the kernel decompressed to {} bytes, its header says {size}",
+        vmlinux.len()
+    );
     if !has_pvh_entry(&vmlinux) {
         return Ok(Err("the kernel has no PVH entry point (CONFIG_PVH)".into()));
     }
@@ -500,5 +515,80 @@ mod tests {
         );
         assert!(module_dependencies(b"\0depends=\0").is_empty());
         assert!(module_dependencies(b"no modinfo").is_empty());
+    }
+
+    /// A bzImage header (protocol 2.15, one set-up sector) whose payload
+    /// is `payload`, at `payload_offset` 16.
+    fn bzimage(payload: &[u8]) -> Vec<u8> {
+        let mut image = vec![0u8; 2 * 512 + 16];
+        image[0x1f1] = 1;
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x206..0x208].copy_from_slice(&0x020f_u16.to_le_bytes());
+        image[0x248..0x24c].copy_from_slice(&16_u32.to_le_bytes());
+        let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        image[0x24c..0x250].copy_from_slice(&length.to_le_bytes());
+        image.extend_from_slice(payload);
+        image
+    }
+
+    #[test]
+    fn the_payload_is_found_from_the_setup_header() {
+        let payload = [0x02, 0x21, 0x4c, 0x18, 1, 2, 3];
+        let image = bzimage(&payload);
+        assert_eq!(bzimage_payload(&image), Some(&payload[..]));
+        assert_eq!(payload_compression(&payload), Some("lz4"));
+        assert_eq!(
+            payload_compression(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
+            Some("zstd")
+        );
+        assert_eq!(payload_compression(b"\x7fELF"), None);
+        // No "HdrS", an old protocol, or a payload past the end: none.
+        let mut bad = image.clone();
+        bad[0x202] = b'X';
+        assert_eq!(bzimage_payload(&bad), None);
+        let mut old = image.clone();
+        old[0x206..0x208].copy_from_slice(&0x0207_u16.to_le_bytes());
+        assert_eq!(bzimage_payload(&old), None);
+        assert_eq!(bzimage_payload(&image[..image.len() - 1]), None);
+        assert_eq!(bzimage_payload(&[]), None);
+    }
+
+    /// A 64-bit ELF header and one `PT_NOTE` program header whose note is
+    /// `(name, type)`.
+    fn elf_with_note(name: &[u8], kind: u32) -> Vec<u8> {
+        let mut elf = vec![0u8; 0x40 + 0x38];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x20..0x28].copy_from_slice(&0x40_u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&0x38_u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&1_u16.to_le_bytes());
+        let note_at = elf.len();
+        let mut note = Vec::new();
+        note.extend_from_slice(&u32::try_from(name.len()).unwrap_or(0).to_le_bytes());
+        note.extend_from_slice(&4_u32.to_le_bytes());
+        note.extend_from_slice(&kind.to_le_bytes());
+        note.extend_from_slice(name);
+        while note.len() % 4 != 0 {
+            note.push(0);
+        }
+        note.extend_from_slice(&0x0100_0000_u32.to_le_bytes());
+        let header = 0x40;
+        elf[header..header + 4].copy_from_slice(&4_u32.to_le_bytes());
+        elf[header + 0x08..header + 0x10]
+            .copy_from_slice(&u64::try_from(note_at).unwrap_or(0).to_le_bytes());
+        elf[header + 0x20..header + 0x28]
+            .copy_from_slice(&u64::try_from(note.len()).unwrap_or(0).to_le_bytes());
+        elf.extend_from_slice(&note);
+        elf
+    }
+
+    #[test]
+    fn only_a_xen_phys32_entry_note_makes_a_pvh_kernel() {
+        assert!(has_pvh_entry(&elf_with_note(b"Xen\0", 18)));
+        assert!(!has_pvh_entry(&elf_with_note(b"Xen\0", 17)));
+        assert!(!has_pvh_entry(&elf_with_note(b"GNU\0", 18)));
+        let mut truncated = elf_with_note(b"Xen\0", 18);
+        truncated.truncate(truncated.len() - 10);
+        assert!(!has_pvh_entry(&truncated));
+        assert!(!has_pvh_entry(b"not an elf at all"));
     }
 }
