@@ -13,8 +13,13 @@
 //!
 //! The guest's uptime counts from the kernel's clock start, so the time
 //! from the start call's return to the guest's zero (QEMU resuming the
-//! vCPU, the firmware, loading and decompressing the kernel) is what is
-//! left: `firmware` is the total minus everything measured.
+//! vCPU, the firmware, loading and decompressing the kernel, the kernel's
+//! earliest set-up) is what is left: `firmware` is the total minus
+//! everything measured. Until the kernel switches to the TSC clocksource
+//! its clock advances by timer ticks, and ticks an emulated CPU on a busy
+//! host delivers late are lost: the guest's uptime then undercounts the
+//! kernel's first phase, and `firmware` holds the difference (how much
+//! was not measured here: the host was never idle).
 
 use std::path::Path;
 use std::time::Duration;
