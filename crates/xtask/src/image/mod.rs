@@ -68,6 +68,8 @@
 //! - The command line skips probes and self-tests a sandbox has no use for
 //!   ([`BOOT_OPTIONS`]).
 //! - `agent-run` looks for its serial port with shell builtins every 10 ms.
+//! - `rcS` loads a device's modules only when the VM has the device (a
+//!   sandbox without a NIC skips `failover`, `net_failover`, `virtio_net`).
 //!
 //! # Caching rule
 //!
@@ -171,7 +173,9 @@ const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 
 /// The kernel modules the guest loads, in this order (each needs only those
 /// before it or built-ins; the build checks that). Those the kernel has built
-/// in are left out; names compare with `-` and `_` alike.
+/// in are left out; names compare with `-` and `_` alike. `rcS` loads a
+/// device's drivers (network, block, vsock, virtiofs) only when the VM has
+/// that virtio device.
 const MODULES: [&str; 17] = [
     // PCI transport for every virtio device.
     "virtio_ring",
