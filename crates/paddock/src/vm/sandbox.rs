@@ -6,7 +6,9 @@
 //! [`Sandbox::boot`] checks the name ([`crate::names`]), creates the
 //! sandbox's directory (console log, agent socket, disks; QEMU's group's
 //! and closed to others, see [`super::files`]), defines and starts the
-//! domain, and waits for the agent's HELLO_ACK. A sandbox that is not ready within
+//! domain, and waits for the agent's HELLO_ACK, then asks one STATUS to
+//! place the guest's boot marks on the host's clock ([`Sandbox::boot_phases`],
+//! [`super::boot_phases`]). A sandbox that is not ready within
 //! [`SandboxConfig::ready_timeout`] is torn down and the error carries the
 //! tail of its console log. [`Sandbox::snapshot`] and
 //! [`Sandbox::revert_to_snapshot`] capture and restore the guest's memory and
