@@ -53,3 +53,7 @@ impl Samples {
         serde_json::json!({ "p50": at(50), "p99": at(99), "n": n })
     }
 }
+
+/// Boot figures: phases over several boots, and the floor.
+#[cfg(feature = "libvirt")]
+pub mod boot;
