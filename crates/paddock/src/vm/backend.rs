@@ -204,6 +204,24 @@ pub struct ResetPhases {
     pub network: Duration,
     /// The [`VmPoolSpec::rewarm`] commands.
     pub rewarm: Duration,
+    /// Finer splits of the phases above (each part of one of them).
+    pub detail: ResetDetail,
+}
+
+/// Where the time inside [`ResetPhases::agent`] and
+/// [`ResetPhases::rewarm`] went: the host's wait for the restored agent
+/// against the guest's own work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResetDetail {
+    /// The new session: connecting to the agent's socket (with its retries)
+    /// and the HELLO round trip.
+    pub agent_hello: Duration,
+    /// The STATUS round trip that checks the new session still stands.
+    pub agent_settle: Duration,
+    /// The rewarm commands' processes in the guest, spawn to exit, as the
+    /// agent measured them; the rest of [`ResetPhases::rewarm`] is the
+    /// round trips and the agent's work around them.
+    pub rewarm_guest: Duration,
 }
 
 impl ResetPhases {
@@ -729,16 +747,20 @@ impl VmBackend {
             }
         }
         slot.guest
-            .reconnect_restored(|| format!("a {strategy:?} reset"))
+            .open_restored_session(|| format!("a {strategy:?} reset"))
             .await?;
-        phases.agent = lap();
+        phases.detail.agent_hello = lap();
+        slot.guest.settle_session().await?;
+        phases.detail.agent_settle = lap();
+        phases.agent = phases.detail.agent_hello + phases.detail.agent_settle;
         if let (ResetStrategy::Restore, Some((_, attachment))) = (strategy, &slot.address) {
             // The restored guest is the golden again, identity included;
             // snapshots were taken with the slot's own.
             configure_guest(slot.client(), attachment, false).await?;
             phases.network = lap();
         }
-        run_commands(slot.client(), &self.spec.rewarm, "rewarm").await?;
+        phases.detail.rewarm_guest =
+            run_commands_timed(slot.client(), &self.spec.rewarm, "rewarm").await?;
         phases.rewarm = lap();
         slot.last_reset = phases;
         Ok(())
@@ -1185,6 +1207,17 @@ pub(crate) async fn run_commands(
     commands: &[String],
     what: &'static str,
 ) -> Result<(), VmError> {
+    run_commands_timed(client, commands, what).await.map(drop)
+}
+
+/// [`run_commands`], returning how long the commands' processes ran in the
+/// guest (spawn to exit, as the agent measured them), summed.
+pub(crate) async fn run_commands_timed(
+    client: &AgentClient,
+    commands: &[String],
+    what: &'static str,
+) -> Result<Duration, VmError> {
+    let mut in_guest = Duration::ZERO;
     for command in commands {
         let out = client.exec_collect(Execute::shell(command.clone())).await?;
         if out.result.exit_code != Some(0) {
@@ -1195,6 +1228,7 @@ pub(crate) async fn run_commands(
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             });
         }
+        in_guest += Duration::from_micros(out.result.duration_us);
     }
-    Ok(())
+    Ok(in_guest)
 }

@@ -112,6 +112,17 @@ impl Guest {
         &self,
         reset: impl FnOnce() -> String,
     ) -> Result<(), VmError> {
+        self.open_restored_session(reset).await?;
+        self.settle_session().await
+    }
+
+    /// The first half of [`Guest::reconnect_restored`]: the new session and
+    /// its continuity, without the check that it still stands
+    /// ([`Guest::settle_session`]), for callers that time the two apart.
+    pub(crate) async fn open_restored_session(
+        &self,
+        reset: impl FnOnce() -> String,
+    ) -> Result<(), VmError> {
         super::files::restrict_sockets(&self.dir)?;
         let session = self.client.reconnect().await?;
         let restore_point = self
@@ -133,7 +144,7 @@ impl Guest {
                 });
             }
         }
-        self.settle_session().await
+        Ok(())
     }
 
     /// Makes sure the session of a guest just restored still stands.

@@ -39,7 +39,8 @@ pub mod sandbox;
 pub mod share;
 
 pub use backend::{
-    GoldenRebuild, ResetPhases, ResetStrategy, SlotSample, VmBackend, VmPoolSpec, VmSlot,
+    GoldenRebuild, ResetDetail, ResetPhases, ResetStrategy, SlotSample, VmBackend, VmPoolSpec,
+    VmSlot,
 };
 pub use error::{SOCKET_PATH_MAX, VmError};
 pub use files::{DEFAULT_QEMU_GROUP, QemuGroup, create_qemu_dir};
