@@ -750,8 +750,16 @@ impl VmBackend {
             .open_restored_session(|| format!("a {strategy:?} reset"))
             .await?;
         phases.detail.agent_hello = lap();
-        slot.guest.settle_session().await?;
-        phases.detail.agent_settle = lap();
+        let rewarm = &self.spec.rewarm;
+        // The first round trip of the new session tells whether it stands
+        // (see `Guest::settle_session`). When the rewarm comes right after
+        // the HELLO, it is that round trip, and the separate STATUS is
+        // saved: `true` is safe to run again on a new session.
+        let rewarm_settles = !rewarm.is_empty() && !matches!(strategy, ResetStrategy::Restore);
+        if !rewarm_settles {
+            slot.guest.settle_session().await?;
+            phases.detail.agent_settle = lap();
+        }
         phases.agent = phases.detail.agent_hello + phases.detail.agent_settle;
         if let (ResetStrategy::Restore, Some((_, attachment))) = (strategy, &slot.address) {
             // The restored guest is the golden again, identity included;
@@ -759,8 +767,13 @@ impl VmBackend {
             configure_guest(slot.client(), attachment, false).await?;
             phases.network = lap();
         }
-        phases.detail.rewarm_guest =
-            run_commands_timed(slot.client(), &self.spec.rewarm, "rewarm").await?;
+        phases.detail.rewarm_guest = if rewarm_settles {
+            slot.guest
+                .settle_session_with(|| run_commands_timed(slot.client(), rewarm, "rewarm"))
+                .await?
+        } else {
+            run_commands_timed(slot.client(), rewarm, "rewarm").await?
+        };
         phases.rewarm = lap();
         slot.last_reset = phases;
         Ok(())

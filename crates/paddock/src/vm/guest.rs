@@ -7,6 +7,7 @@
 //! dropped with its runtime) still destroys its domain and removes its
 //! directory, on a helper thread that the drop waits for.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use paddock_agent_client::{AgentClient, Continuity};
@@ -158,6 +159,22 @@ impl Guest {
     /// reset's rewarm command, once in a few hundred resets). A STATUS
     /// round trip finds that out; the session is then opened again.
     pub(crate) async fn settle_session(&self) -> Result<(), VmError> {
+        self.settle_session_with(|| async {
+            self.client.status().await.map(drop).map_err(VmError::from)
+        })
+        .await
+    }
+
+    /// [`Guest::settle_session`] with `first` as the round trip that finds
+    /// out: a reset's rewarm commands serve as well as a STATUS, and save
+    /// its round trip. `first` is run again on a new session if the agent
+    /// refused a request of it as `not_negotiated` (that request never
+    /// ran; requests of `first` before it did, and run again).
+    pub(crate) async fn settle_session_with<T, F, Fut>(&self, first: F) -> Result<T, VmError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, VmError>>,
+    {
         const TRIES: u32 = 4;
         let mut last = None;
         for attempt in 0..TRIES {
@@ -165,14 +182,14 @@ impl Guest {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 self.client.reconnect().await?;
             }
-            match self.client.status().await {
-                Ok(_) => return Ok(()),
-                Err(
+            match first().await {
+                Ok(done) => return Ok(done),
+                Err(VmError::Agent(
                     err @ paddock_agent_client::ClientError::Agent {
                         code: paddock_agent_client::ErrorCode::NotNegotiated,
                         ..
                     },
-                ) => {
+                )) => {
                     tracing::debug!(
                         domain = self.name(),
                         attempt,
@@ -180,7 +197,7 @@ impl Guest {
                     );
                     last = Some(err);
                 }
-                Err(err) => return Err(err.into()),
+                Err(err) => return Err(err),
             }
         }
         Err(last.map_or(VmError::Config("no session"), VmError::from))
