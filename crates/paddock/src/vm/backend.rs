@@ -897,11 +897,18 @@ impl SlotBackend for VmBackend {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&slot.index);
         let result = slot.guest.discard().await;
-        if result.is_err() {
-            // Remembered and removed once libvirt answers; the guest's own
-            // drop must not block on it.
-            self.leftovers.remember(slot.name(), slot.dir());
-            slot.guest.forget();
+        match &result {
+            // The runtime is going away (its blocking pool refused the
+            // calls): nothing would sweep the leftovers, so the guest's own
+            // drop, below, removes the domain on a thread of its own.
+            Err(err) if err.is_runtime_ending() => {}
+            Err(_) => {
+                // Remembered and removed once libvirt answers; the guest's
+                // own drop must not block on it.
+                self.leftovers.remember(slot.name(), slot.dir());
+                slot.guest.forget();
+            }
+            Ok(()) => {}
         }
         // Only once the domain is gone: its interface held the address.
         self.give_back(slot.address.as_ref());
