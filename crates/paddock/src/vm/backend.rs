@@ -123,7 +123,11 @@ pub struct VmPoolSpec {
     /// QEMU translating guest code again after the reset (a new QEMU has
     /// none translated; not confirmed for `loadvm`). Running one here moves
     /// that cost off the lease. Default: `true`; add what the jobs run
-    /// first (an interpreter, a shell) to warm those paths too.
+    /// first (an interpreter, a shell) to warm those paths too. After an
+    /// in-place or revert reset they are also the round trip that checks
+    /// the agent's new session stands, and run again on a new session if
+    /// the agent refused them as `not_negotiated`: they must be safe to
+    /// repeat.
     pub rewarm: Vec<String>,
     /// How slots are reset.
     pub reset: ResetStrategy,
