@@ -54,8 +54,8 @@ pub use paddock_image::{GuestImage, ImageError};
 pub use pool::{Lease, LeaseId, Pool, PoolConfig, PoolError, PoolStats, SlotBackend, SlotFailure};
 pub use vm::{
     BootPhases, ChannelConfig, DEFAULT_STATE_ROOT, Golden, GoldenId, GoldenRebuild, Guest,
-    PoolNetwork, ResetPhases, ResetStrategy, Sandbox, SandboxConfig, VmBackend, VmError,
-    VmPoolSpec, VmSlot,
+    PoolNetwork, ResetDetail, ResetPhases, ResetStrategy, Sandbox, SandboxConfig, VmBackend,
+    VmError, VmPoolSpec, VmSlot,
 };
 
 /// A pool of real VMs.

@@ -41,7 +41,8 @@ pub mod sandbox;
 pub mod share;
 
 pub use backend::{
-    GoldenRebuild, ResetPhases, ResetStrategy, SlotSample, VmBackend, VmPoolSpec, VmSlot,
+    GoldenRebuild, ResetDetail, ResetPhases, ResetStrategy, SlotSample, VmBackend, VmPoolSpec,
+    VmSlot,
 };
 pub use boot_phases::BootPhases;
 pub use error::{SOCKET_PATH_MAX, VmError};
