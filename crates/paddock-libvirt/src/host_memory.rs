@@ -180,6 +180,70 @@ pub fn read_process_cpu_time(pid: u32) -> Result<Duration, HostMemoryError> {
     Ok(total)
 }
 
+/// Where the kernel exposes KSM (kernel samepage merging).
+pub const KSM_SYSFS: &str = "/sys/kernel/mm/ksm";
+
+/// The host's KSM state: whether it runs and what it merged, from
+/// [`KSM_SYSFS`].
+///
+/// KSM is a host-wide operator setting, not Paddock's: it merges identical
+/// pages of every process that marked them mergeable, and QEMU marks all
+/// guest RAM mergeable unless the domain says `<nosharepages/>`. The
+/// slots of one golden hold nearly the same memory, so KSM gives most of it
+/// back; the price is ksmd's CPU and a side channel between guests (a
+/// guest can time a write to tell whether another guest holds a page), so
+/// whether guests of different tenants may share pages is the operator's
+/// call. This reads the state for a check or a metric.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KsmStatus {
+    /// `run`: 0 stopped, 1 running, 2 stopped with everything unmerged.
+    pub run: u64,
+    /// `pages_shared`: merged pages in use (each stands for many).
+    pub pages_shared: u64,
+    /// `pages_sharing`: mappings of those pages, i.e. pages saved.
+    pub pages_sharing: u64,
+    /// `full_scans`: passes over all mergeable memory so far.
+    pub full_scans: u64,
+    /// `pages_to_scan`: pages scanned per wake-up.
+    pub pages_to_scan: u64,
+    /// `sleep_millisecs`: the pause between wake-ups.
+    pub sleep_millisecs: u64,
+}
+
+impl KsmStatus {
+    /// Reads the state from the KSM directory `dir` (normally
+    /// [`KSM_SYSFS`]), blocking.
+    ///
+    /// # Errors
+    /// A file cannot be read (no KSM in this kernel) or holds no number.
+    pub fn read_from(dir: &Path) -> Result<Self, HostMemoryError> {
+        let read = |field: &'static str| -> Result<u64, HostMemoryError> {
+            let path = dir.join(field);
+            let text = std::fs::read_to_string(&path).map_err(|source| HostMemoryError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            text.trim()
+                .parse()
+                .map_err(|_| HostMemoryError::Field { path, field })
+        };
+        Ok(Self {
+            run: read("run")?,
+            pages_shared: read("pages_shared")?,
+            pages_sharing: read("pages_sharing")?,
+            full_scans: read("full_scans")?,
+            pages_to_scan: read("pages_to_scan")?,
+            sleep_millisecs: read("sleep_millisecs")?,
+        })
+    }
+
+    /// Whether ksmd is merging pages now.
+    #[must_use]
+    pub fn running(&self) -> bool {
+        self.run == 1
+    }
+}
+
 impl crate::Vm {
     /// The memory of the domain's running QEMU (USS, PSS, RSS, huge pages),
     /// read off the async workers.
@@ -324,6 +388,47 @@ Locked:                0 kB
         assert!(read_process_cpu_time(pid).expect("reads") > Duration::ZERO);
         assert!(matches!(
             read_process_memory(u32::MAX),
+            Err(HostMemoryError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn ksm_status_reads_its_files_and_refuses_garbage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (field, value) in [
+            ("run", "1\n"),
+            ("pages_shared", "2000\n"),
+            ("pages_sharing", "50000\n"),
+            ("full_scans", "7\n"),
+            ("pages_to_scan", "100\n"),
+            ("sleep_millisecs", "20\n"),
+        ] {
+            std::fs::write(dir.path().join(field), value).expect("write");
+        }
+        let status = KsmStatus::read_from(dir.path()).expect("reads");
+        assert_eq!(
+            status,
+            KsmStatus {
+                run: 1,
+                pages_shared: 2000,
+                pages_sharing: 50_000,
+                full_scans: 7,
+                pages_to_scan: 100,
+                sleep_millisecs: 20,
+            }
+        );
+        assert!(status.running());
+        std::fs::write(dir.path().join("full_scans"), "many").expect("write");
+        assert!(matches!(
+            KsmStatus::read_from(dir.path()),
+            Err(HostMemoryError::Field {
+                field: "full_scans",
+                ..
+            })
+        ));
+        std::fs::remove_file(dir.path().join("run")).expect("remove");
+        assert!(matches!(
+            KsmStatus::read_from(dir.path()),
             Err(HostMemoryError::Read { .. })
         ));
     }

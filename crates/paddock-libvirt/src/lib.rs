@@ -58,7 +58,7 @@ pub use confine::{ConfineError, Confinement};
 pub use connection::{Libvirt, RestoreMode};
 pub use domain::{DomainState, DomainStatus, ShutdownOutcome, Vm};
 pub use error::LibvirtError;
-pub use host_memory::{HostMemoryError, ProcessMemory};
+pub use host_memory::{HostMemoryError, KsmStatus, ProcessMemory};
 pub use link::{ConnectionHealth, KEEPALIVE_COUNT, KEEPALIVE_INTERVAL_S, ReconnectPolicy};
 pub use network::{
     Applied, ApplyError, DROP_ALL_FILTER, EGRESS_FILTER, FilterDefinition, FilterError,
