@@ -9,6 +9,9 @@
 //! `render` do not, so `--no-default-features` builds them without
 //! libvirt-dev.
 
+#[cfg(feature = "libvirt")]
+pub mod slot_memory;
+
 use std::future::Future;
 use std::time::Duration;
 
