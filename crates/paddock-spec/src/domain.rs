@@ -47,6 +47,13 @@ pub struct DomainSpec {
     /// ([`crate::share`]); with any, the guest's memory is shared and
     /// QEMU cannot save or snapshot the domain.
     pub filesystems: Vec<crate::share::FilesystemDevice>,
+    /// Whether KSM may merge the guest's RAM with identical pages of other
+    /// processes (QEMU's default, `true`). KSM itself is a host-wide
+    /// setting; `false` renders `<memoryBacking><nosharepages/>`, which
+    /// keeps this guest's pages out of it whatever the host does (a guest
+    /// sharing pages with another can time writes to learn what the other
+    /// holds).
+    pub ksm_mergeable: bool,
 }
 
 /// A host user and group for a domain's QEMU: libvirt's static DAC label,

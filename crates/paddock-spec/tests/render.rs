@@ -73,6 +73,15 @@ fn documents() -> Vec<(String, &'static str, String)> {
         "domain",
         render_domain(&shares).expect("renders"),
     ));
+    // Out of KSM, with the shared memfd memory of a hybrid vsock: both in
+    // one `<memoryBacking>`, in the schema's order.
+    let mut unmerged = sample::domain(Net::Isolated, Chan::HybridVsock);
+    unmerged.ksm_mergeable = false;
+    docs.push((
+        "domain-ksm-unmergeable.xml".into(),
+        "domain",
+        render_domain(&unmerged).expect("renders"),
+    ));
     for (kind, name) in [
         (NetworkKind::Nat, "nat"),
         (NetworkKind::Isolated, "isolated"),
@@ -159,7 +168,7 @@ fn validate(schema: &str, path: &Path) {
 fn generated_domains_networks_and_snapshots_validate_against_libvirt_schemas() {
     let dir = tempfile::tempdir().expect("tempdir");
     let docs = documents();
-    assert_eq!(docs.len(), 9 + 3 + 2 + 1);
+    assert_eq!(docs.len(), 9 + 4 + 2 + 1);
     for (name, schema, xml) in docs {
         let path = dir.path().join(name);
         std::fs::write(&path, xml).expect("write");
@@ -307,4 +316,21 @@ fn limits_that_could_not_work_are_refused() {
         ..base.tuning
     };
     render_domain(&edge).expect("the smallest workable limits render");
+}
+
+#[test]
+fn guest_ram_stays_mergeable_unless_the_spec_keeps_it_out_of_ksm() {
+    for (net, _) in NETS {
+        for (chan, _) in CHANS {
+            let mut spec = sample::domain(net, chan);
+            let xml = render_domain(&spec).expect("renders");
+            assert!(!xml.contains("nosharepages"), "{xml}");
+            spec.ksm_mergeable = false;
+            let xml = render_domain(&spec).expect("renders");
+            assert_eq!(xml.matches("<nosharepages/>").count(), 1, "{xml}");
+            assert_eq!(xml.matches("<memoryBacking>").count(), 1, "{xml}");
+            let shared = xml.contains("<source type=\"memfd\"/>");
+            assert_eq!(shared, matches!(chan, Chan::HybridVsock), "{xml}");
+        }
+    }
 }

@@ -120,6 +120,10 @@ pub struct SandboxConfig {
     /// host, read-write ones are written as their owner; a sandbox with any
     /// cannot be snapshotted). Sharing folders needs root (bind mounts).
     pub shared_folders: Vec<SharedFolder>,
+    /// Whether the host's KSM may merge the guest's RAM with identical
+    /// pages elsewhere ([`paddock_libvirt::DomainSpec::ksm_mergeable`]);
+    /// default `true`, QEMU's own default.
+    pub ksm_mergeable: bool,
 }
 
 impl SandboxConfig {
@@ -145,6 +149,7 @@ impl SandboxConfig {
             role: DomainRole::Sandbox,
             client: ClientConfig::default(),
             shared_folders: Vec::new(),
+            ksm_mergeable: true,
         }
     }
 }
@@ -263,6 +268,7 @@ impl Sandbox {
             network: config.network.clone(),
             run_as: config.run_as,
             filesystems,
+            ksm_mergeable: config.ksm_mergeable,
         };
         let (backend, transport) = match &config.channel {
             ChannelConfig::VirtioSerial => (
