@@ -2,7 +2,10 @@
 //!
 //! The criterion benchmarks are under `benches/` (run them with
 //! `cargo xtask bench`); `vm` and `slo` measure real VMs (`cargo xtask
-//! bench-vm`, `cargo xtask bench-slo`). What they share is here.
+//! bench-vm`, `cargo xtask bench-slo`). What they share is here, and
+//! [`slot_memory`] (each slot's USS, PSS and huge pages next to what its
+//! guest uses, idle CPU, the host's idle-slot capacity), which the
+//! `slot_memory` bench and the SLO harness both report.
 //!
 //! `agent`, `vm` and `slo` link libvirt (through `paddock` and
 //! `paddock-tests`) and need the default feature `libvirt`; `codec` and
