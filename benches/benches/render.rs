@@ -53,6 +53,7 @@ fn spec(channel: AgentChannel, network: NetworkMode) -> DomainSpec {
         run_as: None,
         filesystems: Vec::new(),
         serial_ports: Vec::new(),
+        ksm_mergeable: true,
     }
 }
 

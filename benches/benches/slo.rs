@@ -21,6 +21,10 @@
 //! - `host_memory_per_slot_mib`: QEMU's resident memory per slot after the
 //!   load, and that minus the guest's memory size (negative when the guest
 //!   has not touched all of its memory).
+//! - `slot_uss_mib`, `slot_pss_mib`: each slot QEMU's unique and
+//!   proportional memory (`smaps_rollup`), fresh and after the load (after
+//!   its in-place resets); `slot_memory_mib` has them with RSS, huge pages
+//!   and what each guest uses (`free`'s "used" and buff/cache).
 //!
 //! Run with `cargo xtask bench-slo` (root; it starts libvirtd and builds the
 //! image first). It takes about four minutes.
@@ -212,6 +216,9 @@ async fn run() -> anyhow::Result<()> {
     // The default strategy: in place.
     let pool = make_pool(&paddock, ResetStrategy::InPlace).await?;
     let pool_name = format!("slo-{}", std::process::id());
+    wait_all_ready(&pool).await?;
+    let fresh_memory = slot_memory_json(&paddock, &pool, &pool_name).await?;
+    wait_all_ready(&pool).await?;
     let mut in_place = acquire_and_reset(&pool, ACQUIRES).await?;
     eprintln!("acquire/reset done");
 
@@ -250,6 +257,7 @@ async fn run() -> anyhow::Result<()> {
     wait_all_ready(&pool).await?;
     // After the load: what in-place resets leave resident.
     let rss = qemu_rss_mib(&pool_name);
+    let loaded_memory = slot_memory_json(&paddock, &pool, &pool_name).await?;
     pool.close().await?;
     eprintln!("load done");
 
@@ -333,6 +341,38 @@ async fn run() -> anyhow::Result<()> {
             "qemu_rss_minus_guest": rss.iter().map(|&r| i64::try_from(r).unwrap_or(i64::MAX) - i64::try_from(GUEST_MIB).unwrap_or(0)).collect::<Vec<_>>(),
         },
     });
+    let mut report = report;
+    // Memory per slot (`slot_memory`): USS and PSS next to the guest's use.
+    report["slot_uss_mib"] = serde_json::json!({
+        "fresh": fresh_memory["host_mib"]["uss"],
+        "after_load": loaded_memory["host_mib"]["uss"],
+    });
+    report["slot_pss_mib"] = serde_json::json!({
+        "fresh": fresh_memory["host_mib"]["pss"],
+        "after_load": loaded_memory["host_mib"]["pss"],
+    });
+    report["slot_memory_mib"] = serde_json::json!({
+        "fresh": fresh_memory,
+        "after_load": loaded_memory,
+    });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// Each slot QEMU's USS, PSS, RSS and huge pages, and each guest's own use
+/// (through a lease on every slot, released before this returns), in MiB:
+/// `{"host_mib": {...}, "guest_mib": {...}}` (`paddock_benches::slot_memory`).
+async fn slot_memory_json(
+    paddock: &Paddock,
+    pool: &VmPool,
+    pool_name: &str,
+) -> anyhow::Result<serde_json::Value> {
+    use paddock_benches::slot_memory::{
+        guest_json, guest_memory, host_json, host_memory, slot_vms,
+    };
+    let vms = slot_vms(paddock.libvirt(), pool_name).await?;
+    let host = host_memory(&vms).await?;
+    let guest = guest_memory(pool).await?;
+    wait_all_ready(pool).await?;
+    Ok(serde_json::json!({ "host_mib": host_json(&host), "guest_mib": guest_json(&guest) }))
 }

@@ -181,6 +181,7 @@ pub async fn floor_boot(
         run_as: None,
         filesystems: Vec::new(),
         serial_ports: Vec::new(),
+        ksm_mergeable: true,
     };
     let vm = libvirt.define(&spec).await?;
     let outcome = async {

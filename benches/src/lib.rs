@@ -4,11 +4,18 @@
 //! `cargo xtask bench`); `vm` and `slo` measure real VMs (`cargo xtask
 //! bench-vm`, `cargo xtask bench-slo`), and `reset` a pool slot's in-place
 //! reset phase by phase next to its floors. What they share is here.
+//! bench-vm`, `cargo xtask bench-slo`). What they share is here, and
+//! [`slot_memory`] (each slot's USS, PSS and huge pages next to what its
+//! guest uses, idle CPU, the host's idle-slot capacity), which the
+//! `slot_memory` bench and the SLO harness both report.
 //!
 //! `agent`, `vm` and `slo` link libvirt (through `paddock` and
 //! `paddock-tests`) and need the default feature `libvirt`; `codec` and
 //! `render` do not, so `--no-default-features` builds them without
 //! libvirt-dev.
+
+#[cfg(feature = "libvirt")]
+pub mod slot_memory;
 
 use std::future::Future;
 

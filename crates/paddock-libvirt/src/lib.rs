@@ -30,6 +30,9 @@
 //! - [`Vm::confine`] writes the limits libvirt does not set (the memory
 //!   hard limit, the thread limit) into the cgroups of a domain's QEMU
 //!   ([`confine`]).
+//! - [`Vm::qemu_memory`] and [`Vm::qemu_cpu_time`] read what a domain's
+//!   QEMU costs the host (USS, PSS, RSS, huge pages; CPU time) from `/proc`
+//!   ([`host_memory`]).
 //!
 //! libvirt calls block, so every one runs on tokio's blocking pool: nothing
 //! here blocks an async worker thread. Errors name the operation, the object
@@ -40,6 +43,7 @@ pub mod confine;
 mod connection;
 pub mod domain;
 pub mod error;
+pub mod host_memory;
 pub mod link;
 pub mod network;
 pub mod overlay;
@@ -54,6 +58,7 @@ pub use confine::{ConfineError, Confinement};
 pub use connection::{Libvirt, RestoreMode};
 pub use domain::{DomainState, DomainStatus, ShutdownOutcome, Vm};
 pub use error::LibvirtError;
+pub use host_memory::{HostMemoryError, KsmStatus, ProcessMemory};
 pub use link::{ConnectionHealth, KEEPALIVE_COUNT, KEEPALIVE_INTERVAL_S, ReconnectPolicy};
 pub use network::{
     Applied, ApplyError, DROP_ALL_FILTER, EGRESS_FILTER, FilterDefinition, FilterError,

@@ -107,6 +107,7 @@ fn tiny(name: &str, slot: u32, dir: &Path, network: NetworkMode) -> DomainSpec {
         run_as: None,
         filesystems: Vec::new(),
         serial_ports: Vec::new(),
+        ksm_mergeable: true,
     }
 }
 

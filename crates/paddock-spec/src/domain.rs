@@ -50,6 +50,13 @@ pub struct DomainSpec {
     /// Virtio-serial ports besides the agent's, each backed by a Unix socket
     /// that libvirt binds (the floor probes' raw byte streams use one).
     pub serial_ports: Vec<SerialPort>,
+    /// Whether KSM may merge the guest's RAM with identical pages of other
+    /// processes (QEMU's default, `true`). KSM itself is a host-wide
+    /// setting; `false` renders `<memoryBacking><nosharepages/>`, which
+    /// keeps this guest's pages out of it whatever the host does (a guest
+    /// sharing pages with another can time writes to learn what the other
+    /// holds).
+    pub ksm_mergeable: bool,
 }
 
 /// A virtio-serial port backed by a Unix socket that libvirt binds.

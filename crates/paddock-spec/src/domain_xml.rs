@@ -1,7 +1,8 @@
 //! Domain XML: rendering a [`DomainSpec`] and reading Paddock's metadata back.
 //!
 //! The rendering is fixed apart from what the spec says: no graphics, no USB,
-//! no balloon (`<memballoon model='none'/>`), virtio-rng from `/dev/urandom`,
+//! no balloon (`<memballoon model='none'/>`), guest RAM left mergeable by
+//! KSM unless the spec says otherwise (`<nosharepages/>`), virtio-rng from `/dev/urandom`,
 //! the serial console written to a file, ACPI for graceful shutdown, no option
 //! ROM on network interfaces (a sandbox never boots from the network), and every
 //! way out of the guest (`on_poweroff`, `on_reboot`, `on_crash`) destroys the
@@ -78,12 +79,18 @@ pub fn render_domain(spec: &DomainSpec) -> Result<String, XmlError> {
         &resources.memory_mib.to_string(),
     )?;
     w.text("vcpu", &[], &resources.vcpus.to_string())?;
-    if hybrid || !spec.filesystems.is_empty() {
-        // vhost-user backends (the hybrid vsock's, virtiofsd) map guest
-        // memory: it must be shared and fd-backed.
+    // vhost-user backends (the hybrid vsock's, virtiofsd) map guest
+    // memory: it must be shared and fd-backed.
+    let shared_memfd = hybrid || !spec.filesystems.is_empty();
+    if shared_memfd || !spec.ksm_mergeable {
         w.start("memoryBacking", &[])?;
-        w.empty("source", &[("type", "memfd")])?;
-        w.empty("access", &[("mode", "shared")])?;
+        if !spec.ksm_mergeable {
+            w.empty("nosharepages", &[])?;
+        }
+        if shared_memfd {
+            w.empty("source", &[("type", "memfd")])?;
+            w.empty("access", &[("mode", "shared")])?;
+        }
         w.end("memoryBacking")?;
     }
     render_tuning(&mut w, &spec.tuning)?;

@@ -83,6 +83,15 @@ fn documents() -> Vec<(String, &'static str, String)> {
         "domain",
         render_domain(&probe_port).expect("renders"),
     ));
+    // Out of KSM, with the shared memfd memory of a hybrid vsock: both in
+    // one `<memoryBacking>`, in the schema's order.
+    let mut unmerged = sample::domain(Net::Isolated, Chan::HybridVsock);
+    unmerged.ksm_mergeable = false;
+    docs.push((
+        "domain-ksm-unmergeable.xml".into(),
+        "domain",
+        render_domain(&unmerged).expect("renders"),
+    ));
     for (kind, name) in [
         (NetworkKind::Nat, "nat"),
         (NetworkKind::Isolated, "isolated"),
@@ -169,7 +178,7 @@ fn validate(schema: &str, path: &Path) {
 fn generated_domains_networks_and_snapshots_validate_against_libvirt_schemas() {
     let dir = tempfile::tempdir().expect("tempdir");
     let docs = documents();
-    assert_eq!(docs.len(), 9 + 4 + 2 + 1);
+    assert_eq!(docs.len(), 9 + 5 + 2 + 1);
     for (name, schema, xml) in docs {
         let path = dir.path().join(name);
         std::fs::write(&path, xml).expect("write");
@@ -333,4 +342,21 @@ fn a_direct_kernel_boot_starts_from_qboot_and_a_disk_boot_from_seabios() {
     disk_boot.boot = Boot::Disk;
     let disk = render_domain(&disk_boot).expect("renders");
     assert!(!disk.contains("<loader"), "{disk}");
+}
+
+#[test]
+fn guest_ram_stays_mergeable_unless_the_spec_keeps_it_out_of_ksm() {
+    for (net, _) in NETS {
+        for (chan, _) in CHANS {
+            let mut spec = sample::domain(net, chan);
+            let xml = render_domain(&spec).expect("renders");
+            assert!(!xml.contains("nosharepages"), "{xml}");
+            spec.ksm_mergeable = false;
+            let xml = render_domain(&spec).expect("renders");
+            assert_eq!(xml.matches("<nosharepages/>").count(), 1, "{xml}");
+            assert_eq!(xml.matches("<memoryBacking>").count(), 1, "{xml}");
+            let shared = xml.contains("<source type=\"memfd\"/>");
+            assert_eq!(shared, matches!(chan, Chan::HybridVsock), "{xml}");
+        }
+    }
 }

@@ -89,6 +89,7 @@ fn spec(index: u32) -> DomainSpec {
         run_as: None,
         filesystems: Vec::new(),
         serial_ports: Vec::new(),
+        ksm_mergeable: true,
     }
 }
 

@@ -143,6 +143,14 @@ pub struct VmPoolSpec {
     /// ([`VmError::SharesInPool`]) before it makes anything. Shared folders
     /// are for single sandboxes ([`super::SandboxConfig::shared_folders`]).
     pub shared_folders: Vec<SharedFolder>,
+    /// Whether the host's KSM may merge the slots' RAM (default `true`,
+    /// QEMU's own default). The slots of one golden hold nearly the same
+    /// memory: with KSM running on the host (an operator's setting,
+    /// `/sys/kernel/mm/ksm/run`), a slot's unique memory went from 129 to
+    /// 49 MiB here (`slot_memory` bench). `false` keeps this pool's guests
+    /// out of it (`<nosharepages/>`), for tenants who must not share pages
+    /// with others: merged pages let a guest time what another holds.
+    pub ksm_mergeable: bool,
 }
 
 impl VmPoolSpec {
@@ -163,6 +171,7 @@ impl VmPoolSpec {
             boot_timeout: Duration::from_secs(90),
             client: ClientConfig::default(),
             shared_folders: Vec::new(),
+            ksm_mergeable: true,
         }
     }
 }

@@ -118,6 +118,7 @@ impl Golden {
         config.vcpus = spec.vcpus;
         config.tuning = spec.tuning;
         config.run_as = spec.run_as;
+        config.ksm_mergeable = spec.ksm_mergeable;
         config.ready_timeout = spec.boot_timeout;
         config.client = spec.client.clone();
         config.base_disk = Some(base_disk.clone());

@@ -10,6 +10,8 @@
 //! - [`golden`]: a pool's golden state and its files.
 //! - [`backend`]: the pool's [`crate::pool::SlotBackend`] of VMs: slots
 //!   restored from the golden and the three reset strategies.
+//! - [`memory`]: what a guest's QEMU holds of the host's memory (USS,
+//!   PSS, RSS, huge pages) next to what the guest uses.
 //! - [`network`]: each slot's address on a NAT-filtered network.
 //! - [`firewall`]: the host firewall of a NAT-filtered pool's bridge (what
 //!   a guest may send to the host itself).
@@ -35,6 +37,7 @@ pub mod files;
 pub mod firewall;
 pub mod golden;
 pub mod guest;
+pub mod memory;
 pub mod network;
 pub mod recover;
 pub mod sandbox;
@@ -50,6 +53,7 @@ pub use files::{DEFAULT_QEMU_GROUP, QemuGroup, create_qemu_dir};
 pub use firewall::{FirewallError, HostFirewall};
 pub use golden::{Golden, GoldenId};
 pub use guest::Guest;
+pub use memory::{GuestMemory, MemoryError, SlotMemory};
 pub use network::{PoolNetwork, identity_script};
 pub use recover::recover_pool;
 pub use sandbox::{ChannelConfig, DEFAULT_STATE_ROOT, PROBE_PORT_NAME, Sandbox, SandboxConfig};

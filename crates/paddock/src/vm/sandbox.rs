@@ -131,6 +131,10 @@ pub struct SandboxConfig {
     /// own echo time and throughput (the floors the agent is judged
     /// against). Off by default.
     pub probe_port: bool,
+    /// Whether the host's KSM may merge the guest's RAM with identical
+    /// pages elsewhere ([`paddock_libvirt::DomainSpec::ksm_mergeable`]);
+    /// default `true`, QEMU's own default.
+    pub ksm_mergeable: bool,
 }
 
 /// The name of the probe port ([`SandboxConfig::probe_port`]) in the guest's
@@ -161,6 +165,7 @@ impl SandboxConfig {
             client: ClientConfig::default(),
             shared_folders: Vec::new(),
             probe_port: false,
+            ksm_mergeable: true,
         }
     }
 }
@@ -288,6 +293,7 @@ impl Sandbox {
             } else {
                 Vec::new()
             },
+            ksm_mergeable: config.ksm_mergeable,
         };
         let (backend, transport) = match &config.channel {
             ChannelConfig::VirtioSerial => (
