@@ -11,6 +11,7 @@ pub use flow::{RecvWindow, SendWindow, WindowError};
 pub use frame::{
     DEFAULT_MAX_PAYLOAD, FRAME_READ_CHUNK, Frame, FrameDecoder, FrameError, FrameHeader,
     HEADER_LEN, MAGIC, decode_frame, encode_frame, encode_frame_header,
+    encode_frame_header_with_crc,
 };
 pub use io::{ReadFrameError, read_frame, write_frame};
 pub use message::{
