@@ -37,11 +37,16 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// one before it are supported; version 1 is the first).
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
-/// The default initial flow-control window per request and direction (256 KiB).
-pub const DEFAULT_WINDOW: u32 = 256 * 1024;
+/// The default initial flow-control window per request and direction
+/// (1 MiB): four [`DEFAULT_CHUNK`]s, so that a sender keeps two chunks in
+/// flight while the receiver returns credit for the other half.
+pub const DEFAULT_WINDOW: u32 = 1024 * 1024;
 
-/// The size of data chunks senders cut bulk data into (64 KiB).
-pub const DEFAULT_CHUNK: usize = 64 * 1024;
+/// The size of data chunks senders cut bulk data into (256 KiB). Every
+/// frame costs both sides a few wake-ups and system calls whatever its
+/// size, which under TCG (no hardware virtualisation) outweighs the copy:
+/// 256 KiB frames moved files faster than 64 KiB ones.
+pub const DEFAULT_CHUNK: usize = 256 * 1024;
 
 /// The smallest `max_payload` a side may announce in HELLO or HELLO_ACK
 /// (4 KiB): every control message must fit in one frame.
