@@ -10,6 +10,10 @@
 //! libvirt-dev.
 
 use std::future::Future;
+
+#[cfg(feature = "libvirt")]
+pub mod floors;
+
 use std::time::Duration;
 
 /// Runs a real-VM harness on a two-thread runtime (what a host gives
