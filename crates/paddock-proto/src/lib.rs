@@ -44,8 +44,8 @@ pub const DEFAULT_WINDOW: u32 = 1024 * 1024;
 
 /// The size of data chunks senders cut bulk data into (256 KiB). Every
 /// frame costs both sides a few wake-ups and system calls whatever its
-/// size, which under TCG (no hardware virtualisation) outweighs the copy:
-/// 256 KiB frames moved files faster than 64 KiB ones.
+/// size, which under TCG (no hardware virtualisation) weighs more than
+/// the copy: fewer, larger frames move bulk data for less.
 pub const DEFAULT_CHUNK: usize = 256 * 1024;
 
 /// The smallest `max_payload` a side may announce in HELLO or HELLO_ACK
