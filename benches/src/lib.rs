@@ -53,3 +53,8 @@ impl Samples {
         serde_json::json!({ "p50": at(50), "p99": at(99), "n": n })
     }
 }
+
+/// File transfer throughput through the agent next to the raw channel
+/// (the `transfer` bench).
+#[cfg(feature = "libvirt")]
+pub mod transfer;
