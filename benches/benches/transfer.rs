@@ -15,14 +15,14 @@
 //! installed: `PADDOCK_IMAGE=$(readlink -f target/paddock-image/current.json)
 //! cargo bench -p paddock-benches --bench transfer`. `PADDOCK_TRANSFER_CHANNELS`
 //! (`serial`, `vsock`, or both, comma-separated) and
-//! `PADDOCK_TRANSFER_SIZES_MIB` (e.g. `8`) narrow the matrix.
+//! `PADDOCK_TRANSFER_SIZES_MIB` (e.g. `8`) narrow the matrix;
+//! `PADDOCK_TRANSFER_RUNS` sets the runs per size (7 up to 16 MiB, else 3).
 
 use anyhow::Context as _;
 use paddock::agent::{AgentClient, Execute};
 use paddock::libvirt::Libvirt;
 use paddock::{ChannelConfig, Sandbox, SandboxConfig};
 use paddock_benches::transfer::put_and_get;
-use paddock_tests::probe::{ProbeMode, RunningProbe};
 use paddock_tests::vm::{SYSTEM_URI, hybrid_vsock_backend, test_image};
 
 fn main() -> anyhow::Result<()> {
@@ -32,7 +32,11 @@ fn main() -> anyhow::Result<()> {
 /// Runs per size: enough for a median and a tail, few enough for 256 MiB
 /// under TCG.
 fn runs(mib: usize) -> usize {
-    if mib <= 16 { 7 } else { 3 }
+    let default = if mib <= 16 { 7 } else { 3 };
+    std::env::var("PADDOCK_TRANSFER_RUNS")
+        .ok()
+        .and_then(|runs| runs.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The guest memory a file of `mib` needs in its tmpfs (half the memory).
@@ -115,18 +119,15 @@ async fn measure(
     )
     .await?;
     let channel = paddock_benches::floors::probe_channel(sandbox, hybrid)?;
-    let mut raw = RunningProbe::start(client, ProbeMode::Stream, &channel).await?;
-    let measured = put_and_get(
+    let mut files = put_and_get(
         client,
         host_dir,
         "/tmp/bench-transfer.bin",
         mib << 20,
         runs(mib),
-        &mut raw,
+        &channel,
     )
-    .await;
-    raw.finish().await?;
-    let mut files = measured?;
+    .await?;
     let mut figures = files.json();
     figures["mib"] = mib.into();
     figures["guest_cpu_flags"] = cpu_flags.into();

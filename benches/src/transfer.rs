@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use paddock::agent::AgentClient;
-use paddock_tests::probe::RunningProbe;
+use paddock_tests::probe::{ProbeChannel, ProbeMode, RunningProbe};
 
 use crate::Samples;
 
@@ -114,7 +114,8 @@ impl FileTimes {
 
 /// Puts a random file of `bytes` to `guest_path` and gets it back, `runs`
 /// times, through `client`, and sends and receives as many bytes through
-/// `raw` (a stream probe) in each run; `host_dir` holds the host's copies.
+/// a stream probe on `channel` in each run (a probe of its own per run: a
+/// probe ends itself after two minutes); `host_dir` holds the host's copies.
 /// Each run's guest copy is checked by the agent's CRC-32 (FILE_DONE), the
 /// host's copy by reading it back.
 ///
@@ -126,7 +127,7 @@ pub async fn put_and_get(
     guest_path: &str,
     bytes: usize,
     runs: usize,
-    raw: &mut RunningProbe,
+    channel: &ProbeChannel,
 ) -> anyhow::Result<FileTimes> {
     let source = host_dir.join("source.bin");
     let crc = paddock_tests::write_random_file(&source, bytes, 0x7e57_f11e ^ bytes as u64)?;
@@ -136,10 +137,12 @@ pub async fn put_and_get(
         ..FileTimes::default()
     };
     for run in 0..runs {
+        let mut raw = RunningProbe::start(client, ProbeMode::Stream, channel).await?;
         times.raw_to_guest.push(raw.to_guest(times.bytes).await?);
         times
             .raw_from_guest
             .push(raw.from_guest(times.bytes).await?);
+        raw.finish().await?;
         let t = Instant::now();
         let done = client.put_file(&source, guest_path).await?;
         times.put.push(t.elapsed());
