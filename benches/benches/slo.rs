@@ -14,6 +14,8 @@
 //!   next to their floors, measured in one sandbox with a probe port
 //!   ([`paddock_benches::floors`]); the whole set, with the ratios, is under
 //!   `floors (one sandbox, virtio-serial)`.
+//! - `boot_phases_ms`: where those boots went, phase by phase
+//!   (`paddock::BootPhases`; `cargo bench --bench boot` adds the floor).
 //! - `cycles_per_minute`: acquire, exec `true`, release, by two workers on a
 //!   pool of two, for a minute.
 //! - `host_memory_per_slot_mib`: QEMU's resident memory per slot after the
@@ -181,12 +183,14 @@ async fn run() -> anyhow::Result<()> {
 
     // Boot to agent ready, from the image.
     let mut boot = Samples::default();
+    let mut boot_phases = paddock_benches::boot::PhaseSamples::default();
     for i in 0..BOOTS {
         let mut config = SandboxConfig::new(format!("paddock-slo-boot-{}-{i}", std::process::id()));
         config.memory_mib = GUEST_MIB;
         config.pool = "slo-boot".into();
         let sandbox = Sandbox::boot(paddock.libvirt(), &image, config).await?;
         boot.0.push(sandbox.boot_to_ready());
+        boot_phases.push(sandbox.boot_phases());
         sandbox.destroy().await?;
     }
     eprintln!("boots done");
@@ -322,6 +326,7 @@ async fn run() -> anyhow::Result<()> {
             "in_place, NAT-filtered": nat.first_exec.json(),
         },
         "boot_to_agent_ready_ms": boot.json(),
+        "boot_phases_ms": boot_phases.json(),
         "cycles_per_minute": { "pool_size": 2, "workers": 2, "seconds": LOAD_SECONDS, "cycles_per_minute": per_minute, "failed_resets": failed_resets },
         "host_memory_per_slot_mib": {
             "qemu_rss": rss,

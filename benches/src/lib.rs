@@ -2,7 +2,8 @@
 //!
 //! The criterion benchmarks are under `benches/` (run them with
 //! `cargo xtask bench`); `vm` and `slo` measure real VMs (`cargo xtask
-//! bench-vm`, `cargo xtask bench-slo`). What they share is here.
+//! bench-vm`, `cargo xtask bench-slo`), and `reset` a pool slot's in-place
+//! reset phase by phase next to its floors. What they share is here.
 //!
 //! `agent`, `vm` and `slo` link libvirt (through `paddock` and
 //! `paddock-tests`) and need the default feature `libvirt`; `codec` and
@@ -58,3 +59,7 @@ impl Samples {
 /// (the `transfer` bench).
 #[cfg(feature = "libvirt")]
 pub mod transfer;
+
+/// Boot figures: phases over several boots, and the floor.
+#[cfg(feature = "libvirt")]
+pub mod boot;

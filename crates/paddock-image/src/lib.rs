@@ -13,9 +13,9 @@
 //! ```json
 //! {
 //!   "hash": "3f2c…",                         // names the image: a hash over every input
-//!   "kernel": "/var/lib/paddock/images/3f2c…/vmlinuz",
-//!   "initramfs": "/var/lib/paddock/images/3f2c…/initramfs.cpio.gz",
-//!   "cmdline": "console=ttyS0 panic=-1 quiet init_on_free=1",
+//!   "kernel": "/var/lib/paddock/images/3f2c…/vmlinux",   // PVH ELF, or a bzImage `vmlinuz`
+//!   "initramfs": "/var/lib/paddock/images/3f2c…/initramfs.cpio",
+//!   "cmdline": "console=ttyS0 panic=-1 quiet init_on_free=1 cryptomgr.notests …",
 //!   "agent_serial_port": "org.paddock.agent.0",
 //!   "agent_vsock_port": 1024,
 //!   "root_disk": "/var/lib/paddock/images/full-…/rootfs.qcow2",   // the full image only

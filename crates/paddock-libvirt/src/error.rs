@@ -158,6 +158,15 @@ impl LibvirtError {
             ))
     }
 
+    /// The call never ran, or its result was lost, because the tokio
+    /// runtime is shutting down (its blocking pool refuses new work): a
+    /// caller that must still act (remove a domain) has to do it without
+    /// the runtime.
+    #[must_use]
+    pub fn is_runtime_ending(&self) -> bool {
+        matches!(self, Self::Worker { source, .. } if source.is_cancelled())
+    }
+
     /// Whether libvirtd itself is away (the connection died under the call,
     /// or no connection could be had): an outage of the host's daemon, not
     /// a failure of the object the call was about. The same call can succeed
@@ -198,5 +207,48 @@ where
         Ok(Ok(value)) => Ok(value),
         Ok(Err(source)) => Err(LibvirtError::call(op, object, source)),
         Err(source) => Err(LibvirtError::Worker { op, object, source }),
+    }
+}
+
+#[cfg(test)]
+mod runtime_ending_tests {
+    use super::*;
+
+    /// A call handed to the blocking pool of a runtime that is already gone
+    /// never runs: that is told apart from a call that failed.
+    #[test]
+    fn a_call_refused_by_an_ended_runtime_is_told_apart() {
+        let ended = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .expect("runtime");
+        let handle = ended.handle().clone();
+        drop(ended);
+        let check = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let refused = check.block_on(async {
+            let _entered = handle.enter();
+            blocking("undefine", "domain x".into(), || {
+                Ok::<_, virt::error::Error>(())
+            })
+            .await
+        });
+        let err = refused.expect_err("the ended runtime ran the call");
+        assert!(err.is_runtime_ending(), "{err:?}");
+        assert!(!err.is_unreachable(), "{err:?}");
+
+        // A worker that panicked is a failure, not the runtime ending.
+        let live = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let panicked = live.block_on(blocking("undefine", "domain x".into(), || {
+            if true {
+                panic!("boom");
+            }
+            Ok::<_, virt::error::Error>(())
+        }));
+        let err = panicked.expect_err("a panicking worker succeeded");
+        assert!(!err.is_runtime_ending(), "{err:?}");
     }
 }

@@ -5,7 +5,11 @@
 //! the serial console written to a file, ACPI for graceful shutdown, no option
 //! ROM on network interfaces (a sandbox never boots from the network), and every
 //! way out of the guest (`on_poweroff`, `on_reboot`, `on_crash`) destroys the
-//! domain: a sandbox is reset by Paddock, never by itself.
+//! domain: a sandbox is reset by Paddock, never by itself. A kernel booted
+//! directly starts from QEMU's minimal firmware, qboot ([`QBOOT_ROM`]),
+//! instead of SeaBIOS: it only sets up what a Linux kernel needs, which
+//! under TCG saves most of the firmware's part of a boot. A disk boot keeps
+//! SeaBIOS (qboot reads no disk).
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -23,6 +27,10 @@ const QEMU_NAMESPACE: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
 /// The PCI slot of the hybrid vsock device: the last on the `pc` machine's
 /// root bus, far above the few that libvirt assigns.
 const HYBRID_VSOCK_PCI_SLOT: &str = "0x1f";
+
+/// QEMU's qboot firmware (Debian's `qemu-system-data`), used for direct
+/// kernel boots.
+pub const QBOOT_ROM: &str = "/usr/share/qemu/qboot.rom";
 
 /// The chardev id of the hybrid vsock's vhost-user socket.
 const HYBRID_VSOCK_CHARDEV: &str = "paddock-vsock";
@@ -251,6 +259,7 @@ fn render_os(w: &mut XmlWriter, spec: &DomainSpec) -> Result<(), XmlError> {
             initrd,
             cmdline,
         } => {
+            w.text("loader", &[("type", "rom")], QBOOT_ROM)?;
             w.text("kernel", &[], utf8(kernel, "kernel")?)?;
             if let Some(initrd) = initrd {
                 w.text("initrd", &[], utf8(initrd, "initrd")?)?;

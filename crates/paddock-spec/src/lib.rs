@@ -44,7 +44,7 @@ pub use domain::{
     Profile, QEMU_OVERHEAD_MIB, QEMU_OVERHEAD_PER_VCPU_MIB, QEMU_THREADS, Resources, SerialPort,
     TCG_TB_CACHE_MIB, Tuning, VsockCid, kvm_usable,
 };
-pub use domain_xml::{parse_metadata, render_domain};
+pub use domain_xml::{QBOOT_ROM, parse_metadata, render_domain};
 pub use network::{
     MAX_SLOTS as MAX_NETWORK_SLOTS, NetworkKind, NetworkSpec, Reservation, render_network,
 };

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use paddock_spec::{
-    Acceleration, Boot, CpuQuota, DacLabel, FilesystemDevice, NetworkKind, SerialPort,
+    Acceleration, Boot, CpuQuota, DacLabel, FilesystemDevice, NetworkKind, QBOOT_ROM, SerialPort,
     SnapshotSpec, TCG_TB_CACHE_MIB, Tuning, XmlError, load_filters, render_domain, render_network,
     render_snapshot,
 };
@@ -317,4 +317,20 @@ fn limits_that_could_not_work_are_refused() {
         ..base.tuning
     };
     render_domain(&edge).expect("the smallest workable limits render");
+}
+
+#[test]
+fn a_direct_kernel_boot_starts_from_qboot_and_a_disk_boot_from_seabios() {
+    let kernel =
+        render_domain(&sample::domain(Net::Isolated, Chan::VirtioSerial)).expect("renders");
+    let loader = format!("<loader type=\"rom\">{QBOOT_ROM}</loader>");
+    assert!(kernel.contains(&loader), "{kernel}");
+    assert!(
+        kernel.find(&loader) < kernel.find("<kernel>"),
+        "the loader comes before the kernel: {kernel}"
+    );
+    let mut disk_boot = sample::domain(Net::Isolated, Chan::VirtioSerial);
+    disk_boot.boot = Boot::Disk;
+    let disk = render_domain(&disk_boot).expect("renders");
+    assert!(!disk.contains("<loader"), "{disk}");
 }

@@ -53,8 +53,9 @@ pub use paddock_events::{Emitter, EventHub, Source};
 pub use paddock_image::{GuestImage, ImageError};
 pub use pool::{Lease, LeaseId, Pool, PoolConfig, PoolError, PoolStats, SlotBackend, SlotFailure};
 pub use vm::{
-    ChannelConfig, DEFAULT_STATE_ROOT, Golden, GoldenId, GoldenRebuild, Guest, PoolNetwork,
-    ResetPhases, ResetStrategy, Sandbox, SandboxConfig, VmBackend, VmError, VmPoolSpec, VmSlot,
+    BootPhases, ChannelConfig, DEFAULT_STATE_ROOT, Golden, GoldenId, GoldenRebuild, Guest,
+    PoolNetwork, ResetDetail, ResetPhases, ResetStrategy, Sandbox, SandboxConfig, VmBackend,
+    VmError, VmPoolSpec, VmSlot,
 };
 
 /// A pool of real VMs.

@@ -123,7 +123,11 @@ pub struct VmPoolSpec {
     /// QEMU translating guest code again after the reset (a new QEMU has
     /// none translated; not confirmed for `loadvm`). Running one here moves
     /// that cost off the lease. Default: `true`; add what the jobs run
-    /// first (an interpreter, a shell) to warm those paths too.
+    /// first (an interpreter, a shell) to warm those paths too. After an
+    /// in-place or revert reset they are also the round trip that checks
+    /// the agent's new session stands, and run again on a new session if
+    /// the agent refused them as `not_negotiated`: they must be safe to
+    /// repeat.
     pub rewarm: Vec<String>,
     /// How slots are reset.
     pub reset: ResetStrategy,
@@ -204,6 +208,24 @@ pub struct ResetPhases {
     pub network: Duration,
     /// The [`VmPoolSpec::rewarm`] commands.
     pub rewarm: Duration,
+    /// Finer splits of the phases above (each part of one of them).
+    pub detail: ResetDetail,
+}
+
+/// Where the time inside [`ResetPhases::agent`] and
+/// [`ResetPhases::rewarm`] went: the host's wait for the restored agent
+/// against the guest's own work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResetDetail {
+    /// The new session: connecting to the agent's socket (with its retries)
+    /// and the HELLO round trip.
+    pub agent_hello: Duration,
+    /// The STATUS round trip that checks the new session still stands.
+    pub agent_settle: Duration,
+    /// The rewarm commands' processes in the guest, spawn to exit, as the
+    /// agent measured them; the rest of [`ResetPhases::rewarm`] is the
+    /// round trips and the agent's work around them.
+    pub rewarm_guest: Duration,
 }
 
 impl ResetPhases {
@@ -729,16 +751,33 @@ impl VmBackend {
             }
         }
         slot.guest
-            .reconnect_restored(|| format!("a {strategy:?} reset"))
+            .open_restored_session(|| format!("a {strategy:?} reset"))
             .await?;
-        phases.agent = lap();
+        phases.detail.agent_hello = lap();
+        let rewarm = &self.spec.rewarm;
+        // The first round trip of the new session tells whether it stands
+        // (see `Guest::settle_session`). When the rewarm comes right after
+        // the HELLO, it is that round trip, and the separate STATUS is
+        // saved: `true` is safe to run again on a new session.
+        let rewarm_settles = !rewarm.is_empty() && !matches!(strategy, ResetStrategy::Restore);
+        if !rewarm_settles {
+            slot.guest.settle_session().await?;
+            phases.detail.agent_settle = lap();
+        }
+        phases.agent = phases.detail.agent_hello + phases.detail.agent_settle;
         if let (ResetStrategy::Restore, Some((_, attachment))) = (strategy, &slot.address) {
             // The restored guest is the golden again, identity included;
             // snapshots were taken with the slot's own.
             configure_guest(slot.client(), attachment, false).await?;
             phases.network = lap();
         }
-        run_commands(slot.client(), &self.spec.rewarm, "rewarm").await?;
+        phases.detail.rewarm_guest = if rewarm_settles {
+            slot.guest
+                .settle_session_with(|| run_commands_timed(slot.client(), rewarm, "rewarm"))
+                .await?
+        } else {
+            run_commands_timed(slot.client(), rewarm, "rewarm").await?
+        };
         phases.rewarm = lap();
         slot.last_reset = phases;
         Ok(())
@@ -862,11 +901,18 @@ impl SlotBackend for VmBackend {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&slot.index);
         let result = slot.guest.discard().await;
-        if result.is_err() {
-            // Remembered and removed once libvirt answers; the guest's own
-            // drop must not block on it.
-            self.leftovers.remember(slot.name(), slot.dir());
-            slot.guest.forget();
+        match &result {
+            // The runtime is going away (its blocking pool refused the
+            // calls): nothing would sweep the leftovers, so the guest's own
+            // drop, below, removes the domain on a thread of its own.
+            Err(err) if err.is_runtime_ending() => {}
+            Err(_) => {
+                // Remembered and removed once libvirt answers; the guest's
+                // own drop must not block on it.
+                self.leftovers.remember(slot.name(), slot.dir());
+                slot.guest.forget();
+            }
+            Ok(()) => {}
         }
         // Only once the domain is gone: its interface held the address.
         self.give_back(slot.address.as_ref());
@@ -1185,6 +1231,17 @@ pub(crate) async fn run_commands(
     commands: &[String],
     what: &'static str,
 ) -> Result<(), VmError> {
+    run_commands_timed(client, commands, what).await.map(drop)
+}
+
+/// [`run_commands`], returning how long the commands' processes ran in the
+/// guest (spawn to exit, as the agent measured them), summed.
+pub(crate) async fn run_commands_timed(
+    client: &AgentClient,
+    commands: &[String],
+    what: &'static str,
+) -> Result<Duration, VmError> {
+    let mut in_guest = Duration::ZERO;
     for command in commands {
         let out = client.exec_collect(Execute::shell(command.clone())).await?;
         if out.result.exit_code != Some(0) {
@@ -1195,6 +1252,7 @@ pub(crate) async fn run_commands(
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             });
         }
+        in_guest += Duration::from_micros(out.result.duration_us);
     }
-    Ok(())
+    Ok(in_guest)
 }

@@ -248,6 +248,14 @@ impl VmError {
         }
     }
 
+    /// A libvirt call was refused because the tokio runtime is shutting
+    /// down ([`LibvirtError::is_runtime_ending`]), not because of libvirt
+    /// or the guest.
+    #[must_use]
+    pub fn is_runtime_ending(&self) -> bool {
+        matches!(self, Self::Libvirt(err) if err.is_runtime_ending())
+    }
+
     /// A short, bounded name for the cause, fit for a metrics label.
     #[must_use]
     pub fn reason(&self) -> &'static str {

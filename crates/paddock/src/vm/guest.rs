@@ -7,6 +7,7 @@
 //! dropped with its runtime) still destroys its domain and removes its
 //! directory, on a helper thread that the drop waits for.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use paddock_agent_client::{AgentClient, Continuity};
@@ -112,6 +113,17 @@ impl Guest {
         &self,
         reset: impl FnOnce() -> String,
     ) -> Result<(), VmError> {
+        self.open_restored_session(reset).await?;
+        self.settle_session().await
+    }
+
+    /// The first half of [`Guest::reconnect_restored`]: the new session and
+    /// its continuity, without the check that it still stands
+    /// ([`Guest::settle_session`]), for callers that time the two apart.
+    pub(crate) async fn open_restored_session(
+        &self,
+        reset: impl FnOnce() -> String,
+    ) -> Result<(), VmError> {
         super::files::restrict_sockets(&self.dir)?;
         let session = self.client.reconnect().await?;
         let restore_point = self
@@ -133,7 +145,7 @@ impl Guest {
                 });
             }
         }
-        self.settle_session().await
+        Ok(())
     }
 
     /// Makes sure the session of a guest just restored still stands.
@@ -147,32 +159,23 @@ impl Guest {
     /// reset's rewarm command, once in a few hundred resets). A STATUS
     /// round trip finds that out; the session is then opened again.
     pub(crate) async fn settle_session(&self) -> Result<(), VmError> {
-        const TRIES: u32 = 4;
-        let mut last = None;
-        for attempt in 0..TRIES {
-            if attempt > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                self.client.reconnect().await?;
-            }
-            match self.client.status().await {
-                Ok(_) => return Ok(()),
-                Err(
-                    err @ paddock_agent_client::ClientError::Agent {
-                        code: paddock_agent_client::ErrorCode::NotNegotiated,
-                        ..
-                    },
-                ) => {
-                    tracing::debug!(
-                        domain = self.name(),
-                        attempt,
-                        "the restored agent dropped its new session; opening it again"
-                    );
-                    last = Some(err);
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Err(last.map_or(VmError::Config("no session"), VmError::from))
+        self.settle_session_with(|| async {
+            self.client.status().await.map(drop).map_err(VmError::from)
+        })
+        .await
+    }
+
+    /// [`Guest::settle_session`] with `first` as the round trip that finds
+    /// out: a reset's rewarm commands serve as well as a STATUS, and save
+    /// its round trip. `first` is run again on a new session if the agent
+    /// refused a request of it as `not_negotiated` (that request never
+    /// ran; requests of `first` before it did, and run again).
+    pub(crate) async fn settle_session_with<T, F, Fut>(&self, first: F) -> Result<T, VmError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, VmError>>,
+    {
+        settle_with(&self.client, self.name(), first).await
     }
 
     /// Loads the internal snapshot `name` inside the running QEMU and
@@ -218,6 +221,44 @@ impl Drop for Guest {
             discard_on_thread(Some(self.vm.clone()), Some(self.dir.clone()));
         }
     }
+}
+
+/// [`Guest::settle_session_with`] on `client`, the agent of `domain`.
+pub(crate) async fn settle_with<T, F, Fut>(
+    client: &AgentClient,
+    domain: &str,
+    first: F,
+) -> Result<T, VmError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, VmError>>,
+{
+    const TRIES: u32 = 4;
+    let mut last = None;
+    for attempt in 0..TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            client.reconnect().await?;
+        }
+        match first().await {
+            Ok(done) => return Ok(done),
+            Err(VmError::Agent(
+                err @ paddock_agent_client::ClientError::Agent {
+                    code: paddock_agent_client::ErrorCode::NotNegotiated,
+                    ..
+                },
+            )) => {
+                tracing::debug!(
+                    domain,
+                    attempt,
+                    "the restored agent dropped its new session; opening it again"
+                );
+                last = Some(err);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last.map_or(VmError::Config("no session"), VmError::from))
 }
 
 /// Discards a domain and a directory from a `Drop`: on a thread of its own
@@ -328,6 +369,115 @@ mod tests {
         );
         let window = read_tail(&path, CONSOLE_TAIL_MAX_BYTES).expect("read");
         assert!(window.len() as u64 <= CONSOLE_TAIL_MAX_BYTES);
+    }
+
+    /// A fake agent on `path`: every connection gets a HELLO_ACK; the
+    /// first `refusals` requests (over all sessions) are refused as
+    /// `not_negotiated`, as a restored agent that dropped its new session
+    /// does, the others are answered with a STATUS report. Returns the
+    /// number of HELLOs it answered.
+    fn fake_agent(path: &Path, refusals: u32) -> std::sync::Arc<std::sync::atomic::AtomicU32> {
+        use paddock_proto::{
+            ErrorCode, ErrorReport, FrameDecoder, HelloAck, Message, StatusReport, encode_message,
+            read_frame,
+        };
+        use std::sync::atomic::Ordering;
+        let listener = std::os::unix::net::UnixListener::bind(path).expect("bind");
+        let hellos = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = std::sync::Arc::clone(&hellos);
+        std::thread::spawn(move || {
+            let mut refused = 0;
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut decoder = FrameDecoder::default();
+                let Ok(hello) = read_frame(&mut stream, &mut decoder) else {
+                    continue;
+                };
+                let seq = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                let ack = Message::HelloAck(HelloAck {
+                    version: paddock_proto::PROTOCOL_VERSION,
+                    agent_version: "fake".into(),
+                    capabilities: Vec::new(),
+                    boot_id: "fake-boot".into(),
+                    session_seq: u64::from(seq),
+                    previous_token: String::new(),
+                    uptime_ms: 0,
+                    max_payload: paddock_proto::DEFAULT_MAX_PAYLOAD,
+                    initial_window: 1 << 16,
+                    clock_step_ms: 0,
+                });
+                let mut bytes = Vec::new();
+                encode_message(&mut bytes, hello.request_id, &ack).expect("encode");
+                if stream.write_all(&bytes).is_err() {
+                    continue;
+                }
+                while let Ok(frame) = read_frame(&mut stream, &mut decoder) {
+                    let answer = if refused < refusals {
+                        refused += 1;
+                        Message::Error(ErrorReport::new(ErrorCode::NotNegotiated, "HELLO first"))
+                    } else {
+                        Message::StatusReport(StatusReport {
+                            boot_id: "fake-boot".into(),
+                            ..StatusReport::default()
+                        })
+                    };
+                    let mut bytes = Vec::new();
+                    encode_message(&mut bytes, frame.request_id, &answer).expect("encode");
+                    if stream.write_all(&bytes).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        hellos
+    }
+
+    /// The reset's rewarm settles the new session in place of a STATUS: a
+    /// request the agent refused as `not_negotiated` is sent again on a new
+    /// session, and after four refusals the error is the agent's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_first_request_runs_again_on_a_new_session() {
+        use paddock_agent_client::{ClientConfig, ClientError, ErrorCode, Transport};
+        use std::sync::atomic::Ordering;
+        for (refusals, settles) in [(0, true), (2, true), (4, false)] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("agent.sock");
+            let hellos = fake_agent(&path, refusals);
+            let config = ClientConfig {
+                keepalive_interval: None,
+                ..ClientConfig::default()
+            };
+            let client = AgentClient::connect(Transport::Unix { path }, config)
+                .await
+                .expect("connect");
+            let asked = std::sync::atomic::AtomicU32::new(0);
+            let settled = settle_with(&client, "fake", || async {
+                asked.fetch_add(1, Ordering::SeqCst);
+                client.status().await.map_err(VmError::from)
+            })
+            .await;
+            let tries = asked.load(Ordering::SeqCst);
+            if settles {
+                let report = settled.expect("settled");
+                assert_eq!(report.boot_id, "fake-boot");
+                assert_eq!(tries, refusals + 1);
+            } else {
+                let err = settled.expect_err("four refusals settled");
+                assert!(
+                    matches!(
+                        err,
+                        VmError::Agent(ClientError::Agent {
+                            code: ErrorCode::NotNegotiated,
+                            ..
+                        })
+                    ),
+                    "{err:?}"
+                );
+                assert_eq!(tries, 4);
+            }
+            // One session, and a new one for each try after a refusal.
+            assert_eq!(hellos.load(Ordering::SeqCst), tries, "refusals {refusals}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`guest`]: the core both share, a running domain with its connected
 //!   agent ([`Guest`]), and how it is discarded.
 //! - [`sandbox`]: one VM booted from the image.
+//! - [`boot_phases`]: where a sandbox's boot time goes ([`BootPhases`]).
 //! - [`golden`]: a pool's golden state and its files.
 //! - [`backend`]: the pool's [`crate::pool::SlotBackend`] of VMs: slots
 //!   restored from the golden and the three reset strategies.
@@ -27,6 +28,7 @@
 //! that user.
 
 pub mod backend;
+pub mod boot_phases;
 mod dac;
 mod error;
 pub mod files;
@@ -39,8 +41,10 @@ pub mod sandbox;
 pub mod share;
 
 pub use backend::{
-    GoldenRebuild, ResetPhases, ResetStrategy, SlotSample, VmBackend, VmPoolSpec, VmSlot,
+    GoldenRebuild, ResetDetail, ResetPhases, ResetStrategy, SlotSample, VmBackend, VmPoolSpec,
+    VmSlot,
 };
+pub use boot_phases::BootPhases;
 pub use error::{SOCKET_PATH_MAX, VmError};
 pub use files::{DEFAULT_QEMU_GROUP, QemuGroup, create_qemu_dir};
 pub use firewall::{FirewallError, HostFirewall};

@@ -6,7 +6,9 @@
 //! [`Sandbox::boot`] checks the name ([`crate::names`]), creates the
 //! sandbox's directory (console log, agent socket, disks; QEMU's group's
 //! and closed to others, see [`super::files`]), defines and starts the
-//! domain, and waits for the agent's HELLO_ACK. A sandbox that is not ready within
+//! domain, and waits for the agent's HELLO_ACK, then asks one STATUS to
+//! place the guest's boot marks on the host's clock ([`Sandbox::boot_phases`],
+//! [`super::boot_phases`]). A sandbox that is not ready within
 //! [`SandboxConfig::ready_timeout`] is torn down and the error carries the
 //! tail of its console log. [`Sandbox::snapshot`] and
 //! [`Sandbox::revert_to_snapshot`] capture and restore the guest's memory and
@@ -31,6 +33,7 @@ use paddock_libvirt::{
 };
 
 use super::VmError;
+use super::boot_phases::{BootPhases, GuestMarks, HostTimes};
 use super::error::check_socket_path;
 use super::files::{
     DEFAULT_QEMU_GROUP, PROBE_SOCKET, QemuGroup, create_qemu_dir, restrict_memory_image,
@@ -175,6 +178,7 @@ pub struct Sandbox {
     /// stops the domain (and its `virtiofsd`s) before detaching them.
     exports: ShareExports,
     boot_to_ready: Duration,
+    boot_phases: BootPhases,
 }
 
 impl std::ops::Deref for Sandbox {
@@ -305,6 +309,7 @@ impl Sandbox {
         let mut domain = DomainGuard(Some(vm.clone()));
         let started = Instant::now();
         vm.start().await?;
+        let start_call = started.elapsed();
         vm.confine(&spec.tuning)
             .await
             .map_err(VmError::confine(&config.name))?;
@@ -324,6 +329,7 @@ impl Sandbox {
             }
         };
         let boot_to_ready = started.elapsed();
+        let boot_phases = measure_boot_phases(&client, &spec, start_call, boot_to_ready).await;
         share::mount_in_guest(&client, &config.shared_folders).await?;
         domain.0 = None;
         files.0 = None;
@@ -332,6 +338,7 @@ impl Sandbox {
             backend,
             exports,
             boot_to_ready,
+            boot_phases,
         })
     }
 
@@ -350,6 +357,14 @@ impl Sandbox {
     #[must_use]
     pub fn boot_to_ready(&self) -> Duration {
         self.boot_to_ready
+    }
+
+    /// Where [`Sandbox::boot_to_ready`] went: the host's start call, the
+    /// firmware, the kernel, the guest's boot scripts and the agent
+    /// ([`BootPhases`]).
+    #[must_use]
+    pub fn boot_phases(&self) -> &BootPhases {
+        &self.boot_phases
     }
 
     /// Takes an internal snapshot of the running guest (memory and disk),
@@ -542,4 +557,41 @@ async fn state_disk(dir: &Path, mib: u64) -> Result<OverlayDisk, VmError> {
     };
     create_overlay(&disk).await?;
     Ok(disk)
+}
+
+/// The boot's phases: the guest's marks from its console and one STATUS
+/// that places the guest's clock on the host's (see [`super::boot_phases`]).
+/// A STATUS that fails (a gate that denies it) leaves the guest's phases
+/// out instead of failing the boot.
+async fn measure_boot_phases(
+    client: &AgentClient,
+    spec: &DomainSpec,
+    start_call: Duration,
+    boot_to_ready: Duration,
+) -> BootPhases {
+    let ready_at = Instant::now();
+    let asked = Instant::now();
+    let status = client.status().await.ok();
+    let round_trip = asked.elapsed();
+    // The guest read its uptime about half a round trip before the reply.
+    let since_ready = ready_at.elapsed().saturating_sub(round_trip / 2);
+    let uptime = |seconds: f64| {
+        Duration::try_from_secs_f64(seconds)
+            .ok()
+            .map(|uptime| uptime.saturating_sub(since_ready))
+    };
+    let host = HostTimes {
+        start_call,
+        ready: boot_to_ready,
+        guest_uptime_at_ready: status.as_ref().and_then(|s| uptime(s.system_uptime_s)),
+        agent_uptime_at_ready: status
+            .as_ref()
+            .map(|s| Duration::from_millis(s.uptime_ms).saturating_sub(since_ready)),
+    };
+    let console = spec.console_log.clone();
+    let marks = tokio::task::spawn_blocking(move || GuestMarks::read_console(&console))
+        .await
+        .ok()
+        .flatten();
+    BootPhases::new(host, marks)
 }

@@ -7,8 +7,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::kernel::{KernelPackage, resolve_kernel_package};
 use super::{
-    AGENT_RUN, BUSYBOX, BUSYBOX_PACKAGE, CMDLINE, HASH_HEX_DIGITS, MODULES, QUERY_TIMEOUT,
-    ROOTFS_DIR, SERIAL_PORT_NAME, TOOL_TIMEOUT, VSOCK_PORT,
+    AGENT_RUN, BUSYBOX, BUSYBOX_PACKAGE, HASH_HEX_DIGITS, MODULES, QUERY_TIMEOUT, ROOTFS_DIR,
+    SERIAL_PORT_NAME, TOOL_TIMEOUT, VSOCK_PORT,
 };
 use crate::shell::{Cmd, workspace_root};
 
@@ -73,7 +73,7 @@ impl Inputs {
         ] {
             field("builder", source.as_bytes());
         }
-        field("cmdline", CMDLINE.as_bytes());
+        field("cmdline", super::cmdline().as_bytes());
         field("kernel-package", kernel.name.as_bytes());
         field("kernel-version", kernel.version.as_bytes());
         field("kernel-arch", kernel.architecture.as_bytes());

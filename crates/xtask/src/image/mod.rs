@@ -3,8 +3,10 @@
 //!
 //! # What the image is
 //!
-//! A Debian cloud kernel, booted directly (no disk, no boot loader), and a
-//! gzip-compressed newc initramfs that is the guest's whole root file system:
+//! A Debian cloud kernel, booted directly (no disk, no boot loader) through
+//! its PVH entry point as an uncompressed ELF `vmlinux`, and an
+//! uncompressed newc initramfs that is the guest's whole root file system
+//! (nothing for the emulated CPU to decompress; see *Boot time* below):
 //!
 //! | in the guest | from |
 //! |---|---|
@@ -29,11 +31,11 @@
 //!
 //! ```text
 //! /var/lib/paddock/images/     the image store ($PADDOCK_IMAGE_STORE overrides)
-//!   <hash>/vmlinuz             the kernel
-//!   <hash>/initramfs.cpio.gz   the initramfs
+//!   <hash>/vmlinux             the kernel (`vmlinuz` if it has no PVH entry)
+//!   <hash>/initramfs.cpio      the initramfs
 //!   <hash>/manifest.json       what a host needs to boot it (see below)
 //!   cache/debs/                downloaded kernel packages
-//!   cache/kernels/             their kernels: each <hash>/vmlinuz is a hard link
+//!   cache/kernels/             their kernels: each <hash>/vmlinux is a hard link
 //! target/paddock-image/
 //!   current.json               a copy of the manifest this checkout built last
 //! ```
@@ -46,6 +48,28 @@
 //! reads it with: `hash`, `kernel` and `initramfs` (absolute paths),
 //! `cmdline`, `agent_serial_port`, `agent_vsock_port`, and `build`, what the
 //! image was built from (informational).
+//!
+//! # Boot time
+//!
+//! Under TCG every instruction of the guest's boot is emulated, so the
+//! image gives the guest as little to do as it can, and each step's cost
+//! shows in `paddock::vm::BootPhases` (the guest marks its uptime at each
+//! step; `cargo bench -p paddock-benches --bench boot` compares a boot
+//! with the floor, the same kernel with busybox alone):
+//!
+//! - The kernel is the package's bzImage decompressed at build time
+//!   (`vmlinux`, an ELF): QEMU boots it through its PVH entry point
+//!   (`CONFIG_PVH`), so the guest skips the real-mode set-up and the
+//!   decompression of 14 MB of LZ4. The guest kernel then runs at a fixed
+//!   address (no KASLR inside the guest; the VM, not the guest kernel, is
+//!   the boundary). The file is mapped by each QEMU and shared between them
+//!   in the page cache.
+//! - The initramfs is not compressed (see [`build`]).
+//! - The command line skips probes and self-tests a sandbox has no use for
+//!   ([`BOOT_OPTIONS`]).
+//! - `agent-run` looks for its serial port with shell builtins every 10 ms.
+//! - `rcS` loads a device's modules only when the VM has the device (a
+//!   sandbox without a NIC skips `failover`, `net_failover`, `virtio_net`).
 //!
 //! # Caching rule
 //!
@@ -78,7 +102,7 @@ mod kernel;
 
 use initramfs::{Contents, busybox_applets, write_initramfs};
 use inputs::Inputs;
-use kernel::{KernelTree, fetch_kernel_package, link_kernel};
+use kernel::{KernelTree, extract_pvh_vmlinux, fetch_kernel_package, link_kernel};
 
 /// The virtio-serial port name the agent serves (set in
 /// `guest-agent/image/rootfs/etc/paddock/agent-run`).
@@ -95,14 +119,63 @@ pub(crate) const VSOCK_PORT: u32 = 1024;
 /// guest's went from 97 to 59 MiB, its save from 408 to 338 ms, a revert
 /// from 1046 to 857 ms) and which leaves no freed data of one lease for the
 /// next.
-const CMDLINE: &str = "console=ttyS0 panic=-1 quiet init_on_free=1";
+///
+/// [`cmdline`] appends [`BOOT_OPTIONS`].
+const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 quiet init_on_free=1";
+
+/// Options that shorten the boot on an emulated CPU, each with why it is
+/// safe: each skips work whose result a sandbox does not use.
+const BOOT_OPTIONS: [(&str, &str); 7] = [
+    (
+        "cryptomgr.notests",
+        "skips the self-tests of every crypto algorithm at registration: they \
+         check the kernel's own implementations against test vectors, which \
+         the package's build already did; no FIPS mode is in use",
+    ),
+    (
+        "i8042.noaux",
+        "no PS/2 mouse probe: nothing reads input devices in a sandbox",
+    ),
+    (
+        "i8042.nokbd",
+        "no PS/2 keyboard probe: the console is the serial port",
+    ),
+    ("i8042.nopnp", "no PnP lookup for the PS/2 controller"),
+    (
+        "8250.nr_uarts=1",
+        "registers one legacy UART (ttyS0, the console) instead of probing four",
+    ),
+    (
+        "no_timer_check",
+        "skips the check that the IO-APIC timer ticks, which waits for ticks \
+         an emulated CPU delivers late; QEMU's PIT and IO-APIC are correct",
+    ),
+    (
+        "tsc=reliable",
+        "no clocksource watchdog and no TSC recalibration: QEMU derives the \
+         guest's TSC from the host's monotonic clock, so it neither stops nor \
+         drifts between vCPUs",
+    ),
+];
+
+/// The image's kernel command line: [`BASE_CMDLINE`] and [`BOOT_OPTIONS`].
+pub(crate) fn cmdline() -> String {
+    let mut line = BASE_CMDLINE.to_owned();
+    for (option, _why) in BOOT_OPTIONS {
+        line.push(' ');
+        line.push_str(option);
+    }
+    line
+}
 
 /// The Debian package whose dependency is the guest kernel's package.
 const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 
 /// The kernel modules the guest loads, in this order (each needs only those
 /// before it or built-ins; the build checks that). Those the kernel has built
-/// in are left out; names compare with `-` and `_` alike.
+/// in are left out; names compare with `-` and `_` alike. `rcS` loads a
+/// device's drivers (network, block, vsock, virtiofs) only when the VM has
+/// that virtio device.
 const MODULES: [&str; 17] = [
     // PCI transport for every virtio device.
     "virtio_ring",
@@ -172,9 +245,10 @@ pub(crate) fn ensure_image() -> anyhow::Result<PathBuf> {
     let root = image_root();
     let dir = root.join(&inputs.hash);
     let manifest = dir.join("manifest.json");
-    let complete = ["manifest.json", "vmlinuz", "initramfs.cpio.gz"]
-        .iter()
-        .all(|file| dir.join(file).is_file());
+    // The manifest names the kernel (`vmlinux`, or `vmlinuz` for a kernel
+    // without a PVH entry) and the initramfs.
+    let complete = GuestImage::load(&manifest)
+        .is_ok_and(|image| image.kernel.is_file() && image.initramfs.is_file());
     if complete {
         eprintln!(
             "xtask: guest image {} is up to date, nothing to build ({})",
@@ -248,12 +322,7 @@ fn build(inputs: &Inputs, root: &Path, dir: &Path) -> anyhow::Result<()> {
 
     let out = work.path().join("out");
     std::fs::create_dir(&out).with_context(|| format!("creating {}", out.display()))?;
-    link_kernel(
-        &kernel.vmlinuz,
-        &inputs.kernel,
-        &root.join("cache/kernels"),
-        &out,
-    )?;
+    let kernel_file = boot_kernel(&kernel, inputs, root, work.path(), &out)?;
     let archive = out.join("initramfs.cpio");
     let contents = Contents {
         inputs,
@@ -264,20 +333,17 @@ fn build(inputs: &Inputs, root: &Path, dir: &Path) -> anyhow::Result<()> {
     };
     write_initramfs(&archive, &contents)
         .with_context(|| format!("writing {}", archive.display()))?;
-    // gzip replaces it with `initramfs.cpio.gz`; `-n` leaves out the name
-    // and time, so equal archives compress to equal files.
-    Cmd::new("gzip")
-        .args(["-9", "-n"])
-        .arg(&archive)
-        .timeout(TOOL_TIMEOUT)
-        .run()
-        .with_context(|| format!("compressing {}", archive.display()))?;
+    // Not compressed: the guest would decompress it on its emulated CPU
+    // at every boot (gzip: about half a second of its boot here), while
+    // QEMU copies an uncompressed one into the guest at memory speed. It
+    // costs the archive's size in each QEMU (which keeps the initramfs for
+    // a reset): 7.9 instead of 3.3 MB.
 
     let image = GuestImage {
         hash: inputs.hash.clone(),
-        kernel: dir.join("vmlinuz"),
-        initramfs: dir.join("initramfs.cpio.gz"),
-        cmdline: CMDLINE.into(),
+        kernel: dir.join(kernel_file),
+        initramfs: dir.join("initramfs.cpio"),
+        cmdline: cmdline(),
         agent_serial_port: SERIAL_PORT_NAME.into(),
         agent_vsock_port: VSOCK_PORT,
         root_disk: None,
@@ -297,6 +363,37 @@ fn build(inputs: &Inputs, root: &Path, dir: &Path) -> anyhow::Result<()> {
         // Another build of the same inputs finished first: same image.
         Err(_) if dir.join("manifest.json").is_file() => Ok(()),
         Err(err) => Err(err).with_context(|| format!("renaming the image to {}", dir.display())),
+    }
+}
+
+/// Puts the kernel the guest boots into `out` and returns its file name:
+/// `vmlinux`, the uncompressed ELF kernel that QEMU boots through its PVH
+/// entry ([`kernel::extract_pvh_vmlinux`]), or the package's `vmlinuz`
+/// when the kernel cannot be booted that way. Both are hard links to
+/// copies in `cache/kernels`.
+fn boot_kernel(
+    kernel: &KernelTree,
+    inputs: &Inputs,
+    root: &Path,
+    work: &Path,
+    out: &Path,
+) -> anyhow::Result<&'static str> {
+    let cache = root.join("cache/kernels");
+    let bzimage = std::fs::read(&kernel.vmlinuz)
+        .with_context(|| format!("reading {}", kernel.vmlinuz.display()))?;
+    match extract_pvh_vmlinux(&bzimage, work)? {
+        Ok(vmlinux) => {
+            let extracted = work.join("vmlinux");
+            std::fs::write(&extracted, vmlinux)
+                .with_context(|| format!("writing {}", extracted.display()))?;
+            link_kernel(&extracted, &inputs.kernel, &cache, out, "vmlinux")?;
+            Ok("vmlinux")
+        }
+        Err(reason) => {
+            eprintln!("xtask: booting the compressed kernel: {reason}");
+            link_kernel(&kernel.vmlinuz, &inputs.kernel, &cache, out, "vmlinuz")?;
+            Ok("vmlinuz")
+        }
     }
 }
 
@@ -329,4 +426,28 @@ pub(crate) fn publish_current(root: &Path, manifest: &Path, name: &str) -> anyho
         .with_context(|| format!("replacing {}", current.display()))?;
     eprintln!("xtask: {} -> {}", current.display(), manifest.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_keeps_its_base_and_adds_each_boot_option_once() {
+        let line = cmdline();
+        assert!(line.starts_with(BASE_CMDLINE), "{line}");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for (option, why) in BOOT_OPTIONS {
+            assert_eq!(
+                words.iter().filter(|word| **word == option).count(),
+                1,
+                "{option} in {line}"
+            );
+            assert!(!why.is_empty());
+        }
+        assert_eq!(
+            words.len(),
+            BASE_CMDLINE.split_whitespace().count() + BOOT_OPTIONS.len()
+        );
+    }
 }
