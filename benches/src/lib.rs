@@ -62,6 +62,11 @@ impl Samples {
     }
 }
 
+/// File transfer throughput through the agent next to the raw channel
+/// (the `transfer` bench).
+#[cfg(feature = "libvirt")]
+pub mod transfer;
+
 /// Boot figures: phases over several boots, and the floor.
 #[cfg(feature = "libvirt")]
 pub mod boot;

@@ -27,8 +27,9 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex};
 
 use paddock_proto::{
-    DEFAULT_CHUNK, EncodeError, ErrorCode, ErrorReport, Hello, HelloAck, Message, MessageKind,
-    RecvWindow, SendWindow, WindowError, encode_frame, encode_message,
+    DEFAULT_CHUNK, EncodeError, ErrorCode, ErrorReport, HEADER_LEN, Hello, HelloAck, Message,
+    MessageKind, RecvWindow, SendWindow, WindowError, encode_frame, encode_frame_header_with_crc,
+    encode_message,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -469,6 +470,39 @@ impl RequestCtx {
             let (now, rest) = data.split_at(granted.min(want));
             let mut frame = Vec::new();
             encode_frame(&mut frame, kind, self.id, now).map_err(Interrupted::Encode)?;
+            self.queue(frame, None).await?;
+            data = rest;
+        }
+        Ok(())
+    }
+
+    /// Sends `data` as frames of `kind` within the host's credit, like
+    /// [`Self::send_data`], and adds it to `checksum`: each frame's payload
+    /// is checksummed once, for the frame and for `checksum` alike.
+    pub(crate) async fn send_data_checksummed(
+        &self,
+        kind: MessageKind,
+        mut data: &[u8],
+        checksum: &mut crc32fast::Hasher,
+    ) -> Result<(), Interrupted> {
+        while !data.is_empty() {
+            let want = data.len();
+            let granted = tokio::select! {
+                () = self.ended() => return Err(Interrupted::SessionEnded),
+                n = self.credit.wait(|window| window.take(want)) => n,
+            };
+            let (now, rest) = data.split_at(granted.min(want));
+            let crc = crc32fast::hash(now);
+            let mut header = [0u8; HEADER_LEN];
+            encode_frame_header_with_crc(&mut header, kind, self.id, now.len(), crc)
+                .map_err(Interrupted::Encode)?;
+            let mut frame = Vec::with_capacity(HEADER_LEN + now.len());
+            frame.extend_from_slice(&header);
+            frame.extend_from_slice(now);
+            checksum.combine(&crc32fast::Hasher::new_with_initial_len(
+                crc,
+                now.len() as u64,
+            ));
             self.queue(frame, None).await?;
             data = rest;
         }

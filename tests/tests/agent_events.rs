@@ -197,13 +197,18 @@ async fn limited_client(
     limits: &paddock::RateLimits,
     lease: u64,
 ) -> anyhow::Result<(AgentProcess, Recording, AgentClient)> {
-    let agent = AgentProcess::start(&[])?;
+    // Windows of 256 KiB and chunks of 64 KiB both ways (not the
+    // defaults): the tests' arithmetic of what passes at once and what is
+    // held back is in those sizes.
+    let agent = AgentProcess::start(&["--window", "262144", "--max-payload", "65536"])?;
     let (hub, recorder, events) = EventRecorder::start("limits", 0);
     events.set_lease(Some((paddock_events::LeaseId(lease), None)));
     let gate = paddock::LeaseGate::new(limits).expect("a per-lease limit");
     let config = ClientConfig {
         events,
         gate: Some(std::sync::Arc::new(gate)),
+        window: 256 * 1024,
+        max_payload: 64 * 1024,
         ..test_config()
     };
     let client = AgentClient::connect(agent.transport(), config).await?;

@@ -493,6 +493,9 @@ async fn trees_pass_the_request_gate_both_ways() -> TestResult {
     });
     let mut config = test_config();
     config.gate = Some(gate.clone());
+    // A window of 256 KiB (not the default), so that the file below is
+    // more than half of it and credit goes back within the gate's limit.
+    config.window = 256 * 1024;
     let client = AgentClient::connect(
         Transport::Unix {
             path: agent.socket().to_owned(),
@@ -502,7 +505,7 @@ async fn trees_pass_the_request_gate_both_ways() -> TestResult {
     .await?;
     let local = tempfile::tempdir()?;
     std::fs::create_dir(local.path().join("d"))?;
-    // More than half the default window (256 KiB), so that credit goes back.
+    // More than half the client's window, so that credit goes back.
     std::fs::write(local.path().join("d/f"), vec![1u8; 180_000])?;
     let remote = agent.dir().join("gated");
     let put = client
