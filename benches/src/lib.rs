@@ -9,6 +9,9 @@
 //! `render` do not, so `--no-default-features` builds them without
 //! libvirt-dev.
 
+#[cfg(feature = "libvirt")]
+pub mod agent_rtt;
+
 use std::future::Future;
 use std::time::Duration;
 
