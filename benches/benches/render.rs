@@ -52,6 +52,7 @@ fn spec(channel: AgentChannel, network: NetworkMode) -> DomainSpec {
         network,
         run_as: None,
         filesystems: Vec::new(),
+        serial_ports: Vec::new(),
     }
 }
 

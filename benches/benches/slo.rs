@@ -9,6 +9,11 @@
 //! - `exec_true_ms`: exec round trip of `true` in a leased slot;
 //!   `first_exec_true_after_reset_ms`: the first one of each lease.
 //! - `boot_to_agent_ready_ms`: a sandbox booted from the image.
+//! - `status_rtt_ms`, `channel_echo_ms`, `guest_spawn_true_ms`, `file_mb_s`,
+//!   `channel_raw_mb_s`: the agent's per-request cost and 8 MiB transfers
+//!   next to their floors, measured in one sandbox with a probe port
+//!   ([`paddock_benches::floors`]); the whole set, with the ratios, is under
+//!   `floors (one sandbox, virtio-serial)`.
 //! - `cycles_per_minute`: acquire, exec `true`, release, by two workers on a
 //!   pool of two, for a minute.
 //! - `host_memory_per_slot_mib`: QEMU's resident memory per slot after the
@@ -186,6 +191,20 @@ async fn run() -> anyhow::Result<()> {
     }
     eprintln!("boots done");
 
+    // The agent's per-request cost and transfers next to their floors, in
+    // one sandbox with a probe port.
+    let floors = {
+        let mut config = SandboxConfig::new(format!("paddock-slo-floors-{}", std::process::id()));
+        config.memory_mib = GUEST_MIB;
+        config.pool = "slo-boot".into();
+        config.probe_port = true;
+        let sandbox = Sandbox::boot(paddock.libvirt(), &image, config).await?;
+        let floors = paddock_benches::floors::measure(&sandbox, false).await;
+        sandbox.destroy().await?;
+        floors?
+    };
+    eprintln!("floors done");
+
     // The default strategy: in place.
     let pool = make_pool(&paddock, ResetStrategy::InPlace).await?;
     let pool_name = format!("slo-{}", std::process::id());
@@ -290,6 +309,12 @@ async fn run() -> anyhow::Result<()> {
             "in_place, NAT-filtered": nat.phases(),
         },
         "exec_true_ms": exec.json(),
+        "status_rtt_ms": floors["status_rtt_ms"],
+        "channel_echo_ms": floors["channel_echo_ms"],
+        "guest_spawn_true_ms": floors["guest_spawn_true_ms"],
+        "file_mb_s": floors["file_mb_s"],
+        "channel_raw_mb_s": floors["channel_raw_mb_s"],
+        "floors (one sandbox, virtio-serial)": floors,
         "first_exec_true_after_reset_ms": {
             "in_place (default)": in_place.first_exec.json(),
             "restore": restore.first_exec.json(),

@@ -13,6 +13,10 @@
 pub mod agent_rtt;
 
 use std::future::Future;
+
+#[cfg(feature = "libvirt")]
+pub mod floors;
+
 use std::time::Duration;
 
 /// Runs a real-VM harness on a two-thread runtime (what a host gives

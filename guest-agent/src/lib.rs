@@ -120,6 +120,7 @@ mod exec;
 mod files;
 mod fs_ops;
 mod listen;
+pub mod probe;
 mod request;
 mod status;
 #[cfg(test)]

@@ -15,6 +15,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+mod probe_cli;
+
 /// Serves Paddock host requests: executions, file transfers, status.
 #[derive(Debug, Parser)]
 #[command(version, group(
@@ -95,6 +97,9 @@ async fn stop_on_signals(agent: Arc<Agent>, mut term: Signal, mut interrupt: Sig
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "probe") {
+        return probe_cli::main();
+    }
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).context("Invalid --log filter")?;
     tracing_subscriber::fmt()

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod guest_net;
 pub mod libvirtd;
 pub mod netns;
+pub mod probe;
 pub mod prometheus_server;
 pub mod subnet;
 pub mod terminal;

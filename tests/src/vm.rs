@@ -131,6 +131,8 @@ pub struct TestSandboxOptions {
     pub image: Option<GuestImage>,
     /// Host directories the guest mounts (virtiofs).
     pub shared_folders: Vec<paddock_libvirt::SharedFolder>,
+    /// Give the guest the probe port ([`SandboxConfig::probe_port`]).
+    pub probe_port: bool,
 }
 
 impl Default for TestSandboxOptions {
@@ -146,6 +148,7 @@ impl Default for TestSandboxOptions {
             scratch_disk_mib: None,
             image: None,
             shared_folders: Vec::new(),
+            probe_port: false,
         }
     }
 }
@@ -190,6 +193,7 @@ impl TestSandbox {
         config.state_disk_mib = options.scratch_disk_mib;
         config.client = crate::test_config();
         config.shared_folders = options.shared_folders;
+        config.probe_port = options.probe_port;
         let inner = paddock::Sandbox::boot(&libvirt, &image, config).await?;
         Ok(Self { libvirt, inner })
     }

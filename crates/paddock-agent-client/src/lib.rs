@@ -75,5 +75,5 @@ pub use paddock_tree::{
     unpack as unpack_tree,
 };
 pub use terminal::{Terminal, TerminalResizer};
-pub use transport::Transport;
+pub use transport::{Transport, connect_hybrid_vsock};
 pub use tree::{TreeOptions, TreeProgress, TreeTransfer};

@@ -103,6 +103,24 @@ impl Transport {
     }
 }
 
+/// Opens a raw byte stream to the guest's vsock `port` through the
+/// hybrid-vsock multiplexer listening on `path` (one `CONNECT` handshake, no
+/// agent protocol): what a program in the guest other than the agent serves,
+/// e.g. `paddock-agent probe` measuring the channel's own speed. A refused
+/// handshake is an [`io::ErrorKind::ConnectionRefused`] error.
+pub async fn connect_hybrid_vsock(path: &std::path::Path, port: u32) -> io::Result<UnixStream> {
+    let stream = UnixStream::connect(path).await?;
+    hybrid_handshake(stream, port)
+        .await
+        .map_err(|err| match err {
+            AttemptError::Io(err) => err,
+            AttemptError::Refused(reply) => io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("multiplexer refused port {port}: {reply:?}"),
+            ),
+        })
+}
+
 /// Performs the `CONNECT <port>\n` -> `OK <host port>\n` exchange that
 /// vhost-device-vsock and Firecracker expect on their Unix socket. Reads the
 /// reply byte by byte so no byte of the agent's stream is consumed.

@@ -65,8 +65,9 @@ pub use paddock_spec::{
     Acceleration, AgentChannel, Boot, CpuQuota, DacLabel, DomainRole, DomainSpec, ImageFormat,
     METADATA_NAMESPACE, MacAddress, NatAttachment, NetworkMode, OverlayDisk, PaddockMetadata,
     Profile, QEMU_OVERHEAD_MIB, QEMU_OVERHEAD_PER_VCPU_MIB, QEMU_THREADS, Resources,
-    SavedImageError, SavedImageHeader, TCG_TB_CACHE_MIB, Tuning, Uuid, VsockCid, XmlError,
-    derive_saved_image, kvm_usable, parse_metadata, read_saved_image_header, render_domain,
+    SavedImageError, SavedImageHeader, SerialPort, TCG_TB_CACHE_MIB, Tuning, Uuid, VsockCid,
+    XmlError, derive_saved_image, kvm_usable, parse_metadata, read_saved_image_header,
+    render_domain,
 };
 pub use paddock_spec::{
     FilesystemDevice, MAX_SHARE_TAG_LEN, ShareError, SharedFolder, check_shared_folders,

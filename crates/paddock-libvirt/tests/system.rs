@@ -106,6 +106,7 @@ fn tiny(name: &str, slot: u32, dir: &Path, network: NetworkMode) -> DomainSpec {
         network,
         run_as: None,
         filesystems: Vec::new(),
+        serial_ports: Vec::new(),
     }
 }
 

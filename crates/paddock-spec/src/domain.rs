@@ -47,6 +47,18 @@ pub struct DomainSpec {
     /// ([`crate::share`]); with any, the guest's memory is shared and
     /// QEMU cannot save or snapshot the domain.
     pub filesystems: Vec<crate::share::FilesystemDevice>,
+    /// Virtio-serial ports besides the agent's, each backed by a Unix socket
+    /// that libvirt binds (the floor probes' raw byte streams use one).
+    pub serial_ports: Vec<SerialPort>,
+}
+
+/// A virtio-serial port backed by a Unix socket that libvirt binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialPort {
+    /// The host-side socket.
+    pub socket: PathBuf,
+    /// The port name the guest sees in `/sys/class/virtio-ports/*/name`.
+    pub name: String,
 }
 
 /// A host user and group for a domain's QEMU: libvirt's static DAC label,

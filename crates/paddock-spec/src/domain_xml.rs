@@ -128,6 +128,21 @@ pub fn render_domain(spec: &DomainSpec) -> Result<String, XmlError> {
 /// refuses it for virtiofs; read-only folders are exported as read-only
 /// bind mounts instead ([`crate::share`]). `passthrough` is the only access
 /// mode virtiofs has.
+/// A `<channel type='unix'>` virtio-serial port whose socket libvirt binds.
+fn render_serial_port(w: &mut XmlWriter, socket: &Path, name: &str) -> Result<(), XmlError> {
+    w.start("channel", &[("type", "unix")])?;
+    w.empty(
+        "source",
+        &[
+            ("mode", "bind"),
+            ("path", utf8(socket, "serial port socket")?),
+        ],
+    )?;
+    w.empty("target", &[("type", "virtio"), ("name", name)])?;
+    w.end("channel")?;
+    Ok(())
+}
+
 fn render_filesystems(w: &mut XmlWriter, filesystems: &[FilesystemDevice]) -> Result<(), XmlError> {
     for fs in filesystems {
         w.start(
@@ -304,15 +319,7 @@ fn render_devices(w: &mut XmlWriter, spec: &DomainSpec) -> Result<(), XmlError> 
     w.empty("target", &[("port", "0")])?;
     w.end("serial")?;
     match &spec.channel {
-        AgentChannel::VirtioSerial { socket, name } => {
-            w.start("channel", &[("type", "unix")])?;
-            w.empty(
-                "source",
-                &[("mode", "bind"), ("path", utf8(socket, "agent socket")?)],
-            )?;
-            w.empty("target", &[("type", "virtio"), ("name", name)])?;
-            w.end("channel")?;
-        }
+        AgentChannel::VirtioSerial { socket, name } => render_serial_port(w, socket, name)?,
         AgentChannel::Vsock(cid) => {
             w.start("vsock", &[("model", "virtio")])?;
             match cid {
@@ -327,6 +334,9 @@ fn render_devices(w: &mut XmlWriter, spec: &DomainSpec) -> Result<(), XmlError> 
             w.end("vsock")?;
         }
         AgentChannel::HybridVsock { .. } => {}
+    }
+    for port in &spec.serial_ports {
+        render_serial_port(w, &port.socket, &port.name)?;
     }
     w.empty("controller", &[("type", "usb"), ("model", "none")])?;
     w.start("rng", &[("model", "virtio")])?;

@@ -41,7 +41,7 @@ pub use definition::{DefinitionUpdate, definition_update};
 pub use domain::{
     Acceleration, AgentChannel, Boot, CpuQuota, DacLabel, DomainRole, DomainSpec, ImageFormat,
     METADATA_NAMESPACE, MacAddress, NatAttachment, NetworkMode, OverlayDisk, PaddockMetadata,
-    Profile, QEMU_OVERHEAD_MIB, QEMU_OVERHEAD_PER_VCPU_MIB, QEMU_THREADS, Resources,
+    Profile, QEMU_OVERHEAD_MIB, QEMU_OVERHEAD_PER_VCPU_MIB, QEMU_THREADS, Resources, SerialPort,
     TCG_TB_CACHE_MIB, Tuning, VsockCid, kvm_usable,
 };
 pub use domain_xml::{parse_metadata, render_domain};

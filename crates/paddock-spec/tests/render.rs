@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use paddock_spec::{
-    Acceleration, Boot, CpuQuota, DacLabel, FilesystemDevice, NetworkKind, SnapshotSpec,
-    TCG_TB_CACHE_MIB, Tuning, XmlError, load_filters, render_domain, render_network,
+    Acceleration, Boot, CpuQuota, DacLabel, FilesystemDevice, NetworkKind, SerialPort,
+    SnapshotSpec, TCG_TB_CACHE_MIB, Tuning, XmlError, load_filters, render_domain, render_network,
     render_snapshot,
 };
 use sample::{Chan, Net};
@@ -72,6 +72,16 @@ fn documents() -> Vec<(String, &'static str, String)> {
         "domain-shared-folders.xml".into(),
         "domain",
         render_domain(&shares).expect("renders"),
+    ));
+    let mut probe_port = sample::domain(Net::Isolated, Chan::VirtioSerial);
+    probe_port.serial_ports = vec![SerialPort {
+        socket: "/var/lib/libvirt/qemu/paddock/box/probe.sock".into(),
+        name: "org.paddock.probe.0".into(),
+    }];
+    docs.push((
+        "domain-probe-port.xml".into(),
+        "domain",
+        render_domain(&probe_port).expect("renders"),
     ));
     for (kind, name) in [
         (NetworkKind::Nat, "nat"),
@@ -159,7 +169,7 @@ fn validate(schema: &str, path: &Path) {
 fn generated_domains_networks_and_snapshots_validate_against_libvirt_schemas() {
     let dir = tempfile::tempdir().expect("tempdir");
     let docs = documents();
-    assert_eq!(docs.len(), 9 + 3 + 2 + 1);
+    assert_eq!(docs.len(), 9 + 4 + 2 + 1);
     for (name, schema, xml) in docs {
         let path = dir.path().join(name);
         std::fs::write(&path, xml).expect("write");

@@ -88,6 +88,7 @@ fn spec(index: u32) -> DomainSpec {
         network: NetworkMode::Isolated,
         run_as: None,
         filesystems: Vec::new(),
+        serial_ports: Vec::new(),
     }
 }
 

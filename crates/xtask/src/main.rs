@@ -66,6 +66,10 @@ enum Task {
     /// Listing a directory of 10,000 files in a real guest through the
     /// agent's file system requests, every page (JSON, medians and p99).
     BenchFs,
+    /// The agent's per-request cost and 8 MiB transfers next to their
+    /// floors (raw channel echo and stream, the guest's own spawn), per
+    /// channel, in one run (JSON, medians and p99).
+    BenchFloors,
     /// Run the criterion benchmarks (pass criterion filters after `--`).
     Bench {
         /// Arguments for the benchmark binaries.
@@ -135,6 +139,7 @@ fn main() -> anyhow::Result<()> {
         Task::BenchObserve => bench_on_vms("observe", &[]),
         Task::BenchDaemon => bench_daemon(),
         Task::BenchFs => bench_on_vms("guest_fs", &[]),
+        Task::BenchFloors => bench_on_vms("floors", &[]),
         Task::Soak {
             cycles,
             seed,

@@ -100,5 +100,6 @@ pub fn domain(net: Net, chan: Chan) -> DomainSpec {
         },
         run_as: None,
         filesystems: Vec::new(),
+        serial_ports: Vec::new(),
     }
 }

@@ -49,7 +49,10 @@ pub const MEMORY_IMAGE_MODE: u32 = 0o600;
 
 /// The sockets a guest's directory may hold: the agent's (virtio-serial,
 /// or the hybrid-vsock backend's host side) and the vhost-user one.
-const SOCKETS: [&str; 2] = ["agent.sock", "vhost-user.sock"];
+/// The floor probes' port socket ([`super::SandboxConfig::probe_port`]).
+pub(crate) const PROBE_SOCKET: &str = "probe.sock";
+
+const SOCKETS: [&str; 3] = ["agent.sock", "vhost-user.sock", PROBE_SOCKET];
 
 /// QEMU's group, resolved by name on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]

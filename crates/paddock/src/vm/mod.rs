@@ -48,4 +48,4 @@ pub use golden::{Golden, GoldenId};
 pub use guest::Guest;
 pub use network::{PoolNetwork, identity_script};
 pub use recover::recover_pool;
-pub use sandbox::{ChannelConfig, DEFAULT_STATE_ROOT, Sandbox, SandboxConfig};
+pub use sandbox::{ChannelConfig, DEFAULT_STATE_ROOT, PROBE_PORT_NAME, Sandbox, SandboxConfig};

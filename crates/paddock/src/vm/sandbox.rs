@@ -25,14 +25,16 @@ use paddock_agent_client::{AgentClient, ClientConfig, Transport};
 use paddock_image::GuestImage;
 use paddock_libvirt::{
     Acceleration, AgentChannel, Boot, DacLabel, DomainRole, DomainSpec, ImageFormat, Libvirt,
-    NetworkMode, OverlayDisk, PaddockMetadata, Profile, Resources, SharedFolder, SnapshotInfo,
-    SnapshotSpec, Tuning, Uuid, Vm, check_shared_folders, create_blank_qcow2, create_overlay,
+    NetworkMode, OverlayDisk, PaddockMetadata, Profile, Resources, SerialPort, SharedFolder,
+    SnapshotInfo, SnapshotSpec, Tuning, Uuid, Vm, check_shared_folders, create_blank_qcow2,
+    create_overlay,
 };
 
 use super::VmError;
 use super::error::check_socket_path;
 use super::files::{
-    DEFAULT_QEMU_GROUP, QemuGroup, create_qemu_dir, restrict_memory_image, restrict_sockets,
+    DEFAULT_QEMU_GROUP, PROBE_SOCKET, QemuGroup, create_qemu_dir, restrict_memory_image,
+    restrict_sockets,
 };
 use super::guest::{Guest, console_tail, discard_on_thread};
 use super::share::{self, ShareExports};
@@ -120,7 +122,17 @@ pub struct SandboxConfig {
     /// host, read-write ones are written as their owner; a sandbox with any
     /// cannot be snapshotted). Sharing folders needs root (bind mounts).
     pub shared_folders: Vec<SharedFolder>,
+    /// Give the guest a second virtio-serial port, [`PROBE_PORT_NAME`],
+    /// backed by [`Sandbox::probe_socket`]: a raw byte stream beside the
+    /// agent's channel, for `paddock-agent probe` to measure the channel's
+    /// own echo time and throughput (the floors the agent is judged
+    /// against). Off by default.
+    pub probe_port: bool,
 }
+
+/// The name of the probe port ([`SandboxConfig::probe_port`]) in the guest's
+/// `/sys/class/virtio-ports/*/name`.
+pub const PROBE_PORT_NAME: &str = "org.paddock.probe.0";
 
 impl SandboxConfig {
     /// A 1-vCPU, 256 MiB, network-less sandbox named `name` with a 64 MiB
@@ -145,6 +157,7 @@ impl SandboxConfig {
             role: DomainRole::Sandbox,
             client: ClientConfig::default(),
             shared_folders: Vec::new(),
+            probe_port: false,
         }
     }
 }
@@ -194,7 +207,7 @@ impl Sandbox {
         let group = QemuGroup::resolve(&config.qemu_group)?;
         let dir = config.state_root.join(&config.name);
         // Before anything is made: QEMU could not bind a longer one.
-        for socket in ["agent.sock", "vhost-user.sock"] {
+        for socket in ["agent.sock", "vhost-user.sock", PROBE_SOCKET] {
             check_socket_path(&dir.join(socket))?;
         }
         prepare_dirs(&config.state_root, &dir, &group)?;
@@ -263,6 +276,14 @@ impl Sandbox {
             network: config.network.clone(),
             run_as: config.run_as,
             filesystems,
+            serial_ports: if config.probe_port {
+                vec![SerialPort {
+                    socket: dir.join(PROBE_SOCKET),
+                    name: PROBE_PORT_NAME.into(),
+                }]
+            } else {
+                Vec::new()
+            },
         };
         let (backend, transport) = match &config.channel {
             ChannelConfig::VirtioSerial => (
@@ -312,6 +333,17 @@ impl Sandbox {
             exports,
             boot_to_ready,
         })
+    }
+
+    /// The host side of the probe port, when the sandbox has one
+    /// ([`SandboxConfig::probe_port`]).
+    #[must_use]
+    pub fn probe_socket(&self) -> Option<PathBuf> {
+        self.spec()
+            .serial_ports
+            .iter()
+            .find(|port| port.name == PROBE_PORT_NAME)
+            .map(|port| port.socket.clone())
     }
 
     /// Time from starting the domain to the agent's HELLO_ACK.
