@@ -15,6 +15,8 @@
 //! libvirt-dev.
 
 #[cfg(feature = "libvirt")]
+pub mod agent_rtt;
+#[cfg(feature = "libvirt")]
 pub mod slot_memory;
 
 use std::future::Future;

@@ -17,16 +17,25 @@
 //! older kernel) the agent falls back to the process group, and says so by
 //! not announcing [`paddock_proto::capability::CONTAIN_TREE`].
 //!
-//! Each execution gets `<agent's cgroup>/paddock-exec-<unique name>`. The
-//! child joins it between fork and exec, so no process of the execution
-//! ever runs outside it. When the execution ends, the agent kills the
-//! cgroup, waits until it is empty and removes it.
+//! Each execution gets a cgroup of its own below the agent's. The child
+//! joins it between fork and exec, so no process of the execution ever
+//! runs outside it. When the execution ends, the agent kills the cgroup and
+//! waits until it is empty. Then it keeps the empty cgroup for a later
+//! execution (at most [`MAX_SPARES`] of them) instead of removing it:
+//! making and removing a cgroup cost about as much as the fork and exec of
+//! a small program in a one-vCPU guest under TCG (`cargo bench --bench
+//! agent_rtt` measures both). A kept cgroup is handed out again only if it
+//! is still empty; any other is killed and removed. A new cgroup is named
+//! `paddock-exec-<unique name of the request>`; a reused one keeps the name
+//! of the first request it held. The kept cgroups are removed when the
+//! agent's [`CgroupRoot`] goes (the agent stops).
 
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tracing::{debug, warn};
@@ -34,6 +43,9 @@ use tracing::{debug, warn};
 /// How long the agent waits for a killed cgroup to empty; the kernel
 /// empties it as fast as the processes can die, well within this.
 const EMPTY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most empty cgroups kept for later executions.
+pub(crate) const MAX_SPARES: usize = 4;
 
 /// Why the agent cannot, or could not, contain an execution in a cgroup.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +79,39 @@ pub(crate) enum CgroupError {
 #[derive(Debug, Clone)]
 pub(crate) struct CgroupRoot {
     dir: PathBuf,
+    spares: Arc<Spares>,
+}
+
+/// Empty execution cgroups kept for reuse; removed when the last holder
+/// goes.
+#[derive(Debug, Default)]
+struct Spares(Mutex<Vec<PathBuf>>);
+
+impl Spares {
+    fn pop(&self) -> Option<PathBuf> {
+        crate::lock(&self.0).pop()
+    }
+
+    /// Keeps `dir` unless enough are kept; returns it if not kept.
+    fn keep(&self, dir: PathBuf) -> Option<PathBuf> {
+        let mut spares = crate::lock(&self.0);
+        if spares.len() < MAX_SPARES {
+            spares.push(dir);
+            None
+        } else {
+            Some(dir)
+        }
+    }
+}
+
+impl Drop for Spares {
+    fn drop(&mut self) {
+        for dir in std::mem::take(&mut *crate::lock(&self.0)) {
+            if let Err(err) = std::fs::remove_dir(&dir) {
+                debug!(%err, cgroup = %dir.display(), "Could not remove a kept cgroup");
+            }
+        }
+    }
 }
 
 impl CgroupRoot {
@@ -89,7 +134,10 @@ impl CgroupRoot {
         if unsafe { libc::access(procs_c.as_ptr(), libc::W_OK) } != 0 {
             return Err(CgroupError::NotWritable(procs));
         }
-        let root = Self { dir };
+        let root = Self {
+            dir,
+            spares: Arc::default(),
+        };
         // Unique among the agents of this process too (tests start many).
         static PROBES: AtomicU64 = AtomicU64::new(0);
         let probe = PROBES.fetch_add(1, Ordering::Relaxed);
@@ -108,24 +156,45 @@ impl CgroupRoot {
         &self.dir
     }
 
-    /// Makes the cgroup `name` below the agent's.
+    /// An empty cgroup for an execution: a kept one that is still empty,
+    /// or else a new one named `name` below the agent's.
     ///
     /// # Errors
     /// [`CgroupError::Create`] with mkdir's error.
     pub(crate) fn create(&self, name: &str) -> Result<ExecCgroup, CgroupError> {
+        while let Some(dir) = self.spares.pop() {
+            if let Ok(cgroup) = self.at(dir) {
+                if cgroup.is_empty() {
+                    return Ok(cgroup);
+                }
+                // Something joined it meanwhile: it is killed and the
+                // cgroup removed once empty, on a task of its own.
+                warn!(cgroup = %cgroup.dir.display(), "A kept cgroup was not empty");
+                tokio::spawn(cgroup.discard());
+            }
+        }
         let dir = self.dir.join(name);
-        let create = |source| CgroupError::Create {
+        std::fs::create_dir(&dir).map_err(|source| CgroupError::Create {
             path: dir.clone(),
             source,
-        };
-        std::fs::create_dir(&dir).map_err(create)?;
-        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
-            .map_err(|_| create(io::ErrorKind::InvalidInput.into()))?;
-        Ok(ExecCgroup {
-            dir,
-            procs,
-            removed: false,
-        })
+        })?;
+        self.at(dir)
+    }
+
+    /// The execution cgroup at `dir`, which exists.
+    fn at(&self, dir: PathBuf) -> Result<ExecCgroup, CgroupError> {
+        match CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()) {
+            Ok(procs) => Ok(ExecCgroup {
+                dir,
+                procs,
+                removed: false,
+                spares: Arc::clone(&self.spares),
+            }),
+            Err(_) => Err(CgroupError::Create {
+                path: dir,
+                source: io::ErrorKind::InvalidInput.into(),
+            }),
+        }
     }
 }
 
@@ -138,6 +207,8 @@ pub(crate) struct ExecCgroup {
     /// exec, where nothing may allocate.
     procs: CString,
     removed: bool,
+    /// Where the cgroup goes once it ended empty.
+    spares: Arc<Spares>,
 }
 
 impl ExecCgroup {
@@ -159,20 +230,50 @@ impl ExecCgroup {
             .is_ok_and(|events| events.lines().any(|line| line == "populated 0"))
     }
 
-    /// Kills what is left, waits until the cgroup is empty, and removes it.
+    /// Kills what is left, waits until the cgroup is empty, and keeps it
+    /// for a later execution (or removes it, if enough are kept).
     pub(crate) async fn end(mut self) {
+        if self.is_empty() {
+            // The usual case: the supervisor killed the cgroup when the
+            // leader exited, and the kernel emptied it.
+            self.recycle();
+            return;
+        }
+        if self.wait_empty().await {
+            self.recycle();
+        }
+    }
+
+    /// Kills what is left, waits until the cgroup is empty, and removes it.
+    async fn discard(mut self) {
+        if self.wait_empty().await {
+            self.remove();
+        }
+    }
+
+    /// Kills what is left and waits until the cgroup is empty; false if it
+    /// did not empty in time.
+    async fn wait_empty(&self) -> bool {
         self.kill();
         let mut pause = Duration::from_millis(1);
         let deadline = tokio::time::Instant::now() + EMPTY_TIMEOUT;
         while !self.is_empty() {
             if tokio::time::Instant::now() >= deadline {
                 warn!(cgroup = %self.dir.display(), "The killed cgroup did not empty");
-                return;
+                return false;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(20));
         }
-        self.remove();
+        true
+    }
+
+    /// Hands the (empty) cgroup to the spares, or removes it.
+    fn recycle(&mut self) {
+        match self.spares.keep(self.dir.clone()) {
+            None => self.removed = true,
+            Some(_) => self.remove(),
+        }
     }
 
     fn remove(&mut self) {
@@ -339,7 +440,53 @@ mod tests {
         );
         let dir = cgroup.dir.clone();
         cgroup.end().await;
-        assert!(!dir.exists(), "the cgroup was not removed");
         assert!(crate::test_host::processes_with("1000.301").is_empty());
+        // Kept, empty, for a later execution; removed with the root.
+        assert!(dir.exists(), "the ended cgroup was not kept");
+        drop(root);
+        assert!(!dir.exists(), "the kept cgroup was not removed");
+    }
+
+    #[tokio::test]
+    async fn only_an_empty_kept_cgroup_is_handed_out_again() {
+        let Ok(root) = CgroupRoot::detect() else {
+            eprintln!("no usable cgroup v2 hierarchy here: nothing to test");
+            return;
+        };
+        let first = root.create("paddock-test-reuse-1").expect("create");
+        let first_dir = first.dir.clone();
+        first.end().await;
+        let again = root.create("paddock-test-reuse-2").expect("create");
+        assert_eq!(again.dir, first_dir, "the kept cgroup was not reused");
+        assert!(!root.dir.join("paddock-test-reuse-2").exists());
+        again.end().await;
+
+        // A process joins the kept cgroup: it is not handed out, but killed
+        // and removed, and a new cgroup is made.
+        let procs =
+            CString::new(first_dir.join("cgroup.procs").as_os_str().as_bytes()).expect("path");
+        let mut command = std::process::Command::new("sh");
+        command
+            .args(["-c", "setsid sleep 1000.302 & exit 0"])
+            .stdout(std::process::Stdio::null());
+        // SAFETY: `join` only makes async-signal-safe calls.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || join(&procs));
+        }
+        assert!(command.status().expect("spawn").success());
+        let fresh = root.create("paddock-test-reuse-3").expect("create");
+        assert_eq!(fresh.dir, root.dir.join("paddock-test-reuse-3"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while first_dir.exists() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            !first_dir.exists(),
+            "the populated kept cgroup was not removed"
+        );
+        assert!(crate::test_host::processes_with("1000.302").is_empty());
+        let fresh_dir = fresh.dir.clone();
+        drop(fresh);
+        assert!(!fresh_dir.exists(), "a dropped cgroup is removed, not kept");
     }
 }

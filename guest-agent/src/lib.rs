@@ -6,7 +6,11 @@
 //!
 //! # Tasks
 //!
-//! Everything runs on one tokio runtime.
+//! Everything runs on one tokio runtime with one thread (`main.rs` builds a
+//! current-thread runtime): in a guest with one vCPU under TCG, a hand-off
+//! between threads (a futex wake-up and a context switch) costs more than
+//! a request's own work, so PING, STATUS and executions never leave that
+//! thread (`tests/tests/agent_threads.rs`).
 //!
 //! - Each listener ([`Listener`]) runs an accept loop: Unix socket, AF_VSOCK,
 //!   or a serial port (virtio-serial or a tty), which is one long-lived stream
@@ -29,7 +33,9 @@
 //!   for a request. An execution polls its process, its output pipes and its
 //!   stdin within its task; it stops reading a pipe while the host's window
 //!   is closed, so a process that prints without end blocks in `write`.
-//! - Blocking work (reading `/proc`, file I/O) runs on tokio's blocking pool.
+//! - Blocking work (file I/O, directory walks) runs on tokio's blocking
+//!   pool. STATUS reads `/proc` and `statvfs` on its own task: those copy
+//!   kernel memory, and a hop to the pool costs more than they do.
 //!   A put writes through one blocking task fed by a bounded queue, not one
 //!   hand-off per chunk; a tree put unpacks, and a tree get packs, the same
 //!   way (`tree`, over `paddock-tree`, which refuses every entry that would land
