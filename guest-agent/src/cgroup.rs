@@ -17,9 +17,13 @@
 //! older kernel) the agent falls back to the process group, and says so by
 //! not announcing [`paddock_proto::capability::CONTAIN_TREE`].
 //!
-//! Each execution gets a cgroup of its own below the agent's. The child
-//! joins it between fork and exec, so no process of the execution ever
-//! runs outside it. When the execution ends, the agent kills the cgroup and
+//! Each execution gets a cgroup of its own below the agent's, and no
+//! process of the execution ever runs outside it: either the agent binary
+//! steps into the cgroup for the length of the spawn, so the child is born
+//! there and the spawn is a `posix_spawn` (vfork) rather than a fork of the
+//! whole agent ([`ExecCgroup::spawn_inside`], `Config::spawn_inside_cgroup`),
+//! or the child joins it between fork and exec (terminals, and agents
+//! embedded in a process with other threads). When the execution ends, the agent kills the cgroup and
 //! waits until it is empty. Then it keeps the empty cgroup for a later
 //! execution (at most [`MAX_SPARES`] of them) instead of removing it:
 //! making and removing a cgroup cost about as much as the fork and exec of
@@ -38,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 /// How long the agent waits for a killed cgroup to empty; the kernel
 /// empties it as fast as the processes can die, well within this.
@@ -79,6 +83,8 @@ pub(crate) enum CgroupError {
 #[derive(Debug, Clone)]
 pub(crate) struct CgroupRoot {
     dir: PathBuf,
+    /// `<dir>/cgroup.procs`: the agent's own cgroup.
+    home: Arc<CString>,
     spares: Arc<Spares>,
 }
 
@@ -136,6 +142,7 @@ impl CgroupRoot {
         }
         let root = Self {
             dir,
+            home: Arc::new(procs_c),
             spares: Arc::default(),
         };
         // Unique among the agents of this process too (tests start many).
@@ -187,6 +194,7 @@ impl CgroupRoot {
             Ok(procs) => Ok(ExecCgroup {
                 dir,
                 procs,
+                home: Arc::clone(&self.home),
                 removed: false,
                 spares: Arc::clone(&self.spares),
             }),
@@ -206,6 +214,9 @@ pub(crate) struct ExecCgroup {
     /// `<dir>/cgroup.procs`, ready for the child to write between fork and
     /// exec, where nothing may allocate.
     procs: CString,
+    /// The agent's own cgroup's `cgroup.procs`, to go back to after
+    /// [`ExecCgroup::spawn_inside`].
+    home: Arc<CString>,
     removed: bool,
     /// Where the cgroup goes once it ended empty.
     spares: Arc<Spares>,
@@ -215,6 +226,32 @@ impl ExecCgroup {
     /// The path of `cgroup.procs`, for [`join`].
     pub(crate) fn procs(&self) -> CString {
         self.procs.clone()
+    }
+
+    /// Runs `spawn` with the whole agent inside this cgroup, so that the
+    /// process it starts is born in it, then moves the agent back to its
+    /// own cgroup (see [`crate::Config::spawn_inside_cgroup`] for why and
+    /// when). No process of the execution ever runs outside the cgroup.
+    ///
+    /// # Errors
+    /// The agent could not enter the cgroup (nothing was spawned), the spawn
+    /// failed, or the agent could not leave the cgroup: then what was
+    /// spawned is dropped, and the cgroup is abandoned, never killed or
+    /// removed, since the agent is in it.
+    pub(crate) fn spawn_inside<T>(
+        &mut self,
+        spawn: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
+        join(&self.procs)?;
+        let spawned = spawn();
+        match join(&self.home) {
+            Ok(()) => spawned,
+            Err(err) => {
+                self.removed = true;
+                error!(%err, cgroup = %self.dir.display(), "The agent could not leave an execution's cgroup; abandoning it");
+                Err(err)
+            }
+        }
     }
 
     /// Kills every process in the cgroup (and those it forks meanwhile).

@@ -6,8 +6,9 @@
 //!
 //! - The process runs in a process group of its own and, when the agent
 //!   contains executions in cgroups (`crate::cgroup`), in a cgroup of its
-//!   own, which it joins before it execs: then every process it starts,
-//!   those that leave the group included, is the execution's.
+//!   own, which it is born in (or joins before it execs): then every
+//!   process it starts, those that leave the group included, is the
+//!   execution's.
 //! - A pump reads its pipe only while the host's window is open, so a process
 //!   that prints without end blocks in `write`. Past the stream's cap it reads
 //!   and discards without waiting, so the process never blocks on a cap.
@@ -184,10 +185,17 @@ async fn do_execute(
         .map(|tty| Pty::open(tty.rows, tty.cols))
         .transpose()
         .map_err(ExecError::Pty)?;
-    let (mut command, program) = command(execute, cgroup.as_ref(), pty.as_ref())?;
-    let mut child = command
-        .spawn()
-        .map_err(|source| ExecError::Spawn { program, source })?;
+    let mut cgroup = cgroup;
+    // A terminal's child runs code before exec anyway (it takes its
+    // terminal), so it joins the cgroup there too.
+    let inside = ctx.config().spawn_inside_cgroup && pty.is_none();
+    let joins_itself = cgroup.as_ref().filter(|_| !inside);
+    let (mut command, program) = command(execute, joins_itself, pty.as_ref())?;
+    let spawned = match cgroup.as_mut().filter(|_| inside) {
+        Some(cgroup) => cgroup.spawn_inside(|| command.spawn()),
+        None => command.spawn(),
+    };
+    let mut child = spawned.map_err(|source| ExecError::Spawn { program, source })?;
     let started = Instant::now();
     // The command holds the child's copies of the terminal's slave: without
     // them, the master reads its end once the processes close theirs.

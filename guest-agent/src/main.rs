@@ -126,6 +126,8 @@ fn main() -> anyhow::Result<()> {
             ContainmentArg::Auto => Containment::Auto,
             ContainmentArg::ProcessGroup => Containment::ProcessGroup,
         },
+        // One runtime thread, and the blocking pool starts no processes.
+        spawn_inside_cgroup: true,
     };
     let agent = Agent::new(config).context("Could not read a boot id from /dev/urandom")?;
     // One thread: in a guest with one vCPU under TCG, every hand-off

@@ -337,3 +337,40 @@ async fn processes_that_leave_the_group_end_with_the_execution() -> TestResult {
     );
     Ok(())
 }
+
+/// The agent binary steps into an execution's cgroup only for the length of
+/// the spawn: the process runs in its own cgroup, and the agent is back in
+/// its own one before, during and after the execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_is_born_in_its_cgroup_and_the_agent_stays_in_its_own() -> TestResult {
+    let agent = AgentProcess::start(&[])?;
+    let client = agent.client().await?;
+    let agent_cgroup = || std::fs::read_to_string(format!("/proc/{}/cgroup", agent.pid()));
+    let before = agent_cgroup()?;
+    for _ in 0..3 {
+        let execution = client
+            .exec(Execute::shell("cat /proc/self/cgroup; sleep 0.5"))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            agent_cgroup()?,
+            before,
+            "the agent stayed in the execution's cgroup"
+        );
+        let out = execution.collect().await?;
+        let own = String::from_utf8(out.stdout)?;
+        let unified = |text: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("0::"))
+                .map(str::to_owned)
+        };
+        let exec = unified(&own).expect("a cgroup v2 line");
+        let home = unified(&before).expect("the agent's cgroup v2 line");
+        assert!(
+            exec.starts_with(&format!("{}/paddock-", home.trim_end_matches('/'))),
+            "the execution runs in {exec}, not below the agent's {home}"
+        );
+        assert_eq!(agent_cgroup()?, before, "the agent left its own cgroup");
+    }
+    Ok(())
+}
