@@ -2,7 +2,7 @@
 //! gathered over several boots, and the floor they are measured against:
 //! the same kernel, on the same devices and firmware, with an initramfs
 //! of busybox alone whose `/init` prints the guest's uptime on the console
-//! and powers off ([`floor_boot`]).
+//! and powers off ([`floor_boot`](crate::boot::floor_boot)).
 //!
 //! Used by the `boot` bench (`cargo bench -p paddock-benches --bench
 //! boot`) and by `slo` (its `boot_phases_ms` field).
