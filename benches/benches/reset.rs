@@ -20,27 +20,16 @@ use std::time::{Duration, Instant};
 
 use paddock::agent::Execute;
 use paddock::{Paddock, PaddockConfig, PoolConfig, VmPool, VmPoolSpec};
-use paddock_benches::Samples;
+use paddock_benches::{Samples, wait_all_ready};
 use paddock_tests::vm::{SYSTEM_URI, test_image};
 
 const DEFAULT_RESETS: usize = 40;
 
+/// How long the pool may take to have every slot ready again.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn main() -> anyhow::Result<()> {
     paddock_benches::run_harness(run())
-}
-
-async fn wait_all_ready(pool: &VmPool) -> anyhow::Result<()> {
-    let target = pool.config().max_size;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pool.stats().ready < target {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "pool not ready: {:?}",
-            pool.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    Ok(())
 }
 
 /// Everything the run measures, by name.
@@ -119,7 +108,7 @@ async fn run() -> anyhow::Result<()> {
 async fn measure(pool: &VmPool, resets: usize) -> anyhow::Result<Figures> {
     let mut f = Figures::default();
     for _ in 0..resets {
-        wait_all_ready(pool).await?;
+        wait_all_ready(pool, READY_TIMEOUT).await?;
         let lease = pool.acquire().await?;
         if lease.uses() > 0 {
             let phases = lease.last_reset();
@@ -148,7 +137,7 @@ async fn measure(pool: &VmPool, resets: usize) -> anyhow::Result<Figures> {
         f.loadvm_alone.push(t.elapsed());
         let t = Instant::now();
         lease.release();
-        wait_all_ready(pool).await?;
+        wait_all_ready(pool, READY_TIMEOUT).await?;
         f.release_to_ready.push(t.elapsed());
     }
     Ok(f)

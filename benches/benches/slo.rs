@@ -39,7 +39,7 @@ use paddock::{
     Paddock, PaddockConfig, PoolConfig, PoolNetwork, ResetStrategy, Sandbox, SandboxConfig, VmPool,
     VmPoolSpec,
 };
-use paddock_benches::Samples;
+use paddock_benches::{Samples, wait_all_ready};
 use paddock_tests::vm::{SYSTEM_URI, test_image};
 
 const ACQUIRES: usize = 40;
@@ -51,22 +51,11 @@ const BOOTS: usize = 3;
 const LOAD_SECONDS: u64 = 60;
 const GUEST_MIB: u64 = 256;
 
+/// How long the pool may take to have every slot ready again.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn main() -> anyhow::Result<()> {
     paddock_benches::run_harness(run())
-}
-
-async fn wait_all_ready(pool: &VmPool) -> anyhow::Result<()> {
-    let target = pool.config().max_size;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pool.stats().ready < target {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "pool not ready: {:?}",
-            pool.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    Ok(())
 }
 
 async fn make_pool(paddock: &Paddock, strategy: ResetStrategy) -> anyhow::Result<VmPool> {
@@ -133,7 +122,7 @@ impl Cycles {
 async fn acquire_and_reset(pool: &VmPool, count: usize) -> anyhow::Result<Cycles> {
     let mut cycles = Cycles::default();
     for _ in 0..count {
-        wait_all_ready(pool).await?;
+        wait_all_ready(pool, READY_TIMEOUT).await?;
         let t = Instant::now();
         let lease = pool.acquire().await?;
         cycles.acquire.push(t.elapsed());
@@ -151,7 +140,7 @@ async fn acquire_and_reset(pool: &VmPool, count: usize) -> anyhow::Result<Cycles
         cycles.first_exec.push(t.elapsed());
         let t = Instant::now();
         lease.release();
-        wait_all_ready(pool).await?;
+        wait_all_ready(pool, READY_TIMEOUT).await?;
         cycles.reset.push(t.elapsed());
     }
     Ok(cycles)
@@ -216,9 +205,9 @@ async fn run() -> anyhow::Result<()> {
     // The default strategy: in place.
     let pool = make_pool(&paddock, ResetStrategy::InPlace).await?;
     let pool_name = format!("slo-{}", std::process::id());
-    wait_all_ready(&pool).await?;
+    wait_all_ready(&pool, READY_TIMEOUT).await?;
     let fresh_memory = slot_memory_json(&paddock, &pool, &pool_name).await?;
-    wait_all_ready(&pool).await?;
+    wait_all_ready(&pool, READY_TIMEOUT).await?;
     let mut in_place = acquire_and_reset(&pool, ACQUIRES).await?;
     eprintln!("acquire/reset done");
 
@@ -231,7 +220,7 @@ async fn run() -> anyhow::Result<()> {
             exec.0.push(t.elapsed());
         }
     }
-    wait_all_ready(&pool).await?;
+    wait_all_ready(&pool, READY_TIMEOUT).await?;
 
     // Continuous load: two workers on the pool of two.
     let cycles = Arc::new(AtomicU64::new(0));
@@ -254,7 +243,7 @@ async fn run() -> anyhow::Result<()> {
     }
     let per_minute = cycles.load(Ordering::Relaxed) * 60 / LOAD_SECONDS;
     let failed_resets = pool.stats().failed_resets;
-    wait_all_ready(&pool).await?;
+    wait_all_ready(&pool, READY_TIMEOUT).await?;
     // After the load: what in-place resets leave resident.
     let rss = qemu_rss_mib(&pool_name);
     let loaded_memory = slot_memory_json(&paddock, &pool, &pool_name).await?;
@@ -373,6 +362,6 @@ async fn slot_memory_json(
     let vms = slot_vms(paddock.libvirt(), pool_name).await?;
     let host = host_memory(&vms).await?;
     let guest = guest_memory(pool).await?;
-    wait_all_ready(pool).await?;
+    wait_all_ready(pool, READY_TIMEOUT).await?;
     Ok(serde_json::json!({ "host_mib": host_json(&host), "guest_mib": guest_json(&guest) }))
 }

@@ -42,6 +42,7 @@ use paddock_benches::slot_memory::{
     capacity_json, cpu_percent, guest_json, guest_memory, host_available_kib, host_json,
     host_memory, median, round, slot_vms,
 };
+use paddock_benches::wait_all_ready;
 use paddock_tests::vm::{SYSTEM_URI, test_image};
 
 const SLOTS: usize = 3;
@@ -52,6 +53,9 @@ const IDLE_CPU_BUDGET_PERCENT: f64 = 50.0;
 const KSM: &str = "/sys/kernel/mm/ksm";
 const KSM_PAGES_TO_SCAN: u64 = 1000;
 const KSM_SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long the pool may take to have every slot ready again.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn main() -> anyhow::Result<()> {
     paddock_benches::run_harness(run())
@@ -100,15 +104,6 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_all_ready(pool: &VmPool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while pool.stats().ready < SLOTS {
-        anyhow::ensure!(Instant::now() < deadline, "not ready: {:?}", pool.stats());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
 /// Leases every slot, runs `command` in each, releases them all and waits
 /// for the resets.
 async fn cycle(pool: &VmPool, command: &str) -> anyhow::Result<()> {
@@ -126,7 +121,7 @@ async fn cycle(pool: &VmPool, command: &str) -> anyhow::Result<()> {
     for lease in leases {
         lease.release();
     }
-    wait_all_ready(pool).await
+    wait_all_ready(pool, READY_TIMEOUT).await
 }
 
 fn uss_median_kib(memory: &[ProcessMemory]) -> u64 {
@@ -141,7 +136,7 @@ fn uss_median_kib(memory: &[ProcessMemory]) -> u64 {
 async fn snapshot(pool: &VmPool, vms: &[Vm]) -> anyhow::Result<serde_json::Value> {
     let host = host_memory(vms).await?;
     let guest = guest_memory(pool).await?;
-    wait_all_ready(pool).await?;
+    wait_all_ready(pool, READY_TIMEOUT).await?;
     Ok(serde_json::json!({ "host_mib": host_json(&host), "guest_mib": guest_json(&guest) }))
 }
 
@@ -152,7 +147,7 @@ async fn measure(
     ksm: bool,
 ) -> anyhow::Result<serde_json::Value> {
     pool.wait_ready(Duration::from_secs(300)).await?;
-    wait_all_ready(pool).await?;
+    wait_all_ready(pool, READY_TIMEOUT).await?;
     let vms = slot_vms(paddock.libvirt(), name).await?;
     anyhow::ensure!(vms.len() == SLOTS, "found {} slot domains", vms.len());
 
@@ -166,7 +161,7 @@ async fn measure(
         IDLE_CPU_BUDGET_PERCENT,
     );
     let fresh_guest = guest_memory(pool).await?;
-    wait_all_ready(pool).await?;
+    wait_all_ready(pool, READY_TIMEOUT).await?;
     let fresh = serde_json::json!({
         "host_mib": host_json(&fresh_host), "guest_mib": guest_json(&fresh_guest),
     });

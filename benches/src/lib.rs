@@ -72,3 +72,23 @@ pub mod transfer;
 /// Boot figures: phases over several boots, and the floor.
 #[cfg(feature = "libvirt")]
 pub mod boot;
+
+/// Waits until every slot of `pool` (its `max_size`) is ready, for at most
+/// `timeout`; polls every millisecond, so that a reset's end is seen at once.
+///
+/// # Errors
+/// The pool is not full within `timeout` (the error shows its stats).
+#[cfg(feature = "libvirt")]
+pub async fn wait_all_ready(pool: &paddock::VmPool, timeout: Duration) -> anyhow::Result<()> {
+    let target = pool.config().max_size;
+    let deadline = std::time::Instant::now() + timeout;
+    while pool.stats().ready < target {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "pool not ready: {:?}",
+            pool.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}

@@ -575,12 +575,11 @@ async fn measure_boot_phases(
     start_call: Duration,
     boot_to_ready: Duration,
 ) -> BootPhases {
-    let ready_at = Instant::now();
     let asked = Instant::now();
     let status = client.status().await.ok();
-    let round_trip = asked.elapsed();
-    // The guest read its uptime about half a round trip before the reply.
-    let since_ready = ready_at.elapsed().saturating_sub(round_trip / 2);
+    // The guest read its uptime about half a round trip before the reply,
+    // so half a round trip after the agent was ready.
+    let since_ready = asked.elapsed() / 2;
     let uptime = |seconds: f64| {
         Duration::try_from_secs_f64(seconds)
             .ok()
